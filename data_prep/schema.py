@@ -1,0 +1,261 @@
+"""The canonical study record: one JSON object per imaging study.
+
+Every converter writes it, everything else reads it::
+
+    study_id, patient_id, dataset, split, study_time (sortable string), images[{path, view}],
+    indication, technique, comparison, findings, impression,
+    prior{study_id, findings, impression, images} | null,
+    labels{CheXpert 14 -> 1/0/-1/null} | null, meta{}
+
+Image paths are relative to a data root given at load time. Validation errors name the file,
+the line and the field (:class:`data_prep.errors.DataPrepError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import DataPrepError
+from reward.constants import CHEXPERT_LABELS
+
+VIEWS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "UNKNOWN")
+SPLITS: tuple[str, ...] = ("train", "validate", "test")
+FRONTAL_VIEWS = frozenset({"PA", "AP"})
+
+_VIEW_ALIASES = {
+    "PA": "PA", "POSTEROANTERIOR": "PA", "PA VIEW": "PA", "FRONTAL": "PA",
+    "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP SUPINE": "AP", "AP ERECT": "AP", "AP AXIAL": "AP",
+    "AP LLD": "AP", "AP RLD": "AP", "PA LLD": "PA", "PA RLD": "PA",
+    "LATERAL": "LATERAL", "LAT": "LATERAL", "L": "LATERAL", "RL": "LATERAL", "RLAT": "LATERAL",
+    "LL": "LL", "LEFT LATERAL": "LL", "LLAT": "LL", "XTABLE LATERAL": "LATERAL", "SWIMMERS": "LATERAL",
+}
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validate", "valid": "validate",
+                  "validate": "validate", "validation": "validate", "dev": "validate", "test": "test"}
+_NONE_COMPARISONS = frozenset({"", "none", "none.", "n/a", "na", "no prior", "no priors", "none available",
+                               "no comparison", "no prior studies", "no prior study"})
+
+
+def normalize_view(view: object) -> str:
+    """Map a dataset's view string (``"postero-anterior"``, ``"lat"``...) to PA/AP/LATERAL/LL/UNKNOWN."""
+    if view is None:
+        return "UNKNOWN"
+    v = str(view).strip().upper().replace("-", "").replace("_", " ")
+    if v in ("POSTEROANTERIOR", "POSTERO ANTERIOR"):
+        return "PA"
+    return _VIEW_ALIASES.get(v, _VIEW_ALIASES.get(v.replace(" ", ""), "UNKNOWN"))
+
+
+def normalize_split(split: object) -> str:
+    s = str(split).strip().lower()
+    if s not in _SPLIT_ALIASES:
+        raise DataPrepError("unknown split (expected train/validate/test)", field="split", value=split)
+    return _SPLIT_ALIASES[s]
+
+
+def comparison_is_empty(comparison: str | None) -> bool:
+    """True when a COMPARISON section says there is nothing to compare with."""
+    if comparison is None:
+        return True
+    c = " ".join(comparison.strip().lower().split())
+    return c in _NONE_COMPARISONS or c.strip(".") in _NONE_COMPARISONS
+
+
+@dataclass
+class ImageRef:
+    path: str
+    view: str = "UNKNOWN"
+
+
+@dataclass
+class Prior:
+    study_id: str
+    findings: str = ""
+    impression: str = ""
+    images: list[ImageRef] = field(default_factory=list)
+    study_time: str = ""
+
+
+@dataclass
+class StudyRecord:
+    study_id: str
+    patient_id: str
+    dataset: str
+    split: str
+    study_time: str = ""
+    images: list[ImageRef] = field(default_factory=list)
+    indication: str = ""
+    technique: str = ""
+    comparison: str = ""
+    findings: str = ""
+    impression: str = ""
+    prior: Prior | None = None
+    labels: dict[str, float | None] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def has_prior(self) -> bool:
+        """Whether the radiologist had something to compare with (a linked prior or a comparison)."""
+        return self.prior is not None or not comparison_is_empty(self.comparison)
+
+    def frontal_first(self) -> list[ImageRef]:
+        return sorted(self.images, key=lambda im: (im.view not in FRONTAL_VIEWS, im.view == "UNKNOWN"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, file: str | None = None, line: int | None = None) -> StudyRecord:
+        return validate_record(d, file=file, line=line)
+
+
+_REQUIRED = ("study_id", "patient_id", "dataset", "split")
+_TEXT = ("study_time", "indication", "technique", "comparison", "findings", "impression")
+_ALL_FIELDS = set(_REQUIRED) | set(_TEXT) | {"images", "prior", "labels", "meta"}
+
+
+def _images(value: Any, *, file, line, fld: str) -> list[ImageRef]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataPrepError("must be a list of {path, view}", file=file, line=line, field=fld, value=value)
+    out = []
+    for i, im in enumerate(value):
+        if isinstance(im, str):
+            im = {"path": im}
+        if not isinstance(im, dict) or not isinstance(im.get("path"), str) or not im["path"]:
+            raise DataPrepError("each image needs a non-empty 'path'", file=file, line=line,
+                                field=f"{fld}[{i}]", value=im)
+        view = im.get("view", "UNKNOWN")
+        if view not in VIEWS:
+            raise DataPrepError(f"view must be one of {VIEWS}", file=file, line=line,
+                                field=f"{fld}[{i}].view", value=view)
+        out.append(ImageRef(path=im["path"], view=view))
+    return out
+
+
+def validate_record(d: Any, *, file: str | None = None, line: int | None = None) -> StudyRecord:
+    """Check one record and build a :class:`StudyRecord`; errors name file, line and field."""
+    if not isinstance(d, dict):
+        raise DataPrepError("a study record must be a JSON object", file=file, line=line, value=d)
+    unknown = set(d) - _ALL_FIELDS
+    if unknown:
+        raise DataPrepError(f"unknown field(s) {sorted(unknown)}", file=file, line=line, field=sorted(unknown)[0])
+    for k in _REQUIRED:
+        if not isinstance(d.get(k), str) or not d[k].strip():
+            raise DataPrepError("required, must be a non-empty string", file=file, line=line, field=k, value=d.get(k))
+    if d["split"] not in SPLITS:
+        raise DataPrepError(f"must be one of {SPLITS}", file=file, line=line, field="split", value=d["split"])
+    for k in _TEXT:
+        if d.get(k) is not None and not isinstance(d[k], str):
+            raise DataPrepError("must be a string", file=file, line=line, field=k, value=d[k])
+    prior = None
+    if d.get("prior") is not None:
+        p = d["prior"]
+        if not isinstance(p, dict) or not isinstance(p.get("study_id"), str):
+            raise DataPrepError("must be null or an object with a 'study_id'", file=file, line=line,
+                                field="prior", value=p)
+        prior = Prior(study_id=p["study_id"], findings=p.get("findings") or "", impression=p.get("impression") or "",
+                      images=_images(p.get("images"), file=file, line=line, fld="prior.images"),
+                      study_time=p.get("study_time") or "")
+    labels = d.get("labels")
+    if labels is not None:
+        if not isinstance(labels, dict):
+            raise DataPrepError("must be null or an object", file=file, line=line, field="labels", value=labels)
+        for k, v in labels.items():
+            if k not in CHEXPERT_LABELS:
+                raise DataPrepError("not a CheXpert observation", file=file, line=line, field=f"labels.{k}", value=k)
+            if v not in (None, 1, 0, -1, 1.0, 0.0, -1.0):
+                raise DataPrepError("must be 1, 0, -1 or null", file=file, line=line, field=f"labels.{k}", value=v)
+        labels = {k: (None if labels.get(k) is None else float(labels[k])) for k in CHEXPERT_LABELS}
+    meta = d.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise DataPrepError("must be an object", file=file, line=line, field="meta", value=meta)
+    return StudyRecord(
+        study_id=d["study_id"], patient_id=d["patient_id"], dataset=d["dataset"], split=d["split"],
+        **{k: d.get(k) or "" for k in _TEXT},
+        images=_images(d.get("images"), file=file, line=line, fld="images"),
+        prior=prior, labels=labels, meta=meta,
+    )
+
+
+# -- IO --------------------------------------------------------------------------------------------
+def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
+    """Yield validated records from a ``.jsonl`` (or ``.parquet``) file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataPrepError("file not found", file=str(path))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # optional, comes with datasets
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            row = {k: (json.loads(v) if k in ("meta", "labels") and isinstance(v, str) else v) for k, v in row.items()}
+            yield validate_record(row, file=str(path), line=i)
+        return
+    with open(path, encoding="utf-8") as fh:
+        for i, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                d = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataPrepError(f"not valid JSON ({e.msg}, column {e.colno})", file=str(path), line=i) from None
+            yield validate_record(d, file=str(path), line=i)
+
+
+def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:
+    recs = list(iter_records(path))
+    return [r for r in recs if split is None or r.split == split]
+
+
+def write_records(records: Iterable[StudyRecord], path: str | os.PathLike) -> int:
+    """Write records as JSONL (or Parquet for a ``.parquet`` path); returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = []
+        for r in records:
+            d = r.to_dict()
+            d["meta"] = json.dumps(d["meta"], ensure_ascii=False)
+            d["labels"] = None if d["labels"] is None else json.dumps(d["labels"])
+            rows.append(d)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return len(records)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(r.to_json() + "\n")
+    os.replace(tmp, path)
+    return len(records)
+
+
+def link_priors(records: list[StudyRecord]) -> int:
+    """Link each study to the patient's previous study (by ``study_time``); returns how many got a prior.
+
+    Only studies that do not already carry a prior are linked; ties in time are broken by study id so
+    the result is deterministic.
+    """
+    by_patient: dict[str, list[StudyRecord]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient_id, []).append(r)
+    n = 0
+    for studies in by_patient.values():
+        studies.sort(key=lambda r: (r.study_time, r.study_id))
+        for prev, cur in zip(studies, studies[1:]):
+            if cur.prior is None and prev.study_time and cur.study_time and prev.study_time < cur.study_time:
+                cur.prior = Prior(study_id=prev.study_id, findings=prev.findings, impression=prev.impression,
+                                  images=list(prev.images), study_time=prev.study_time)
+                n += 1
+    return n

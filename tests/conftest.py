@@ -1,0 +1,47 @@
+"""Shared fixtures: where ../shared/data is, the tiny model, phantom data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MLLM_CXR_SHARED", REPO.parent / "shared")) / "data"
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared/data; skip when it is absent, fail instead under MLLM_CXR_REQUIRE_SHARED=1."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        msg = f"{p} is missing (the shared reference data lives in ../shared/data)"
+        if os.environ.get("MLLM_CXR_REQUIRE_SHARED") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Qwen2.5-VL, built once per session and saved to disk."""
+    from mllm_cxr.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-qwen2.5-vl")
+    build_tiny_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom dataset (studies.jsonl + images), deterministic."""
+    from data_prep.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    make_phantom(out, n=48, seed=0)
+    return out
