@@ -244,18 +244,29 @@ def write_records(records: Iterable[StudyRecord], path: str | os.PathLike) -> in
 def link_priors(records: list[StudyRecord]) -> int:
     """Link each study to the patient's previous study (by ``study_time``); returns how many got a prior.
 
-    Only studies that do not already carry a prior are linked; ties in time are broken by study id so
-    the result is deterministic.
+    Only studies that do not already carry a prior are linked. The prior is the latest study with a
+    strictly earlier time: studies sharing a time (two studies on one day when only dates are known)
+    are not linked to each other, but each gets the study before them. Among several studies at that
+    earlier time the one with the largest study id is taken, so the result is deterministic. Studies
+    without a time are neither linked nor used as priors.
     """
     by_patient: dict[str, list[StudyRecord]] = {}
     for r in records:
         by_patient.setdefault(r.patient_id, []).append(r)
     n = 0
     for studies in by_patient.values():
-        studies.sort(key=lambda r: (r.study_time, r.study_id))
-        for prev, cur in zip(studies, studies[1:]):
-            if cur.prior is None and prev.study_time and cur.study_time and prev.study_time < cur.study_time:
-                cur.prior = Prior(study_id=prev.study_id, findings=prev.findings, impression=prev.impression,
-                                  images=list(prev.images), study_time=prev.study_time)
-                n += 1
+        studies = sorted((r for r in studies if r.study_time), key=lambda r: (r.study_time, r.study_id))
+        prev: StudyRecord | None = None  # the last study of the previous time group
+        i = 0
+        while i < len(studies):
+            j = i
+            while j < len(studies) and studies[j].study_time == studies[i].study_time:
+                j += 1
+            for cur in studies[i:j]:
+                if cur.prior is None and prev is not None:
+                    cur.prior = Prior(study_id=prev.study_id, findings=prev.findings, impression=prev.impression,
+                                      images=list(prev.images), study_time=prev.study_time)
+                    n += 1
+            prev = studies[j - 1]
+            i = j
     return n

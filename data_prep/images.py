@@ -1,0 +1,374 @@
+"""Radiograph loading (DICOM, PNG, JPG) and the one-time resize to a vision-token budget.
+
+* :func:`load_image` turns any supported file into an 8-bit PIL image, mode ``"L"`` (grayscale) or
+  ``"RGB"``. DICOM goes through pydicom: the modality LUT (rescale slope/intercept), then the VOI
+  LUT or the Window Center/Width when the file has them (min-max otherwise), then 8 bits, and
+  MONOCHROME1 is inverted so that air is dark and bone bright. 16-bit PNGs are min-max scaled.
+* :func:`smart_resize` computes the size Qwen2.5-VL's image processor would use for a pixel budget
+  (both sides multiples of 28, pixel count within ``[min_pixels, max_pixels]``, aspect ratio kept).
+  An image already resized to that size passes through the processor unchanged, so the number of
+  vision tokens, ``(h / 28) * (w / 28)``, is known before training (:func:`vision_tokens`).
+* :class:`ImageCache` resizes each source once per budget and stores the result as PNG under
+  ``cache_dir/px<min>-<max>/``, keyed by the source's absolute path (plus its size and mtime, so an
+  edited file is not served stale).
+
+Every failure to read an image raises :class:`~data_prep.errors.BadImageError` naming the file.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_prep.errors import BadImageError
+
+#: Side of one vision token in Qwen2.5-VL: 14-pixel patches merged 2x2.
+FACTOR = 28
+#: Default pixel budget: at least 4 and at most 512 vision tokens per image.
+DEFAULT_MIN_PIXELS = 4 * FACTOR * FACTOR
+DEFAULT_MAX_PIXELS = 512 * FACTOR * FACTOR
+#: Qwen2.5-VL refuses images more elongated than this.
+MAX_ASPECT_RATIO = 200
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+_PNG_COMPRESS_LEVEL = 1  # zlib level 1: ~30% faster than 3 for ~4% more bytes on radiographs
+#: Integer images whose value range is at most this wide are mapped through a per-value table.
+_MAX_TABLE = 1 << 20
+
+
+# -- geometry --------------------------------------------------------------------------------------
+def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXELS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = FACTOR) -> tuple[int, int]:
+    """Target ``(height, width)`` for a pixel budget, as Qwen2.5-VL's processor computes it.
+
+    Both sides are rounded to the nearest multiple of ``factor``; if that exceeds ``max_pixels`` (or
+    falls below ``min_pixels``) the image is scaled down (up) by the square root of the ratio, with
+    sides floored (ceiled) to multiples of ``factor``.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}")
+    if max_pixels < factor * factor or min_pixels > max_pixels:
+        raise ValueError(f"bad pixel budget min_pixels={min_pixels}, max_pixels={max_pixels} "
+                         f"(need {factor * factor} <= min <= max)")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * scale / factor) * factor
+        w = math.ceil(width * scale / factor) * factor
+    return h, w
+
+
+def vision_tokens(height: int, width: int, factor: int = FACTOR) -> int:
+    """Vision tokens of an image already resized to multiples of ``factor``: ``(h/28) * (w/28)``."""
+    return (height // factor) * (width // factor)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def bad_image(reason: str, path: Path, cause: BaseException | None = None, **kw) -> BadImageError:
+    """A :class:`BadImageError` naming the file; ``.reason`` holds the short reason (for skip counts)."""
+    msg = reason if cause is None else f"{reason} ({type(cause).__name__}: {cause})"
+    err = BadImageError(msg, file=str(path), **kw)
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for ``.dcm``-like names, or for files without a raster suffix that carry the DICM magic."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in RASTER_SUFFIXES:
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise bad_image("image file not found", p)
+    if not p.is_file():
+        raise bad_image("not a regular file", p)
+    if p.stat().st_size == 0:
+        raise bad_image("image file is empty", p)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Load a DICOM, PNG (8/16-bit) or JPG file as an 8-bit ``"L"`` or ``"RGB"`` PIL image."""
+    p = Path(path)
+    _check_file(p)
+    return _load_dicom(p) if is_dicom(p) else _load_raster(p)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` read from the header only (no pixel decoding)."""
+    p = Path(path)
+    _check_file(p)
+    if is_dicom(p):
+        ds = _read_dicom(p, stop_before_pixels=True)
+        try:
+            return int(ds.Rows), int(ds.Columns)
+        except (AttributeError, TypeError, ValueError):
+            raise bad_image("DICOM lacks Rows/Columns", p) from None
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise bad_image("unreadable image", p, e) from None
+    return h, w
+
+
+def image_vision_tokens(path: str | os.PathLike, *, min_pixels: int = DEFAULT_MIN_PIXELS,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Vision tokens an image will cost after resizing to the budget, from its header alone."""
+    h, w = image_size(path)
+    return vision_tokens(*smart_resize(h, w, min_pixels=min_pixels, max_pixels=max_pixels))
+
+
+def _minmax_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    a = arr.astype(np.float64, copy=False)
+    lo = float(np.min(a)) if lo is None else float(lo)
+    hi = float(np.max(a)) if hi is None else float(hi)
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    out = (a - lo) * (255.0 / (hi - lo))
+    np.clip(out, 0.0, 255.0, out=out)
+    return np.rint(out).astype(np.uint8)
+
+
+def _gray_or_rgb(rgb: np.ndarray) -> Image.Image:
+    """An RGB array whose three channels are equal becomes ``"L"``; otherwise ``"RGB"``."""
+    if rgb.ndim == 3 and rgb.shape[2] >= 3:
+        rgb = rgb[:, :, :3]
+        if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]):
+            return Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]))
+        return Image.fromarray(np.ascontiguousarray(rgb))
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def _load_raster(p: Path) -> Image.Image:
+    try:
+        with Image.open(p) as im:
+            im.load()
+            mode = im.mode
+            if mode == "L":
+                return im.copy()
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                return Image.fromarray(_minmax_uint8(np.asarray(im)))
+            if mode in ("1", "LA", "La"):
+                return im.convert("L")
+            return _gray_or_rgb(np.asarray(im.convert("RGB")))
+    except BadImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise bad_image("unreadable or corrupt image", p, e) from None
+
+
+def _read_dicom(p: Path, stop_before_pixels: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
+        raise bad_image("not a readable DICOM file", p, e) from None
+
+
+def _first(value) -> float:
+    """First value of a possibly multi-valued DICOM element."""
+    if isinstance(value, list | tuple) or (hasattr(value, "__len__") and not isinstance(value, str | bytes)):
+        return float(value[0])
+    return float(value)
+
+
+def _voi_range(arr: np.ndarray, ds) -> tuple[np.ndarray, float, float]:
+    """Apply the VOI LUT or windowing when present; return the result and its nominal output range."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        n_entries = int(item.LUTDescriptor[0]) or 65536
+        first = int(item.LUTDescriptor[1])
+        iarr = np.rint(arr).astype(np.int64) if not np.issubdtype(arr.dtype, np.integer) else arr
+        out = apply_voi(iarr, ds)
+        lut = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds)
+        return out, float(lut.min()), float(lut.max())
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        out = apply_windowing(arr.astype(np.float64), ds)
+        span = 10.0 * max(abs(width), 1.0)
+        probe = apply_windowing(np.array([center - span, center + span], dtype=np.float64), ds)
+        return out, float(probe.min()), float(probe.max())
+    return arr, float(np.min(arr)), float(np.max(arr))
+
+
+def _load_dicom(p: Path) -> Image.Image:
+    ds = _read_dicom(p)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise bad_image("DICOM file has no pixel data", p)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except Exception as e:  # decoder plugins raise many types (missing codec, truncated data, ...)
+        raise bad_image("cannot decode DICOM pixel data", p, e) from None
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        arr = arr[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if arr.ndim == 3:  # colour (pydicom converts YBR to RGB)
+        rgb = arr if arr.dtype == np.uint8 else _minmax_uint8(arr)
+        return _gray_or_rgb(rgb)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise bad_image("unsupported Photometric Interpretation", p, field="PhotometricInterpretation",
+                        value=photometric)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if np.issubdtype(arr.dtype, np.integer) and arr.size and int(arr.max()) - int(arr.min()) <= _MAX_TABLE:
+                # integer stored values: run the value pipeline once per distinct value, then look up
+                lo_v = int(arr.min())
+                domain = np.arange(lo_v, int(arr.max()) + 1).astype(arr.dtype)
+                table = _gray_values(domain, ds, photometric)
+                idx = arr - arr.dtype.type(lo_v) if np.issubdtype(arr.dtype, np.unsignedinteger) else (
+                    arr.astype(np.int64) - lo_v)
+                out8 = table[idx]
+            else:
+                out8 = _gray_values(arr, ds, photometric)
+    except BadImageError:
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        raise bad_image("cannot apply DICOM value LUTs", p, e) from None
+    return Image.fromarray(np.ascontiguousarray(out8))
+
+
+def _gray_values(stored: np.ndarray, ds, photometric: str) -> np.ndarray:
+    """Stored values -> 8-bit display values: modality LUT, VOI LUT/window (else min-max), inversion."""
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(stored, ds)
+    try:
+        out, lo, hi = _voi_range(values, ds)
+    except (ValueError, NotImplementedError, AttributeError, TypeError, IndexError):
+        out, lo, hi = values, float(np.min(values)), float(np.max(values))  # unusable VOI: min-max
+    if float(np.min(out)) == float(np.max(out)) and float(np.min(values)) < float(np.max(values)):
+        out, lo, hi = values, float(np.min(values)), float(np.max(values))  # the window hides everything
+    out8 = _minmax_uint8(out, lo, hi)
+    inverse = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+    if (photometric == "MONOCHROME1") != inverse:
+        out8 = 255 - out8
+    return out8
+
+
+# -- resizing and cache ----------------------------------------------------------------------------
+def resize_to_budget(img: Image.Image, *, min_pixels: int = DEFAULT_MIN_PIXELS,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Resize (bicubic) to :func:`smart_resize`'s size; returns ``img`` itself when already there."""
+    h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
+    if (h, w) == (img.height, img.width):
+        return img
+    return img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def load_resized(path: str | os.PathLike, *, min_pixels: int = DEFAULT_MIN_PIXELS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` then :func:`resize_to_budget`; a bad size or ratio is a BadImageError."""
+    img = load_image(path)
+    try:
+        return resize_to_budget(img, min_pixels=min_pixels, max_pixels=max_pixels)
+    except ValueError as e:
+        raise bad_image("size outside what the model accepts", Path(path), e) from None
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """One cached, resized image: where it is, where it came from, its size and token count."""
+
+    path: Path
+    source: Path
+    height: int
+    width: int
+    hit: bool
+
+    @property
+    def tokens(self) -> int:
+        return vision_tokens(self.height, self.width)
+
+
+class ImageCache:
+    """Resize-once PNG cache for one pixel budget, safe to use from several threads.
+
+    ``get(source)`` returns the cached PNG, creating it on the first call. Files are written to a
+    temporary name and renamed, so an interrupted run never leaves a half-written image behind.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, min_pixels: int = DEFAULT_MIN_PIXELS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        smart_resize(FACTOR, FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget
+        self.root = Path(cache_dir)
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        self.dir = self.root / f"px{self.min_pixels}-{self.max_pixels}"
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def key(self, source: str | os.PathLike) -> str:
+        """Hash of the absolute source path, its size and mtime, and the budget."""
+        p = Path(source).resolve()
+        try:
+            st = p.stat()
+        except OSError:
+            raise bad_image("image file not found", p) from None
+        raw = f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{self.min_pixels}\0{self.max_pixels}"
+        return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+
+    def path_for(self, source: str | os.PathLike) -> Path:
+        k = self.key(source)
+        return self.dir / k[:2] / f"{k}.png"
+
+    def relpath(self, cached: CachedImage) -> str:
+        """The cached file's path relative to the cache root (the data root of prepared records)."""
+        return cached.path.relative_to(self.root).as_posix()
+
+    def get(self, source: str | os.PathLike) -> CachedImage:
+        src = Path(source)
+        _check_file(src)
+        dest = self.path_for(src)
+        if dest.is_file():
+            try:
+                with Image.open(dest) as im:
+                    w, h = im.size
+                with self._lock:
+                    self.hits += 1
+                return CachedImage(dest, src, h, w, True)
+            except (OSError, SyntaxError):
+                pass  # unreadable cache entry: rebuild it
+        img = load_resized(src, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        img.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+        os.replace(tmp, dest)
+        with self._lock:
+            self.misses += 1
+        return CachedImage(dest, src, img.height, img.width, False)

@@ -1,0 +1,240 @@
+"""One entry point for every dataset: convert, optionally resize/cache images, link priors, write.
+
+>>> prepare("mimic-cxr", root="/data/mimic-cxr-jpg/2.1.0", out="data/mimic.jsonl",
+...         image_cache="data/img-cache", skip_bad=True)        # doctest: +SKIP
+
+Writes ``out`` (JSONL, or Parquet for ``.parquet``), ``<out stem>.summary.json`` (the summary,
+including ``data_root``: the folder the records' image paths are relative to) and, when anything
+was skipped, ``<out stem>.skipped.jsonl`` (one line per skipped study or image, with the reason).
+
+With ``image_cache`` every image is decoded once (DICOM windowing, MONOCHROME1 inversion, 8-bit),
+resized to the pixel budget and stored as PNG; the records then point at the cached PNGs (relative
+to ``image_cache``, which becomes ``data_root``), ``meta.source_images`` keeps the original paths and
+``meta.vision_tokens`` the per-image token counts, so the training cost is known up front.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep._util import SkipLog, summarize
+from data_prep.errors import BadImageError, DataPrepError
+from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, CachedImage, ImageCache
+from data_prep.schema import ImageRef, StudyRecord, read_records, write_records
+from data_prep.schema import link_priors as _link_priors
+
+#: CLI name -> (canonical dataset name, converter import path)
+DATASETS: dict[str, tuple[str, str]] = {
+    "iu-xray": ("iu_xray", "data_prep.iu_xray:convert_iu_xray"),
+    "mimic-cxr": ("mimic_cxr", "data_prep.mimic:convert_mimic"),
+    "chexpert-plus": ("chexpert_plus", "data_prep.chexpert_plus:convert_chexpert_plus"),
+    "rexgradient": ("rexgradient", "data_prep.rexgradient:convert_rexgradient"),
+    "phantom": ("phantom", "data_prep.prepare:convert_phantom"),
+}
+_ALIASES = {"iu_xray": "iu-xray", "iu": "iu-xray", "openi": "iu-xray", "mimic": "mimic-cxr", "mimic_cxr": "mimic-cxr",
+            "mimic-cxr-jpg": "mimic-cxr", "chexpert_plus": "chexpert-plus", "chexpertplus": "chexpert-plus",
+            "rexgradient-160k": "rexgradient", "rexgradient_160k": "rexgradient"}
+
+
+def dataset_name(name: str) -> str:
+    """Normalise a dataset name (``"mimic_cxr"``, ``"MIMIC"`` -> ``"mimic-cxr"``)."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise DataPrepError(f"unknown dataset (expected one of {sorted(DATASETS)})", field="dataset", value=name)
+    return key
+
+
+def _converter(name: str) -> Callable[..., tuple[list[StudyRecord], dict[str, Any]]]:
+    import importlib
+
+    mod, fn = DATASETS[name][1].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def convert_phantom(root: str | os.PathLike, *, n: int = 48, seed: int = 0, out: str | os.PathLike | None = None,
+                    skip_bad: bool = False, link_priors: bool = True, progress: bool = True,
+                    skip_log: SkipLog | None = None, **phantom_options: Any) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """Generate the synthetic phantom dataset in ``root`` (via :func:`data_prep.phantom.make_phantom`)."""
+    try:
+        from data_prep.phantom import make_phantom
+    except ImportError as e:
+        raise DataPrepError(f"the phantom generator is not available ({e})", field="dataset", value="phantom") from None
+    root = Path(root)
+    info = make_phantom(root, n=n, seed=seed, **phantom_options) or {}
+    records = read_records(root / "studies.jsonl")
+    skips = skip_log if skip_log is not None else SkipLog()
+    n_priors = _link_priors(records) if link_priors else 0
+    summary = summarize("phantom", records, skips, data_root=root, priors_linked=n_priors, n=n, seed=seed,
+                        phantom=info if isinstance(info, dict) else {})
+    if out is not None:
+        write_records(records, out)
+    return records, summary
+
+
+def _call_converter(name: str, source: Any, options: dict[str, Any], **common: Any):
+    fn = _converter(name)
+    params = inspect.signature(fn).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not accepts_any]
+    if unknown:
+        allowed = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                         and k not in ("out", "skip_bad", "link_priors", "progress", "skip_log"))
+        raise DataPrepError(f"unknown option(s) {unknown} for dataset {name} (allowed: {allowed})",
+                            field=unknown[0])
+    return fn(source, **options, **common)
+
+
+def _reason(err: DataPrepError) -> str:
+    """The short reason of an error message (without file, field, value and the detail in brackets)."""
+    return getattr(err, "reason", None) or str(err).rsplit(": ", 1)[-1]
+
+
+def cache_images(records: list[StudyRecord], data_root: Path, cache: ImageCache, *, skip_bad: bool,
+                 skips: SkipLog, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Resize every image of ``records`` into ``cache`` and point the records at the cached PNGs.
+
+    Studies that had images but lost all of them to unreadable files are removed from ``records``.
+    Returns image statistics (cached, reused, failed, vision tokens).
+    """
+    sources = sorted({im.path for r in records for im in r.images} |
+                     {im.path for r in records if r.prior for im in r.prior.images})
+    done: dict[str, CachedImage] = {}
+    failed: dict[str, BadImageError] = {}
+
+    def work(rel: str) -> tuple[str, CachedImage | BadImageError]:
+        try:
+            return rel, cache.get(data_root / rel)
+        except BadImageError as e:
+            return rel, e
+
+    bar = tqdm(total=len(sources), desc="images", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for rel, res in pool.map(work, sources) if workers > 1 else map(work, sources):
+            bar.update(1)
+            if isinstance(res, BadImageError):
+                if not skip_bad:
+                    bar.close()
+                    raise res
+                failed[rel] = res
+                skips.add(f"bad image: {_reason(res)}", rel, kind="image")
+            else:
+                done[rel] = res
+    bar.close()
+
+    def remap(refs: list[ImageRef]) -> list[ImageRef]:
+        return [ImageRef(cache.relpath(done[im.path]), im.view) for im in refs if im.path in done]
+
+    kept: list[StudyRecord] = []
+    for r in records:
+        had = bool(r.images)
+        src = [im.path for im in r.images if im.path in done]
+        r.images = remap(r.images)
+        if had and not r.images:
+            skips.add("all images unreadable", r.study_id)
+            continue
+        r.meta["source_images"] = src
+        r.meta["vision_tokens"] = [done[p].tokens for p in src]
+        if r.prior is not None:
+            r.prior.images = remap(r.prior.images)
+        kept.append(r)
+    records[:] = kept
+    tokens = [c.tokens for c in done.values()]
+    per_study = [sum(r.meta["vision_tokens"]) for r in kept]
+    return {
+        "cache_dir": str(cache.root), "budget": {"min_pixels": cache.min_pixels, "max_pixels": cache.max_pixels},
+        "images_cached": sum(1 for c in done.values() if not c.hit),
+        "images_reused": sum(1 for c in done.values() if c.hit),
+        "images_failed": len(failed),
+        "vision_tokens_per_image": {"mean": round(sum(tokens) / len(tokens), 1) if tokens else 0,
+                                    "min": min(tokens, default=0), "max": max(tokens, default=0)},
+        "vision_tokens_per_study": {"mean": round(sum(per_study) / len(per_study), 1) if per_study else 0,
+                                    "max": max(per_study, default=0), "total": sum(per_study)},
+    }
+
+
+def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike | None = None,
+            image_cache: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+            min_pixels: int = DEFAULT_MIN_PIXELS, skip_bad: bool = False, workers: int = 1,
+            progress: bool = True, **dataset_options: Any) -> dict[str, Any]:
+    """Convert ``dataset`` (iu-xray, mimic-cxr, chexpert-plus, rexgradient, phantom) and write ``out``.
+
+    ``source`` is the dataset's file or folder (aliases: ``root=``); for ``phantom`` it is the folder
+    to generate into (default: ``out``'s folder). ``dataset_options`` go to the converter
+    (e.g. ``png_dir=`` for IU X-ray, ``reports_root=`` for MIMIC, ``n=``/``seed=`` for phantom).
+    Returns the summary: studies, images, patients, per-split counts, skipped (by reason, with
+    examples), priors linked, empty findings/impressions, image-cache and vision-token statistics,
+    ``elapsed_s``, ``studies_per_s``, ``images_per_s``, ``data_root`` and the files written.
+    """
+    t0 = time.perf_counter()
+    name = dataset_name(dataset)
+    out = Path(out)
+    if source is None:
+        source = dataset_options.pop("root", None)
+    if source is None:
+        if name != "phantom":
+            raise DataPrepError(f"prepare {name} needs the dataset location (source=...)", field="source")
+        source = out.parent
+    if image_cache is not None:
+        cache = ImageCache(image_cache, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget early
+    skips = SkipLog()
+    records, conv = _call_converter(name, source, dataset_options, out=None, skip_bad=skip_bad, link_priors=False,
+                                    progress=progress, skip_log=skips)
+    data_root = conv.get("data_root")
+    image_stats: dict[str, Any] = {}
+    if image_cache is not None:
+        if data_root is None:
+            raise DataPrepError(f"cannot cache the images of {name}: no image folder was given "
+                                "(e.g. png_dir= for iu-xray, image_root= for chexpert-plus)", field="image_cache")
+        image_stats = cache_images(records, Path(data_root), cache, skip_bad=skip_bad, skips=skips,
+                                   workers=workers, progress=progress)
+        image_stats["source_root"] = str(data_root)  # what meta.source_images are relative to
+        data_root = str(cache.root)
+    _link_priors(records)
+    write_records(records, out)
+    elapsed = time.perf_counter() - t0
+    summary = summarize(DATASETS[name][0], records, skips, data_root=data_root,
+                        priors_linked=sum(1 for r in records if r.prior is not None))
+    for k, v in conv.items():  # converter-specific facts (layout, sources, label counts...)
+        if k not in summary and k != "out":
+            summary[k] = v
+    summary.update(image_stats)
+    n_images = sum(len(r.images) for r in records)
+    summary.update({
+        "out": str(out), "elapsed_s": round(elapsed, 3),
+        "studies_per_s": round(len(records) / elapsed, 1) if elapsed > 0 else None,
+        "images_per_s": round(n_images / elapsed, 1) if elapsed > 0 else None,
+    })
+    stem = out.with_suffix("")
+    if len(skips):
+        skipped_file = stem.with_name(stem.name + ".skipped.jsonl")
+        with open(skipped_file, "w", encoding="utf-8") as fh:
+            for it in skips.items:
+                fh.write(json.dumps(it, ensure_ascii=False) + "\n")
+        summary["skipped_file"] = str(skipped_file)
+    summary_file = stem.with_name(stem.name + ".summary.json")
+    summary["summary_file"] = str(summary_file)
+    summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """One human line for the end of a run."""
+    sp = s.get("splits", {})
+    parts = [f"prepared {s['dataset']}: {s['studies']} studies "
+             f"(train {sp.get('train', 0)} / validate {sp.get('validate', 0)} / test {sp.get('test', 0)}), "
+             f"{s['images']} images, {s['priors_linked']} with a prior, {s['empty_findings']} empty findings, "
+             f"{s['skipped']['total']} skipped"]
+    if "vision_tokens_per_study" in s:
+        parts.append(f", {s['vision_tokens_per_study']['mean']} vision tokens/study")
+    parts.append(f" -> {s['out']} in {s['elapsed_s']:.1f} s ({s['studies_per_s']} studies/s)")
+    return "".join(parts)

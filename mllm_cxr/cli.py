@@ -1,0 +1,59 @@
+"""``mllm-cxr <verb>``: prepare, label, score, generate, eval, export, serve, pairs, tiny.
+
+Each package area registers its own verbs (``register(subparsers)``); this module wires them in.
+User errors print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: Modules that provide ``register(subparsers)``, in the order their verbs appear in --help.
+VERB_MODULES = (
+    "data_prep.cli",          # prepare
+    "reward.cli_label",       # label
+    "reward.cli_score",       # score
+    "mllm_cxr.cli_model",     # generate, eval, export, serve, tiny
+    "mllm_cxr.cli_pairs",     # pairs
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mllm-cxr", description="Chest X-ray report generation toolkit.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # this area has no verbs in this version
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mllm_cxr.errors import USER_ERRORS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.debug else logging.DEBUG,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"mllm-cxr {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Study records -> the datasets TRL's trainers consume (SFT, DPO, GRPO).
+
+Images stay on disk: the ``images`` column holds file paths typed as ``datasets.Image`` and is
+decoded lazily, so a 200k-study dataset does not sit in memory. DICOM must be converted once by
+``mllm-cxr prepare ... --image-cache DIR`` (the converter resizes to the pixel budget and writes PNGs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import BadImageError, DataPrepError
+from data_prep.schema import StudyRecord, read_records
+from mllm_cxr.prompts import PromptConfig, build_messages, has_target, target_text
+
+log = logging.getLogger(__name__)
+DECODABLE = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _image_paths(study: StudyRecord, refs, data_root: Path, check: bool) -> list[str]:
+    paths = []
+    for r in refs:
+        p = (data_root / r.path).resolve()
+        if p.suffix.lower() not in DECODABLE:
+            raise BadImageError("trainers read PNG/JPG; convert DICOM once with `mllm-cxr prepare <dataset> "
+                                "--image-cache DIR`", file=str(p), field="images.path", value=r.path)
+        if check and not p.exists():
+            raise BadImageError(f"image of study {study.study_id} not found", file=str(p), field="images.path",
+                                value=r.path)
+        paths.append(str(p))
+    return paths
+
+
+def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: PromptConfig, *,
+               check_images: bool = True, require_target: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One row per study: prompt messages, image paths, reference text and context columns.
+
+    Studies without text in the target sections are skipped and counted (``require_target``).
+    """
+    root = Path(data_root)
+    rows, skipped = [], {"no_target": 0, "no_image": 0}
+    for s in records:
+        if require_target and not has_target(s, cfg):
+            skipped["no_target"] += 1
+            continue
+        messages, refs = build_messages(s, cfg)
+        if not refs:
+            skipped["no_image"] += 1
+            continue
+        rows.append({
+            "study_id": s.study_id,
+            "prompt": messages,
+            "images": _image_paths(s, refs, root, check_images),
+            "reference": target_text(s, cfg),
+            "findings": s.findings,
+            "impression": s.impression,
+            "comparison": s.comparison,
+            "has_prior": s.has_prior,
+            "labels": json.dumps(s.labels) if s.labels is not None else "",
+        })
+    return rows, skipped
+
+
+def _to_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset, Image, Sequence as HFSequence
+
+    if not rows:
+        raise DataPrepError("no usable studies (all skipped: empty target sections or no images)")
+    ds = Dataset.from_list(rows)
+    return ds.cast_column("images", HFSequence(Image()))
+
+
+def assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **kw):
+    """prompt/completion rows (TRL computes the loss on the completion = the report only)."""
+    rows, skipped = study_rows(records, data_root, cfg, **kw)
+    for r in rows:
+        r["completion"] = assistant(r["reference"])
+    if any(skipped.values()):
+        log.warning("SFT data: skipped %s", skipped)
+    return _to_dataset(rows)
+
+
+def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **kw):
+    """prompt rows with the columns reward functions read (reference, comparison, has_prior, labels)."""
+    rows, skipped = study_rows(records, data_root, cfg, **kw)
+    if any(skipped.values()):
+        log.warning("GRPO data: skipped %s", skipped)
+    return _to_dataset(rows)
+
+
+def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyRecord], data_root,
+                cfg: PromptConfig, **kw):
+    """Preference pairs ({study_id, chosen, rejected}) -> prompt/chosen/rejected/images rows."""
+    rows = []
+    for i, p in enumerate(pairs):
+        for k in ("study_id", "chosen", "rejected"):
+            if not isinstance(p.get(k), str) or not p[k].strip():
+                raise DataPrepError("preference pair needs a non-empty string", line=i + 1, field=k, value=p.get(k))
+        if p["study_id"] not in records_by_id:
+            raise DataPrepError("pair refers to an unknown study", line=i + 1, field="study_id", value=p["study_id"])
+        s = records_by_id[p["study_id"]]
+        (row,), _ = study_rows([s], data_root, cfg, require_target=False, **kw)
+        row["chosen"], row["rejected"] = assistant(p["chosen"]), assistant(p["rejected"])
+        rows.append(row)
+    return _to_dataset(rows)
+
+
+def load_split(path: str | Path, split: str | None, limit: int | None = None) -> list[StudyRecord]:
+    recs = read_records(path, split=split)
+    if not recs:
+        raise DataPrepError(f"no studies with split={split!r}", file=str(path), field="split", value=split)
+    return recs[:limit] if limit else recs

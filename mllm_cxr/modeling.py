@@ -1,0 +1,176 @@
+"""Load Qwen2.5-VL / Qwen2-VL (any image-text-to-text model) with LoRA or QLoRA, by hub id or local path.
+
+Defaults follow what vLLM can serve: LoRA on the language model only (vLLM ignores LoRA on the vision
+tower), vision tower and projector frozen. QLoRA = 4-bit NF4 base weights (bitsandbytes) + LoRA.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The language-model projections LoRA targets by default (Qwen2/2.5-VL names).
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Module-name fragments of the vision tower and of the vision->text projector ("merger").
+VISION_PATTERNS = ("visual.",)
+PROJECTOR_PATTERNS = ("visual.merger",)
+
+
+@dataclass
+class ModelArguments:
+    """How to load the model. Every field is a YAML key and a ``--flag`` of the recipes.
+
+    ``trust_remote_code`` is not here: it is the trainer config's field (off by default) and is passed on.
+    """
+
+    model_name_or_path: str = field(default="Qwen/Qwen2.5-VL-3B-Instruct",
+                                    metadata={"help": "hub id or local path of the base model"})
+    adapter_path: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. SFT)"})
+    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | flash_attention_2 | eager"})
+    min_pixels: int | None = field(default=None, metadata={"help": "image processor pixel budget (min)"})
+    max_pixels: int | None = field(default=None, metadata={"help": "image processor pixel budget (max)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base weights"})
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    use_peft: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning (False)"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    lora_on_vision: bool = field(default=False, metadata={"help": "also LoRA the vision tower (vLLM drops it)"})
+    freeze_vision: bool = field(default=True, metadata={"help": "freeze the vision tower (full fine-tuning)"})
+    freeze_projector: bool = field(default=True, metadata={"help": "freeze the vision->text projector"})
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[name]
+    except KeyError:
+        raise ValueError(f"model.dtype: unknown dtype {name!r} (auto, bfloat16, float16, float32)") from None
+
+
+def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
+    """The model's processor with the configured pixel budget; right padding for training."""
+    from transformers import AutoProcessor
+
+    kw = {}
+    if args.min_pixels is not None:
+        kw["min_pixels"] = args.min_pixels
+    if args.max_pixels is not None:
+        kw["max_pixels"] = args.max_pixels
+    processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust_remote_code)
+    ip = getattr(processor, "image_processor", None)
+    if ip is not None and kw:
+        # transformers 5 keeps the budget in ``size`` (shortest_edge = min, longest_edge = max pixels)
+        size = dict(getattr(ip, "size", None) or {})
+        if "min_pixels" in kw:
+            size["shortest_edge"] = kw["min_pixels"]
+            ip.min_pixels = kw["min_pixels"]
+        if "max_pixels" in kw:
+            size["longest_edge"] = kw["max_pixels"]
+            ip.max_pixels = kw["max_pixels"]
+        ip.size = size
+    return processor
+
+
+def quantization_config(args: ModelArguments):
+    if not args.load_in_4bit:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError("load_in_4bit needs bitsandbytes: pip install 'mllm-cxr[gpu]' (or bitsandbytes)") from None
+    from transformers import BitsAndBytesConfig
+
+    compute = resolve_dtype(args.dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=compute,
+                              llm_int8_skip_modules=["visual", "lm_head"])
+
+
+def load_base_model(args: ModelArguments, *, trust_remote_code: bool = False):
+    """The base model (quantised when asked), with frozen vision tower / projector as configured."""
+    from transformers import AutoModelForImageTextToText
+
+    kw = dict(dtype=resolve_dtype(args.dtype), trust_remote_code=trust_remote_code)
+    if args.attn_implementation:
+        kw["attn_implementation"] = args.attn_implementation
+    q = quantization_config(args)
+    if q is not None:
+        kw["quantization_config"] = q
+    model = AutoModelForImageTextToText.from_pretrained(args.model_name_or_path, **kw)
+    if not args.use_peft:
+        for name, p in model.named_parameters():
+            if args.freeze_vision and _is_vision(name) and not _is_projector(name):
+                p.requires_grad_(False)
+            if args.freeze_projector and _is_projector(name):
+                p.requires_grad_(False)
+    return model
+
+
+def _is_vision(name: str) -> bool:
+    return any(p in name for p in VISION_PATTERNS)
+
+
+def _is_projector(name: str) -> bool:
+    return any(p in name for p in PROJECTOR_PATTERNS)
+
+
+def lora_config(args: ModelArguments):
+    """A PEFT LoraConfig whose targets are restricted to the language model unless ``lora_on_vision``."""
+    from peft import LoraConfig
+
+    if not args.use_peft:
+        return None
+    names = "|".join(sorted(set(args.lora_target_modules)))
+    if args.lora_on_vision:
+        target = rf".*\.({names}|qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)$"
+    else:
+        target = rf"^(?!.*visual).*\.({names})$"
+    modules_to_save = []
+    if not args.freeze_projector:
+        modules_to_save.append("merger")
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM", modules_to_save=modules_to_save or None)
+
+
+def load_model(args: ModelArguments, *, is_trainable: bool = True, gradient_checkpointing: bool = False,
+               trust_remote_code: bool = False):
+    """Base model + (new or loaded) LoRA adapter, ready for a TRL trainer or generation.
+
+    Returns ``(model, peft_config)``: when a new adapter should be created by the TRL trainer,
+    ``peft_config`` is the LoraConfig and ``model`` the plain base model; when ``adapter_path`` is set,
+    the adapter is loaded here (trainable when ``is_trainable``) and ``peft_config`` is ``None``.
+    """
+    model = load_base_model(args, trust_remote_code=trust_remote_code)
+    if args.load_in_4bit and is_trainable:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if args.adapter_path:
+        from peft import PeftModel
+
+        path = Path(args.adapter_path)
+        if not (path / "adapter_config.json").exists():
+            raise FileNotFoundError(f"model.adapter_path: no adapter_config.json in {path}")
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+        return model, None
+    return model, (lora_config(args) if is_trainable else None)
+
+
+def trainable_summary(model) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"trainable {train:,} / {total:,} parameters ({100 * train / max(total, 1):.2f}%)"

@@ -1,0 +1,160 @@
+"""One prompt builder for every stage.
+
+SFT, DPO, GRPO, generation, evaluation, the exported chat template and the vLLM/OpenAI client all
+call :func:`build_messages`, so the model sees identical text everywhere. A study becomes::
+
+    [system]  You are a radiologist ...
+    [user]    <image> <image> ... INDICATION: ...  COMPARISON: ...  PRIOR REPORT: ...  Write the FINDINGS ...
+    [assistant] FINDINGS: ...\nIMPRESSION: ...        (training target, :func:`target_text`)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.schema import FRONTAL_VIEWS, ImageRef, StudyRecord, comparison_is_empty
+
+SECTIONS = ("findings", "impression")
+CONTEXT_FIELDS = ("indication", "technique", "comparison")
+DEFAULT_SYSTEM = "You are an expert radiologist. You write accurate, concise chest X-ray reports."
+
+
+@dataclass
+class PromptConfig:
+    """What goes into the prompt. Every field is also a YAML key / ``--flag`` of the recipes."""
+
+    sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
+    context: list[str] = field(default_factory=lambda: ["indication", "comparison"])
+    include_prior_report: bool = False
+    include_prior_images: bool = False
+    max_images: int = 2
+    frontal_first: bool = True
+    system_prompt: str = DEFAULT_SYSTEM
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sections, str):
+            self.sections = [s.strip() for s in self.sections.split(",") if s.strip()]
+        if isinstance(self.context, str):
+            self.context = [s.strip() for s in self.context.split(",") if s.strip()]
+        bad = [s for s in self.sections if s not in SECTIONS]
+        if bad or not self.sections:
+            raise ValueError(f"prompt.sections: {bad or self.sections!r} not in {SECTIONS}")
+        bad = [c for c in self.context if c not in CONTEXT_FIELDS]
+        if bad:
+            raise ValueError(f"prompt.context: {bad!r} not in {CONTEXT_FIELDS}")
+        if self.max_images < 1:
+            raise ValueError(f"prompt.max_images must be >= 1, got {self.max_images}")
+
+
+def select_images(study: StudyRecord, cfg: PromptConfig) -> list[ImageRef]:
+    """The current study's images in prompt order (frontal first), at most ``max_images`` in all."""
+    imgs = list(study.images)
+    if cfg.frontal_first:
+        imgs.sort(key=lambda im: 0 if im.view in FRONTAL_VIEWS else (2 if im.view == "UNKNOWN" else 1))
+    n_prior = 1 if (cfg.include_prior_images and study.prior is not None and study.prior.images) else 0
+    return imgs[: max(1, cfg.max_images - n_prior)]
+
+
+def select_prior_images(study: StudyRecord, cfg: PromptConfig) -> list[ImageRef]:
+    if not (cfg.include_prior_images and study.prior is not None and study.prior.images):
+        return []
+    prior = sorted(study.prior.images, key=lambda im: 0 if im.view in FRONTAL_VIEWS else 1)
+    return prior[:1]
+
+
+def _instruction(cfg: PromptConfig) -> str:
+    names = " and ".join(s.upper() for s in cfg.sections)
+    return f"Write the {names} section{'s' if len(cfg.sections) > 1 else ''} of the report for this chest X-ray."
+
+
+def prompt_text(study: StudyRecord, cfg: PromptConfig) -> str:
+    """The user-turn text (without image placeholders)."""
+    parts = []
+    for f in cfg.context:
+        value = (getattr(study, f) or "").strip()
+        if f == "comparison" and comparison_is_empty(value):
+            value = "None."
+        if value:
+            parts.append(f"{f.upper()}: {value}")
+    if cfg.include_prior_report and study.prior is not None:
+        prior = target_text_from(study.prior.findings, study.prior.impression, cfg.sections)
+        if prior:
+            parts.append(f"PRIOR REPORT: {prior}")
+    if select_prior_images(study, cfg):
+        parts.append("The last image is from the prior study.")
+    parts.append(_instruction(cfg))
+    return "\n".join(parts)
+
+
+def target_text_from(findings: str, impression: str, sections: Sequence[str]) -> str:
+    values = {"findings": (findings or "").strip(), "impression": (impression or "").strip()}
+    if len(sections) == 1:
+        return values[sections[0]]
+    return "\n".join(f"{s.upper()}: {values[s]}" for s in sections if values[s])
+
+
+def target_text(study: StudyRecord, cfg: PromptConfig) -> str:
+    """The report the model should write for ``study`` (the SFT target and the evaluation reference)."""
+    return target_text_from(study.findings, study.impression, cfg.sections)
+
+
+def has_target(study: StudyRecord, cfg: PromptConfig) -> bool:
+    return all((getattr(study, s) or "").strip() for s in cfg.sections)
+
+
+def parse_report(text: str) -> dict[str, str]:
+    """Split a generated ``FINDINGS: ... IMPRESSION: ...`` text back into sections (missing -> "")."""
+    import re
+
+    out = {"findings": "", "impression": ""}
+    m = list(re.finditer(r"(?im)^\s*(FINDINGS|IMPRESSION)\s*:", text or ""))
+    if not m:
+        out["findings"] = (text or "").strip()
+        return out
+    for i, h in enumerate(m):
+        end = m[i + 1].start() if i + 1 < len(m) else len(text)
+        out[h.group(1).lower()] = text[h.end():end].strip()
+    return out
+
+
+def build_messages(study: StudyRecord, cfg: PromptConfig | None = None) -> tuple[list[dict[str, Any]], list[ImageRef]]:
+    """Chat messages (system + user with one ``{"type": "image"}`` per image) and the images in order."""
+    cfg = cfg or PromptConfig()
+    images = select_images(study, cfg) + select_prior_images(study, cfg)
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
+    content.append({"type": "text", "text": prompt_text(study, cfg)})
+    messages = []
+    if cfg.system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system_prompt}]})
+    messages.append({"role": "user", "content": content})
+    return messages, images
+
+
+def load_images(refs: Sequence[ImageRef], data_root: str | Path):
+    """Open the study's images as RGB PIL images (via data_prep's loader: DICOM/PNG/JPG)."""
+    from data_prep.images import load_image
+
+    return [load_image(Path(data_root) / r.path).convert("RGB") for r in refs]
+
+
+def to_openai_messages(messages: list[dict[str, Any]], images) -> list[dict[str, Any]]:
+    """The same conversation in the OpenAI chat format (images inlined as PNG data URLs)."""
+    it = iter(images)
+    out = []
+    for m in messages:
+        content = []
+        for part in m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]:
+            if part["type"] == "image":
+                buf = io.BytesIO()
+                next(it).save(buf, format="PNG")
+                url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+                content.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                content.append({"type": "text", "text": part["text"]})
+        out.append({"role": m["role"], "content": content})
+    return out

@@ -1,0 +1,80 @@
+"""What every recipe does around its TRL trainer: logging, config record, resume, save, summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("mllm_cxr")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def start_run(training_args, *configs) -> None:
+    """Log the run, adapt to the hardware, write every config to ``output_dir/mllm_cxr_config.json``."""
+    from mllm_cxr.config import adapt_to_hardware
+
+    setup_logging()
+    adapt_to_hardware(training_args)
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {type(c).__name__: dataclasses.asdict(c) for c in configs}
+    if _is_main(training_args):
+        (out / "mllm_cxr_config.json").write_text(json.dumps(record, indent=2, default=str))
+    training_args._mllm_cxr_t0 = time.perf_counter()
+
+
+def _is_main(training_args) -> bool:
+    try:
+        return training_args.process_index == 0
+    except Exception:
+        return True
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    p = Path(output_dir)
+    return get_last_checkpoint(str(p)) if p.is_dir() else None
+
+
+def finish_run(trainer, training_args, processor) -> dict:
+    """Train (resuming when asked), save adapter + processor, print a one-line summary."""
+    from mllm_cxr.modeling import trainable_summary
+
+    log.info(trainable_summary(trainer.model))
+    resume = training_args.resume_from_checkpoint
+    if resume in ("auto", "last", "true", "True"):
+        resume = last_checkpoint(training_args.output_dir)
+        log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+    metrics = dict(result.metrics)
+    t = time.perf_counter() - getattr(training_args, "_mllm_cxr_t0", time.perf_counter())
+    if trainer.is_world_process_zero():
+        print(f"done: {result.global_step} steps, train_loss {metrics.get('train_loss', float('nan')):.4f}, "
+              f"{t:.0f} s on {training_args.world_size} process(es); adapter and processor saved to {training_args.output_dir}", flush=True)
+    return metrics
+
+
+def run_recipe(main) -> None:
+    """Run a recipe's main; user errors print one line and exit 2 (``MLLM_CXR_DEBUG=1`` for the trace)."""
+    import os
+
+    from mllm_cxr.errors import USER_ERRORS
+
+    try:
+        main()
+    except USER_ERRORS as e:
+        if os.environ.get("MLLM_CXR_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

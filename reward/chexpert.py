@@ -1,0 +1,830 @@
+"""Our CheXpert rule labeler and the ``chexpert_f1`` scorer.
+
+The labeler reads a free-text chest radiograph report and returns the 14 CheXpert observations
+(:data:`reward.constants.CHEXPERT_LABELS`) with the CheXpert value convention: ``1.0`` positive,
+``0.0`` negative, ``-1.0`` uncertain, ``None`` not mentioned.
+
+How it works (rules in ``reward/resources/chexpert_rules.yaml``):
+
+1. The text is lower-cased and split into sentences; scope breaks ("but", "however", ";", "there is",
+   "is seen"...) cut sentences into clauses.
+2. Mentions are found with one compiled regular expression per observation. *Finding* phrases
+   ("cardiomegaly") are positive unless a cue covers them; *structure* phrases ("heart size",
+   "mediastinal contour") take their label from a qualifier next to them ("enlarged" positive,
+   "normal" negative, "borderline"/"stable" uncertain) and are dropped when there is none.
+3. Negation and uncertainty cues act inside the clause: pre cues ("no", "without", "possible",
+   "may reflect") on the mentions after them, post cues ("is absent", "has resolved", "cannot be
+   excluded") on the mentions before them. The nearest pre cue wins; a negation from either side
+   beats an uncertainty; a "?" makes its sentence uncertain. Pseudo-negations ("no change in")
+   silence the cues they overlap.
+4. Mentions of one observation are aggregated as in the CheXpert labeler: positive beats uncertain
+   beats negative. "chf"/"heart failure" (positive or uncertain) adds Cardiomegaly = uncertain. No
+   Finding is 1 when no observation other than Support Devices, and no other abnormal finding
+   (granuloma, emphysema, scoliosis...), is positive or uncertain; otherwise it is blank.
+
+Differences from the Stanford labeler worth knowing: an empty report gets no labels at all (not
+No Finding = 1), the three-way mix negative+uncertain+positive aggregates to positive, and a bare
+structure mention without a qualifier ("the heart") is not a mention.
+
+Compiled rules are cached per rules file; labelling runs at several thousand reports per second on
+one CPU core (``bench/bench_labeler.py``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from re import _parser as _sre_parser  # the stdlib regex parser (used to index entries by prefix)
+from typing import Any
+
+import numpy as np
+import yaml
+
+from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
+
+RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
+NO_FINDING = "No Finding"
+SUPPORT_DEVICES = "Support Devices"
+OTHER = "_other"  # abnormal findings outside the 13 observations (they only rule out No Finding)
+
+_LABEL_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "uncertain": UNCERTAIN}
+_SECTION_RE = re.compile(r"(?im)^[ \t]*([a-z][a-z /&]{2,40}?)[ \t]*:")
+_UNCAPTURE_RE = re.compile(r"(?<!\\)\((?!\?)")
+_WS_RE = re.compile(r"\s+")
+_PARA_RE = re.compile(r"\n\s*\n|\n\s*(?=\d{1,2}\s*[.)]\s)")
+_SENT_RE = re.compile(r"[.!?](?=\s|$)")
+_GLUED_RE = re.compile(r"([a-z0-9)])[.]([A-Z])")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules: YAML -> one compiled matcher
+# ------------------------------------------------------------------------------------------------
+def _entry_regex(entry: str) -> str:
+    """One YAML entry -> regex: plain groups made non-capturing, a word boundary at a word end."""
+    entry = entry.strip()
+    body = _UNCAPTURE_RE.sub("(?:", entry)
+    last = entry[-1:]
+    right = r"(?!\w)" if (last.isalnum() or last in ")?*+]") else ""
+    if right and last == ")":  # no boundary after a trailing lookaround: "and (?=the )"
+        try:
+            items = list(_sre_parser.parse(body))
+        except re.error:
+            items = []
+        if items and str(items[-1][0]) in ("ASSERT", "ASSERT_NOT"):
+            right = ""
+    return f"(?:{body}){right}"
+
+
+_MAX_PREFIXES = 256
+
+
+def _prefixes(entry_re: str, k: int = 3) -> set[str] | None:
+    """Possible first ``k`` characters of matches of a regex (shorter strings: anything may follow).
+
+    Used to try an entry only at word starts whose first letters fit. None when the analysis fails
+    (the entry is then tried everywhere its first character is a word character).
+    """
+    try:
+        seq = _sre_parser.parse(entry_re)
+    except re.error:
+        return None
+    done: set[str] = set()
+
+    def run(items, open_: set[str]) -> set[str]:
+        for op, av in items:
+            if not open_:
+                return open_
+            name = str(op)
+            if name == "LITERAL":
+                nxt = {s + chr(av) for s in open_}
+            elif name == "IN":
+                chars = []
+                for op2, av2 in av:
+                    if str(op2) == "LITERAL":
+                        chars.append(chr(av2))
+                    elif str(op2) == "RANGE" and av2[1] - av2[0] < 12:
+                        chars.extend(chr(c) for c in range(av2[0], av2[1] + 1))
+                    else:
+                        chars = None
+                        break
+                if chars is None:
+                    done.update(open_)
+                    return set()
+                nxt = {s + ch for s in open_ for ch in chars}
+            elif name == "SUBPATTERN":
+                nxt = run(av[3], open_)
+            elif name == "BRANCH":
+                nxt = set()
+                for alt in av[1]:
+                    nxt |= run(alt, set(open_))
+            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, sub = av
+                once = run(sub, set(open_))
+                if hi > 1 or lo > 1:  # further repetitions: stop the analysis here
+                    done.update(once)
+                    once = set()
+                nxt = (once | open_) if lo == 0 else once
+            elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+                continue
+            else:  # ANY, NOT_LITERAL, CATEGORY, backreferences...
+                done.update(open_)
+                return set()
+            full = {s for s in nxt if len(s) >= k}
+            done.update(s[:k] for s in full)
+            open_ = nxt - full
+            if len(open_) + len(done) > _MAX_PREFIXES:
+                return None
+        return open_
+
+    rest = run(list(seq), {""})
+    if rest is None:
+        return None
+    done |= rest
+    return done
+
+
+class _Matcher:
+    """Finds the matches of many keyed entry lists in one pass over a text's word starts.
+
+    Each key (an observation's findings, a cue kind, a qualifier kind...) has a list of entries. An
+    entry is tried only at word starts whose first letters can begin it (prefix index built with the
+    stdlib regex parser); entries of one key that share a prefix run as one alternation, so at most
+    one match per key starts at a word (the first entry in YAML order that matches). Entries that
+    start with punctuation (";", ":") run as an ordinary scan. Per key, matches do not overlap.
+    """
+
+    _WORD_START = re.compile(r"\b\w")
+
+    def __init__(self, groups: Sequence[tuple[Any, Sequence[str], str]], k: int = 3):
+        self.k = k
+        self.keys: list[Any] = []
+        # prefix -> key index -> entries (in YAML order)
+        by_prefix: list[dict[str, dict[int, list[str]]]] = [{} for _ in range(k + 1)]
+        self.punct: list[tuple[int, re.Pattern]] = []
+        for key, entries, where in groups:
+            i = len(self.keys)
+            self.keys.append(key)
+            punct = []
+            for entry in entries:
+                if not isinstance(entry, str) or not entry.strip():
+                    raise RewardError(f"chexpert rules: empty or non-text entry in {where}: {entry!r}")
+                rx = _entry_regex(entry)
+                try:
+                    re.compile(rx)
+                except re.error as e:
+                    raise RewardError(f"chexpert rules: bad regex in {where}: {entry!r} ({e})") from e
+                pre = _prefixes(rx, k)
+                if pre is None:  # unknown start: try it at every word start
+                    pre = {""}
+                starts = {p[:1].isalnum() or p[:1] == "_" for p in pre if p}
+                if starts == {False}:
+                    punct.append(rx)
+                    continue
+                if False in starts:
+                    raise RewardError(f"chexpert rules: entry in {where} mixes word and punctuation "
+                                      f"starts: {entry!r}; split it in two")
+                for p in pre:
+                    by_prefix[len(p)].setdefault(p, {}).setdefault(i, []).append(rx)
+            if punct:
+                self.punct.append((i, re.compile("|".join(punct))))
+        self.index: list[dict[str, tuple[tuple[int, re.Pattern], ...]]] = [
+            {p: tuple((i, re.compile("|".join(rxs))) for i, rxs in keyed.items()) for p, keyed in level.items()}
+            for level in by_prefix]
+        self._cache: dict[str, tuple[tuple[int, re.Pattern], ...]] = {}
+
+    def _candidates(self, head: str) -> tuple[tuple[int, re.Pattern], ...]:
+        got = self._cache.get(head)
+        if got is None:
+            got = tuple(c for n in range(self.k + 1) for c in self.index[n].get(head[:n], ()))
+            if len(self._cache) < 200_000:
+                self._cache[head] = got
+        return got
+
+    def find(self, t: str) -> list[tuple[Any, int, int]]:
+        """All matches as (key, start, end), sorted by start (longest first at one start)."""
+        out: list[tuple[Any, int, int]] = []
+        last_end = [0] * len(self.keys)
+        keys, k, cache, cands = self.keys, self.k, self._cache, self._candidates
+        for ws in self._WORD_START.finditer(t):
+            pos = ws.start()
+            head = t[pos:pos + k]
+            todo = cache.get(head)
+            if todo is None:
+                todo = cands(head)
+            for i, rx in todo:
+                if pos < last_end[i]:
+                    continue
+                m = rx.match(t, pos)
+                if m is not None:
+                    last_end[i] = m.end()
+                    out.append((keys[i], pos, m.end()))
+        for i, rx in self.punct:
+            out.extend((keys[i], m.start(), m.end()) for m in rx.finditer(t) if m.end() > m.start())
+        out.sort(key=lambda x: (x[1], -x[2]))
+        return out
+
+
+@dataclass(frozen=True)
+class _Rules:
+    matcher: _Matcher
+    observations: tuple[str, ...]
+    unchanged_label: float | None
+    reach_before_adjacent: int
+    reach_after: int
+    reach_before: int
+    pre_window: int
+    short_window: int
+    post_window: int
+    implications: tuple[tuple[str, re.Pattern, str, float], ...]
+    source: str
+
+
+_CUE_KINDS = ("pseudo_negation", "negated_uncertainty", "compound_negation", "post_negation",
+              "bidirectional_negation", "pre_negation", "pre_negation_short", "pre_uncertainty",
+              "post_uncertainty", "scope_breaks", "post_cue_barriers")
+_QUALIFIER_KINDS = ("borderline", "normal", "abnormal", "unchanged")
+
+
+def load_rules(path: str | Path | None = None) -> dict[str, Any]:
+    """The rules YAML as a dict (the packaged ``chexpert_rules.yaml`` by default)."""
+    p = Path(path) if path else RULES_PATH
+    if not p.is_file():
+        raise FileNotFoundError(f"chexpert rules file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RewardError(f"{p}: not valid YAML ({e})") from e
+    if not isinstance(data, dict) or "observations" not in data:
+        raise RewardError(f"{p}: field 'observations' missing (not a chexpert rules file)")
+    return data
+
+
+@lru_cache(maxsize=8)
+def _compiled(path: str) -> _Rules:
+    data = load_rules(path)
+    groups: list[tuple[Any, Sequence[str], str]] = []
+    names = []
+    for name, spec in (data.get("observations") or {}).items():
+        if name not in CHEXPERT_LABELS or name == NO_FINDING:
+            raise RewardError(f"{path}: field 'observations' has unknown observation {name!r}")
+        spec = spec or {}
+        unknown = set(spec) - {"findings", "structures", "exclude"}
+        if unknown:
+            raise RewardError(f"{path}: field 'observations.{name}' has unknown keys {sorted(unknown)}")
+        names.append(name)
+        for part in ("findings", "structures", "exclude"):
+            if spec.get(part):
+                groups.append((("obs", name, part), spec[part], f"{name}.{part}"))
+    other = data.get("other_findings") or {}
+    for part in ("findings", "exclude"):
+        if other.get(part):
+            groups.append((("obs", OTHER, part), other[part], f"other_findings.{part}"))
+    cue_spec = data.get("cues") or {}
+    unknown = set(cue_spec) - set(_CUE_KINDS)
+    if unknown:
+        raise RewardError(f"{path}: field 'cues' has unknown kinds {sorted(unknown)}; known: {_CUE_KINDS}")
+    for kind in _CUE_KINDS:
+        if cue_spec.get(kind):
+            groups.append((("cue", kind), cue_spec[kind], f"cues.{kind}"))
+    qual_spec = data.get("qualifiers") or {}
+    for kind in _QUALIFIER_KINDS:
+        if qual_spec.get(kind):
+            groups.append((("qual", kind), qual_spec[kind], f"qualifiers.{kind}"))
+    reach = data.get("qualifier_reach") or {}
+    unchanged = str(data.get("unchanged_structure", "uncertain"))
+    if unchanged not in ("uncertain", "ignore"):
+        raise RewardError(f"{path}: field 'unchanged_structure' must be uncertain|ignore, got {unchanged!r}")
+    impl = []
+    for i, item in enumerate(data.get("implications") or []):
+        try:
+            impl.append((item["observation"], re.compile(_entry_regex(item["mention"])), item["adds"],
+                         _LABEL_NAMES[item["label"]]))
+        except (KeyError, TypeError, re.error) as e:
+            raise RewardError(f"{path}: field 'implications[{i}]' invalid: {item!r} ({e})") from e
+    return _Rules(_Matcher(groups), tuple(names), UNCERTAIN if unchanged == "uncertain" else None,
+                  int(reach.get("before_adjacent", 28)), int(reach.get("after", 90)),
+                  int(reach.get("before", 60)), int(data.get("pre_window", 14)),
+                  int(data.get("short_window", 3)), int(data.get("post_window", 7)), tuple(impl), path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text handling
+# ------------------------------------------------------------------------------------------------
+def normalize(text: str) -> str:
+    """Lower-case, paragraph and list-item breaks -> sentence ends, whitespace collapsed."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _PARA_RE.sub(" . ", text)
+    text = _GLUED_RE.sub(r"\1. \2", text)  # "process.Enlarged" -> two sentences
+    return _WS_RE.sub(" ", text).strip().lower()
+
+
+def extract_sections(text: str, sections: Sequence[str]) -> str | None:
+    """The named sections of a report with ``NAME:`` headers, joined; None when none is present.
+
+    ``sections`` are matched case-insensitively against header names ("findings", "impression").
+    """
+    heads = [(m.start(), m.end(), m.group(1).strip().lower()) for m in _SECTION_RE.finditer(text)]
+    wanted = {s.lower() for s in sections}
+    if not any(h[2] in wanted for h in heads):
+        return None
+    parts = []
+    for i, (_, end, name) in enumerate(heads):
+        if name in wanted:
+            stop = heads[i + 1][0] if i + 1 < len(heads) else len(text)
+            parts.append(text[end:stop].strip())
+    return "\n\n".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One labelled mention: observation (``_other`` for other abnormal findings), span, label."""
+
+    observation: str
+    start: int
+    end: int
+    text: str
+    label: float
+    kind: str  # "finding" | "structure"
+
+
+_NEG, _UNC = "neg", "unc"
+
+
+class ChexpertRulesLabeler:
+    """The rule labeler. ``sections``: report sections to label when the text has headers.
+
+    ``label(text)`` labels the text; when ``sections`` is given (e.g. ``("findings", "impression")``)
+    and the text has ``FINDINGS:``/``IMPRESSION:`` headers, only those sections are labelled (the
+    whole text when none of them is present). ``label_record(obj)`` labels the given fields of a
+    mapping or an object such as a study record (default findings + impression).
+    """
+
+    def __init__(self, rules_path: str | Path | None = None, sections: Sequence[str] | None = None):
+        self.rules = _compiled(str(Path(rules_path).resolve() if rules_path else RULES_PATH))
+        self.sections = tuple(sections) if sections else None
+
+    # -- public API ---------------------------------------------------------------------------
+    def label(self, text: str | None) -> dict[str, float | None]:
+        """The 14 labels of one report (keys in CHEXPERT_LABELS order)."""
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        if self.sections:
+            picked = extract_sections(text, self.sections)
+            if picked is not None:
+                text = picked
+        return self._aggregate(self.mentions(text), bool(text.strip()))
+
+    def label_many(self, texts: Iterable[str | None], progress: bool = False) -> list[dict[str, float | None]]:
+        """Labels for many reports; ``progress`` shows a tqdm bar."""
+        if progress:
+            from tqdm.auto import tqdm
+
+            texts = tqdm(texts, desc="labelling", unit="report")
+        return [self.label(t) for t in texts]
+
+    def label_record(self, record: Any, sections: Sequence[str] = ("findings", "impression")) -> dict:
+        """Labels of the given text fields of a mapping or an object (e.g. a StudyRecord)."""
+        parts = []
+        for s in sections:
+            v = record.get(s) if isinstance(record, Mapping) else getattr(record, s, None)
+            if isinstance(v, str) and v.strip():
+                parts.append(v)
+        text = "\n\n".join(parts)
+        return self._aggregate(self.mentions(text), bool(text.strip()))
+
+    def mentions(self, text: str) -> list[Mention]:
+        """All labelled mentions of a text (the evidence behind :meth:`label`)."""
+        if not text or not text.strip():
+            return []
+        t = normalize(text)
+        hits = self.rules.matcher.find(t)
+        raw: list[tuple[str, int, int, str]] = []
+        excl: dict[str, list[tuple[int, int]]] = {}
+        cues: dict[str, list[tuple[int, int]]] = {}
+        quals: list[tuple[int, int, str]] = []
+        for key, s, e in hits:
+            if key[0] == "obs":
+                if key[2] == "exclude":
+                    excl.setdefault(key[1], []).append((s, e))
+                else:
+                    raw.append((key[1], s, e, "structure" if key[2] == "structures" else "finding"))
+            elif key[0] == "cue":
+                cues.setdefault(key[1], []).append((s, e))
+            elif not quals or s >= quals[-1][1]:  # overlapping qualifiers: the first, longest wins
+                quals.append((s, e, key[1]))
+            elif s == quals[-1][0] and e > quals[-1][1]:
+                quals[-1] = (s, e, key[1])
+        if excl:
+            raw = [m for m in raw if not any(a <= m[1] < b or a < m[2] <= b for a, b in excl.get(m[0], ()))]
+        if not raw:
+            return []
+        ctx = _Context(t, self.rules, cues, quals)
+        structure_spans = [(s, e) for _, s, e, k in raw if k == "structure"]
+        out = []
+        for name, s, e, kind in raw:
+            if kind == "structure":
+                base = ctx.qualify(s, e, structure_spans)
+                if base is None:
+                    continue
+                if base != POSITIVE:  # normal/borderline/unchanged: the qualifier decides
+                    out.append(Mention(name, s, e, t[s:e], base, kind))
+                    continue
+            out.append(Mention(name, s, e, t[s:e], ctx.assertion(s, e), kind))
+        return out
+
+    # -- internals ----------------------------------------------------------------------------
+    def _aggregate(self, mentions: list[Mention], has_text: bool) -> dict[str, float | None]:
+        labels: dict[str, float | None] = dict.fromkeys(CHEXPERT_LABELS)
+        if not has_text:
+            return labels
+        finding = False
+        for m in mentions:
+            if m.label != NEGATIVE and m.observation != SUPPORT_DEVICES:
+                finding = True
+            if m.observation != OTHER:
+                old = labels[m.observation]
+                labels[m.observation] = m.label if old is None else _combine(old, m.label)
+            if m.label == NEGATIVE:
+                continue
+            for ob, rx, adds, lab in self.rules.implications:
+                if ob == m.observation and rx.fullmatch(m.text):
+                    old = labels[adds]
+                    labels[adds] = lab if old is None else _combine(old, lab)
+        if not finding:
+            labels[NO_FINDING] = POSITIVE
+        return labels
+
+
+def _combine(a: float, b: float) -> float:
+    """Aggregate two mentions of one observation: positive > uncertain > negative."""
+    if POSITIVE in (a, b):
+        return POSITIVE
+    if UNCERTAIN in (a, b):
+        return UNCERTAIN
+    return NEGATIVE
+
+
+def _free(spans: list[tuple[int, int]], blockers: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans that overlap none of the blockers."""
+    if not blockers:
+        return spans
+    return [x for x in spans if not any(a < x[1] and x[0] < b for a, b in blockers)]
+
+
+class _Context:
+    """Sentences, clauses, cues and qualifiers of one normalised text."""
+
+    _ALLOWED_GAP = frozenset(
+        "and or the a is are was were be been being has have remains remain appears appear seems seem "
+        "looks look to again still now also otherwise overall grossly mildly moderately markedly severely "
+        "slightly somewhat stably noted seen in size of both all each which very minimally at within its "
+        "their xxxx , - and/or sized appearing appearance contour contours configuration limits".split())
+
+    def __init__(self, t: str, rules: _Rules, cues: dict[str, list[tuple[int, int]]],
+                 quals: list[tuple[int, int, str]]):
+        self.t, self.r, self.quals = t, rules, quals
+        self.sent_ends = [m.start() for m in _SENT_RE.finditer(t)]
+        self.question = {i for i in self.sent_ends if t[i] == "?"}
+        get = cues.get
+        silencers = get("pseudo_negation", [])
+        neg_unc = get("negated_uncertainty", [])
+        comp_neg = get("compound_negation", [])
+        post_neg = get("post_negation", [])
+        strong = silencers + neg_unc + comp_neg
+        bi_neg = _free(get("bidirectional_negation", []), strong)
+        pre: list[tuple[int, int, str, int]] = []  # (start, end, kind, window in words)
+        post: list[tuple[int, int, str]] = []
+        pre += [(s, e, _NEG, rules.pre_window) for s, e in _free(get("pre_negation", []), strong + post_neg + bi_neg)]
+        pre += [(s, e, _NEG, rules.short_window) for s, e in _free(get("pre_negation_short", []), strong)]
+        # a compound negation acts from its first word on (it may contain the mention itself)
+        pre += [(s, s + len(t[s:e].split(' ', 1)[0]), _NEG, rules.pre_window) for s, e in comp_neg]
+        pre += [(s, e, _NEG, rules.short_window) for s, e in bi_neg]
+        post += [(s, e, _NEG) for s, e in bi_neg]
+        post += [(s, e, _NEG) for s, e in _free(post_neg, silencers + neg_unc)]
+        pre += [(s, e, _UNC, rules.pre_window) for s, e in neg_unc]
+        post += [(s, e, _UNC) for s, e in neg_unc]
+        pre += [(s, e, _UNC, rules.pre_window) for s, e in _free(get("pre_uncertainty", []), strong)]
+        post += [(s, e, _UNC) for s, e in _free(get("post_uncertainty", []), strong)]
+        pre.sort()
+        post.sort()
+        self.pre, self.pre_starts = pre, [p[0] for p in pre]
+        self.post, self.post_starts = post, [p[0] for p in post]
+        breaks = get("scope_breaks", [])
+        self.break_starts = sorted(b[0] for b in breaks)
+        self.break_ends = sorted(b[1] for b in breaks)
+        self.barriers = sorted(b[0] for b in get("post_cue_barriers", []))
+
+    def _sentence(self, s: int) -> tuple[int, int]:
+        i = bisect.bisect_left(self.sent_ends, s)
+        start = self.sent_ends[i - 1] + 1 if i > 0 else 0
+        end = self.sent_ends[i] if i < len(self.sent_ends) else len(self.t)
+        return start, end
+
+    def _clause(self, s: int, e: int) -> tuple[int, int]:
+        """The sentence around [s, e) cut at the nearest scope breaks."""
+        start, end = self._sentence(s)
+        j = bisect.bisect_right(self.break_ends, s)
+        if j > 0:
+            start = max(start, self.break_ends[j - 1])
+        k = bisect.bisect_left(self.break_starts, e)
+        if k < len(self.break_starts):
+            end = min(end, self.break_starts[k])
+        return start, end
+
+    def assertion(self, s: int, e: int) -> float:
+        """Label of a finding mention at [s, e): negative, uncertain or positive."""
+        c0, c1 = self._clause(s, e)
+        t = self.t
+        pre_kind = None
+        i = bisect.bisect_left(self.pre_starts, s)
+        while i > 0:
+            i -= 1
+            ps, pe, kind, window = self.pre[i]
+            if ps < c0:
+                break
+            if pe <= s and t.count(" ", pe, s) - 1 <= window:
+                pre_kind = kind
+                break
+        if pre_kind == _NEG:
+            return NEGATIVE
+        post_kind = None
+        j = bisect.bisect_left(self.post_starts, e)
+        if j < len(self.post):
+            ps, pe, kind = self.post[j]
+            if pe <= c1 and t.count(" ", e, ps) - 1 <= self.r.post_window:
+                k = bisect.bisect_left(self.barriers, e)
+                if k >= len(self.barriers) or self.barriers[k] >= ps:
+                    post_kind = kind
+        if post_kind == _NEG:
+            return NEGATIVE
+        if pre_kind == _UNC or post_kind == _UNC:
+            return UNCERTAIN
+        _, end = self._sentence(e)
+        if end in self.question:
+            return UNCERTAIN
+        return POSITIVE
+
+    def _gap_ok(self, a: int, b: int, structures: list[tuple[int, int]]) -> bool:
+        """Whether the text between a qualifier and a structure only links them (copulas, lists)."""
+        gap = self.t[a:b]
+        for s, e in structures:  # other structures in a coordinated list do not break the link
+            if a <= s and e <= b:
+                gap = gap.replace(self.t[s:e], " ")
+        return all(w in self._ALLOWED_GAP for w in gap.replace(",", " , ").split())
+
+    def qualify(self, s: int, e: int, structures: list[tuple[int, int]]) -> float | None:
+        """Label given to a structure mention by its qualifier (None: no qualifier)."""
+        r = self.r
+        sent0, sent1 = self._sentence(s)
+        lo = max(sent0, s - max(r.reach_before, r.reach_before_adjacent))
+        hi = min(sent1, e + r.reach_after)
+        before = [q for q in self.quals if lo <= q[0] and q[1] <= s]
+        after = [q for q in self.quals if e <= q[0] and q[1] <= hi]
+        # 1. a qualifier right in front ("normal heart size", "enlargement of the cardiac silhouette")
+        if before and s - before[-1][1] <= r.reach_before_adjacent and self._gap_ok(before[-1][1], s, []):
+            return self._value(before[-1][2])
+        # 2. the first definite qualifier after, linked by copulas and coordinated structures
+        pending = False
+        pos = e
+        for qs, qe, kind in after:
+            if qs < pos:  # overlaps the previous qualifier
+                continue
+            if not self._gap_ok(pos, qs, structures):
+                break
+            if kind != "unchanged":
+                return self._value(kind)
+            pending, pos = True, qe
+        if pending:
+            return self._value("unchanged")
+        # 3. a qualifier before a coordinated list ("normal heart size and mediastinal contours")
+        if before and s - before[-1][1] <= r.reach_before and self._gap_ok(before[-1][1], s, structures):
+            return self._value(before[-1][2])
+        return None
+
+    def _value(self, kind: str) -> float | None:
+        if kind == "abnormal":
+            return POSITIVE
+        if kind == "normal":
+            return NEGATIVE
+        if kind == "unchanged":
+            return self.r.unchanged_label
+        return UNCERTAIN
+
+
+# ------------------------------------------------------------------------------------------------
+# Convenience functions
+# ------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _default_labeler() -> ChexpertRulesLabeler:
+    return ChexpertRulesLabeler()
+
+
+def label_report(text: str | None) -> dict[str, float | None]:
+    """The 14 CheXpert labels of one report (1.0, 0.0, -1.0 or None)."""
+    return _default_labeler().label(text)
+
+
+def label_reports(texts: Iterable[str | None], progress: bool = False) -> list[dict[str, float | None]]:
+    """The 14 CheXpert labels of each report, in order (see :func:`label_report`)."""
+    return _default_labeler().label_many(texts, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation against the IU X-ray (Open-i) gold labels
+# ------------------------------------------------------------------------------------------------
+#: CheXpert observation -> columns of the Open-i gold file (openi_gld_std14 layout) that mean it.
+IU_GOLD_MAP: dict[str, tuple[str, ...]] = {
+    "Atelectasis": ("Atelectasis",),
+    "Cardiomegaly": ("Cardiomegaly",),
+    "Pleural Effusion": ("Effusion",),
+    "Pneumonia": ("Pneumonia",),
+    "Pneumothorax": ("Pneumothorax",),
+    "Consolidation": ("Consolidation",),
+    "Edema": ("Edema",),
+    "Lung Lesion": ("Mass", "Nodule"),
+    "No Finding": ("normal",),
+}
+
+
+def read_iu_reports(tgz_path: str | Path) -> dict[str, dict[str, str]]:
+    """Sections of the Open-i IU report archive (``NLMCXR_reports.tgz``) by uid (``CXR<n>``).
+
+    Each value maps lower-case section names (comparison, indication, findings, impression) to text
+    ("" when empty). Read with :mod:`tarfile`; nothing is extracted to disk.
+    """
+    out: dict[str, dict[str, str]] = {}
+    with tarfile.open(tgz_path, "r:gz") as tar:
+        for member in tar:
+            if not (member.isfile() and member.name.endswith(".xml")):
+                continue
+            f = tar.extractfile(member)
+            if f is None:
+                continue
+            try:
+                root = ET.fromstring(f.read())
+            except ET.ParseError as e:
+                raise RewardError(f"{tgz_path}:{member.name}: not valid XML ({e})") from e
+            uid_el = root.find("uId")
+            uid = uid_el.get("id") if uid_el is not None else "CXR" + Path(member.name).stem
+            secs = {}
+            for el in root.iter("AbstractText"):
+                label = (el.get("Label") or "").lower()
+                if label:
+                    secs[label] = (el.text or "").strip()
+            out[uid] = secs
+    return out
+
+
+def evaluate_iu_gold(tgz_path: str | Path, gold_csv: str | Path, labeler: ChexpertRulesLabeler | None = None,
+                     uncertain: str = "positive", sections: Sequence[str] = ("findings", "impression"),
+                     return_errors: bool = False,
+                     reports: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """Per-class precision/recall/F1 of the rule labeler against the Open-i gold labels.
+
+    Text = the given sections (FINDINGS + IMPRESSION). A class counts as predicted when its label is
+    1 (and -1 when ``uncertain="positive"``). Gold columns are mapped by :data:`IU_GOLD_MAP`
+    (Mass or Nodule -> Lung Lesion, normal -> No Finding). ``micro`` pools the eight finding classes
+    (No Finding apart). With ``return_errors`` the result lists false positives/negatives per class
+    (report uids only). ``reports``: the output of :func:`read_iu_reports`, to read the archive once.
+    """
+    if uncertain not in ("positive", "negative"):
+        raise RewardError(f"evaluate_iu_gold: uncertain must be positive|negative, got {uncertain!r}")
+    labeler = labeler or _default_labeler()
+    if reports is None:
+        reports = read_iu_reports(tgz_path)
+    with open(gold_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        need = {c for v in IU_GOLD_MAP.values() for c in v} | {"filename"}
+        missing = sorted(need - set(cols))
+        if missing:
+            raise RewardError(f"{gold_csv}: columns {missing} missing")
+        gold_rows = list(reader)
+    present = (POSITIVE, UNCERTAIN) if uncertain == "positive" else (POSITIVE,)
+    counts = {c: [0, 0, 0] for c in IU_GOLD_MAP}  # tp, fp, fn
+    errors: dict[str, dict[str, list[str]]] = {c: {"fp": [], "fn": []} for c in IU_GOLD_MAP}
+    n = no_report = 0
+    for row in gold_rows:
+        uid = row["filename"]
+        rep = reports.get(uid)
+        if rep is None:
+            no_report += 1
+            continue
+        n += 1
+        text = "\n\n".join(rep.get(s, "") for s in sections if rep.get(s))
+        lab = labeler.label(text)
+        for cls, gcols in IU_GOLD_MAP.items():
+            g = any(row[c].strip() == "1" for c in gcols)
+            p = lab[cls] in present
+            if p and g:
+                counts[cls][0] += 1
+            elif p:
+                counts[cls][1] += 1
+                errors[cls]["fp"].append(uid)
+            elif g:
+                counts[cls][2] += 1
+                errors[cls]["fn"].append(uid)
+
+    def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                "support": tp + fn, "tp": tp, "fp": fp, "fn": fn}
+
+    classes = {c: prf(*v) for c, v in counts.items()}
+    pooled = [sum(counts[c][i] for c in IU_GOLD_MAP if c != NO_FINDING) for i in range(3)]
+    result: dict[str, Any] = {"n_reports": n, "gold_rows_without_report": no_report, "uncertain": uncertain,
+                              "sections": list(sections), "classes": classes, "micro": prf(*pooled)}
+    if return_errors:
+        result["errors"] = errors
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The chexpert_f1 scorer
+# ------------------------------------------------------------------------------------------------
+_AVERAGES = ("micro", "exact")
+
+
+@register_scorer("chexpert_f1", "Per-sample F1 of CheXpert labels (hypothesis vs reference), rule labeler")
+class ChexpertF1Scorer(Scorer):
+    """Per-sample F1 between the CheXpert labels of each hypothesis and its reference.
+
+    ``subset``: "14" (all observations, No Finding included) or "5" (CHEXPERT_5). ``uncertain``:
+    "positive" (RRG convention, as F1-CheXbert) or "negative". ``average``: "micro" (F1 of the two
+    positive sets; both empty -> 1.0) or "exact" (1.0 when every observation of the subset agrees).
+    ``labeler``: a callable ``list[str] -> list[dict]`` to use another labeler (e.g. CheXbert); the
+    rule labeler by default (``rules_path``, ``sections`` configure it). A context column
+    ``ref_labels`` (list of label dicts) replaces labelling the references.
+
+    ``ScoreResult.corpus`` holds micro/macro/weighted F1-14 and F1-5, accuracy_5, the per-class
+    table and the uncertain convention.
+    """
+
+    name = "chexpert_f1"
+
+    def __init__(self, subset: str = "14", uncertain: str = "positive", average: str = "micro",
+                 labeler: Any = None, rules_path: str | Path | None = None, sections: Sequence[str] | None = None):
+        from reward.f1 import SUBSETS, UNCERTAIN_CHOICES
+
+        subset = str(subset)
+        if subset not in SUBSETS:
+            raise RewardError(f"scorer 'chexpert_f1': subset must be one of {sorted(SUBSETS)}, got {subset!r}")
+        if uncertain not in UNCERTAIN_CHOICES:
+            raise RewardError(f"scorer 'chexpert_f1': uncertain must be one of {UNCERTAIN_CHOICES}, got {uncertain!r}")
+        if average not in _AVERAGES:
+            raise RewardError(f"scorer 'chexpert_f1': average must be one of {_AVERAGES}, got {average!r}")
+        self.subset, self.uncertain, self.average = subset, uncertain, average
+        if labeler is None:
+            rules = ChexpertRulesLabeler(rules_path=rules_path, sections=sections)
+            self._label = rules.label_many
+            self.backend = "rules"
+        elif callable(labeler):
+            self._label = labeler
+            self.backend = getattr(labeler, "__name__", type(labeler).__name__)
+        else:
+            raise RewardError(f"scorer 'chexpert_f1': labeler must be callable, got {type(labeler).__name__}")
+        self._ref_cache: dict[str, dict] = {}
+
+    def _ref_labels(self, refs: Sequence[str]) -> list[dict]:
+        todo = [r for r in dict.fromkeys(refs) if r not in self._ref_cache]
+        if todo:
+            if len(self._ref_cache) > 50_000:
+                self._ref_cache.clear()
+            self._ref_cache.update(zip(todo, self._label(todo)))
+        return [self._ref_cache[r] for r in refs]
+
+    def score(self, hyps: Sequence[str], refs: Sequence[str] | None = None, **context: Any) -> ScoreResult:
+        from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, to_binary
+
+        ref_labels = context.get("ref_labels")
+        if ref_labels is not None:
+            if len(ref_labels) != len(hyps):
+                raise RewardError(f"scorer 'chexpert_f1': {len(hyps)} hypotheses but {len(ref_labels)} ref_labels")
+            ref_labels = [r if isinstance(r, Mapping) else {} for r in ref_labels]
+        else:
+            ref_labels = self._ref_labels(list(refs or []))
+        hyp_labels = self._label(list(hyps))
+        if not hyps:
+            return ScoreResult(scores=[], details=[], corpus={"n": 0, "uncertain": self.uncertain})
+        if self.average == "micro":
+            scores = per_sample_f1(hyp_labels, ref_labels, self.uncertain, self.subset)
+        else:
+            scores = per_sample_exact_match(hyp_labels, ref_labels, self.uncertain, self.subset)
+        hb, rb = to_binary(hyp_labels, self.uncertain), to_binary(ref_labels, self.uncertain)
+        details = [{"hyp_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(h)],
+                    "ref_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(r)]} for h, r in zip(hb, rb)]
+        rep = f1_report(hyp_labels, ref_labels, self.uncertain)
+        corpus = {k: rep[k] for k in ("uncertain", "convention", "n", "f1_14", "f1_5", "precision_14",
+                                      "recall_14", "precision_5", "recall_5", "accuracy_5", "per_class")}
+        corpus.update({"labeler": self.backend, "subset": self.subset, "average": self.average,
+                       "mean_score": float(np.mean(scores))})
+        return ScoreResult(scores=scores.tolist(), details=details, corpus=corpus)

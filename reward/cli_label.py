@@ -1,0 +1,117 @@
+"""``mllm-cxr label``: CheXpert labels for a column of reports, written in the CheXpert CSV layout.
+
+    mllm-cxr label --input reports.csv --text-column report --id-column study_id --out labels.csv
+
+Input is a CSV (header row) or JSONL file. The output has the id column (or ``Reports`` with the
+text itself when no id column is given, as the Stanford labeler writes it) and the 14 observation
+columns with 1.0 positive, 0.0 negative, -1.0 uncertain and blank for not mentioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from reward.base import RewardError
+from reward.constants import CHEXPERT_LABELS
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _read_rows(path: Path, text_col: str, id_col: str | None) -> Iterator[tuple[str, str]]:
+    """(id, text) per record; a missing column or a bad line raises RewardError naming the file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            for col in (text_col, id_col):
+                if col is not None and col not in cols:
+                    raise RewardError(f"{path}: column {col!r} not found (columns: {', '.join(cols) or 'none'})")
+            for row in reader:
+                text = row.get(text_col)
+                yield (row[id_col] if id_col else (text or "")), (text or "")
+    elif suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RewardError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise RewardError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                for col in (text_col, id_col):
+                    if col is not None and col not in obj:
+                        raise RewardError(f"{path}:{lineno}: column {col!r} not found "
+                                          f"(keys: {', '.join(map(str, obj)) or 'none'})")
+                text = obj.get(text_col)
+                text = "" if text is None else str(text)
+                yield (str(obj[id_col]) if id_col else text), text
+    else:
+        raise RewardError(f"{path}: unsupported input type {suffix or '(none)'!r}; use .csv or .jsonl")
+
+
+def label_file(input_path: str | Path, text_column: str, out_path: str | Path, id_column: str | None = None,
+               sections: list[str] | None = None, rules_path: str | None = None,
+               progress: bool = True) -> dict:
+    """Label every record of a CSV/JSONL file and write the CheXpert CSV; returns a summary dict."""
+    from tqdm.auto import tqdm
+
+    from reward.chexpert import ChexpertRulesLabeler
+
+    src, out = Path(input_path), Path(out_path)
+    if not src.is_file():
+        raise FileNotFoundError(f"input file not found: {src}")
+    labeler = ChexpertRulesLabeler(rules_path=rules_path, sections=sections)
+    t0 = time.perf_counter()
+    n = empty = 0
+    positives = dict.fromkeys(CHEXPERT_LABELS, 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([id_column or "Reports", *CHEXPERT_LABELS])
+        for rid, text in tqdm(_read_rows(src, text_column, id_column), desc="labelling", unit="report",
+                              disable=not progress):
+            lab = labeler.label(text)
+            n += 1
+            empty += not text.strip()
+            for k, v in lab.items():
+                positives[k] += v == 1.0
+            w.writerow([rid, *(_fmt(lab[k]) for k in CHEXPERT_LABELS)])
+    tmp.replace(out)
+    return {"reports": n, "empty": empty, "positives": positives, "out": str(out),
+            "elapsed_s": round(time.perf_counter() - t0, 3)}
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    s = label_file(args.input, args.text_column, args.out, id_column=args.id_column, sections=sections,
+                   rules_path=args.rules, progress=not args.quiet)
+    rate = s["reports"] / s["elapsed_s"] if s["elapsed_s"] > 0 else float("inf")
+    print(f"label: {s['reports']} reports ({s['empty']} empty), {s['positives']['No Finding']} No Finding, "
+          f"{s['elapsed_s']:.1f} s ({rate:.0f}/s) -> {s['out']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``label`` verb: CheXpert labels (rule labeler) for a CSV/JSONL column of reports."""
+    p = subparsers.add_parser("label", help="CheXpert labels for a column of reports (rule labeler)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="CSV (with header) or JSONL file")
+    p.add_argument("--text-column", required=True, help="column/key holding the report text")
+    p.add_argument("--id-column", default=None, help="column/key to copy as the first output column")
+    p.add_argument("--out", required=True, help="output CSV (CheXpert layout)")
+    p.add_argument("--sections", default=None,
+                   help="comma list of report sections to label when the text has headers, e.g. findings,impression")
+    p.add_argument("--rules", default=None, help="a rules YAML replacing the packaged chexpert_rules.yaml")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,174 @@
+"""``mllm-cxr score``: join, per-metric output, skipped metrics, errors naming file/line/field."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, register_scorer
+from reward.cli_score import register, score_files
+
+
+class _Exact(Scorer):
+    name = "_test_exact"
+
+    def score(self, hyps: Sequence[str], refs: Sequence[str] | None = None, **_) -> ScoreResult:
+        s = [float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]
+        return ScoreResult(s, corpus={"accuracy": sum(s) / len(s)})
+
+
+def _no_model(**_):
+    raise MissingBackendError("_test_no_model needs weights: pass model_dir=")
+
+
+class _Flaky(Scorer):
+    name = "_test_flaky"
+    needs_reference = False
+
+    def score(self, hyps, refs=None, **_) -> ScoreResult:
+        if any("boom" in h for h in hyps):
+            raise KeyError("boom")
+        return ScoreResult([1.0] * len(hyps))
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    ref = _write(tmp_path / "ref.jsonl", [
+        {"study_id": "a", "findings": "Stable cardiomegaly.", "impression": "x", "comparison": "None.", "prior": None},
+        {"study_id": "b", "findings": "Clear lungs.", "impression": "y", "comparison": "XXXX", "prior": None},
+        {"study_id": "c", "findings": "Unused.", "impression": "z", "comparison": "", "prior": None},
+    ])
+    pred = _write(tmp_path / "pred.jsonl", [
+        {"study_id": "a", "prediction": "Unchanged cardiomegaly."},
+        {"study_id": "b", "text": "Clear lungs."},
+    ])
+    return pred, ref
+
+
+def _main(argv):
+    from mllm_cxr.cli import main
+
+    return main(argv)
+
+
+def test_score_writes_metrics_and_skips_missing_backends(files, tmp_path, capsys):
+    pred, ref = files
+    out, per = tmp_path / "m.json", tmp_path / "per.jsonl"
+    rc = _main(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "_test_exact,prior_penalty,_test_no_model",
+                "--out", str(out), "--per-sample", str(per), "--quiet"])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["n"] == 2 and m["ref_field"] == "findings" and m["n_references_without_prediction"] == 1
+    assert m["metrics"]["_test_exact"]["mean"] == 0.5
+    assert m["metrics"]["_test_exact"]["corpus"] == {"accuracy": 0.5}
+    assert m["metrics"]["prior_penalty"]["mean"] == -0.5  # study a had no prior; b had one
+    assert "MissingBackendError" in m["skipped_metrics"]["_test_no_model"]
+    rows = [json.loads(x) for x in per.read_text().splitlines()]
+    assert rows == [{"study_id": "a", "_test_exact": 0.0, "prior_penalty": -1.0},
+                    {"study_id": "b", "_test_exact": 1.0, "prior_penalty": 0.0}]
+    assert "scored 2 studies" in capsys.readouterr().out
+
+
+def test_ref_field_choice(files):
+    pred, ref = files
+    s, _ = score_files(pred, ref, [{"name": "_test_exact"}], ref_field="impression", progress=False)
+    assert s["ref_field"] == "impression" and s["metrics"]["_test_exact"]["mean"] == 0.0
+    s, _ = score_files(pred, ref, [{"name": "_test_exact"}], ref_field="findings+impression", progress=False)
+    assert s["metrics"]["_test_exact"]["mean"] == 0.0
+
+
+def test_failing_samples_are_counted(files, tmp_path):
+    pred, ref = files
+    _write(pred, [{"study_id": "a", "prediction": "boom"}, {"study_id": "b", "prediction": "fine"}])
+    s, per = score_files(pred, ref, [{"name": "_test_flaky"}], progress=False)
+    assert s["metrics"]["_test_flaky"]["n_errors"] == 1 and [r["_test_flaky"] for r in per] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("pred_rows, match", [
+    ([{"prediction": "x"}], r"pred.jsonl line 1: field 'study_id' is missing"),
+    ([{"study_id": "a", "prediction": "x"}, {"study_id": "zz", "prediction": "y"}],
+     r"pred.jsonl line 2: study_id 'zz' has no record in .*ref.jsonl"),
+    ([{"study_id": "a", "answer": "x"}], r"pred.jsonl line 1: field 'prediction' or 'text' is missing"),
+    ([{"study_id": "a", "prediction": "x"}, {"study_id": "a", "prediction": "y"}], r"line 2: study_id 'a' repeats"),
+])
+def test_bad_predictions_name_file_line_field(files, pred_rows, match):
+    pred, ref = files
+    _write(pred, pred_rows)
+    with pytest.raises(RewardError, match=match):
+        score_files(pred, ref, [{"name": "_test_exact"}], progress=False)
+
+
+def test_bad_reference_field_and_json(files, tmp_path):
+    pred, ref = files
+    with pytest.raises(RewardError, match=r"ref.jsonl line 1: field 'reference' is missing"):
+        score_files(pred, ref, [{"name": "_test_exact"}], ref_field="reference", progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"study_id": "a", "prediction": "x"}\n{oops\n')
+    with pytest.raises(RewardError, match=r"bad.jsonl line 2: not valid JSON"):
+        score_files(bad, ref, [{"name": "_test_exact"}], progress=False)
+    noref = _write(tmp_path / "noref.jsonl", [{"study_id": "a", "text": "x"}])
+    with pytest.raises(RewardError, match=r"noref.jsonl line 1: no reference field"):
+        score_files(pred, noref, [{"name": "_test_exact"}], progress=False)
+
+
+def test_skip_missing_counts(files):
+    pred, ref = files
+    _write(pred, [{"study_id": "a", "prediction": "x"}, {"study_id": "zz", "prediction": "y"},
+                  {"study_id": "b", "answer": "?"}])
+    s, _ = score_files(pred, ref, [{"name": "_test_exact"}], skip_missing=True, progress=False)
+    assert s["n"] == 1
+    assert s["skipped_records"] == {"prediction_without_reference": 1, "missing_prediction_field": 1,
+                                    "missing_reference_field": 0}
+
+
+def test_cli_user_errors_exit_2(files, tmp_path, capsys):
+    pred, ref = files
+    out = str(tmp_path / "m.json")
+    assert _main(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "nope", "--out", out]) == 2
+    assert "unknown scorer 'nope'" in capsys.readouterr().err
+    assert _main(["score", "--pred", str(tmp_path / "missing.jsonl"), "--ref", str(ref), "--metrics", "_test_exact",
+                  "--out", out]) == 2
+    assert _main(["score", "--pred", str(pred), "--ref", str(ref), "--out", out]) == 2  # no metrics
+
+
+def test_spec_file_adds_metrics_with_kwargs(files, tmp_path):
+    pred, ref = files
+    spec = tmp_path / "metrics.yaml"
+    spec.write_text("- {name: prior_penalty, alias: prior2, kwargs: {penalty: 2.0}}\n")
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    out = tmp_path / "m.json"
+    args = p.parse_args(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "prior_penalty", "--spec",
+                         str(spec), "--out", str(out), "--quiet"])
+    assert args.func(args) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["prior_penalty"]["mean"] == -0.5 and m["prior2"]["mean"] == -1.0 and m["prior2"]["kwargs"] == {"penalty": 2.0}
+
+
+#: Test-local scorers, registered for this module only (other modules iterate the registry).
+_LOCAL_SCORERS = [
+    ("_test_exact", "test only: 1.0 when hypothesis == reference", _Exact),
+    ("_test_no_model", "test only: needs a model that is not installed", _no_model),
+    ("_test_flaky", "test only: fails on 'boom'", _Flaky),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _local_scorers():
+    from reward import base
+
+    for name, desc, factory in _LOCAL_SCORERS:
+        register_scorer(name, desc)(factory)
+    yield
+    for name, _, _ in _LOCAL_SCORERS:
+        base._REGISTRY.pop(name, None)
+    for key in [k for k in base._CACHE if k[0] in {n for n, _, _ in _LOCAL_SCORERS}]:
+        del base._CACHE[key]

@@ -1,0 +1,131 @@
+"""Property tests: every scorer that needs no model gives finite scores and raises nothing on any
+completion (empty, huge, unicode, markup, control characters, chat messages, non-strings), called
+directly and through the TRL adapter.
+
+Scorers are taken from the registry (``available_scorers()``); those that cannot be built here (a model
+or package that is not installed: MissingBackendError, or a required argument such as a model folder:
+RewardError) are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reward.base import RewardError, available_scorers, get_scorer
+from reward.trl import completion_text, make_reward_fn, select_context
+
+#: Constructor arguments for scorers that need one to run without a dataset column.
+SCORER_KWARGS = {"prior_penalty": {"assume_no_prior": False}}
+CONTEXT_KEYS = ("has_prior", "comparison", "prior")
+
+REPORTISH = ["Stable cardiomegaly.", "No acute cardiopulmonary process.", "Interval resolution of the effusion.",
+             "Heart size is normal. Lungs are clear. No pleural effusion or pneumothorax.",
+             "1. Mild pulmonary edema. 2. Small bilateral effusions, increased since ___."]
+
+_text = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=200),
+    st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=50),  # control characters
+    st.sampled_from(REPORTISH + ["", " ", "\n\n", "<b>Stable</b> <script>x</script>", "```json\n{}\n```",
+                                 "ünchanged ☃ 稳定 🫁", "\u202e\u200b\ufeff", "....", "1. 2. 3."]),
+    st.lists(st.sampled_from(REPORTISH), max_size=8).map(" ".join),
+)
+_completion = st.one_of(
+    _text,
+    _text.map(lambda t: [{"role": "assistant", "content": t}]),
+    _text.map(lambda t: [{"role": "assistant", "content": [{"type": "text", "text": t}]}]),
+    st.just(None),
+    st.integers(),
+    st.lists(st.dictionaries(st.sampled_from(["role", "content", "x"]), _text, max_size=3), max_size=3),
+)
+_batch = st.lists(_completion, min_size=1, max_size=4)
+
+
+def _model_free_scorers() -> list:
+    params = []
+    for name in sorted(available_scorers()):
+        if name.startswith("_test"):  # test-local scorers of other test modules
+            continue
+        try:
+            get_scorer(name, **SCORER_KWARGS.get(name, {}))
+            params.append(pytest.param(name, id=name))
+        except RewardError as e:  # includes MissingBackendError
+            params.append(pytest.param(name, id=name, marks=pytest.mark.skip(
+                reason=f"needs a model or configuration here: {type(e).__name__}: {str(e)[:100]}")))
+    return params
+
+
+SCORERS = _model_free_scorers()
+
+
+def _columns(n: int) -> dict:
+    return {"reference": [REPORTISH[i % len(REPORTISH)] for i in range(n)], "has_prior": [i % 2 == 0 for i in range(n)],
+            "comparison": ["None."] * n, "prior": [None] * n, "study_id": [f"s{i}" for i in range(n)]}
+
+
+def _check(scores, n):
+    assert len(scores) == n
+    assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
+
+
+def test_some_scorer_is_checked():
+    assert any(not p.marks for p in SCORERS), "no model-free scorer registered"
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_fixed_nasty_inputs(name):
+    """A fixed set of the worst cases, including 100k-character completions, for every scorer."""
+    huge = ("Stable cardiomegaly with ünicode ☃. " * 3000)[:100_000]
+    batch = ["", huge, "x" * 100_000, "\x00" * 1000, "<" * 5000, " ".join(["new"] * 20000),
+             [{"role": "assistant", "content": huge}], None, 3.5]
+    sc = get_scorer(name, **SCORER_KWARGS.get(name, {}))
+    cols = _columns(len(batch))
+    hyps = [completion_text(c) for c in batch]
+    _check(sc(hyps, cols["reference"] if sc.needs_reference else None,
+              **select_context(sc, cols, len(batch))).scores, len(batch))
+    f = make_reward_fn(name, **SCORER_KWARGS.get(name, {}))
+    _check(f(prompts=[None] * len(batch), completions=batch, **cols), len(batch))
+    assert f.n_errors == 0
+
+
+@pytest.mark.parametrize("name", SCORERS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=_batch)
+def test_any_completion_gives_finite_scores(name, batch):
+    sc = get_scorer(name, **SCORER_KWARGS.get(name, {}))
+    n = len(batch)
+    cols = _columns(n)
+    res = sc([completion_text(c) for c in batch], cols["reference"] if sc.needs_reference else None,
+             **select_context(sc, cols, n))
+    _check(res.scores, n)
+
+
+@pytest.mark.parametrize("name", SCORERS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=_batch, refs=st.lists(_text, min_size=4, max_size=4))
+def test_any_completion_through_trl_adapter(name, batch, refs):
+    n = len(batch)
+    cols = _columns(n)
+    cols["reference"] = refs[:n]  # strange references too
+    f = make_reward_fn(name, **SCORER_KWARGS.get(name, {}))
+    out = f(prompts=[[{"role": "user", "content": "Write the report."}]] * n, completions=batch,
+            completion_ids=[[1, 2]] * n, trainer_state=None, log_extra=lambda *a: None,
+            log_metric=lambda *a: None, **cols)
+    _check(out, n)
+    assert f.n_errors == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.one_of(_text, st.lists(st.sampled_from(REPORTISH + ["Evidence of prior granulomatous disease.",
+                                                                    "Unchanged.", "No interval change."]),
+                                      max_size=10).map(" ".join)))
+def test_strip_removes_every_reference_and_is_idempotent(text):
+    from reward.prior import find_prior_references, strip_prior_references
+
+    out = strip_prior_references(text)
+    assert find_prior_references(out) == []
+    assert strip_prior_references(out) == out
