@@ -66,7 +66,8 @@ def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: Promp
 
 
 def _to_dataset(rows: list[dict[str, Any]]):
-    from datasets import Dataset, Image, Sequence as HFSequence
+    from datasets import Dataset, Image
+    from datasets import Sequence as HFSequence
 
     if not rows:
         raise DataPrepError("no usable studies (all skipped: empty target sections or no images)")

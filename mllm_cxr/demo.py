@@ -32,7 +32,10 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
 
-    cfg_path = Path(adapter_dir) / "mllm_cxr_config.json" if adapter_dir else None
+    cfg_path = None
+    if adapter_dir:  # a run's output_dir holds the config; its checkpoints sit one level below
+        cands = [Path(adapter_dir) / "mllm_cxr_config.json", Path(adapter_dir).parent / "mllm_cxr_config.json"]
+        cfg_path = next((c for c in cands if c.exists()), None)
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", adapter_path=None,
                            max_pixels=112 * 112, min_pixels=56 * 56)
     prompt = PromptConfig(max_images=1, context=["indication"])

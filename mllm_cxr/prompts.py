@@ -37,10 +37,8 @@ class PromptConfig:
     system_prompt: str = DEFAULT_SYSTEM
 
     def __post_init__(self) -> None:
-        if isinstance(self.sections, str):
-            self.sections = [s.strip() for s in self.sections.split(",") if s.strip()]
-        if isinstance(self.context, str):
-            self.context = [s.strip() for s in self.context.split(",") if s.strip()]
+        self.sections = _names(self.sections)
+        self.context = _names(self.context)
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad or not self.sections:
             raise ValueError(f"prompt.sections: {bad or self.sections!r} not in {SECTIONS}")
@@ -49,6 +47,12 @@ class PromptConfig:
             raise ValueError(f"prompt.context: {bad!r} not in {CONTEXT_FIELDS}")
         if self.max_images < 1:
             raise ValueError(f"prompt.max_images must be >= 1, got {self.max_images}")
+
+
+def _names(value) -> list[str]:
+    """A YAML list or a comma-separated flag -> names; "" and "none" mean no entry."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [n.strip().lower() for it in items for n in str(it).split(",") if n.strip() and n.strip().lower() != "none"]
 
 
 def select_images(study: StudyRecord, cfg: PromptConfig) -> list[ImageRef]:

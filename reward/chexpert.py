@@ -23,8 +23,12 @@ How it works (rules in ``reward/resources/chexpert_rules.yaml``):
    (granuloma, emphysema, scoliosis...), is positive or uncertain; otherwise it is blank.
 
 Differences from the Stanford labeler worth knowing: an empty report gets no labels at all (not
-No Finding = 1), the three-way mix negative+uncertain+positive aggregates to positive, and a bare
-structure mention without a qualifier ("the heart") is not a mention.
+No Finding = 1); the three-way mix negative+uncertain+positive aggregates to positive; a structure
+mention without a qualifier ("the heart") is not a mention, and one qualified only as stable
+("heart size is stable") is not labelled either (configurable, ``unchanged_structure``); "upper limits
+of normal" heart size is negative; calcified nodules count as Lung Lesion; pulmonary vascular
+congestion is an "other finding", not Edema. Text with no mention at all ("asdf") is No Finding = 1,
+as in CheXpert, so a reward built on these labels should be combined with other scorers.
 
 Compiled rules are cached per rules file; labelling runs at several thousand reports per second on
 one CPU core (``bench/bench_labeler.py``).

@@ -27,6 +27,7 @@ UNCERTAIN_CHOICES = ("positive", "negative")
 SUBSETS = {"14": CHEXPERT_LABELS, "5": CHEXPERT_5}
 _IDX = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 _IDX5 = [_IDX[n] for n in CHEXPERT_5]
+_FAST = {1.0: 1.0, 0.0: 0.0, -1.0: -1.0}
 
 
 def convention(uncertain: str) -> str:
@@ -45,6 +46,7 @@ def _value(v: Any, where: str) -> float:
     """A label cell -> 1/0/-1, or NaN for blank (None, NaN, "")."""
     if v is None:
         return math.nan
+    orig = v
     if isinstance(v, str):
         v = v.strip()
         if not v:
@@ -60,7 +62,7 @@ def _value(v: Any, where: str) -> float:
     if math.isnan(f):
         return f
     if f not in (1.0, 0.0, -1.0):
-        raise RewardError(f"{where}: label value {v!r} is not 1, 0, -1 or blank")
+        raise RewardError(f"{where}: label value {orig!r} is not 1, 0, -1 or blank")
     return f
 
 
@@ -78,22 +80,26 @@ def to_matrix(labels: Sequence[Mapping[str, Any]] | np.ndarray | Sequence[Sequen
             r, c = np.argwhere(bad)[0]
             raise RewardError(f"row {r}, column {CHEXPERT_LABELS[c]!r}: label value {m[r, c]!r} is not 1, 0, -1 or blank")
         return m
-    rows = list(labels)
-    m = np.full((len(rows), len(CHEXPERT_LABELS)), np.nan)
-    for i, row in enumerate(rows):
+    out = []
+    nan, width = math.nan, len(CHEXPERT_LABELS)
+    for i, row in enumerate(labels):
+        vec = [nan] * width
         if isinstance(row, Mapping):
             for k, v in row.items():
                 j = _IDX.get(k)
                 if j is None:
                     raise RewardError(f"row {i}: unknown observation {k!r}; expected CheXpert names")
-                m[i, j] = _value(v, f"row {i}, column {k!r}")
+                if v is None:
+                    continue
+                vec[j] = _FAST.get(v) if type(v) in (float, int) and v in _FAST else _value(v, f"row {i}, column {k!r}")
         else:
             vals = list(row)
-            if len(vals) != len(CHEXPERT_LABELS):
-                raise RewardError(f"row {i}: {len(vals)} values, expected {len(CHEXPERT_LABELS)}")
+            if len(vals) != width:
+                raise RewardError(f"row {i}: {len(vals)} values, expected {width}")
             for j, v in enumerate(vals):
-                m[i, j] = _value(v, f"row {i}, column {CHEXPERT_LABELS[j]!r}")
-    return m
+                vec[j] = _value(v, f"row {i}, column {CHEXPERT_LABELS[j]!r}")
+        out.append(vec)
+    return np.array(out, dtype=float).reshape(len(out), width)
 
 
 def to_binary(labels: Sequence[Mapping[str, Any]] | np.ndarray | Sequence[Sequence[Any]],

@@ -205,7 +205,8 @@ def test_scorer_f1_against_label_based_f1(tiny, monkeypatch):
     refs = ["No pleural effusion.", "severe pulmonary edema", "normal heart size", "small left effusion"]
     res = scorer(hyps, refs)
     assert len(res.scores) == 4 and all(0.0 <= s <= 1.0 for s in res.scores)
-    assert res.scores[0] == 1.0 or res.details[0]["hyp_labels"] != res.details[0]["ref_labels"]
+    assert res.scores[0] == 1.0  # identical reports, identical labels
+    assert res.details[0]["hyp_labels"] == res.details[0]["ref_labels"]
     labels = scorer.labeler.label(hyps + refs)
     want = f1.per_sample_f1(labels[:4], labels[4:], uncertain="positive", subset="14")
     assert res.scores == pytest.approx([float(x) for x in want])

@@ -110,7 +110,7 @@ label_value = st.sampled_from([1.0, 0.0, -1.0, None])
 label_row = st.fixed_dictionaries({}, optional={n: label_value for n in CHEXPERT_LABELS})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(label_row, label_row), min_size=1, max_size=12))
 def test_properties(pairs):
     hyp, ref = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -121,9 +121,10 @@ def test_properties(pairs):
     for tag in ("f1_14", "f1_5"):
         assert all(0.0 <= v <= 1.0 for v in rep[tag].values())
     assert rep["accuracy_5"] == pytest.approx(np.mean(rep["exact_match_5"]))
-    same = f1_report(ref, ref)
-    h = to_binary(ref)
-    if h.any():
-        assert same["f1_14"]["micro"] == 1.0
-    if h[:, [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]].any():
-        assert same["f1_5"]["micro"] == 1.0
+    # micro F1 pools the per-sample counts: recompute it by hand
+    h, r = to_binary(hyp), to_binary(ref)
+    tp, fp, fn = (h & r).sum(), (h & ~r.astype(bool)).sum(), (~h.astype(bool) & r).sum()
+    want = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    assert rep["f1_14"]["micro"] == pytest.approx(want)
+    five = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
+    assert rep["exact_match_5"] == (h[:, five] == r[:, five]).all(axis=1).astype(float).tolist()

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-from conftest import require_shared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,6 +29,7 @@ from data_prep.images import (
     smart_resize,
     vision_tokens,
 )
+from tests.conftest import require_shared
 
 
 def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> str:

@@ -11,7 +11,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import require_shared
 
 from reward.base import RewardError, get_scorer
 from reward.prior import (
@@ -25,6 +24,7 @@ from reward.prior import (
     split_sentences,
     strip_prior_references,
 )
+from tests.conftest import require_shared
 
 FIXTURE = Path(__file__).parent / "fixtures" / "prior_sentences.tsv"
 
