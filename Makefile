@@ -31,7 +31,7 @@ $(RUNS)/tiny-model/config.json:
 	$(BIN)/python -m mllm_cxr.tiny $(RUNS)/tiny-model
 
 $(RUNS)/phantom/studies.jsonl:
-	$(BIN)/mllm-cxr prepare phantom --n 240 --seed 0 --out $(RUNS)/phantom
+	$(BIN)/mllm-cxr prepare phantom --n 800 --seed 1 --out $(RUNS)/phantom/studies.jsonl
 
 tiny: $(RUNS)/tiny-model/config.json
 phantom: $(RUNS)/phantom/studies.jsonl
@@ -47,3 +47,9 @@ bench:
 
 clean:
 	rm -rf $(RUNS)
+
+# Model-based metric backends (RadGraph extractor via radeval's patched copy; RaTEScore). radeval's own
+# requirements would replace torch and downgrade numpy, so it is installed without them.
+install-metrics:
+	$(BIN)/python -m pip install -q -e ".[metrics]"
+	$(BIN)/python -m pip install -q --no-deps "radeval==2.2.1"

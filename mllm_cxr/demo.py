@@ -38,7 +38,7 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
         cfg_path = next((c for c in cands if c.exists()), None)
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", adapter_path=None,
                            max_pixels=112 * 112, min_pixels=56 * 56)
-    prompt = PromptConfig(max_images=1, context=["indication"])
+    prompt = PromptConfig(max_images=1, context=[], sections=["impression"])  # the tiny SFT config's prompt
     if cfg_path is not None and cfg_path.exists():  # use the exact prompt/pixel budget the adapter was trained with
         saved = json.loads(cfg_path.read_text())
         prompt = PromptConfig(**saved.get("PromptConfig", {}))

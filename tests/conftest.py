@@ -45,3 +45,13 @@ def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
     make_phantom(out, n=48, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def phantom_train_dir(tmp_path_factory) -> Path:
+    """The learning tests' phantom dataset: 800 studies (560 train), as `make demo` builds it."""
+    from data_prep.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("phantom800")
+    make_phantom(out, n=800, seed=1)
+    return out
