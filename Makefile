@@ -53,3 +53,29 @@ clean:
 install-metrics:
 	$(BIN)/python -m pip install -q -e ".[metrics]"
 	$(BIN)/python -m pip install -q --no-deps "radeval==2.2.1"
+
+# Generate -> evaluate -> export -> serve. Defaults: the demo's tiny run; for a real one, e.g.
+#   make eval export serve BASE=Qwen/Qwen2.5-VL-3B-Instruct ADAPTER=runs/grpo STUDIES=data/mimic/studies.jsonl
+BASE ?= $(RUNS)/tiny-model
+ADAPTER ?= $(RUNS)/tiny-sft
+STUDIES ?= $(RUNS)/phantom/studies.jsonl
+PRED ?= $(RUNS)/pred.jsonl
+EVAL_DIR ?= $(RUNS)/eval
+EXPORT_DIR ?= $(RUNS)/export
+GENERATE_ARGS ?=
+# The tiny demo adapters train the projector (modules_to_save), which vLLM cannot load: merge those.
+EXPORT_ARGS ?= $(if $(filter $(RUNS)/tiny-%,$(ADAPTER)),--merge)
+SERVE_ARGS ?=
+
+eval:
+	$(BIN)/mllm-cxr generate --studies $(STUDIES) --model $(BASE) --adapter $(ADAPTER) --out $(PRED) $(GENERATE_ARGS)
+	$(BIN)/mllm-cxr eval --pred $(PRED) --out $(EVAL_DIR)
+
+export:
+	$(BIN)/mllm-cxr export --base $(BASE) --adapter $(ADAPTER) --out $(EXPORT_DIR) --overwrite \
+		--verify-studies $(STUDIES) $(if $(wildcard $(EVAL_DIR)/metrics.json),--metrics $(EVAL_DIR)/metrics.json) \
+		$(EXPORT_ARGS)
+
+serve:
+	$(BIN)/mllm-cxr serve $(if $(wildcard $(EXPORT_DIR)/adapter_config.json),--model $(BASE) \
+		--adapter cxr=$(EXPORT_DIR),--model $(EXPORT_DIR)) $(SERVE_ARGS)

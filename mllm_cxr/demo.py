@@ -61,43 +61,111 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     return scores
 
 
+def _run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+
+
 def _launch(recipe: str, config: str, *extra: str) -> None:
     accel = str(Path(sys.executable).parent / "accelerate")
-    cmd = [accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-           str(REPO / "recipes" / recipe), "--config", config, *extra]
-    print("$", " ".join(cmd), flush=True)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    subprocess.run(cmd, check=True, env=env)
+    _run([accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
+          str(REPO / "recipes" / recipe), "--config", config, *extra])
 
 
-def _row(name: str, s: dict[str, Any]) -> str:
-    per = " | ".join(f"{s['per_finding'][f]['f1']:.2f}" for f in sorted(s["per_finding"]))
-    return f"| {name} | {s['micro_f1']:.3f} | {s['macro_f1']:.3f} | {s['exact_match']:.3f} | {per} |"
+def _cli(*args: str) -> None:
+    _run([str(Path(sys.executable).parent / "mllm-cxr"), *args])
+
+
+def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phantom: Path, limit: int) -> dict:
+    """Generate for the held-out split with `mllm-cxr generate`, score with `mllm-cxr eval` + phantom F1."""
+    from data_prep.phantom import finding_scores
+    from data_prep.schema import read_records
+    from mllm_cxr.generate import read_predictions
+
+    pred, out = runs / "pred" / f"{name}.jsonl", runs / "eval" / name
+    pred.unlink(missing_ok=True)
+    gen = ["generate", "--studies", str(phantom / "studies.jsonl"), "--split", "test", "--limit", str(limit),
+           "--model", str(model), "--out", str(pred), "--max-new-tokens", "64", "--batch-size", "16"]
+    if adapter is not None:
+        gen += ["--adapter", str(adapter)]
+    else:  # the untrained model gets the tiny SFT prompt
+        gen += ["--sections", "impression", "--context", "none", "--max-images", "1",
+                "--min-pixels", "3136", "--max-pixels", "12544"]
+    _cli(*gen)
+    _cli("eval", "--pred", str(pred), "--out", str(out), "--metrics", "chexpert,prior,bleu,rouge_l,length",
+         "--n-boot", "200", "--no-plots")
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    rows = read_predictions(pred)
+    truth = {r.study_id: r for r in read_records(phantom / "studies.jsonl", split="test")}
+    ph = finding_scores([r["prediction"] for r in rows], [truth[r["study_id"]] for r in rows])
+    pick = lambda k: metrics.get(k, {}).get("value", float("nan"))  # noqa: E731
+    return {"finding_micro_f1": ph["micro_f1"], "per_finding": ph["f1"],
+            "chexpert_micro_f1_5": pick("chexpert_micro_f1_5"), "chexpert_micro_f1_14": pick("chexpert_micro_f1_14"),
+            "prior_hallucination_rate": pick("prior_hallucination_rate"), "bleu_4": pick("bleu_4"),
+            "rouge_l": pick("rouge_l"), "example": rows[0]["prediction"] if rows else ""}
+
+
+COLUMNS = [("finding_micro_f1", "phantom finding F1"), ("chexpert_micro_f1_5", "CheXpert F1-5 (micro)"),
+           ("chexpert_micro_f1_14", "CheXpert F1-14 (micro)"), ("prior_hallucination_rate", "prior refs w/o prior"),
+           ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L")]
+
+
+def print_table(results: dict[str, dict]) -> None:
+    print("\n| stage | " + " | ".join(c[1] for c in COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for name, m in results.items():
+        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k, _ in COLUMNS) + " |", flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--limit", type=int, default=48, help="held-out studies to score")
+    ap.add_argument("--limit", type=int, default=64, help="held-out studies to score after each stage")
+    ap.add_argument("--stages", default="sft,dpo,grpo,export",
+                    help="comma-separated stages after the untrained baseline (sft,dpo,grpo,export)")
     args = ap.parse_args(argv)
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()
     model, phantom = runs / "tiny-model", runs / "phantom"
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     for p in (model / "config.json", phantom / "studies.jsonl"):
         if not p.exists():
             print(f"missing {p}: run `make demo` (it builds the tiny model and the phantom data first)")
             return 2
     t0 = time.perf_counter()
-    results = {"untrained": evaluate_model(model, None, phantom, limit=args.limit)}
-    _launch("sft.py", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", str(phantom / "studies.jsonl"),
-            "--model_name_or_path", str(model), "--output_dir", str(runs / "tiny-sft"))
-    results["SFT"] = evaluate_model(model, runs / "tiny-sft", phantom, limit=args.limit)
-    findings = sorted(results["SFT"]["per_finding"])
-    print("\nHeld-out phantom test split, finding-level scores (F1 over the findings drawn in the images):\n")
-    print("| stage | micro-F1 | macro-F1 | exact match | " + " | ".join(findings) + " |")
-    print("|---|---|---|---|" + "---|" * len(findings))
-    for name, s in results.items():
-        print(_row(name, s))
-    print("\nexample SFT report:", results["SFT"]["examples"][0][:300])
+    studies = str(phantom / "studies.jsonl")
+    results = {"untrained": stage_metrics(runs, "untrained", model, None, phantom, args.limit)}
+    print_table(results)
+    adapter = None
+    if "sft" in stages:
+        _launch("sft.py", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", studies,
+                "--model_name_or_path", str(model), "--output_dir", str(runs / "tiny-sft"))
+        adapter = runs / "tiny-sft"
+        results["SFT"] = stage_metrics(runs, "sft", model, adapter, phantom, args.limit)
+        print_table(results)
+    if "dpo" in stages and adapter is not None:
+        _cli("pairs", "prior", "--studies", studies, "--out", str(runs / "pairs" / "prior.jsonl"),
+             "--sections", "impression")
+        _launch("dpo.py", str(REPO / "recipes/configs/tiny/dpo.yaml"), "--studies", studies,
+                "--pairs", str(runs / "pairs" / "prior.jsonl"), "--model_name_or_path", str(model),
+                "--adapter_path", str(adapter), "--output_dir", str(runs / "tiny-dpo"))
+        adapter = runs / "tiny-dpo"
+        results["+DPO (prior suppression)"] = stage_metrics(runs, "dpo", model, adapter, phantom, args.limit)
+        print_table(results)
+    if "grpo" in stages and adapter is not None:
+        _launch("grpo.py", str(REPO / "recipes/configs/tiny/grpo.yaml"), "--studies", studies,
+                "--model_name_or_path", str(model), "--adapter_path", str(adapter),
+                "--output_dir", str(runs / "tiny-grpo"))
+        adapter = runs / "tiny-grpo"
+        results["+GRPO (CheXpert F1)"] = stage_metrics(runs, "grpo", model, adapter, phantom, args.limit)
+        print_table(results)
+    if "export" in stages and adapter is not None:
+        # the tiny runs train the projector (modules_to_save), which vLLM cannot load as LoRA: merge
+        _cli("export", "--base", str(model), "--adapter", str(adapter), "--out", str(runs / "export"),
+             "--merge", "--overwrite", "--verify-studies", studies)
+        results["exported (merged, reloaded)"] = stage_metrics(runs, "export", runs / "export", None, phantom,
+                                                               args.limit)
+        print_table(results)
+    print("\nexample report after the last stage:", list(results.values())[-1]["example"][:300])
     (runs / "demo_results.json").write_text(json.dumps(results, indent=2))
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {runs / 'demo_results.json'}")
     return 0

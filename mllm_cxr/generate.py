@@ -1,12 +1,29 @@
-"""Generate reports for study records: HF backend (here), vLLM and OpenAI-compatible backends.
+"""Generate reports for study records: HF, vLLM and OpenAI-compatible backends.
 
-All backends take the prompt from :mod:`mllm_cxr.prompts` and the same :class:`GenerationSettings`.
+All backends take the prompt from :mod:`mllm_cxr.prompts` and the same :class:`GenerationSettings`:
+
+* :class:`HFGenerator`: transformers ``generate`` on a (PEFT) model, left-padded batches;
+* :class:`VLLMGenerator`: vLLM's offline ``LLM`` with a ``LoRARequest`` for the adapter (needs the
+  ``gpu`` extra); the prompt text is rendered by the same processor chat template as the HF backend;
+* :class:`OpenAIGenerator`: any OpenAI-compatible ``/v1/chat/completions`` server (``vllm serve``, or
+  ``mllm-cxr serve --backend hf``); the conversation is :func:`mllm_cxr.prompts.to_openai_messages`
+  of the same messages, images inlined as PNG data URLs, so the server's chat template renders the
+  same text.
+
 Output is a predictions JSONL (``study_id, prediction, reference, context``), written as it goes and
-resumable: studies already in the output file are skipped on a re-run.
+resumable: studies already in the output file are skipped on a re-run, and a line cut short by a
+killed run is dropped and generated again. A side file ``<out>.meta.json`` records the model,
+adapter, prompt and generation settings; resuming with different ones is refused (``overwrite=True``
+starts over).
+
+Prompt settings follow the adapter: :func:`resolve_prompt` reads the ``mllm_cxr_config.json`` that the
+recipes write into their ``output_dir`` (keys ``PromptConfig`` and ``ModelArguments``), so generation
+uses the prompt and pixel budget the adapter was trained with; explicit overrides win.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -16,9 +33,21 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.schema import StudyRecord
-from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text
+from mllm_cxr.config import ConfigError
+from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
 
 log = logging.getLogger(__name__)
+
+#: The file the recipes write into ``output_dir`` with every config dataclass (see training.start_run).
+RUN_CONFIG_NAME = "mllm_cxr_config.json"
+BACKENDS = ("hf", "vllm", "openai")
+VLLM_INSTALL_HINT = ("the vLLM backend needs vllm on a CUDA machine: pip install 'mllm-cxr[gpu]' "
+                     "(vllm>=0.22,<=0.31, the range TRL supports)")
+
+
+class GenerationError(ConfigError):
+    """A generation backend that cannot run as configured (server unreachable, unknown served model,
+    predictions file written with other settings). A user error: one line, exit code 2."""
 
 
 @dataclass
@@ -31,6 +60,14 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"generation: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_return_sequences < 1:
+            raise ConfigError(f"generation: num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise ConfigError("generation: num_return_sequences > 1 needs do_sample (greedy gives one answer)")
+
     def hf_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                   num_return_sequences=self.num_return_sequences,
@@ -38,6 +75,22 @@ class GenerationSettings:
         if self.do_sample:
             kw.update(temperature=self.temperature, top_p=self.top_p)
         return kw
+
+    def vllm_kwargs(self) -> dict[str, Any]:
+        """``SamplingParams`` keyword arguments (temperature 0 = greedy, as ``do_sample=False``)."""
+        return dict(n=self.num_return_sequences, max_tokens=self.max_new_tokens,
+                    temperature=self.temperature if self.do_sample else 0.0,
+                    top_p=self.top_p if self.do_sample else 1.0,
+                    repetition_penalty=self.repetition_penalty, seed=self.seed)
+
+    def openai_kwargs(self) -> dict[str, Any]:
+        """Request-body fields of ``/v1/chat/completions`` (``repetition_penalty`` is vLLM's extra field)."""
+        body: dict[str, Any] = dict(max_tokens=self.max_new_tokens, n=self.num_return_sequences,
+                                    temperature=self.temperature if self.do_sample else 0.0,
+                                    top_p=self.top_p if self.do_sample else 1.0, seed=self.seed)
+        if self.repetition_penalty != 1.0:
+            body["repetition_penalty"] = self.repetition_penalty
+        return body
 
 
 def study_context(s: StudyRecord) -> dict[str, Any]:
@@ -59,7 +112,7 @@ def done_ids(out_path: Path) -> set[str]:
                 d = json.loads(line)
             except json.JSONDecodeError:
                 continue  # partial line of a killed run: that study is generated again
-            if isinstance(d, dict) and "study_id" in d:
+            if isinstance(d, dict) and "study_id" in d and d["study_id"] not in ids:
                 ids.add(d["study_id"])
                 good.append(line if line.endswith("\n") else line + "\n")
     with open(out_path, "w", encoding="utf-8") as fh:  # rewrite without the broken tail
@@ -70,6 +123,74 @@ def done_ids(out_path: Path) -> set[str]:
 def batched(items: Sequence, n: int) -> Iterator[Sequence]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompt settings from the adapter's run config
+# ------------------------------------------------------------------------------------------------
+def find_run_config(*dirs: str | Path | None) -> Path | None:
+    """The first ``mllm_cxr_config.json`` in each given folder or its parent (a checkpoint's run)."""
+    for d in dirs:
+        if not d:
+            continue
+        p = Path(d)
+        for cand in (p / RUN_CONFIG_NAME, p.parent / RUN_CONFIG_NAME):
+            if cand.is_file():
+                return cand
+    return None
+
+
+@dataclass
+class PromptSettings:
+    """The prompt and pixel budget a generation uses, and where they came from."""
+
+    prompt: PromptConfig
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    source: str = "defaults"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": dataclasses.asdict(self.prompt), "min_pixels": self.min_pixels,
+                "max_pixels": self.max_pixels}
+
+
+def resolve_prompt(adapter: str | Path | None = None, model: str | Path | None = None, *,
+                   overrides: dict[str, Any] | None = None, min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> PromptSettings:
+    """Prompt config and pixel budget: the run config next to the adapter (else next to the model, as in
+    a merged export), then ``overrides`` (PromptConfig fields) and explicit pixel values on top."""
+    path = find_run_config(adapter, model if model and Path(model).is_dir() else None)
+    fields: dict[str, Any] = {}
+    pix: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable run config ({e})") from None
+        known = {f.name for f in dataclasses.fields(PromptConfig)}
+        fields = {k: v for k, v in (saved.get("PromptConfig") or {}).items() if k in known}
+        margs = saved.get("ModelArguments") or {}
+        pix = {k: margs.get(k) for k in ("min_pixels", "max_pixels")}
+        source = str(path)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            fields[k] = v
+    try:
+        prompt = PromptConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: bad prompt settings ({e})") from None
+    return PromptSettings(prompt=prompt,
+                          min_pixels=min_pixels if min_pixels is not None else pix.get("min_pixels"),
+                          max_pixels=max_pixels if max_pixels is not None else pix.get("max_pixels"),
+                          source=source)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends
+# ------------------------------------------------------------------------------------------------
+def _chat_text(processor, messages) -> str:
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class HFGenerator:
@@ -88,7 +209,7 @@ class HFGenerator:
         texts, images = [], []
         for s in studies:
             messages, refs = build_messages(s, self.cfg)
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            texts.append(_chat_text(self.processor, messages))
             images.append(load_images(refs, self.data_root))
         inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.model.device)
@@ -101,21 +222,256 @@ class HFGenerator:
         return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(studies))]
 
 
+def place_model(model, device: str | None = None):
+    """Move a loaded model to ``device`` (default: CUDA when there is one); quantized models stay put
+    (bitsandbytes places them when loading)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) \
+            or getattr(model, "hf_quantizer", None) is not None:
+        return model
+    return model.to(device)
+
+
+def load_hf_generator(model: str, adapter: str | None, prompt: PromptSettings, data_root: str | Path,
+                      settings: GenerationSettings | None = None, *, dtype: str = "auto",
+                      attn_implementation: str | None = None, load_in_4bit: bool = False,
+                      trust_remote_code: bool = False, device: str | None = None) -> HFGenerator:
+    """Load base model (+ adapter) and processor with the prompt's pixel budget; an :class:`HFGenerator`.
+
+    The model goes to ``device`` (default: CUDA when available, else CPU)."""
+    from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+
+    margs = ModelArguments(model_name_or_path=str(model), adapter_path=str(adapter) if adapter else None,
+                           dtype=dtype, attn_implementation=attn_implementation, load_in_4bit=load_in_4bit,
+                           min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)
+    processor = load_processor(margs, trust_remote_code=trust_remote_code)
+    net, _ = load_model(margs, is_trainable=False, trust_remote_code=trust_remote_code)
+    net = place_model(net, device).eval()
+    return HFGenerator(net, processor, prompt.prompt, data_root, settings)
+
+
+def import_vllm():
+    """The ``vllm`` module, or ImportError naming the extra to install."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"{VLLM_INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+class VLLMGenerator:
+    """vLLM offline inference (``LLM.generate``) with the adapter as a ``LoRARequest``.
+
+    The prompt text is the processor's chat template over :func:`build_messages` (exactly what the HF
+    backend tokenizes); images go in ``multi_modal_data``. The pixel budget goes to vLLM's HF processor
+    through ``mm_processor_kwargs``; ``max_lora_rank`` is the adapter's rank rounded up to a value vLLM
+    accepts. Extra keyword arguments are passed to ``LLM`` (``max_model_len``, ``enforce_eager``...).
+    """
+
+    def __init__(self, model: str, prompt: PromptSettings, data_root: str | Path,
+                 settings: GenerationSettings | None = None, *, adapter: str | None = None,
+                 lora_name: str = "adapter", max_lora_rank: int | None = None, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
+                 trust_remote_code: bool = False, processor=None, **llm_kwargs: Any):
+        import_vllm()
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        from mllm_cxr.export import adapter_rank, vllm_max_lora_rank
+
+        self.cfg = prompt.prompt
+        self.data_root = Path(data_root)
+        self.settings = settings or GenerationSettings()
+        n_images = self.cfg.max_images
+        kw: dict[str, Any] = dict(model=str(model), dtype=dtype, seed=self.settings.seed,
+                                  limit_mm_per_prompt={"image": n_images}, trust_remote_code=trust_remote_code,
+                                  gpu_memory_utilization=gpu_memory_utilization,
+                                  tensor_parallel_size=tensor_parallel_size)
+        mm = {k: v for k, v in (("min_pixels", prompt.min_pixels), ("max_pixels", prompt.max_pixels)) if v}
+        if mm:
+            kw["mm_processor_kwargs"] = mm
+        self.lora = None
+        if adapter:
+            rank = max_lora_rank or vllm_max_lora_rank(adapter_rank(adapter))
+            kw.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+            self.lora = LoRARequest(lora_name, 1, str(Path(adapter).resolve()))
+        kw.update(llm_kwargs)
+        self.llm = LLM(**kw)
+        self.sampling = SamplingParams(**self.settings.vllm_kwargs())
+        if processor is None:
+            from mllm_cxr.modeling import ModelArguments, load_processor
+
+            processor = load_processor(ModelArguments(model_name_or_path=str(model),
+                                                      min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels),
+                                       trust_remote_code=trust_remote_code)
+        self.processor = processor
+
+    def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
+        inputs = []
+        for s in studies:
+            messages, refs = build_messages(s, self.cfg)
+            inputs.append({"prompt": _chat_text(self.processor, messages),
+                           "multi_modal_data": {"image": load_images(refs, self.data_root)}})
+        outs = self.llm.generate(inputs, self.sampling, lora_request=self.lora, use_tqdm=False)
+        return [[c.text.strip() for c in o.outputs] for o in outs]
+
+
+class OpenAIGenerator:
+    """Reports from an OpenAI-compatible server (``/v1/chat/completions``), requests sent concurrently.
+
+    Args:
+        base_url: server root, with or without ``/v1`` (``http://127.0.0.1:8000``).
+        served_model: the model name to ask for (for ``vllm serve --lora-modules NAME=DIR``: NAME);
+            ``None`` takes the server's only model (an error when it lists several).
+        max_concurrency: requests in flight at once (the server batches them).
+        retries / backoff: extra tries after a connection error, HTTP 429 or 5xx, waiting ``backoff``
+            seconds, then twice that...
+        api_key: bearer token; default the ``OPENAI_API_KEY`` environment variable, if set.
+
+    The pixel budget is sent as ``mm_processor_kwargs`` (vLLM's extra request field) when known.
+    """
+
+    def __init__(self, base_url: str, prompt: PromptSettings, data_root: str | Path,
+                 settings: GenerationSettings | None = None, *, served_model: str | None = None,
+                 api_key: str | None = None, timeout: float = 600.0, max_concurrency: int = 8,
+                 retries: int = 2, backoff: float = 1.0):
+        import os
+
+        root = base_url.rstrip("/")
+        self.root = root if root.endswith("/v1") else root + "/v1"
+        self.cfg = prompt.prompt
+        self.prompt = prompt
+        self.data_root = Path(data_root)
+        self.settings = settings or GenerationSettings()
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.timeout, self.retries, self.backoff = timeout, max(0, retries), backoff
+        self.max_concurrency = max(1, max_concurrency)
+        self.served_model = served_model or self._only_model()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        import requests
+
+        url = self.root + path
+        wait, last = self.backoff, ""
+        for attempt in range(self.retries + 1):
+            try:
+                r = requests.request(method, url, json=body, headers=self._headers(), timeout=self.timeout)
+            except requests.RequestException as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise GenerationError(f"{url}: the server answered with something that is not JSON") from None
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code != 429 and r.status_code < 500:
+                    raise GenerationError(f"{url}: {last}")
+            if attempt < self.retries:
+                time.sleep(min(wait, 30.0))
+                wait *= 2
+        raise GenerationError(f"{url}: no answer after {self.retries + 1} tries ({last})")
+
+    def _only_model(self) -> str:
+        names = [m.get("id") for m in self._request("GET", "/models").get("data", []) if isinstance(m, dict)]
+        if len(names) != 1:
+            raise GenerationError(f"{self.root}/models lists {names}: name one with --served-model")
+        return str(names[0])
+
+    def request_body(self, study: StudyRecord) -> dict[str, Any]:
+        """The JSON body sent for one study (the same messages as the HF backend, images inlined)."""
+        messages, refs = build_messages(study, self.cfg)
+        body: dict[str, Any] = {"model": self.served_model,
+                                "messages": to_openai_messages(messages, load_images(refs, self.data_root))}
+        body.update(self.settings.openai_kwargs())
+        mm = {k: v for k, v in (("min_pixels", self.prompt.min_pixels), ("max_pixels", self.prompt.max_pixels)) if v}
+        if mm:
+            body["mm_processor_kwargs"] = mm
+        return body
+
+    def _one(self, study: StudyRecord) -> list[str]:
+        answer = self._request("POST", "/chat/completions", self.request_body(study))
+        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+        if not choices:
+            raise GenerationError(f"{self.root}/chat/completions: an answer without choices")
+        return [str((c.get("message") or {}).get("content") or "").strip() for c in choices]
+
+    def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(studies) <= 1 or self.max_concurrency == 1:
+            return [self._one(s) for s in studies]
+        with ThreadPoolExecutor(min(self.max_concurrency, len(studies))) as pool:
+            return list(pool.map(self._one, studies))
+
+
+# ------------------------------------------------------------------------------------------------
+# The predictions file
+# ------------------------------------------------------------------------------------------------
+def meta_path(out_path: str | Path) -> Path:
+    p = Path(out_path)
+    return p.with_name(p.name + ".meta.json")
+
+
+#: Fields of the side file that must agree before a predictions file is continued.
+_RESUME_KEYS = ("model", "adapter", "prompt", "generation")
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> str:
+    """The leaves that differ between two JSON values, as ``key: old -> new`` (shortened)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [_diff(old.get(k), new.get(k), f"{prefix}{k}.") for k in sorted(set(old) | set(new))
+                 if old.get(k) != new.get(k)]
+        return "; ".join(parts)
+    return f"{prefix.rstrip('.') or 'value'}: {json.dumps(old)[:80]} -> {json.dumps(new)[:80]}"
+
+
+def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Refuse to continue a predictions file written with other settings; ``overwrite`` deletes it."""
+    out, mp = Path(out_path), meta_path(out_path)
+    if overwrite:
+        for p in (out, mp):
+            if p.exists():
+                p.unlink()
+    elif mp.exists() and out.exists():
+        try:
+            old = json.loads(mp.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        diffs = [_diff(old[k], meta.get(k), f"{k}.") for k in _RESUME_KEYS if k in old and old[k] != meta.get(k)]
+        if diffs:
+            raise GenerationError(f"{out} was generated with other settings ({'; '.join(diffs)}): use another "
+                                  "--out, or --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
 def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: str | Path, *,
                          batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
-    """Generate for every study not yet in ``out_path`` and append one JSON line per study."""
+    """Generate for every study not yet in ``out_path`` and append one JSON line per study.
+
+    Each batch is flushed as soon as it is written, so a killed run loses at most the batch in flight;
+    running again continues where it stopped and writes each study exactly once.
+    """
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ConfigError(f"generation: batch_size must be >= 1, got {batch_size}")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = done_ids(out)
-    todo = [s for s in studies if s.study_id not in finished]
+    todo = list({s.study_id: s for s in studies if s.study_id not in finished}.values())  # unique ids
     t0 = time.perf_counter()
     n_empty = 0
     with open(out, "a", encoding="utf-8") as fh, tqdm(total=len(todo), disable=not progress,
                                                      desc="generate", unit="study") as bar:
         for chunk in batched(todo, batch_size):
-            for s, preds in zip(chunk, generator.generate(chunk)):
+            for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
                 row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
                        "context": study_context(s)}

@@ -45,6 +45,13 @@ class ModelArguments:
     freeze_vision: bool = field(default=True, metadata={"help": "freeze the vision tower (full fine-tuning)"})
     freeze_projector: bool = field(default=True, metadata={"help": "freeze the vision->text projector"})
 
+    def __post_init__(self) -> None:
+        if self.load_in_4bit and self.use_peft and not self.freeze_projector:
+            from mllm_cxr.config import ConfigError
+
+            raise ConfigError("load_in_4bit with freeze_projector: false is not supported: TRL casts the "
+                              "trainable projector copy to bfloat16 under QLoRA; keep freeze_projector: true")
+
 
 def resolve_dtype(name: str):
     import torch
@@ -97,7 +104,7 @@ def quantization_config(args: ModelArguments):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
                               bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
                               bnb_4bit_compute_dtype=compute,
-                              llm_int8_skip_modules=["visual", "lm_head"])
+                              llm_int8_skip_modules=[r".*visual", "lm_head"])  # vision tower + projector stay unquantised
 
 
 def load_base_model(args: ModelArguments, *, trust_remote_code: bool = False):

@@ -1,0 +1,337 @@
+"""``mllm-cxr generate | eval | export | serve | tiny``: the model-side verbs.
+
+    mllm-cxr generate --studies S.jsonl --model BASE [--adapter DIR] --out pred.jsonl [--backend hf|vllm|openai]
+    mllm-cxr eval --pred pred.jsonl --out eval/ [--compare other.jsonl]
+    mllm-cxr export --base BASE --adapter DIR --out exports/cxr [--merge] [--verify-studies S.jsonl]
+    mllm-cxr serve --model BASE --adapter exports/cxr [--backend vllm|hf] [--dry-run]
+    mllm-cxr tiny runs/tiny-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+from mllm_cxr.config import ConfigError
+
+
+def _split(value: str | None) -> str | None:
+    return None if value in (None, "", "all") else value
+
+
+def _prompt_overrides(args: argparse.Namespace) -> dict:
+    return {"sections": args.sections, "context": args.context, "max_images": args.max_images,
+            "include_prior_report": args.include_prior_report, "include_prior_images": args.include_prior_images,
+            "frontal_first": args.frontal_first, "system_prompt": args.system_prompt}
+
+
+def _add_prompt_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompt (default: the adapter's mllm_cxr_config.json, else PromptConfig defaults)")
+    g.add_argument("--sections", default=None, help="report sections to write, e.g. findings,impression")
+    g.add_argument("--context", default=None, help="context fields in the prompt, e.g. indication,comparison ('none')")
+    g.add_argument("--max-images", type=int, default=None, help="images per study in the prompt")
+    g.add_argument("--include-prior-report", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--include-prior-images", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--frontal-first", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--system-prompt", default=None)
+    g.add_argument("--min-pixels", type=int, default=None, help="image pixel budget, lower bound")
+    g.add_argument("--max-pixels", type=int, default=None, help="image pixel budget, upper bound")
+
+
+# ------------------------------------------------------------------------------------------------
+# generate
+# ------------------------------------------------------------------------------------------------
+def run_generate(args: argparse.Namespace) -> int:
+    from mllm_cxr.data import load_split
+    from mllm_cxr.generate import (
+        GenerationSettings,
+        OpenAIGenerator,
+        VLLMGenerator,
+        check_resume,
+        generate_predictions,
+        load_hf_generator,
+        resolve_prompt,
+    )
+
+    if args.backend in ("hf", "vllm") and not args.model:
+        raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
+    if args.backend == "openai" and not args.base_url:
+        raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000)")
+    studies = load_split(args.studies, _split(args.split), args.limit)
+    root = Path(args.data_root) if args.data_root else Path(args.studies).resolve().parent
+    prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
+                            min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                                  temperature=args.temperature, top_p=args.top_p,
+                                  num_return_sequences=args.num_return_sequences,
+                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
+    model_id = args.model if args.backend != "openai" else f"{args.base_url}#{args.served_model or ''}"
+    meta = {"model": model_id, "adapter": args.adapter, "backend": args.backend, "prompt": prompt.to_dict(),
+            "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
+            "studies": str(args.studies), "split": args.split}
+    check_resume(args.out, meta, overwrite=args.overwrite)
+    if args.backend == "hf":
+        gen = load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
+                                attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit,
+                                trust_remote_code=args.trust_remote_code)
+    elif args.backend == "vllm":
+        extra = {"enforce_eager": True} if args.enforce_eager else {}
+        if args.max_model_len:
+            extra["max_model_len"] = args.max_model_len
+        gen = VLLMGenerator(args.model, prompt, root, settings, adapter=args.adapter, max_lora_rank=args.max_lora_rank,
+                            dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                            tensor_parallel_size=args.tensor_parallel_size, trust_remote_code=args.trust_remote_code,
+                            **extra)
+    else:
+        gen = OpenAIGenerator(args.base_url, prompt, root, settings, served_model=args.served_model,
+                              api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
+    s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    rate = f"{s['studies_per_s']} studies/s" if s["studies_per_s"] else "nothing to do"
+    print(f"generated {s['generated']} studies ({s['skipped_done']} already done) with the {args.backend} backend "
+          f"in {s['seconds']} s ({rate}); {s['empty_predictions']} empty; prompt from {prompt.source} -> {s['out']}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate reports for study records (HF, vLLM or an OpenAI-compatible server)",
+                       description="Generate a report per study into a predictions JSONL (study_id, prediction, "
+                                   "reference, context). Resumable: studies already in --out are skipped.")
+    p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
+    p.add_argument("--data-root", default=None, help="root of the image paths (default: the studies file's folder)")
+    p.add_argument("--split", default="test", help="split to generate for (train/validate/test, or all)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many studies (the first ones)")
+    p.add_argument("--model", default=None, help="base model (hub id or folder), or a merged export")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder (a recipe's output_dir or an export)")
+    p.add_argument("--out", required=True, help="predictions JSONL to write (appended to when resuming)")
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
+    p.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
+    p.add_argument("--batch-size", type=int, default=8, help="studies per generate call / per flush")
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--num-return-sequences", type=int, default=1, help="samples per study (with --do-sample)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("model loading (hf / vllm)")
+    m.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    m.add_argument("--attn-implementation", default=None, help="sdpa | flash_attention_2 | eager (hf)")
+    m.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 base weights (hf)")
+    m.add_argument("--trust-remote-code", action="store_true")
+    m.add_argument("--max-lora-rank", type=int, default=None, help="vllm: default the adapter's rank, rounded up")
+    m.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
+    m.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    m.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")
+    m.add_argument("--enforce-eager", action="store_true", help="vllm: no CUDA graphs")
+    o = p.add_argument_group("OpenAI-compatible server (--backend openai)")
+    o.add_argument("--base-url", default=None, help="server root, e.g. http://127.0.0.1:8000")
+    o.add_argument("--served-model", default=None, help="model name on the server (a --lora-modules NAME)")
+    o.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
+    o.add_argument("--max-concurrency", type=int, default=8, help="requests in flight")
+    o.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    _add_prompt_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_generate)
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------------
+def _metric_kwargs(value: str | None) -> dict:
+    from reward.base import RewardError
+
+    if not value:
+        return {}
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RewardError(f"--metric-kwargs: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise RewardError('--metric-kwargs must map metric names to keyword objects, e.g. '
+                          '{"radgraph": {"model_dir": "/models/radgraph"}}')
+    return data
+
+
+def run_eval_cmd(args: argparse.Namespace) -> int:
+    from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
+                      uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
+                      compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)
+    print(summary_line(result, args.out))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    from mllm_cxr.evaluate import METRIC_GROUPS
+
+    p = sub.add_parser("eval", help="evaluate predictions: metrics.json, metrics.md, plots, bootstrap CIs",
+                       description="Evaluate a predictions JSONL (from `mllm-cxr generate`) with bootstrap 95% "
+                                   "CIs; --compare adds a paired comparison with another predictions file.")
+    p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
+    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default all; "
+                                                   "those whose model is missing are listed as skipped)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
+                   help="CheXpert F1: count uncertain labels as positive (RRG convention) or negative")
+    p.add_argument("--metric-kwargs", default=None,
+                   help='JSON (or @file) of scorer arguments per metric, e.g. {"radgraph": {"model_dir": "DIR"}, '
+                        '"green": {"base_url": "http://127.0.0.1:8001", "model": "green"}}')
+    p.add_argument("--name", default=None, help="name of the predictions in tables (default: file stem)")
+    p.add_argument("--compare-name", default=None)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_eval_cmd)
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------------
+def run_export(args: argparse.Namespace) -> int:
+    from mllm_cxr.export import export
+
+    s = export(args.base, args.adapter, args.out, merge=args.merge, allow_vision_lora=args.allow_vision_lora,
+               verify_studies=args.verify_studies, data_root=args.data_root, split=_split(args.split),
+               n_verify=args.verify_n, metrics=args.metrics, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+               verify_max_new_tokens=args.verify_max_new_tokens, merge_atol=args.merge_atol, name=args.name,
+               overwrite=args.overwrite)
+    a = s["adapter"]
+    what = "merged checkpoint" if s["merged"] else f"vLLM-ready adapter ({len(a['language'])} LoRA modules)"
+    v = s["verification"]
+    ver = ("; verification: " + (f"{v['identical']}/{v['n']} identical reports, max |logit diff| "
+                                 f"{v['max_abs_logit_diff']:.1e}: OK")) if v else "; not verified (no --verify-studies)"
+    warn = f"; {len(s['warnings'])} warning(s)" if s["warnings"] else ""
+    print(f"exported {what} from {args.adapter} (rank {a['rank']}) to {s['out']}{ver}{warn}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export an adapter vLLM can load (or a merged checkpoint), with a model card",
+                       description="Write a vLLM-loadable adapter (or, with --merge, a merged checkpoint), the "
+                                   "processor, chat template, generation config and a model card; optionally "
+                                   "verify the export against the in-memory model.")
+    p.add_argument("--base", required=True, help="the base model the adapter was trained on (hub id or folder)")
+    p.add_argument("--adapter", required=True, help="adapter folder (a recipe's output_dir or a checkpoint)")
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--merge", action="store_true", help="write a merged full checkpoint instead of an adapter")
+    p.add_argument("--allow-vision-lora", action="store_true",
+                   help="keep LoRA on the vision tower (vLLM drops it: the served model then differs)")
+    p.add_argument("--verify-studies", default=None, help="study records: compare reloaded export vs in-memory model")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="test", help="split of --verify-studies (or all)")
+    p.add_argument("--verify-n", type=int, default=4, help="studies to verify on")
+    p.add_argument("--verify-max-new-tokens", type=int, default=32)
+    p.add_argument("--merge-atol", type=float, default=None,
+                   help="merged export: largest next-token logit difference accepted (default: 1e-4 of the largest "
+                        "logit in float32, 5%% in bfloat16/float16)")
+    p.add_argument("--metrics", default=None, help="metrics.json (or its folder) from `mllm-cxr eval` for the card")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="max_new_tokens in generation_config.json")
+    p.add_argument("--name", default=None, help="title of the model card (default: the --out folder name)")
+    p.set_defaults(func=run_export)
+
+
+# ------------------------------------------------------------------------------------------------
+# serve
+# ------------------------------------------------------------------------------------------------
+def _adapters(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = Path(v).name or "adapter", v
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {v}: no adapter_config.json in {path}")
+        if name in out:
+            raise ConfigError(f"--adapter: the name {name!r} is given twice")
+        out[name] = path
+    return out
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from mllm_cxr.generate import resolve_prompt
+    from mllm_cxr.serve import ChatServer, build_vllm_command, run_vllm
+
+    adapters = _adapters(args.adapter)
+    first = next(iter(adapters.values()), None)
+    prompt = resolve_prompt(first, args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    max_images = args.max_images or prompt.prompt.max_images
+    if args.backend == "vllm":
+        cmd = build_vllm_command(args.model, adapters, max_lora_rank=args.max_lora_rank, max_images=max_images,
+                                 min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels, host=args.host,
+                                 port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
+                                 gpu_memory_utilization=args.gpu_memory_utilization,
+                                 tensor_parallel_size=args.tensor_parallel_size,
+                                 served_model_name=args.served_model_name, extra=shlex.split(args.vllm_args or ""))
+        return run_vllm(cmd, dry_run=args.dry_run)
+    if len(adapters) > 1:
+        raise ConfigError("--backend hf serves one adapter; give a single --adapter")
+    name = args.served_model_name or next(iter(adapters), None)
+    if args.dry_run:
+        print(f"would serve {args.model}" + (f" + adapter {first}" if first else "") + f" as {name or args.model} "
+              f"on http://{args.host}:{args.port}/v1 (transformers)")
+        return 0
+    server = ChatServer(args.model, first, served_model_name=name, host=args.host, port=args.port,
+                        dtype=args.dtype or "auto", min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels,
+                        max_images=max_images)
+    print(f"serving {server.name} on {server.url}/v1 (transformers, one request at a time); Ctrl-C stops", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve over an OpenAI-compatible API: `vllm serve` with the adapter, or transformers",
+                       description="Start `vllm serve BASE --enable-lora --lora-modules NAME=DIR ...` with the "
+                                   "adapter's rank, image limit and pixel budget (printed first), or a small "
+                                   "transformers server (--backend hf).")
+    p.add_argument("--model", required=True, help="base model (hub id or folder), or a merged export")
+    p.add_argument("--adapter", action="append", default=None, metavar="[NAME=]DIR",
+                   help="LoRA adapter to serve (repeatable); NAME defaults to the folder name")
+    p.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="name of the base model (vllm) / the model (hf)")
+    p.add_argument("--max-lora-rank", type=int, default=None, help="default: the adapters' rank, rounded up")
+    p.add_argument("--max-images", type=int, default=None, help="images per request (default: the prompt's max_images)")
+    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument("--tensor-parallel-size", type=int, default=None)
+    p.add_argument("--vllm-args", default=None, help="more `vllm serve` arguments, one quoted string")
+    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    p.set_defaults(func=run_serve)
+
+
+# ------------------------------------------------------------------------------------------------
+# tiny
+# ------------------------------------------------------------------------------------------------
+def run_tiny(args: argparse.Namespace) -> int:
+    from mllm_cxr.tiny import build_tiny_model
+
+    path = build_tiny_model(args.out_dir, seed=args.seed)
+    print(f"tiny Qwen2.5-VL written to {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``generate``, ``eval``, ``export``, ``serve`` and ``tiny``."""
+    _add_generate(subparsers)
+    _add_eval(subparsers)
+    _add_export(subparsers)
+    _add_serve(subparsers)
+    p = subparsers.add_parser("tiny", help="build the tiny random Qwen2.5-VL used by tests and the demo")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_tiny)

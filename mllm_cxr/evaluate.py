@@ -1,0 +1,719 @@
+"""Evaluate predicted reports: a JSON result, a Markdown table, PNG plots, bootstrap CIs, paired comparison.
+
+    mllm-cxr eval --pred pred.jsonl --out eval/ [--compare baseline.jsonl] [--metrics bleu,rouge_l,chexpert]
+
+``--pred``: the predictions JSONL of ``mllm-cxr generate`` (``study_id, prediction, reference,
+context``; ``context.has_prior`` or ``context.comparison`` feed the prior-hallucination rate).
+
+Metrics (the reward registry's scorers, :func:`reward.base.get_scorer`), in the order of the table:
+
+==============  =========================================================================================
+``bleu``        corpus BLEU-4 and BLEU-1, COCO-caption formula (RadEval's ``bleu``)
+``rouge_l``     ROUGE-L F, mean over studies
+``radgraph``    RadGraph F1 (partial), mean; needs a local RadGraph model (``radgraph_f1`` scorer)
+``green``       GREEN, mean; needs a judge model or server (``green`` scorer)
+``ratescore``   RaTEScore, mean; needs the RaTEScore package and its models
+``chexpert``    F1-CheXpert micro/macro over the 14 observations and over the 5 (Atelectasis,
+                Cardiomegaly, Consolidation, Edema, Pleural Effusion), from the rule labeler's labels of
+                prediction and reference, uncertain counted as positive by default (``--uncertain``)
+``chexbert``    the same F1 table from CheXbert labels (needs ``chexbert.pth``)
+``prior``       prior-hallucination rate: among studies without a prior (``context.has_prior`` false),
+                the share of predictions with a sentence referring to a previous exam (``reward.prior``);
+                the same share for the references is given beside it
+``length``      report length in words (prediction and reference), their ratio, share of empty reports
+==============  =========================================================================================
+
+A metric whose model or package is not installed is listed under ``skipped_metrics`` with the reason
+(never silently dropped).
+
+Confidence intervals: studies are resampled with replacement ``n_boot`` times (seeded) and every
+metric is recomputed on each resample from per-study sufficient statistics: sums of per-study scores
+for mean metrics, n-gram counts for corpus BLEU, and per-observation TP/FP/FN counts for the corpus F1
+values, so micro/macro F1 are recomputed on the resampled label sets, never averaged per study. The
+95% interval is the 2.5/97.5 percentile of the bootstrap values.
+
+Paired comparison (``--compare OTHER.jsonl``): studies in both files; the same resamples are applied to
+both, giving the delta (this - other), its 95% interval, and a two-sided paired-bootstrap p-value
+``min(1, 2 * min(P(delta* <= 0), P(delta* >= 0)))`` with add-one smoothing (``(count + 1) / (n_boot + 1)``).
+
+Outputs in ``DIR``: ``metrics.json``, ``metrics.md``, ``per_finding_f1.png``, ``length_distribution.png``,
+``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.errors import DataPrepError
+from reward.base import MissingBackendError, RewardError, get_scorer
+from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
+
+log = logging.getLogger(__name__)
+
+METRIC_GROUPS: tuple[str, ...] = ("bleu", "rouge_l", "radgraph", "green", "ratescore", "chexpert", "chexbert",
+                                  "prior", "length")
+#: Groups whose scorer needs a model or package that may be missing: any loading error skips them.
+MODEL_GROUPS = frozenset({"radgraph", "green", "ratescore", "chexbert"})
+_IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading predictions
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """Rows of a predictions file that can be evaluated, and what was left out (counted)."""
+
+    path: str
+    ids: list[str]
+    hyps: list[str]
+    refs: list[str]
+    contexts: list[dict[str, Any]]
+    n_rows: int
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+
+
+def read_prediction_file(path: str | Path) -> Predictions:
+    """Read and check a predictions JSONL; rows with an empty reference are skipped and counted.
+
+    A row that is not JSON, lacks ``study_id``/``prediction``/``reference`` or repeats a study raises
+    :class:`DataPrepError` naming the file, line, field and value.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"predictions file not found: {p}")
+    ids, hyps, refs, ctxs, seen = [], [], [], [], {}
+    skipped = {"empty_reference": 0}
+    n_rows = 0
+    with open(p, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            n_rows += 1
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataPrepError(f"not valid JSON ({e.msg}); a cut last line comes from a killed "
+                                    "`mllm-cxr generate`: run it again to finish the file", file=str(p), line=no) from None
+            if not isinstance(row, dict):
+                raise DataPrepError("expected a JSON object", file=str(p), line=no, value=type(row).__name__)
+            sid = row.get("study_id")
+            if sid is None or (isinstance(sid, str) and not sid.strip()):
+                raise DataPrepError("missing study id", file=str(p), line=no, field="study_id", value=sid)
+            sid = str(sid)
+            if sid in seen:
+                raise DataPrepError(f"study repeats line {seen[sid]}", file=str(p), line=no, field="study_id",
+                                    value=sid)
+            seen[sid] = no
+            for k in ("prediction", "reference"):
+                if not isinstance(row.get(k), str):
+                    raise DataPrepError("expected a string", file=str(p), line=no, field=k,
+                                        value=None if row.get(k) is None else type(row.get(k)).__name__)
+            ctx = row.get("context") or {}
+            if not isinstance(ctx, dict):
+                raise DataPrepError("expected a JSON object", file=str(p), line=no, field="context",
+                                    value=type(ctx).__name__)
+            if not row["reference"].strip():
+                skipped["empty_reference"] += 1
+                continue
+            ids.append(sid)
+            hyps.append(row["prediction"])
+            refs.append(row["reference"])
+            ctxs.append(ctx)
+    if not ids:
+        raise DataPrepError("no row with a non-empty reference to evaluate", file=str(p), field="reference")
+    return Predictions(str(p), ids, hyps, refs, ctxs, n_rows, skipped)
+
+
+# ------------------------------------------------------------------------------------------------
+# Metric groups: per-study sufficient statistics + functions of their sums
+# ------------------------------------------------------------------------------------------------
+Fn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Stat:
+    """One reported number: a function of the summed per-study statistics of its group."""
+
+    label: str
+    fn: Fn
+    higher_is_better: bool | None = True
+    main: bool = True  # in the main table (per-class F1 values are not)
+
+
+@dataclass
+class MetricGroup:
+    """Per-study statistics ``S`` (n, k); each :class:`Stat` maps ``S`` summed over studies to a value."""
+
+    name: str
+    S: np.ndarray
+    stats: dict[str, Stat]
+    info: dict[str, Any] = field(default_factory=dict)
+    per_study: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def values(self, totals: np.ndarray) -> dict[str, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {k: np.asarray(s.fn(totals), dtype=float) for k, s in self.stats.items()}
+
+    def subset(self, idx: np.ndarray) -> MetricGroup:
+        return MetricGroup(self.name, self.S[idx], self.stats, self.info,
+                           {k: v[idx] for k, v in self.per_study.items()})
+
+
+def _ratio(a: int, b: int) -> Fn:
+    return lambda t: np.where(t[..., b] > 0, t[..., a] / np.where(t[..., b] > 0, t[..., b], 1), np.nan)
+
+
+def mean_group(name: str, key: str, label: str, scores: Sequence[float], info: dict | None = None,
+               higher_is_better: bool = True) -> MetricGroup:
+    v = np.asarray(scores, dtype=float)
+    S = np.stack([v, np.ones_like(v)], axis=1)
+    return MetricGroup(name, S, {key: Stat(label, _ratio(0, 1), higher_is_better)}, info or {}, {key: v})
+
+
+def bleu_group(hyps: Sequence[str], refs: Sequence[str], n: int = 4) -> MetricGroup:
+    """Corpus BLEU-1 and BLEU-n from per-study n-gram counts (the COCO formula of :mod:`reward.nlg`)."""
+    from reward.nlg import _cook  # the per-sample sufficient statistics of corpus BLEU
+
+    rows = []
+    for h, r in zip(hyps, refs):
+        c = _cook(h, [r], n)
+        rows.append([*c.correct, *c.guess, c.testlen, c.reflen])
+    S = np.asarray(rows, dtype=float).reshape(len(rows), 2 * n + 2)
+
+    def bleu(k: int) -> Fn:
+        def fn(t: np.ndarray) -> np.ndarray:
+            # COCO: prod_i (correct_i + 1e-15) / (guess_i + 1e-9), k-th root, times the brevity penalty
+            logp = sum(np.log((t[..., i] + 1e-15) / (t[..., n + i] + 1e-9)) for i in range(k))
+            b = np.exp(logp / k)
+            ratio = (t[..., 2 * n] + 1e-15) / (t[..., 2 * n + 1] + 1e-9)
+            return np.where(ratio < 1, b * np.exp(1 - 1 / np.maximum(ratio, 1e-300)), b)
+        return fn
+
+    stats = {f"bleu_{n}": Stat(f"BLEU-{n}", bleu(n)), "bleu_1": Stat("BLEU-1", bleu(1))}
+    return MetricGroup("bleu", S, stats, {"formula": "COCO-caption corpus BLEU (RadEval's bleu)"})
+
+
+def f1_group(name: str, hyp_bin: np.ndarray, ref_bin: np.ndarray, info: dict[str, Any]) -> MetricGroup:
+    """Corpus F1 (micro/macro over 14 and 5, per observation) from binary label matrices (n, 14).
+
+    Same values as scikit-learn's ``classification_report(ref, hyp, zero_division=0)``
+    (:func:`reward.f1.f1_report`): per class ``2TP / (2TP + FP + FN)``, 0 when that is 0/0.
+    """
+    h, r = hyp_bin.astype(bool), ref_bin.astype(bool)
+    tp, fp, fn = (h & r), (h & ~r), (~h & r)
+    S = np.concatenate([tp, fp, fn], axis=1).astype(float)
+    m = len(CHEXPERT_LABELS)
+
+    def per_class(t: np.ndarray) -> np.ndarray:
+        TP, FP, FN = t[..., :m], t[..., m:2 * m], t[..., 2 * m:]
+        den = 2 * TP + FP + FN
+        return np.where(den > 0, 2 * TP / np.where(den > 0, den, 1), 0.0)
+
+    def micro(cols: list[int]) -> Fn:
+        def f(t: np.ndarray) -> np.ndarray:
+            TP, FP, FN = (t[..., [c + o for c in cols]].sum(-1) for o in (0, m, 2 * m))
+            den = 2 * TP + FP + FN
+            return np.where(den > 0, 2 * TP / np.where(den > 0, den, 1), 0.0)
+        return f
+
+    def macro(cols: list[int]) -> Fn:
+        return lambda t: per_class(t)[..., cols].mean(-1)
+
+    all14 = list(range(m))
+    tag = "CheXbert" if name == "chexbert" else "CheXpert"
+    stats = {
+        f"{name}_micro_f1_14": Stat(f"F1-{tag} micro (14)", micro(all14)),
+        f"{name}_macro_f1_14": Stat(f"F1-{tag} macro (14)", macro(all14)),
+        f"{name}_micro_f1_5": Stat(f"F1-{tag} micro (5)", micro(_IDX5)),
+        f"{name}_macro_f1_5": Stat(f"F1-{tag} macro (5)", macro(_IDX5)),
+    }
+    for j, obs in enumerate(CHEXPERT_LABELS):
+        stats[f"{name}_f1::{obs}"] = Stat(obs, (lambda t, j=j: per_class(t)[..., j]), True, main=False)
+    info = dict(info, support={o: int(r[:, j].sum()) for j, o in enumerate(CHEXPERT_LABELS)},
+                predicted={o: int(h[:, j].sum()) for j, o in enumerate(CHEXPERT_LABELS)})
+    return MetricGroup(name, S, stats, info)
+
+
+def _binary_from_details(details: Sequence[dict[str, Any]], uncertain: str) -> tuple[np.ndarray, np.ndarray]:
+    from reward.f1 import to_binary
+
+    if details and "hyp_labels" in details[0]:
+        return (to_binary([d["hyp_labels"] for d in details], uncertain),
+                to_binary([d["ref_labels"] for d in details], uncertain))
+    idx = {o: j for j, o in enumerate(CHEXPERT_LABELS)}
+    h = np.zeros((len(details), len(CHEXPERT_LABELS)), dtype=np.int64)
+    r = np.zeros_like(h)
+    for i, d in enumerate(details):
+        for o in d.get("hyp_positive", []):
+            h[i, idx[o]] = 1
+        for o in d.get("ref_positive", []):
+            r[i, idx[o]] = 1
+    return h, r
+
+
+def _no_prior_flags(contexts: Sequence[dict[str, Any]]) -> list[bool | None]:
+    """Per study: True (no prior), False (had one) or None (unknown) from ``has_prior`` or comparison/prior."""
+    from reward.prior import has_no_prior
+
+    out: list[bool | None] = []
+    for c in contexts:
+        hp = c.get("has_prior")
+        if isinstance(hp, bool):
+            out.append(not hp)
+        elif isinstance(hp, str) and hp.strip().lower() in ("true", "false"):
+            out.append(hp.strip().lower() == "false")
+        elif "comparison" in c or "prior" in c:
+            out.append(has_no_prior(c.get("comparison"), c.get("prior")))
+        else:
+            out.append(None)
+    return out
+
+
+def prior_group(hyps: Sequence[str], refs: Sequence[str], contexts: Sequence[dict[str, Any]]) -> MetricGroup:
+    """Share of no-prior studies whose report refers to a previous exam (``prior_penalty`` scorer)."""
+    flags = _no_prior_flags(contexts)
+    known = [f is not None for f in flags]
+    if not any(f is True for f in flags):
+        raise RewardError("no study without a prior (context.has_prior false, or an empty/'None' comparison) "
+                          "among the predictions" if any(known) else
+                          "the predictions have no context.has_prior (nor comparison): write them with "
+                          "`mllm-cxr generate`, which adds it")
+    scorer = get_scorer("prior_penalty")
+    has_prior = [not f if f is not None else True for f in flags]  # unknown: not counted as no-prior
+    pred = scorer(list(hyps), None, has_prior=has_prior)
+    ref = scorer(list(refs), None, has_prior=has_prior)
+    no_prior = np.array([f is True for f in flags], dtype=float)
+    fp = np.array([d["n_prior_sentences"] > 0 for d in pred.details], dtype=float) * no_prior
+    fr = np.array([d["n_prior_sentences"] > 0 for d in ref.details], dtype=float) * no_prior
+    S = np.stack([fp, fr, no_prior], axis=1)
+    stats = {"prior_hallucination_rate": Stat("Prior-hallucination rate (no-prior studies)", _ratio(0, 2), False),
+             "reference_prior_rate": Stat("Reference prior-mention rate (no-prior studies)", _ratio(1, 2), None)}
+    info = {"n_no_prior": int(no_prior.sum()), "n_unknown_prior_status": int(sum(not k for k in known)),
+            "detector": "reward.prior (prior_penalty scorer)"}
+    return MetricGroup("prior", S, stats, info, {"prior_hallucination": fp})
+
+
+def _describe(x: np.ndarray) -> dict[str, float]:
+    return {"mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
+            "p5": float(np.percentile(x, 5)), "p95": float(np.percentile(x, 95)),
+            "min": float(x.min()), "max": float(x.max())}
+
+
+def length_group(hyps: Sequence[str], refs: Sequence[str]) -> MetricGroup:
+    lp = np.array([len(h.split()) for h in hyps], dtype=float)
+    lr = np.array([len(r.split()) for r in refs], dtype=float)
+    S = np.stack([lp, lr, np.ones_like(lp), (lp == 0).astype(float)], axis=1)
+    stats = {"length_pred_words": Stat("Mean length, prediction (words)", _ratio(0, 2), None),
+             "length_ref_words": Stat("Mean length, reference (words)", _ratio(1, 2), None),
+             "length_ratio": Stat("Length ratio (prediction / reference)", _ratio(0, 1), None),
+             "empty_prediction_rate": Stat("Empty predictions", _ratio(3, 2), False)}
+    info = {"prediction": _describe(lp), "reference": _describe(lr)}
+    return MetricGroup("length", S, stats, info, {"length_pred_words": lp, "length_ref_words": lr})
+
+
+def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *, uncertain: str = "positive",
+                   metric_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = True
+                   ) -> tuple[dict[str, MetricGroup], dict[str, str]]:
+    """Run the metric groups on ``preds``; returns (groups, skipped {name: reason})."""
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in metrics if m not in METRIC_GROUPS]
+    if unknown:
+        raise RewardError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_GROUPS)}")
+    kw_all = metric_kwargs or {}
+    bad = sorted(set(kw_all) - set(METRIC_GROUPS))
+    if bad:
+        raise RewardError(f"metric kwargs for unknown metric(s) {bad}; known: {', '.join(METRIC_GROUPS)}")
+    groups: dict[str, MetricGroup] = {}
+    skipped: dict[str, str] = {}
+    hyps, refs = preds.hyps, preds.refs
+    bar = tqdm(list(metrics), desc="eval", unit="metric", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        kw = dict(kw_all.get(name, {}))
+        try:
+            if name == "bleu":
+                groups[name] = bleu_group(hyps, refs)
+            elif name == "rouge_l":
+                res = get_scorer("rouge_l")(hyps, refs)
+                groups[name] = mean_group(name, "rouge_l", "ROUGE-L", res.scores)
+            elif name == "radgraph":
+                kw.setdefault("level", "partial")
+                res = get_scorer("radgraph_f1", **kw)(hyps, refs)
+                groups[name] = mean_group(name, "radgraph_f1", f"RadGraph F1 ({kw['level']})", res.scores,
+                                          {"annotation_errors": res.corpus.get("annotation_errors")})
+            elif name == "green":
+                res = get_scorer("green", **kw)(hyps, refs)
+                groups[name] = mean_group(name, "green", "GREEN", res.scores)
+            elif name == "ratescore":
+                res = get_scorer("ratescore", **kw)(hyps, refs)
+                groups[name] = mean_group(name, "ratescore", "RaTEScore", res.scores)
+            elif name in ("chexpert", "chexbert"):
+                kw.setdefault("uncertain", uncertain)
+                scorer = get_scorer("chexpert_f1" if name == "chexpert" else "chexbert_f1", **kw)
+                res = scorer(hyps, refs)
+                h, r = _binary_from_details(res.details or [], kw["uncertain"])
+                from reward.f1 import convention
+
+                groups[name] = f1_group(name, h, r, {"uncertain": kw["uncertain"],
+                                                     "convention": convention(kw["uncertain"]),
+                                                     "labeler": "rules" if name == "chexpert" else "chexbert"})
+            elif name == "prior":
+                groups[name] = prior_group(hyps, refs, preds.contexts)
+            elif name == "length":
+                groups[name] = length_group(hyps, refs)
+        except MissingBackendError as e:
+            skipped[name] = f"MissingBackendError: {e}"
+        except (RewardError, OSError, ImportError) as e:
+            if name not in MODEL_GROUPS and not (name == "prior" and isinstance(e, RewardError)):
+                raise
+            skipped[name] = f"{type(e).__name__}: {e}"
+    return groups, skipped
+
+
+# ------------------------------------------------------------------------------------------------
+# Bootstrap
+# ------------------------------------------------------------------------------------------------
+def bootstrap_weights(n: int, n_boot: int, seed: int, chunk: int | None = None):
+    """Yield (chunk, n) int32 matrices: how often each study is drawn in each resample (seeded; the
+    default chunk size depends on ``n`` only, so ``seed``, ``n`` and ``n_boot`` fix the resamples)."""
+    rng = np.random.default_rng(seed)
+    chunk = chunk or max(1, min(200, 2_000_000 // max(n, 1)))
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))
+        w = np.zeros((b, n), dtype=np.int32)
+        for i in range(b):
+            w[i] = np.bincount(idx[i], minlength=n)
+        done += b
+        yield w
+
+
+def _ci(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
+    s = samples[np.isfinite(samples)]
+    if s.size == 0:
+        return None
+    a = (1 - level) / 2 * 100
+    return [float(np.percentile(s, a)), float(np.percentile(s, 100 - a))]
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def summarize(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Point estimate and bootstrap CI of every stat: ``{key: {label, value, ci, group, ...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    boots: dict[str, list[np.ndarray]] = {k: [] for g in groups.values() for k in g.stats}
+    if n_boot > 0:
+        for w in bootstrap_weights(n, n_boot, seed):
+            wf = w.astype(float)
+            for g in groups.values():
+                for k, v in g.values(wf @ g.S).items():
+                    boots[k].append(v)
+    for g in groups.values():
+        point = g.values(g.S.sum(axis=0))
+        for k, s in g.stats.items():
+            out[k] = {"label": s.label, "value": _num(point[k]), "group": g.name,
+                      "higher_is_better": s.higher_is_better, "main": s.main,
+                      "ci": _ci(np.concatenate(boots[k])) if boots[k] else None}
+    return out
+
+
+def paired_compare(a: dict[str, MetricGroup], b: dict[str, MetricGroup], n: int, n_boot: int, seed: int
+                   ) -> dict[str, dict[str, Any]]:
+    """Deltas (a - b) with bootstrap CIs and two-sided paired-bootstrap p-values; groups aligned by study."""
+    names = [g for g in a if g in b]
+    deltas: dict[str, list[np.ndarray]] = {k: [] for g in names for k in a[g].stats}
+    if n_boot > 0:
+        for w in bootstrap_weights(n, n_boot, seed):
+            wf = w.astype(float)
+            for g in names:
+                va, vb = a[g].values(wf @ a[g].S), b[g].values(wf @ b[g].S)
+                for k in a[g].stats:
+                    deltas[k].append(va[k] - vb[k])
+    out: dict[str, dict[str, Any]] = {}
+    for g in names:
+        pa, pb = a[g].values(a[g].S.sum(axis=0)), b[g].values(b[g].S.sum(axis=0))
+        for k, s in a[g].stats.items():
+            d = float(pa[k] - pb[k])
+            row: dict[str, Any] = {"label": s.label, "group": g, "main": s.main, "value": _num(pa[k]),
+                                   "other": _num(pb[k]), "delta": _num(d), "ci": None, "p_value": None,
+                                   "higher_is_better": s.higher_is_better}
+            if deltas[k]:
+                ds = np.concatenate(deltas[k])
+                ds = ds[np.isfinite(ds)]
+                if ds.size:
+                    row["ci"] = _ci(ds)
+                    lo = (np.sum(ds <= 0) + 1) / (ds.size + 1)
+                    hi = (np.sum(ds >= 0) + 1) / (ds.size + 1)
+                    row["p_value"] = float(min(1.0, 2 * min(lo, hi)))
+            out[k] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole evaluation
+# ------------------------------------------------------------------------------------------------
+def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
+                         metrics: Sequence[str] = METRIC_GROUPS, n_boot: int = 1000, seed: int = 0,
+                         uncertain: str = "positive", metric_kwargs: dict[str, dict[str, Any]] | None = None,
+                         name: str | None = None, compare_name: str | None = None, progress: bool = True
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate a predictions file (and compare it with another); returns (result dict, extras for plots)."""
+    if n_boot < 0:
+        raise RewardError(f"n_boot must be >= 0, got {n_boot}")
+    if uncertain not in ("positive", "negative"):
+        raise RewardError(f"uncertain must be positive or negative, got {uncertain!r}")
+    t0 = time.perf_counter()
+    p = read_prediction_file(pred)
+    groups, skipped = compute_groups(p, metrics, uncertain=uncertain, metric_kwargs=metric_kwargs, progress=progress)
+    result: dict[str, Any] = {
+        "pred": str(pred), "name": name or Path(pred).stem, "n": len(p.ids), "n_rows": p.n_rows,
+        "skipped_rows": p.skipped_rows, "metrics_requested": list(metrics),
+        "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95,
+                      "method": "percentile; studies resampled with replacement; corpus metrics recomputed "
+                                "on each resample from per-study counts"},
+        "metrics": summarize(groups, len(p.ids), n_boot, seed),
+        "skipped_metrics": skipped,
+        "details": {g.name: g.info for g in groups.values() if g.info},
+    }
+    extras: dict[str, Any] = {"pred": p, "groups": groups}
+    if compare:
+        q = read_prediction_file(compare)
+        qgroups, qskipped = compute_groups(q, [m for m in metrics if m in groups], uncertain=uncertain,
+                                           metric_kwargs=metric_kwargs, progress=progress)
+        pos_a = {s: i for i, s in enumerate(p.ids)}
+        pos_b = {s: i for i, s in enumerate(q.ids)}
+        common = [s for s in p.ids if s in pos_b]
+        if not common:
+            raise RewardError(f"{pred} and {compare} have no study in common (field study_id)")
+        ia, ib = np.array([pos_a[s] for s in common]), np.array([pos_b[s] for s in common])
+        ga = {k: g.subset(ia) for k, g in groups.items() if k in qgroups}
+        gb = {k: g.subset(ib) for k, g in qgroups.items() if k in groups}
+        result["compare"] = {
+            "other": str(compare), "name": compare_name or Path(compare).stem, "n_common": len(common),
+            "only_in_pred": len(p.ids) - len(common), "only_in_other": len(q.ids) - len(common),
+            "reference_mismatch": int(sum(p.refs[i] != q.refs[j] for i, j in zip(ia, ib))),
+            "skipped_metrics": qskipped,
+            "other_metrics": summarize(qgroups, len(q.ids), n_boot, seed),
+            "metrics": paired_compare(ga, gb, len(common), n_boot, seed),
+        }
+        extras.update(other=q, other_groups=qgroups)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result, extras
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown and plots
+# ------------------------------------------------------------------------------------------------
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _fmt_ci(ci: list[float] | None, digits: int = 3) -> str:
+    return "–" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _digits(key: str) -> int:
+    return 1 if key.startswith(("length_pred", "length_ref")) else 3
+
+
+#: Short reasons for the skipped-metric lines of tables (the full text is in metrics.json).
+def _short(reason: str, limit: int = 160) -> str:
+    r = " ".join(reason.split())
+    return r if len(r) <= limit else r[:limit - 1] + "…"
+
+
+def metrics_table(result: dict[str, Any]) -> str:
+    """The main table (metric, value, 95% CI), skipped metrics named below it."""
+    lines = [f"Predictions: `{result.get('name')}`, {result.get('n')} studies; 95% CIs from "
+             f"{result.get('bootstrap', {}).get('n_boot')} bootstrap resamples of studies.", "",
+             "| Metric | Value | 95% CI |", "|---|---|---|"]
+    for k, m in result.get("metrics", {}).items():
+        if m.get("main", True):
+            lines.append(f"| {m['label']} | {_fmt(m['value'], _digits(k))} | {_fmt_ci(m['ci'], _digits(k))} |")
+    det = result.get("details", {})
+    for g in ("chexpert", "chexbert"):
+        if g in det:
+            lines.append(f"\nF1-{'CheXpert' if g == 'chexpert' else 'CheXbert'} labels from the "
+                         f"{det[g].get('labeler')} labeler; {det[g].get('convention')}. Macro F1 averages all "
+                         "14 (or 5) observations; one absent from both references and predictions counts as "
+                         "0 (scikit-learn's zero_division=0, as F1-CheXbert).")
+    skipped = result.get("skipped_metrics") or {}
+    if skipped:
+        lines.append("\nSkipped (not installed or not configured):")
+        lines += [f"- {k}: {_short(v)}" for k, v in skipped.items()]
+    return "\n".join(lines)
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    out = [f"# Evaluation: {result['name']}", "", metrics_table(result), ""]
+    per = [(k.split("::", 1)[1], m) for k, m in result["metrics"].items() if "::" in k and k.startswith("chexpert")]
+    if per:
+        sup = result["details"]["chexpert"]["support"]
+        prd = result["details"]["chexpert"]["predicted"]
+        out += ["## F1-CheXpert per observation", "", "| Observation | F1 | 95% CI | reference positives | "
+                "predicted positives |", "|---|---|---|---|---|"]
+        out += [f"| {o} | {_fmt(m['value'])} | {_fmt_ci(m['ci'])} | {sup[o]} | {prd[o]} |" for o, m in per]
+        out.append("")
+    if "length" in result["details"]:
+        d = result["details"]["length"]
+        out += ["## Report length (words)", "", "| | mean | std | median | p5 | p95 | min | max |",
+                "|---|---|---|---|---|---|---|---|"]
+        for who in ("prediction", "reference"):
+            s = d[who]
+            out.append(f"| {who} | " + " | ".join(f"{s[k]:.1f}" for k in ("mean", "std", "median", "p5", "p95",
+                                                                           "min", "max")) + " |")
+        out.append("")
+    if "prior" in result["details"]:
+        d = result["details"]["prior"]
+        out += [f"Prior-hallucination rate: over {d['n_no_prior']} studies without a prior "
+                f"({d['n_unknown_prior_status']} with unknown prior status not counted); detector: {d['detector']}.",
+                ""]
+    if any(result.get("skipped_rows", {}).values()):
+        out += [f"Rows not evaluated: {result['skipped_rows']} (of {result['n_rows']}).", ""]
+    c = result.get("compare")
+    if c:
+        out += [f"## Paired comparison: `{result['name']}` vs `{c['name']}`", "",
+                f"{c['n_common']} studies in both files ({c['only_in_pred']} only in this one, "
+                f"{c['only_in_other']} only in the other; {c['reference_mismatch']} with different reference "
+                "text). Delta = this - other; two-sided paired-bootstrap p-value.", "",
+                f"| Metric | {result['name']} | {c['name']} | Delta | 95% CI of delta | p |", "|---|---|---|---|---|---|"]
+        for k, m in c["metrics"].items():
+            if m.get("main", True):
+                dg = _digits(k)
+                p = "–" if m["p_value"] is None else f"{m['p_value']:.3f}"
+                out.append(f"| {m['label']} | {_fmt(m['value'], dg)} | {_fmt(m['other'], dg)} | "
+                           f"{_fmt(m['delta'], dg)} | {_fmt_ci(m['ci'], dg)} | {p} |")
+        if c.get("skipped_metrics"):
+            out += ["", "Skipped for the other file: " + ", ".join(c["skipped_metrics"])]
+        out.append("")
+    out.append(f"Bootstrap: {result['bootstrap']['n_boot']} resamples, seed {result['bootstrap']['seed']}, "
+               f"{result['bootstrap']['method']}.")
+    return "\n".join(out) + "\n"
+
+
+def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -> list[str]:
+    """PNG plots (matplotlib, Agg): per-finding F1 bars, length distributions, main metrics with CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    name = result["name"]
+    other = result.get("compare")
+    series = [(name, result["metrics"])]
+    if other:
+        series.append((other["name"], other["other_metrics"]))
+    for g, title in (("chexpert", "F1-CheXpert per observation"), ("chexbert", "F1-CheXbert per observation")):
+        keys = [k for k in result["metrics"] if k.startswith(f"{g}_f1::")]
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 6))
+        y = np.arange(len(keys))
+        h = 0.8 / len(series)
+        for s, (label, mets) in enumerate(series):
+            vals = [mets.get(k, {}).get("value") or 0.0 for k in keys]
+            err = np.array([[max(0.0, v - (mets.get(k, {}).get("ci") or [v, v])[0]),
+                             max(0.0, (mets.get(k, {}).get("ci") or [v, v])[1] - v)] for k, v in zip(keys, vals)]).T
+            ax.barh(y + s * h, vals, height=h, xerr=err, capsize=2, label=label)
+        ax.set_yticks(y + h * (len(series) - 1) / 2, [k.split("::", 1)[1] for k in keys])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("F1 (95% bootstrap CI)")
+        ax.set_title(f"{title}\n{result['details'][g]['convention']}", fontsize=9)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fname = "per_finding_f1.png" if g == "chexpert" else "per_finding_f1_chexbert.png"
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+    p = extras["pred"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = [(f"{name} predictions", [len(h.split()) for h in p.hyps]), ("references", [len(r.split()) for r in p.refs])]
+    if "other" in extras:
+        data.insert(1, (f"{other['name']} predictions", [len(h.split()) for h in extras["other"].hyps]))
+    top = max(max(d) for _, d in data)
+    bins = np.linspace(0, max(top, 1) + 1, 30)
+    for label, d in data:
+        ax.hist(d, bins=bins, histtype="step", linewidth=1.8, label=label)
+    ax.set_xlabel("report length (words)")
+    ax.set_ylabel("studies")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "length_distribution.png", dpi=110)
+    plt.close(fig)
+    written.append("length_distribution.png")
+    keys = [k for k, m in result["metrics"].items() if m.get("main") and not k.startswith("length_pred")
+            and not k.startswith("length_ref") and k != "length_ratio" and m["value"] is not None]
+    if keys:
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(keys) * len(series) + 1.2))
+        y = np.arange(len(keys))
+        h = 0.8 / len(series)
+        for s, (label, mets) in enumerate(series):
+            vals = [mets.get(k, {}).get("value") for k in keys]
+            cis = [mets.get(k, {}).get("ci") for k in keys]
+            xs = [v if v is not None else np.nan for v in vals]
+            err = np.array([[v - c[0], c[1] - v] if (c and v is not None) else [0, 0] for v, c in zip(vals, cis)]).T
+            ax.errorbar(xs, y + s * h, xerr=np.clip(err, 0, None), fmt="o", capsize=3, label=label)
+        ax.set_yticks(y + h * (len(series) - 1) / 2, [result["metrics"][k]["label"] for k in keys], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("value (95% bootstrap CI)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "metrics.png", dpi=110)
+        plt.close(fig)
+        written.append("metrics.png")
+    return written
+
+
+def write_per_study(extras: dict[str, Any], path: Path) -> None:
+    p = extras["pred"]
+    cols = {k: v for g in extras["groups"].values() for k, v in g.per_study.items()}
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, sid in enumerate(p.ids):
+            row = {"study_id": sid, **{k: float(v[i]) for k, v in cols.items()}}
+            fh.write(json.dumps(row) + "\n")
+
+
+def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, **kw: Any) -> dict[str, Any]:
+    """:func:`evaluate_predictions` + ``metrics.json``, ``metrics.md``, plots and ``per_study.jsonl`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result, extras = evaluate_predictions(pred, **kw)
+    files = ["metrics.json", "metrics.md", "per_study.jsonl"]
+    if plots:
+        files += write_plots(result, extras, out)
+    write_per_study(extras, out / "per_study.jsonl")
+    result["files"] = files
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out / "metrics.md").write_text(markdown_report(result))
+    return result
+
+
+def summary_line(result: dict[str, Any], out_dir: str | Path) -> str:
+    parts = []
+    for m in result["metrics"].values():
+        if m.get("main") and m["group"] not in ("length",) and m["value"] is not None:
+            parts.append(f"{m['label']} {m['value']:.3f} {_fmt_ci(m['ci'])}")
+    s = f"evaluated {result['n']} studies: " + "; ".join(parts)
+    if result["skipped_metrics"]:
+        s += f"; skipped {', '.join(result['skipped_metrics'])}"
+    if result.get("compare"):
+        c = result["compare"]
+        s += f"; compared with {c['name']} on {c['n_common']} studies"
+    return s + f" -> {out_dir}"

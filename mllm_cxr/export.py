@@ -1,0 +1,498 @@
+"""Export a trained LoRA adapter so that vLLM serves it, or merge it into a full checkpoint.
+
+    mllm-cxr export --base Qwen/Qwen2.5-VL-3B-Instruct --adapter runs/grpo --out exports/cxr \\
+        [--merge] [--allow-vision-lora] [--verify-studies studies.jsonl] [--metrics eval/metrics.json]
+
+What vLLM loads for Qwen2-VL / Qwen2.5-VL (``vllm/model_executor/models/qwen2_5_vl.py``): LoRA on the
+language model's ``q_proj k_proj v_proj`` (packed into ``qkv_proj``), ``o_proj``, ``gate_proj
+up_proj`` (packed into ``gate_up_proj``) and ``down_proj``; ranks up to ``--max-lora-rank``, whose
+choices are 1, 8, 16, 32, 64, 128, 256, 320, 512 (``vllm/config/lora.py``); no ``modules_to_save``
+and no DoRA (``vllm/lora/peft_helper.py``). LoRA on the vision tower or the projector ("merger") is
+not applied by vLLM's default engine: depending on the version it is ignored with a warning or the
+adapter is refused, and only recent versions apply it behind ``--enable-tower-connector-lora``.
+
+So the adapter export
+
+* refuses ``modules_to_save``, DoRA, trained biases, per-module rank/alpha patterns, ranks above 512
+  and LoRA on modules other than the seven language-model projections (``ExportError``, naming what
+  and where); with ``--merge`` all of these are fine, since a merged checkpoint has no LoRA left;
+* refuses vision-tower/projector LoRA keys unless ``--allow-vision-lora`` (then it warns that vLLM
+  drops them, so the served model differs from the trained one);
+* writes ``adapter_config.json`` (``target_modules`` restricted to the exported language-model
+  modules, ``base_model_name_or_path`` = ``--base``) and ``adapter_model.safetensors``;
+* writes the processor (tokenizer, image processor with the trained pixel budget, chat template),
+  ``generation_config.json``, the run config (``mllm_cxr_config.json``: prompt settings for
+  ``mllm-cxr generate``) and a model card ``README.md`` with the evaluation table when ``--metrics``
+  names a ``metrics.json`` from ``mllm-cxr eval``.
+
+``--merge`` writes a merged full checkpoint (safetensors) with the same extra files instead.
+
+Verification (``--verify-studies``): greedy reports and next-token logits of the in-memory model
+(base + the source adapter) on a few studies are compared with those of the export reloaded from
+disk (PEFT for an adapter, plain ``from_pretrained`` for a merged checkpoint). An adapter must give
+identical reports; a merged checkpoint next-token logits within ``merge_atol`` (default: 1e-4 of the
+largest logit in float32, 5% in bfloat16/float16, where merging rounds ``W + BA`` to the model dtype).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mllm_cxr.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+#: ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks`` in vllm/config/lora.py).
+VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: Language-model modules vLLM applies LoRA to for Qwen2/2.5-VL (qkv and gate/up are packed there).
+VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|"
+                       r"lora_embedding_B|lora_magnitude_vector)(?:\.[^.]+)*$")
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``--max-lora-rank`` choice of vLLM that holds ``rank``."""
+    for choice in VLLM_MAX_LORA_RANKS:
+        if rank <= choice:
+            return choice
+    raise ExportError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]}); "
+                      "export with --merge instead")
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    p = Path(adapter_dir) / "adapter_config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no adapter_config.json in {adapter_dir} (not a PEFT adapter folder)")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{p}: expected a JSON object")
+    return cfg
+
+
+def adapter_rank(adapter_dir: str | Path) -> int:
+    """The largest LoRA rank of an adapter (``r`` and any ``rank_pattern`` value)."""
+    cfg = read_adapter_config(adapter_dir)
+    ranks = [int(cfg.get("r") or 0), *[int(v) for v in (cfg.get("rank_pattern") or {}).values()]]
+    return max(ranks)
+
+
+def read_adapter_weights(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter's tensors (``adapter_model.safetensors``, else ``adapter_model.bin``)."""
+    d = Path(adapter_dir)
+    st, binf = d / "adapter_model.safetensors", d / "adapter_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    if binf.is_file():
+        import torch
+
+        return torch.load(str(binf), map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no adapter_model.safetensors (or .bin) in {d}")
+
+
+@dataclass
+class AdapterReport:
+    """What an adapter holds, sorted by what vLLM does with it."""
+
+    path: str
+    rank: int
+    alpha: float
+    n_tensors: int
+    language: list[str] = field(default_factory=list)      # LoRA modules vLLM applies
+    vision: list[str] = field(default_factory=list)        # LoRA on the vision tower / projector
+    other_lora: list[str] = field(default_factory=list)    # LoRA elsewhere (lm_head, embed_tokens...)
+    full_weights: list[str] = field(default_factory=list)  # non-LoRA tensors (modules_to_save, biases)
+    config_problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"rank {self.rank}, alpha {self.alpha:g}, {self.n_tensors} tensors: {len(self.language)} "
+                f"language-model modules, {len(self.vision)} vision modules, {len(self.other_lora)} other "
+                f"LoRA modules, {len(self.full_weights)} full tensors")
+
+
+def _module_of(key: str) -> tuple[str | None, str]:
+    m = _LORA_KEY.match(key)
+    if m is None:
+        return None, key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+    return m.group("module"), m.group("part")
+
+
+def inspect_adapter(adapter_dir: str | Path, tensors: dict[str, Any] | None = None) -> AdapterReport:
+    """Classify an adapter's modules (language / vision / other LoRA / full tensors) and config."""
+    cfg = read_adapter_config(adapter_dir)
+    tensors = read_adapter_weights(adapter_dir) if tensors is None else tensors
+    rep = AdapterReport(path=str(adapter_dir), rank=adapter_rank(adapter_dir),
+                        alpha=float(cfg.get("lora_alpha") or 0), n_tensors=len(tensors))
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        rep.config_problems.append(f"peft_type {cfg.get('peft_type')!r} (vLLM loads LoRA adapters only)")
+    if cfg.get("modules_to_save"):
+        rep.config_problems.append(f"modules_to_save {cfg['modules_to_save']!r} (vLLM refuses them)")
+    if cfg.get("use_dora"):
+        rep.config_problems.append("use_dora true (vLLM does not support DoRA)")
+    if cfg.get("lora_bias"):
+        rep.config_problems.append("lora_bias true (LoRA with bias terms)")
+    if str(cfg.get("bias", "none")) != "none":
+        rep.config_problems.append(f"bias {cfg.get('bias')!r} (trained bias terms are not LoRA weights)")
+    for k in ("rank_pattern", "alpha_pattern"):
+        if cfg.get(k):
+            rep.config_problems.append(f"{k} {cfg[k]!r} (vLLM scales every module by lora_alpha / r)")
+    seen: dict[str, set[str]] = {"language": set(), "vision": set(), "other": set(), "full": set()}
+    for key in tensors:
+        module, part = _module_of(key)
+        if module is None:
+            seen["full"].add(part)
+        elif "visual" in module.split("."):
+            seen["vision"].add(module)
+        elif module.split(".")[-1] in VLLM_LORA_MODULES and part in ("lora_A", "lora_B"):
+            seen["language"].add(module)
+        else:
+            seen["other"].add(module)
+    rep.language, rep.vision = sorted(seen["language"]), sorted(seen["vision"])
+    rep.other_lora, rep.full_weights = sorted(seen["other"]), sorted(seen["full"])
+    return rep
+
+
+def check_vllm_compatible(rep: AdapterReport, *, allow_vision_lora: bool = False) -> list[str]:
+    """Raise :class:`ExportError` for what vLLM cannot load; return warnings for what it drops."""
+    problems = list(rep.config_problems)
+    if rep.full_weights:
+        problems.append(f"{len(rep.full_weights)} full (non-LoRA) tensors such as {rep.full_weights[0]!r}")
+    if rep.other_lora:
+        problems.append(f"LoRA on modules vLLM does not adapt for Qwen2/2.5-VL, such as {rep.other_lora[0]!r} "
+                        f"(supported: the language model's {', '.join(VLLM_LORA_MODULES)})")
+    if rep.rank > VLLM_MAX_LORA_RANKS[-1]:
+        problems.append(f"rank {rep.rank} above vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}")
+    if problems:
+        raise ExportError(f"adapter {rep.path} cannot be served by vLLM as an adapter: " + "; ".join(problems)
+                          + ". Use --merge to write a merged checkpoint instead")
+    if not rep.language and not rep.vision:
+        raise ExportError(f"adapter {rep.path}: no LoRA weights found ({rep.n_tensors} tensors)")
+    warnings = []
+    if rep.vision:
+        if not allow_vision_lora:
+            raise ExportError(f"adapter {rep.path} has LoRA on {len(rep.vision)} vision-tower/projector modules "
+                              f"(e.g. {rep.vision[0]!r}); vLLM applies LoRA to the language model only. Retrain "
+                              "with lora_on_vision false, export with --merge, or pass --allow-vision-lora to "
+                              "keep them anyway")
+        warnings.append(f"keeping LoRA on {len(rep.vision)} vision modules: vLLM drops them (or, in some "
+                        "versions, refuses the adapter); the served model then differs from the trained one. "
+                        "Recent vLLM versions apply them with --enable-tower-connector-lora")
+    return warnings
+
+
+def _language_target_regex(modules: Sequence[str]) -> str:
+    names = sorted({m.split(".")[-1] for m in modules})
+    return rf"^(?!.*visual).*\.({'|'.join(names)})$"
+
+
+def write_adapter(rep: AdapterReport, tensors: dict[str, Any], out: Path, base: str, *,
+                  keep_vision: bool) -> dict[str, Any]:
+    """``adapter_config.json`` + ``adapter_model.safetensors`` in ``out`` (vision keys kept only if asked)."""
+    from safetensors.torch import save_file
+
+    cfg = read_adapter_config(rep.path)
+    kept = {}
+    for k, t in tensors.items():
+        module, _ = _module_of(k)
+        if module is not None and "visual" in module.split(".") and not keep_vision:
+            continue
+        kept[k] = t.detach().to("cpu").contiguous()
+    cfg["base_model_name_or_path"] = str(base)
+    cfg["inference_mode"] = True
+    if not keep_vision:
+        cfg["target_modules"] = _language_target_regex(rep.language)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading, generating, verifying
+# ------------------------------------------------------------------------------------------------
+def _model_args(model: str, prompt, dtype: str):
+    from mllm_cxr.modeling import ModelArguments
+
+    return ModelArguments(model_name_or_path=str(model), dtype=dtype, min_pixels=prompt.min_pixels,
+                          max_pixels=prompt.max_pixels)
+
+
+def _outputs(model, processor, prompt, studies, data_root, max_new_tokens: int) -> tuple[list[str], Any]:
+    """Greedy reports and next-token logits (float32, CPU) for ``studies``."""
+    import torch
+
+    from mllm_cxr.generate import GenerationSettings, HFGenerator
+    from mllm_cxr.prompts import build_messages, load_images
+
+    gen = HFGenerator(model, processor, prompt.prompt, data_root, GenerationSettings(max_new_tokens=max_new_tokens))
+    texts = [t[0] for t in gen.generate(studies)]
+    chat, images = [], []
+    for s in studies:
+        messages, refs = build_messages(s, prompt.prompt)
+        chat.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        images.append(load_images(refs, data_root))
+    inputs = processor(text=chat, images=images, return_tensors="pt", padding=True).to(model.device)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1, :].float().cpu()
+    return texts, logits
+
+
+@dataclass
+class Verification:
+    """Export vs in-memory model on the same studies."""
+
+    kind: str
+    n: int
+    identical: int
+    max_abs_logit_diff: float
+    atol: float
+    ok: bool
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"verification ({self.kind}): {self.identical}/{self.n} greedy reports identical, max |logit "
+                f"difference| {self.max_abs_logit_diff:.2e} (tolerance {self.atol:g}): "
+                f"{'OK' if self.ok else 'FAILED'}")
+
+
+def _compare(kind: str, before, after, atol: float, require_identical: bool) -> Verification:
+    (t0, l0), (t1, l1) = before, after
+    same = sum(a == b for a, b in zip(t0, t1))
+    diff = float((l0 - l1).abs().max()) if l0.numel() else 0.0
+    ok = diff <= atol and (same == len(t0) or not require_identical)
+    ex = [{"before_len": str(len(a)), "after_len": str(len(b))} for a, b in zip(t0, t1) if a != b][:3]
+    return Verification(kind, len(t0), same, diff, atol, ok, ex)
+
+
+def _copy_run_config(adapter_dir: Path, out: Path, extra: dict[str, Any]) -> None:
+    from mllm_cxr.generate import RUN_CONFIG_NAME, find_run_config
+
+    src = find_run_config(adapter_dir)
+    record: dict[str, Any] = {}
+    if src is not None:
+        try:
+            record = json.loads(src.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = {}
+    record["Export"] = extra
+    (out / RUN_CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _write_generation_config(base: str, out: Path, max_new_tokens: int) -> None:
+    from transformers import GenerationConfig
+
+    try:
+        gc = GenerationConfig.from_pretrained(base)
+    except OSError:
+        from transformers import AutoConfig
+
+        gc = GenerationConfig.from_model_config(AutoConfig.from_pretrained(base))
+    gc.do_sample = False
+    for k in ("temperature", "top_p", "top_k"):  # sampling fields would warn with do_sample False
+        if hasattr(gc, k):
+            setattr(gc, k, None)
+    gc.max_new_tokens = max_new_tokens
+    gc.save_pretrained(out)
+
+
+def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = False,
+           allow_vision_lora: bool = False, verify_studies: str | Path | None = None,
+           data_root: str | Path | None = None, split: str | None = "test", n_verify: int = 4,
+           metrics: str | Path | None = None, dtype: str = "auto", max_new_tokens: int = 64,
+           verify_max_new_tokens: int = 32, merge_atol: float | None = None, name: str | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Export ``adapter`` (trained on ``base``) into ``out``; see the module docstring. Returns a summary.
+
+    Raises :class:`ExportError` for an adapter vLLM cannot load (unless ``merge``), an ``out`` that
+    exists and is not empty (unless ``overwrite``), and a failed verification.
+    """
+    from mllm_cxr.generate import place_model, resolve_prompt
+
+    src, dst = Path(adapter), Path(out)
+    if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
+        raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise ExportError(f"output folder {dst} exists and is not empty (pass --overwrite to replace it)")
+    read_adapter_config(src)  # first: "not an adapter folder" before "no weights"
+    tensors = read_adapter_weights(src)
+    rep = inspect_adapter(src, tensors)
+    warnings: list[str] = []
+    if not merge:
+        warnings = check_vllm_compatible(rep, allow_vision_lora=allow_vision_lora)
+    for w in warnings:
+        log.warning("%s", w)
+    prompt = resolve_prompt(src, None)
+    studies, root = [], None
+    if verify_studies:
+        from mllm_cxr.data import load_split
+
+        studies = load_split(verify_studies, split, n_verify)
+        root = Path(data_root) if data_root else Path(verify_studies).resolve().parent
+
+    before = None
+    merged_model = None
+    if verify_studies or merge:
+        import torch
+        from peft import PeftModel
+
+        from mllm_cxr.modeling import load_base_model, load_processor
+
+        margs = _model_args(base, prompt, dtype)
+        processor = load_processor(margs)
+        model = PeftModel.from_pretrained(load_base_model(margs), str(src), is_trainable=False)
+        model = (place_model(model) if studies else model).eval()  # merging needs no GPU
+        if studies:
+            before = _outputs(model, processor, prompt, studies, root, verify_max_new_tokens)
+        if merge:
+            merged_model = model.merge_and_unload().to("cpu")
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    if dst.exists():  # everything checked: replace the old export (overwrite, or an empty folder)
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    if merge:
+        merged_model.save_pretrained(dst, safe_serialization=True)
+        del merged_model
+        adapter_cfg = None
+    else:
+        adapter_cfg = write_adapter(rep, tensors, dst, base, keep_vision=allow_vision_lora)
+    from mllm_cxr.modeling import load_processor
+
+    processor = load_processor(_model_args(base, prompt, dtype))
+    processor.save_pretrained(dst)
+    if not getattr(processor, "chat_template", None):
+        warnings.append("the processor has no chat template: servers will need --chat-template")
+    _write_generation_config(base, dst, max_new_tokens)
+    export_info = {"base": str(base), "adapter": str(src), "merged": merge, "rank": rep.rank,
+                   "vision_lora_kept": bool(allow_vision_lora and rep.vision)}
+    _copy_run_config(src, dst, export_info)
+
+    verification = None
+    if before is not None:
+        verification = _verify(base, dst, merge, studies, root, prompt, dtype, verify_max_new_tokens, before,
+                               merge_atol)
+        log.info("%s", verification.line())
+    metrics_data = _read_metrics(metrics) if metrics else None
+    write_model_card(dst, base=str(base), adapter=str(src), report=rep, merged=merge, prompt=prompt,
+                     adapter_cfg=adapter_cfg, metrics=metrics_data, verification=verification,
+                     warnings=warnings, name=name or dst.name)
+    summary = {"out": str(dst), "merged": merge, "adapter": dataclasses.asdict(rep), "warnings": warnings,
+               "verification": dataclasses.asdict(verification) if verification else None,
+               "files": sorted(p.name for p in dst.iterdir())}
+    if verification is not None and not verification.ok:
+        raise ExportError(f"{dst}: {verification.line()}")
+    return summary
+
+
+def _verify(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new_tokens, before,
+            merge_atol: float | None) -> Verification:
+    import torch
+
+    from mllm_cxr.generate import place_model
+    from mllm_cxr.modeling import load_base_model, load_processor, resolve_dtype
+
+    processor = load_processor(_model_args(str(dst), prompt, dtype))  # the exported processor
+    if merged:
+        model = load_base_model(_model_args(str(dst), prompt, dtype))
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_base_model(_model_args(base, prompt, dtype)), str(dst),
+                                          is_trainable=False)
+    model = place_model(model).eval()
+    after = _outputs(model, processor, prompt, studies, root, max_new_tokens)
+    del model
+    if merged:
+        # merging rounds W + BA to the model dtype: relative to the logit scale, 1e-4 in float32, 5% in
+        # bfloat16/float16 (half precision keeps 8-11 mantissa bits)
+        scale = max(1.0, float(before[1].abs().max()))
+        atol = merge_atol if merge_atol is not None else \
+            (1e-4 if resolve_dtype(dtype) == torch.float32 else 0.05) * scale
+        return _compare("merged checkpoint", before, after, atol, require_identical=False)
+    return _compare("adapter via PEFT", before, after, merge_atol if merge_atol is not None else 1e-5,
+                    require_identical=True)
+
+
+def _read_metrics(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"metrics file not found: {p} (write one with `mllm-cxr eval`)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{p}: not valid JSON ({e.msg})") from None
+
+
+def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterReport, merged: bool, prompt,
+                     adapter_cfg: dict[str, Any] | None, metrics: dict[str, Any] | None,
+                     verification: Verification | None, warnings: list[str], name: str) -> Path:
+    """``README.md``: what the export is, how to serve and load it, and the evaluation table."""
+    from mllm_cxr.serve import build_vllm_command, command_line
+
+    lines = ["---", f"base_model: {base}", "library_name: " + ("transformers" if merged else "peft"),
+             "pipeline_tag: image-text-to-text", "tags:", "- radiology", "- chest-x-ray", "- report-generation",
+             "- mllm-cxr", "---", "", f"# {name}", ""]
+    what = "a merged checkpoint" if merged else "a LoRA adapter"
+    lines += [f"Chest X-ray report generation: {what} for `{base}`, exported by `mllm-cxr export` from "
+              f"`{adapter}` ({report.summary()}).", "",
+              "Research use only: not a medical device, not validated for clinical decisions.", ""]
+    p = prompt.prompt
+    lines += ["## Prompt", "",
+              f"Sections written: {', '.join(s.upper() for s in p.sections)}; context given: "
+              f"{', '.join(p.context) or 'none'}; prior report: {'yes' if p.include_prior_report else 'no'}; "
+              f"prior images: {'yes' if p.include_prior_images else 'no'}; at most {p.max_images} image(s), "
+              f"frontal first. Pixel budget: {prompt.min_pixels or 'processor default'} to "
+              f"{prompt.max_pixels or 'processor default'} pixels per image.",
+              "The prompt text comes from `mllm_cxr.prompts.build_messages` and is rendered by the chat template "
+              "saved here; `mllm_cxr_config.json` holds these settings for `mllm-cxr generate`.", ""]
+    lines += ["## Use", "", "```bash"]
+    if merged:
+        cmd = build_vllm_command(str(out), None, max_images=p.max_images, min_pixels=prompt.min_pixels,
+                                 max_pixels=prompt.max_pixels)
+        lines += [command_line(cmd),
+                  f"mllm-cxr generate --backend hf --model {out} --studies studies.jsonl --out pred.jsonl"]
+    else:
+        cmd = build_vllm_command(base, {"cxr": str(out)}, max_images=p.max_images, min_pixels=prompt.min_pixels,
+                                 max_pixels=prompt.max_pixels)
+        lines += [command_line(cmd),
+                  "mllm-cxr generate --backend openai --base-url http://127.0.0.1:8000 --served-model cxr "
+                  f"--adapter {out} --studies studies.jsonl --out pred.jsonl",
+                  f"mllm-cxr generate --backend hf --model {base} --adapter {out} --studies studies.jsonl "
+                  "--out pred.jsonl"]
+    lines += ["```", ""]
+    if not merged and adapter_cfg is not None:
+        lines += ["## Adapter", "", f"- rank {report.rank}, alpha {report.alpha:g}, dropout "
+                  f"{adapter_cfg.get('lora_dropout', 0)}, rsLoRA {bool(adapter_cfg.get('use_rslora'))}",
+                  f"- {len(report.language)} language-model modules "
+                  f"({', '.join(sorted({m.split('.')[-1] for m in report.language}))})",
+                  f"- vision-tower LoRA: {'kept (vLLM drops it)' if report.vision else 'none'}", ""]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    if verification is not None:
+        lines += ["## Verification", "", verification.line(), ""]
+    lines += ["## Evaluation", ""]
+    if metrics:
+        from mllm_cxr.evaluate import metrics_table
+
+        lines += [metrics_table(metrics), ""]
+    else:
+        lines += ["Not evaluated at export time (pass `--metrics DIR/metrics.json` from `mllm-cxr eval`).", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path

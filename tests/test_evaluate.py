@@ -1,0 +1,224 @@
+"""mllm-cxr eval: known numbers on hand-made prediction files, bootstrap CIs, paired comparison, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.errors import DataPrepError
+from mllm_cxr.evaluate import evaluate_predictions, f1_group, read_prediction_file, run_eval
+from reward.base import get_scorer
+
+#: Reports with clear CheXpert findings (rule labeler) and a few sentences about a previous exam.
+REPORTS = [
+    "Moderate cardiomegaly. Small left pleural effusion. No pneumothorax.",
+    "Right lower lobe consolidation. No pleural effusion. Heart size is normal.",
+    "Large right pneumothorax. No consolidation. Heart size is normal.",
+    "Mild pulmonary edema. Cardiomegaly. Bilateral pleural effusions.",
+    "Bibasilar atelectasis. No pneumothorax. No pleural effusion.",
+    "The lungs are clear. No acute cardiopulmonary process.",
+    "Left upper lobe consolidation, concerning for pneumonia. Small right pleural effusion.",
+    "Cardiomegaly with vascular congestion. No focal consolidation.",
+    "Endotracheal tube terminates above the carina. Right pneumothorax. Left basilar atelectasis.",
+    "No focal consolidation, pleural effusion or pneumothorax. Normal heart size.",
+    "Large left pleural effusion with adjacent atelectasis. Cardiomegaly.",
+    "Pulmonary edema. Right pleural effusion. Consolidation in the left lower lobe.",
+]
+
+
+def write_preds(path: Path, predictions: list[str], references: list[str], has_prior: list[bool] | None = None,
+                ids: list[str] | None = None) -> Path:
+    ids = ids or [f"s{i:03d}" for i in range(len(predictions))]
+    has_prior = has_prior or [False] * len(predictions)
+    with open(path, "w", encoding="utf-8") as fh:
+        for sid, p, r, hp in zip(ids, predictions, references, has_prior):
+            fh.write(json.dumps({"study_id": sid, "prediction": p, "reference": r,
+                                 "context": {"has_prior": hp, "comparison": "None."}}) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_model_env(monkeypatch):
+    for var in ("MLLM_CXR_RADGRAPH_DIR", "MLLM_CXR_GREEN_MODEL", "MLLM_CXR_GREEN_URL", "MLLM_CXR_CHEXBERT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def files(tmp_path):
+    swapped = REPORTS[1:] + REPORTS[:1]
+    perfect = write_preds(tmp_path / "perfect.jsonl", REPORTS, REPORTS)
+    worse = write_preds(tmp_path / "swapped.jsonl", swapped, REPORTS)
+    return perfect, worse
+
+
+FAST = ("bleu", "rouge_l", "chexpert", "prior", "length")
+
+
+def test_perfect_predictions_score_one_and_swapped_lower(files):
+    perfect, swapped = files
+    a, _ = evaluate_predictions(perfect, metrics=FAST, n_boot=200, seed=1, progress=False)
+    b, _ = evaluate_predictions(swapped, metrics=FAST, n_boot=200, seed=1, progress=False)
+    m, w = a["metrics"], b["metrics"]
+    for key in ("bleu_4", "bleu_1", "rouge_l", "chexpert_micro_f1_14", "chexpert_micro_f1_5"):
+        assert m[key]["value"] == pytest.approx(1.0), key
+        assert w[key]["value"] < 0.9, key
+    # per observation: 1.0 wherever the references have a positive (F1 is defined there)
+    support = a["details"]["chexpert"]["support"]
+    defined = [o for o, n in support.items() if n > 0]
+    assert len(defined) >= 6
+    for o in defined:
+        assert m[f"chexpert_f1::{o}"]["value"] == pytest.approx(1.0)
+        assert w[f"chexpert_f1::{o}"]["value"] <= m[f"chexpert_f1::{o}"]["value"]
+    assert w["chexpert_macro_f1_5"]["value"] < m["chexpert_macro_f1_5"]["value"]
+    assert m["length_ratio"]["value"] == pytest.approx(1.0)
+    assert a["details"]["chexpert"]["uncertain"] == "positive"
+    assert "uncertain=positive" in a["details"]["chexpert"]["convention"]
+
+
+def test_every_ci_contains_its_point_estimate(files):
+    for f in files:
+        res, _ = evaluate_predictions(f, metrics=FAST, n_boot=300, seed=3, progress=False)
+        checked = 0
+        for key, m in res["metrics"].items():
+            if m["value"] is None or m["ci"] is None:
+                continue
+            lo, hi = m["ci"]
+            assert lo - 1e-9 <= m["value"] <= hi + 1e-9, (f.name, key, m)
+            checked += 1
+        assert checked >= 20
+
+
+def test_corpus_values_match_the_reference_implementations(files):
+    """Corpus BLEU and F1 come from summed per-study counts: same numbers as the registry scorers."""
+    from reward.f1 import f1_report
+
+    _, swapped = files
+    res, extras = evaluate_predictions(swapped, metrics=("bleu", "chexpert"), n_boot=0, progress=False)
+    p = extras["pred"]
+    bleu = get_scorer("bleu")(p.hyps, p.refs).corpus
+    assert res["metrics"]["bleu_4"]["value"] == pytest.approx(bleu["bleu_4"], rel=1e-9)
+    assert res["metrics"]["bleu_1"]["value"] == pytest.approx(bleu["bleu_1"], rel=1e-9)
+    from reward.chexpert import label_reports
+
+    rep = f1_report(label_reports(p.hyps), label_reports(p.refs), "positive")
+    for sub in ("14", "5"):
+        for avg in ("micro", "macro"):
+            assert res["metrics"][f"chexpert_{avg}_f1_{sub}"]["value"] == pytest.approx(rep[f"f1_{sub}"][avg]), (sub, avg)
+    assert res["metrics"]["chexpert_micro_f1_14"]["ci"] is None  # n_boot=0: no interval
+
+
+def test_f1_bootstrap_recomputes_corpus_f1_on_resampled_label_sets():
+    """A resample that drops the only positive study of a class must give that class F1 0, not a mean."""
+    h = np.zeros((4, 14), dtype=int)
+    r = np.zeros((4, 14), dtype=int)
+    r[0, 2] = h[0, 2] = 1          # one true positive
+    h[1, 2] = 1                    # one false positive
+    g = f1_group("chexpert", h, r, {})
+    vals = g.values(g.S.sum(axis=0))
+    assert vals["chexpert_micro_f1_14"] == pytest.approx(2 / 3)           # 2TP / (2TP + FP + FN) = 2/3
+    only_fp = g.values(np.array([0, 2, 0, 0], dtype=float) @ g.S)        # study 1 drawn twice
+    assert only_fp["chexpert_micro_f1_14"] == 0.0
+    per_study_mean = np.mean([1.0, 0.0, 1.0, 1.0])  # what averaging per-study F1 (empty = 1) would say
+    assert vals["chexpert_micro_f1_14"] != pytest.approx(per_study_mean)
+
+
+def test_paired_comparison_with_itself_is_zero(files):
+    perfect, swapped = files
+    res, _ = evaluate_predictions(swapped, compare=swapped, metrics=FAST, n_boot=200, seed=0, progress=False)
+    c = res["compare"]
+    assert c["n_common"] == len(REPORTS) and c["reference_mismatch"] == 0
+    for key, m in c["metrics"].items():
+        if m["delta"] is None:
+            continue
+        assert m["delta"] == 0.0, key
+        assert m["ci"] == [0.0, 0.0], key
+        assert m["p_value"] == 1.0, key
+    res2, _ = evaluate_predictions(perfect, compare=swapped, metrics=("rouge_l", "chexpert"), n_boot=300, seed=0,
+                                   progress=False)
+    d = res2["compare"]["metrics"]["rouge_l"]
+    assert d["delta"] > 0.3 and d["ci"][0] > 0 and d["p_value"] < 0.05
+
+
+def test_prior_hallucination_rate_counts_only_studies_without_prior(tmp_path):
+    preds = ["Stable cardiomegaly, unchanged from the prior study.", "Cardiomegaly.",
+             "No interval change in the pleural effusion.", "Pleural effusion.",
+             "Compared to the prior exam, no change.", "Clear lungs."]
+    refs = ["Cardiomegaly."] * 2 + ["Pleural effusion."] * 2 + ["Clear lungs."] * 2
+    has_prior = [False, False, False, False, True, True]
+    f = write_preds(tmp_path / "p.jsonl", preds, refs, has_prior)
+    res, _ = evaluate_predictions(f, metrics=("prior",), n_boot=100, progress=False)
+    assert res["metrics"]["prior_hallucination_rate"]["value"] == pytest.approx(2 / 4)
+    assert res["metrics"]["reference_prior_rate"]["value"] == 0.0
+    assert res["details"]["prior"]["n_no_prior"] == 4
+    assert res["metrics"]["prior_hallucination_rate"]["higher_is_better"] is False
+
+
+def test_missing_models_are_listed_as_skipped_with_reason(files):
+    perfect, _ = files
+    res, _ = evaluate_predictions(perfect, metrics=("rouge_l", "radgraph", "green", "chexbert"), n_boot=0,
+                                  progress=False)
+    assert set(res["skipped_metrics"]) >= {"radgraph", "green", "chexbert"}
+    assert "model_dir" in res["skipped_metrics"]["radgraph"]
+    assert res["skipped_metrics"]["green"].startswith("MissingBackendError")
+    assert "rouge_l" in res["metrics"]
+
+
+def test_bad_prediction_files_name_line_and_field(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"study_id": "a", "prediction": "x", "reference": "y"}\n{"study_id": "b", "reference": "y"}\n')
+    with pytest.raises(DataPrepError) as e:
+        read_prediction_file(f)
+    assert "bad.jsonl:2" in str(e.value) and "prediction" in str(e.value)
+    f.write_text('{"study_id": "a", "prediction": "x", "reference": "y"}\n{"study_id": "a", "prediction": "x", '
+                 '"reference": "y"}\n')
+    with pytest.raises(DataPrepError, match="repeats line 1"):
+        read_prediction_file(f)
+    f.write_text('{"study_id": "a", "prediction": "x", "reference": ""}\n{"study_id": "b", "prediction": "x", '
+                 '"reference": "y"}\n{"study_id": "c", "predic')
+    with pytest.raises(DataPrepError, match="bad.jsonl:3"):
+        read_prediction_file(f)
+    f.write_text('{"study_id": "a", "prediction": "x", "reference": ""}\n{"study_id": "b", "prediction": "x", '
+                 '"reference": "y"}\n')
+    p = read_prediction_file(f)
+    assert p.ids == ["b"] and p.skipped_rows == {"empty_reference": 1} and p.n_rows == 2
+
+
+def test_bootstrap_is_seeded(files):
+    _, swapped = files
+    a, _ = evaluate_predictions(swapped, metrics=("rouge_l",), n_boot=100, seed=5, progress=False)
+    b, _ = evaluate_predictions(swapped, metrics=("rouge_l",), n_boot=100, seed=5, progress=False)
+    c, _ = evaluate_predictions(swapped, metrics=("rouge_l",), n_boot=100, seed=6, progress=False)
+    assert a["metrics"]["rouge_l"]["ci"] == b["metrics"]["rouge_l"]["ci"] != c["metrics"]["rouge_l"]["ci"]
+
+
+def test_cli_writes_json_markdown_and_plots(files, tmp_path, capsys):
+    from mllm_cxr.cli import main
+
+    perfect, swapped = files
+    out = tmp_path / "eval"
+    rc = main(["eval", "--pred", str(swapped), "--out", str(out), "--compare", str(perfect), "--n-boot", "50",
+               "--metrics", "bleu,rouge_l,chexpert,prior,length,radgraph", "--quiet"])
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"evaluated {len(REPORTS)} studies") and "skipped radgraph" in line
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["compare"]["n_common"] == len(REPORTS)
+    md = (out / "metrics.md").read_text()
+    assert "| F1-CheXpert micro (5) |" in md and "Paired comparison" in md and "uncertain=positive" in md
+    assert "radgraph:" in md  # skipped, with its reason
+    for png in ("per_finding_f1.png", "length_distribution.png", "metrics.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    rows = [json.loads(x) for x in (out / "per_study.jsonl").read_text().splitlines()]
+    assert len(rows) == len(REPORTS) and "rouge_l" in rows[0]
+    assert main(["eval", "--pred", str(swapped), "--out", str(out), "--metrics", "bleu,nope"]) == 2
+
+
+def test_run_eval_without_plots(files, tmp_path):
+    perfect, _ = files
+    res = run_eval(perfect, tmp_path / "e", metrics=("length",), n_boot=0, plots=False, progress=False)
+    assert not list((tmp_path / "e").glob("*.png"))
+    assert res["metrics"]["length_pred_words"]["value"] == pytest.approx(
+        np.mean([len(r.split()) for r in REPORTS]))
