@@ -79,3 +79,23 @@ export:
 serve:
 	$(BIN)/mllm-cxr serve $(if $(wildcard $(EXPORT_DIR)/adapter_config.json),--model $(BASE) \
 		--adapter cxr=$(EXPORT_DIR),--model $(EXPORT_DIR)) $(SERVE_ARGS)
+
+# Alignment on the demo's tiny run (CPU): prior-suppression DPO and GRPO from the tiny SFT adapter.
+# `make grpo` prints the reward curve; `make grpo GRPO_CFG=recipes/configs/tiny/editgrpo.yaml` runs EditGRPO.
+GRPO_CFG ?= recipes/configs/tiny/grpo.yaml
+TINY_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --adapter_path $(RUNS)/tiny-sft
+
+$(RUNS)/tiny-sft/adapter_config.json: $(RUNS)/tiny-model/config.json $(RUNS)/phantom/studies.jsonl
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml \
+		--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --output_dir $(RUNS)/tiny-sft
+
+$(RUNS)/pairs/prior.jsonl: $(RUNS)/phantom/studies.jsonl
+	$(BIN)/mllm-cxr pairs prior --studies $< --sections impression --out $@
+
+dpo: $(RUNS)/tiny-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/tiny/dpo.yaml \
+		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo
+
+grpo: $(RUNS)/tiny-sft/adapter_config.json
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
+		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG)))

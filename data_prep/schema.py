@@ -200,15 +200,21 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
             row = {k: (json.loads(v) if k in ("meta", "labels") and isinstance(v, str) else v) for k, v in row.items()}
             yield validate_record(row, file=str(path), line=i)
         return
+    for i, d in iter_jsonl(path):
+        yield validate_record(d, file=str(path), line=i)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded value)`` for each non-blank line; bad JSON raises :class:`DataPrepError`
+    naming the file, line and column."""
     with open(path, encoding="utf-8") as fh:
         for i, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
             try:
-                d = json.loads(raw)
+                yield i, json.loads(raw)
             except json.JSONDecodeError as e:
                 raise DataPrepError(f"not valid JSON ({e.msg}, column {e.colno})", file=str(path), line=i) from None
-            yield validate_record(d, file=str(path), line=i)
 
 
 def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:

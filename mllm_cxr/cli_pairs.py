@@ -1,0 +1,134 @@
+"""``mllm-cxr pairs prior|sample``: build DPO preference pairs (JSONL) from study records.
+
+    mllm-cxr pairs prior  --studies runs/phantom/studies.jsonl --out runs/pairs/prior.jsonl
+    mllm-cxr pairs sample --studies data/mimic/studies.jsonl --model Qwen/Qwen2.5-VL-3B-Instruct \\
+        --adapter runs/qwen2.5-vl-3b-sft --k 4 --reward chexpert_f1 --margin 0.2 --out runs/pairs/ranked.jsonl
+
+Both end with a one-line summary (counts of pairs and of skipped studies, by reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
+    p.add_argument("--out", required=True, help="pairs JSONL to write")
+    p.add_argument("--split", default="train", help="which split to build pairs from (default train; 'all' = every split)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many studies")
+    p.add_argument("--sections", default=None, help="report sections of the target text (default findings,impression; "
+                                                   "for `sample`: the adapter's)")
+    p.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+
+
+def _sections(args) -> list[str]:
+    args.sections_given = args.sections is not None
+    return [x.strip() for x in (args.sections or "findings,impression").split(",") if x.strip()]
+
+
+def _studies(args):
+    from mllm_cxr.data import load_split
+
+    split = None if args.split in ("all", "*") else args.split
+    return load_split(args.studies, split, args.limit)
+
+
+def _finish(pairs: list[dict[str, Any]], summary: dict[str, Any], args) -> int:
+    from mllm_cxr.pairs import write_pairs
+
+    write_pairs(pairs, args.out)
+    summary = {**summary, "out": str(args.out)}
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    skipped = ", ".join(f"{k[len('skipped_'):]} {v}" for k, v in summary.items() if k.startswith("skipped_") and v)
+    print(f"pairs {summary['source']}: {summary['pairs']} pairs from {summary['studies']} studies"
+          + (f" (skipped: {skipped})" if skipped else "")
+          + (f", mean margin {summary['mean_margin']}" if summary.get("mean_margin") is not None else "")
+          + f" -> {args.out}", flush=True)
+    return 0
+
+
+def _cmd_prior(args) -> int:
+    from mllm_cxr.pairs import prior_suppression_pairs
+    from mllm_cxr.prompts import PromptConfig
+
+    cfg = PromptConfig(sections=_sections(args))
+    pairs, summary = prior_suppression_pairs(_studies(args), cfg, progress=True)
+    return _finish(pairs, summary, args)
+
+
+def make_generator(args, prompt, settings, data_root):
+    """The generator object for ``--backend``: HF ``generate`` or vLLM offline (:mod:`mllm_cxr.generate`)."""
+    from mllm_cxr.generate import VLLMGenerator, load_hf_generator
+
+    if args.backend == "vllm":
+        return VLLMGenerator(args.model, prompt, data_root, settings, adapter=args.adapter, dtype=args.dtype)
+    return load_hf_generator(args.model, args.adapter, prompt, data_root, settings, dtype=args.dtype)
+
+
+def _cmd_sample(args) -> int:
+    from mllm_cxr.config import ConfigError
+    from mllm_cxr.generate import GenerationSettings, resolve_prompt
+    from mllm_cxr.pairs import reward_ranked_pairs
+
+    args.sections = _sections(args)
+    if args.k < 2:
+        raise ConfigError(f"--k must be at least 2 (best and worst of k samples), got {args.k}")
+    overrides = {"max_images": args.max_images}
+    if args.context is not None:
+        overrides["context"] = [c for c in args.context.split(",") if c.strip()]
+    if args.sections_given:
+        overrides["sections"] = args.sections
+    # the adapter's own prompt and pixel budget (its mllm_cxr_config.json), flags on top
+    prompt = resolve_prompt(args.adapter, args.model, overrides=overrides, min_pixels=args.min_pixels,
+                            max_pixels=args.max_pixels)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
+                                  top_p=args.top_p, num_return_sequences=args.k, seed=args.seed)
+    data_root = Path(args.data_root) if args.data_root else Path(args.studies).resolve().parent
+    generator = make_generator(args, prompt, settings, data_root)
+    reward = args.reward_spec or args.reward
+    pairs, summary = reward_ranked_pairs(_studies(args), generator, reward, margin_threshold=args.margin,
+                                         batch_size=args.batch_size, cfg=prompt.prompt, progress=True,
+                                         keep_samples=args.keep_samples)
+    return _finish(pairs, summary, args)
+
+
+def register(subparsers) -> None:
+    """Add ``pairs prior`` and ``pairs sample``."""
+    p = subparsers.add_parser("pairs", help="build DPO preference pairs (prior suppression, reward-ranked samples)",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="pairs_kind", metavar="<kind>", required=True)
+
+    pr = sub.add_parser("prior", help="chosen = report without prior-exam references, rejected = original "
+                                      "(training studies without a prior)")
+    _add_common(pr)
+    pr.set_defaults(func=_cmd_prior)
+
+    ps = sub.add_parser("sample", help="sample k reports per study, chosen = best / rejected = worst by a clinical reward")
+    _add_common(ps)
+    ps.add_argument("--model", required=True, help="base model: hub id or local path")
+    ps.add_argument("--adapter", default=None, help="LoRA adapter (e.g. the SFT output); its prompt config is reused")
+    ps.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    ps.add_argument("--k", type=int, default=4, help="samples per study (default 4)")
+    ps.add_argument("--reward", default="chexpert_f1", help="registered scorer name (default chexpert_f1)")
+    ps.add_argument("--reward-spec", default=None, help="reward spec YAML (weighted composite); overrides --reward")
+    ps.add_argument("--margin", type=float, default=0.1, help="keep pairs with best - worst > margin (default 0.1)")
+    ps.add_argument("--temperature", type=float, default=1.0)
+    ps.add_argument("--top-p", type=float, default=1.0)
+    ps.add_argument("--max-new-tokens", type=int, default=256)
+    ps.add_argument("--batch-size", type=int, default=4, help="studies per generate call")
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--dtype", default="auto")
+    ps.add_argument("--min-pixels", type=int, default=None)
+    ps.add_argument("--max-pixels", type=int, default=None)
+    ps.add_argument("--max-images", type=int, default=None, help="images per prompt (default: the adapter's)")
+    ps.add_argument("--context", default=None, help="prompt context fields, e.g. indication,comparison "
+                                                    "(default: the adapter's)")
+    ps.add_argument("--data-root", default=None, help="root of the image paths (default: the studies file's folder)")
+    ps.add_argument("--keep-samples", action="store_true", help="also write all samples and scores per pair")
+    ps.set_defaults(func=_cmd_sample)

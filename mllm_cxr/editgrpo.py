@@ -1,0 +1,582 @@
+"""EditGRPO (Zhang et al. 2025, arXiv 2509.22812): GRPO with sentence-level post-rollout edits.
+
+Pure on-policy GRPO on report generation tends to collapse to generic reports: when every rollout
+of a group misses the same finding, the group has no reward variance and no signal. EditGRPO mixes
+in off-policy guidance that stays close to the policy: after the rollouts of a group are sampled, up
+to half of the group's slots are replaced by *edited copies of other rollouts*, each edited by one
+sentence-level operation toward the reference report. The edits are minimal, so the edited
+completions remain likely under the policy and the clipped objective can learn from them.
+
+One operation per rollout, in priority order (:class:`SentenceEditor`):
+
+1. **presence conflict** -- an observation the rollout and the reference both mention, with opposite
+   presence ("The heart is enlarged." vs "Normal heart size."): the rollout's sentence is replaced by
+   the reference's sentence about that observation;
+2. **false positive** -- an observation the rollout asserts and the reference does not mention: the
+   sentence is replaced by the most similar reference sentence when the similarity reaches
+   ``similarity_threshold``, else deleted;
+3. **false negative** -- an observation the reference asserts and the rollout does not mention: the
+   reference sentence is appended (to the same report section when the rollout has it).
+
+An edit is kept only when the text changes and, by default (``verify``), only when it raises the
+report's CheXpert label F1 against the reference, else the next candidate is tried. Observations and their presence come from our CheXpert
+rule labeler (:mod:`reward.chexpert`) run sentence by sentence; uncertain mentions count as present
+(``uncertain="positive"``, the RRG convention) unless told otherwise. Sentence similarity is
+pluggable: token overlap (Dice over content words) by default, or cosine similarity of a sentence
+embedding model (:class:`EmbeddingSimilarity`, any encoder by hub id or local path, e.g. BioLORD).
+The paper matches RaTE-NER entities with BioLORD embeddings; this implementation uses CheXpert
+observations for matching and whole-sentence similarity for the replacement choice.
+
+:class:`EditGRPOTrainer` hooks the narrowest place of TRL 1.16's ``GRPOTrainer``: ``_generate``
+(rollouts -> token ids and decoded completions), the step between sampling and everything that
+consumes the samples. Edited completions are re-tokenised there, so the rest of
+``_generate_and_score_completions`` treats them like any rollout: rewards, group advantages, the
+completion mask, and the "old" policy log-probs, which TRL recomputes with the training model
+whenever the step needs them (``num_iterations > 1``, off-step generation, vLLM importance
+sampling); on a single on-policy iteration the old log-probs are the current ones by definition. With
+vLLM, the sampling log-probs of an edited completion are unknown and marked as such (TRL then gives
+it an importance ratio of 1). An edit longer than ``max_completion_length`` tokens is dropped (a cut
+edit would lose the sentence it added). Groups keep their size. Per step the trainer logs how many edits of
+each kind were injected (``edit/n_<kind>``) and their reward gain over the source rollout
+(``edit/gain_<kind>``, the weighted total reward of the edited copy minus that of its source).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, completion_texts
+
+log = logging.getLogger(__name__)
+
+#: Edit kinds, in priority order.
+EDIT_KINDS = ("conflict", "fp_replace", "fp_delete", "fn_add")
+
+# ----------------------------------------------------------------------------------------------------
+# Reports as sections of sentences
+# ----------------------------------------------------------------------------------------------------
+
+_HEADER = re.compile(r"(?im)^[ \t]*(FINDINGS|IMPRESSION)[ \t]*:[ \t]*")
+
+
+@dataclass
+class ReportSentences:
+    """A report as ``[(header or None, [sentence, ...]), ...]``; :meth:`text` writes it back."""
+
+    sections: list[tuple[str | None, list[str]]]
+
+    @classmethod
+    def parse(cls, text: str) -> ReportSentences:
+        from reward.prior import sentences
+
+        text = text or ""
+        heads = list(_HEADER.finditer(text))
+        parts: list[tuple[str | None, str]] = []
+        if not heads:
+            parts.append((None, text))
+        else:
+            if text[:heads[0].start()].strip():
+                parts.append((None, text[:heads[0].start()]))
+            for i, h in enumerate(heads):
+                end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+                parts.append((h.group(1).upper(), text[h.end():end]))
+        return cls([(head, sentences(body)) for head, body in parts])
+
+    def text(self) -> str:
+        lines = []
+        for head, sents in self.sections:
+            body = " ".join(sents)
+            if head is None:
+                if body:
+                    lines.append(body)
+            elif body:
+                lines.append(f"{head}: {body}")
+        return "\n".join(lines)
+
+    def flat(self) -> list[tuple[int, int, str]]:
+        """``(section index, sentence index, sentence)`` in reading order."""
+        return [(i, j, s) for i, (_, sents) in enumerate(self.sections) for j, s in enumerate(sents)]
+
+    def copy(self) -> ReportSentences:
+        return ReportSentences([(h, list(s)) for h, s in self.sections])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Similarity
+# ----------------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the of in on at to is are was were be been there this that with and or for as by from "
+                  "it its seen noted".split())
+
+#: ``similarity(sentence, candidates) -> one score in [0, 1] per candidate``.
+Similarity = Callable[[str, Sequence[str]], list[float]]
+
+
+def _content_words(s: str) -> set[str]:
+    return {w for w in _WORD.findall(s.lower()) if w not in _STOP}
+
+
+def token_overlap_similarity(sentence: str, candidates: Sequence[str]) -> list[float]:
+    """Dice coefficient of the content-word sets (stop words dropped); 0.0 when either is empty."""
+    a = _content_words(sentence)
+    out = []
+    for c in candidates:
+        b = _content_words(c)
+        out.append(2.0 * len(a & b) / (len(a) + len(b)) if a and b else 0.0)
+    return out
+
+
+class EmbeddingSimilarity:
+    """Cosine similarity of mean-pooled sentence embeddings from a transformers encoder.
+
+    ``model``: hub id or local path of any encoder (``AutoModel``), e.g. a biomedical sentence
+    encoder such as BioLORD; embeddings are cached per sentence.
+    """
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 32, max_length: int = 128):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModel.from_pretrained(model).to(self.device).eval()
+        self.batch_size, self.max_length = batch_size, max_length
+        self._cache: dict[str, Any] = {}
+
+    def embed(self, texts: Sequence[str]):
+        import torch
+
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vecs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
+            for t, v in zip(chunk, vecs.float().cpu()):
+                self._cache[t] = v
+        if len(self._cache) > 100_000:
+            keep = {t: self._cache[t] for t in texts if t in self._cache}
+            self._cache = keep
+        return torch.stack([self._cache[t] for t in texts]) if texts else torch.empty(0)
+
+    def __call__(self, sentence: str, candidates: Sequence[str]) -> list[float]:
+        if not candidates:
+            return []
+        vecs = self.embed([sentence, *candidates])
+        return [max(0.0, float(x)) for x in (vecs[1:] @ vecs[0])]
+
+
+def make_similarity(spec: str | Similarity | None) -> Similarity:
+    """``None``/``"token_overlap"`` -> :func:`token_overlap_similarity`; a callable as is; else an embedding model id/path."""
+    if spec is None or spec == "token_overlap":
+        return token_overlap_similarity
+    if callable(spec):
+        return spec
+    return EmbeddingSimilarity(str(spec))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The editor
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EditOp:
+    """One sentence-level operation: its kind, the observation behind it, and the sentences involved."""
+
+    kind: str
+    observation: str
+    old_sentence: str | None = None
+    new_sentence: str | None = None
+    similarity: float | None = None
+
+
+@dataclass
+class EditResult:
+    """The edited text, whether it differs from the input, and the operations applied."""
+
+    text: str
+    changed: bool
+    ops: list[EditOp] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str | None:
+        return self.ops[0].kind if self.ops else None
+
+
+class SentenceEditor:
+    """Edits a report toward a reference, one sentence-level operation at a time (see the module docstring).
+
+    ``labeler``: ``list[str] -> list[dict]`` of CheXpert labels (default: our rule labeler).
+    ``similarity``: see :func:`make_similarity`. ``uncertain``: ``"positive"`` or ``"negative"`` --
+    what an uncertain mention counts as. ``ops_per_rollout``: operations per edit (EditGRPO: 1).
+    ``verify``: keep an operation only when it raises the report's CheXpert label F1 against the
+    reference (:meth:`label_f1`). A sentence-level swap can remove a correct finding that shared the
+    sentence ("No effusion or pneumothorax" replaced for the pneumothorax conflict loses the
+    effusion); the check skips such an edit and tries the next candidate (at most
+    ``max_candidates``). ``verify=False`` applies the first candidate unchecked, as the paper does.
+    """
+
+    def __init__(self, labeler: Callable[[list[str]], list[dict]] | None = None,
+                 similarity: str | Similarity | None = None, similarity_threshold: float = 0.6,
+                 uncertain: str = "positive", ops_per_rollout: int = 1, verify: bool = True,
+                 max_candidates: int = 8, cache_size: int = 50_000):
+        from reward.constants import CHEXPERT_LABELS
+
+        if uncertain not in ("positive", "negative"):
+            raise ValueError(f"uncertain must be 'positive' or 'negative', got {uncertain!r}")
+        if ops_per_rollout < 1:
+            raise ValueError(f"ops_per_rollout must be >= 1, got {ops_per_rollout}")
+        self._labeler = labeler
+        self.similarity = make_similarity(similarity)
+        self.threshold = float(similarity_threshold)
+        self.uncertain = uncertain
+        self.ops_per_rollout = int(ops_per_rollout)
+        self.verify, self.max_candidates = bool(verify), max(1, int(max_candidates))
+        self._report_cache: dict[tuple[str, str], dict] = {}
+        self.observations = [o for o in CHEXPERT_LABELS if o != "No Finding"]
+        self._cache: dict[str, dict[str, str]] = {}
+        self._cache_size = cache_size
+
+    # -- labels ------------------------------------------------------------------------------------
+    def _states(self, sentences: Sequence[str]) -> list[dict[str, str]]:
+        """Per sentence: observation -> "pos" | "neg" for the observations it mentions."""
+        todo = [s for s in dict.fromkeys(sentences) if s not in self._cache]
+        if todo:
+            if self._labeler is None:
+                from reward.chexpert import label_reports
+
+                self._labeler = label_reports
+            if len(self._cache) > self._cache_size:
+                self._cache.clear()
+            for s, labels in zip(todo, self._labeler(list(todo))):
+                self._cache[s] = self._presence(labels)
+        return [self._cache[s] for s in sentences]
+
+    def _presence(self, labels: dict[str, Any]) -> dict[str, str]:
+        out = {}
+        for o in self.observations:
+            v = labels.get(o)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if v == 1.0 or (v == -1.0 and self.uncertain == "positive"):
+                out[o] = "pos"
+            else:
+                out[o] = "neg"
+        return out
+
+    @staticmethod
+    def _report_state(states: list[dict[str, str]]) -> dict[str, str]:
+        """Report level: "pos" when any sentence asserts the observation, else "neg" when one negates it."""
+        out: dict[str, str] = {}
+        for st in states:
+            for o, v in st.items():
+                if out.get(o) != "pos":
+                    out[o] = v
+        return out
+
+    # -- editing -----------------------------------------------------------------------------------
+    def label_f1(self, text: str, reference: str) -> float:
+        """Per-sample F1 of the report-level CheXpert labels (14, uncertain as configured) vs the reference."""
+        from reward.f1 import per_sample_f1
+
+        if self._labeler is None:
+            from reward.chexpert import label_reports
+
+            self._labeler = label_reports
+        key = ("\x00report", reference)
+        ref_labels = self._report_cache.get(key)
+        if ref_labels is None:
+            if len(self._report_cache) > self._cache_size:
+                self._report_cache.clear()
+            ref_labels = self._report_cache[key] = self._labeler([reference])[0]
+        hyp_labels = self._labeler([text])[0]
+        return float(per_sample_f1([hyp_labels], [ref_labels], self.uncertain, "14")[0])
+
+    def edit(self, text: str, reference: str) -> EditResult:
+        """Apply up to ``ops_per_rollout`` operations (conflict > false positive > false negative).
+
+        With ``verify`` an operation is kept only when it raises :meth:`label_f1`; otherwise the next
+        candidate (same kind on another observation, then the next kind) is tried, at most
+        ``max_candidates`` per operation.
+        """
+        if not isinstance(text, str) or not text.strip() or not isinstance(reference, str) or not reference.strip():
+            return EditResult(text if isinstance(text, str) else "", False)
+        rep, ref = ReportSentences.parse(text), ReportSentences.parse(reference)
+        ref_flat = ref.flat()
+        if not ref_flat or not rep.flat():
+            return EditResult(text, False)
+        ref_states = self._states([s for _, _, s in ref_flat])
+        ref_state = self._report_state(ref_states)
+        original = rep.text()
+        score = self.label_f1(text, reference) if self.verify else 0.0
+        ops: list[EditOp] = []
+        touched: set[str] = set()
+        for _ in range(self.ops_per_rollout):
+            accepted = None
+            for k, (cand, op) in enumerate(self._candidates(rep, ref, ref_flat, ref_states, ref_state, touched)):
+                if k >= self.max_candidates:
+                    break
+                new_text = cand.text()
+                if not new_text.strip() or new_text == rep.text():
+                    continue
+                if self.verify:
+                    new_score = self.label_f1(new_text, reference)
+                    if not new_score > score:
+                        continue
+                    score = new_score
+                accepted = (cand, op)
+                break
+            if accepted is None:
+                break
+            rep = accepted[0]
+            ops.append(accepted[1])
+            touched.update(x for x in (accepted[1].new_sentence,) if x)
+        new = rep.text()
+        if not ops or not new.strip() or new == original or new == text:
+            return EditResult(text, False)
+        return EditResult(new, True, ops)
+
+    def _candidates(self, rep: ReportSentences, ref: ReportSentences, ref_flat, ref_states, ref_state,
+                    touched: set[str]) -> Iterator[tuple[ReportSentences, EditOp]]:
+        """Candidate edits of ``rep`` in priority order, each applied to a copy."""
+        all_flat = rep.flat()
+        all_states = self._states([s for _, _, s in all_flat])
+        gen_state = self._report_state(all_states)
+        present = {s for _, _, s in all_flat}
+        movable = [(pos, st) for pos, st in zip(all_flat, all_states) if pos[2] not in touched]
+        # 1. presence conflict: the rollout's sentence about o -> the reference's sentence about o
+        for o in self.observations:
+            g, r = gen_state.get(o), ref_state.get(o)
+            if g is None or r is None or g == r:
+                continue
+            new = next((s for (_, _, s), st in zip(ref_flat, ref_states) if st.get(o) == r), None)
+            if new is None:
+                continue
+            for (i, j, old), st in movable:
+                if st.get(o) != g or old == new:
+                    continue
+                cand = rep.copy()
+                if new in present:  # the reference sentence is already there: drop the contradicting one
+                    del cand.sections[i][1][j]
+                else:
+                    cand.sections[i][1][j] = new
+                yield cand, EditOp("conflict", o, old, new)
+        # 2. false positive: the closest reference sentence above the threshold, else delete
+        for o in self.observations:
+            if gen_state.get(o) != "pos" or o in ref_state:
+                continue
+            cands = [s for s in dict.fromkeys(s for _, _, s in ref_flat) if s not in present]
+            for (i, j, old), st in movable:
+                if st.get(o) != "pos":
+                    continue
+                sims = self.similarity(old, cands) if cands else []
+                best = max(range(len(cands)), key=lambda k: (sims[k], -k)) if cands else None
+                cand = rep.copy()
+                if best is not None and sims[best] >= self.threshold:
+                    cand.sections[i][1][j] = cands[best]
+                    yield cand, EditOp("fp_replace", o, old, cands[best], float(sims[best]))
+                elif len(all_flat) > 1:  # never delete the only sentence
+                    del cand.sections[i][1][j]
+                    yield cand, EditOp("fp_delete", o, old, None, float(sims[best]) if best is not None else None)
+        # 3. false negative: append the reference sentence (to the same section when there is one)
+        for o in self.observations:
+            if ref_state.get(o) != "pos" or o in gen_state:
+                continue
+            for (i, _, new), st in zip(ref_flat, ref_states):
+                if st.get(o) != "pos" or new in present:
+                    continue
+                head = ref.sections[i][0]
+                cand = rep.copy()
+                idx = next((k for k, (h, _) in enumerate(cand.sections) if h == head), len(cand.sections) - 1)
+                cand.sections[idx][1].append(new)
+                yield cand, EditOp("fn_add", o, None, new)
+                break
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EditGRPOConfig(ClinicalGRPOConfig):
+    """:class:`ClinicalGRPOConfig` plus the post-rollout edit settings (EditGRPO's published values)."""
+
+    edit_fraction: float = field(default=0.5, metadata={
+        "help": "share of each group's slots replaced by edited rollouts (at most half; EditGRPO: G/2)"})
+    edit_similarity: str = field(default="token_overlap", metadata={
+        "help": "token_overlap, or a sentence-embedding model (hub id / local path) for false-positive replacement"})
+    edit_similarity_threshold: float = field(default=0.6, metadata={"help": "replace a false positive only above this "
+                                                                            "similarity, else delete it (EditGRPO: 0.6)"})
+    edit_reference_column: str = field(default="reference", metadata={"help": "dataset column with the reference report"})
+    edit_ops_per_rollout: int = field(default=1, metadata={"help": "operations per edited rollout (EditGRPO: 1)"})
+    edit_uncertain: str = field(default="positive", metadata={"help": "an uncertain mention counts as: positive | negative"})
+    edit_verify: bool = field(default=True, metadata={
+        "help": "keep an edit only when it raises the CheXpert label F1 vs the reference (false = the paper's "
+                "unchecked edits)"})
+    edit_max_candidates: int = field(default=8, metadata={"help": "candidate operations tried per edited rollout"})
+    edit_seed: int | None = field(default=None, metadata={"help": "seed of the source/target choice (default: seed)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.edit_fraction <= 0.5:
+            raise ValueError(f"edit_fraction must be within [0, 0.5] (sources and targets are disjoint), "
+                             f"got {self.edit_fraction}")
+
+
+def _group_runs(keys: Sequence[Any], size: int) -> list[list[int]]:
+    """Indices of consecutive runs of equal keys, cut into chunks of at most ``size`` (TRL's prompt groups)."""
+    groups: list[list[int]] = []
+    for i, k in enumerate(keys):
+        if groups and keys[groups[-1][-1]] == k and len(groups[-1]) < size:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class EditGRPOTrainer(ClinicalGRPOTrainer):
+    """GRPO with post-rollout edits (see the module docstring). ``editor`` overrides the config's editor.
+
+    ``edit_log`` keeps one record per generation step: counts per kind, mean reward gains, and the
+    (source, target, kind, gain) of every injected edit (indices local to the process' batch).
+    """
+
+    def __init__(self, *args, editor: SentenceEditor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        a = self.args
+        self.edit_fraction = float(getattr(a, "edit_fraction", 0.5))
+        self.edit_reference_column = getattr(a, "edit_reference_column", "reference")
+        self.editor = editor or SentenceEditor(
+            similarity=getattr(a, "edit_similarity", "token_overlap"),
+            similarity_threshold=getattr(a, "edit_similarity_threshold", 0.6),
+            uncertain=getattr(a, "edit_uncertain", "positive"),
+            ops_per_rollout=getattr(a, "edit_ops_per_rollout", 1),
+            verify=getattr(a, "edit_verify", True),
+            max_candidates=getattr(a, "edit_max_candidates", 8))
+        seed = getattr(a, "edit_seed", None)
+        self._edit_rng = random.Random(a.seed if seed is None else seed)
+        self._edit_inputs: list[dict] | None = None
+        self._pending_edits: list[dict[str, Any]] = []
+        self._rollout_texts: list[str] | None = None
+        self.edit_log: list[dict[str, Any]] = []
+
+    def _generate_and_score_completions(self, inputs):
+        self._edit_inputs = inputs
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._edit_inputs = None
+            self._pending_edits = []
+            self._rollout_texts = None
+
+    def _generate(self, prompts: list):
+        out = super()._generate(prompts)
+        if (self._mode() != "train" or self.edit_fraction <= 0 or self._edit_inputs is None or self.tools
+                or len(self._edit_inputs) != len(out[1])):
+            return out
+        t = time.perf_counter()
+        prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images = out
+        completion_ids, completions, logprobs = self.apply_edits(self._edit_inputs, completion_ids, completions,
+                                                                 logprobs)
+        self._record_time("edit", time.perf_counter() - t)
+        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images
+
+    def apply_edits(self, inputs: Sequence[dict], completion_ids: list[list[int]], completions: list,
+                    logprobs: list | None):
+        """Replace up to half of each group's slots by edited copies of the group's other rollouts.
+
+        Returns new ``(completion_ids, completions, logprobs)`` lists of the same length; the edits
+        made are kept in ``_pending_edits`` until the rewards are known.
+        """
+        from mllm_cxr.config import ConfigError
+
+        col = self.edit_reference_column
+        if col not in inputs[0]:
+            raise ConfigError(f"EditGRPO: the dataset has no column '{col}' with the reference report "
+                              f"(edit_reference_column); columns: {sorted(inputs[0])}")
+        texts = completion_texts(completions)
+        self._rollout_texts = list(texts)
+        refs = [x.get(col) or "" for x in inputs]
+        keys = [x.get("study_id", repr(x.get("prompt"))) for x in inputs]
+        completion_ids, completions = list(completion_ids), list(completions)
+        logprobs = list(logprobs) if logprobs is not None else None
+        conversational = bool(completions) and isinstance(completions[0], list)
+        eos = self._tokenizer.eos_token_id
+        if eos is None or eos not in self.eos_token_ids:
+            eos = self.eos_token_ids[0]
+        edits: list[dict[str, Any]] = []
+        tried = too_long = 0
+        for group in _group_runs(keys, self.num_generations):
+            n = min(int(len(group) * self.edit_fraction), len(group) // 2)
+            if n < 1:
+                continue
+            order = self._edit_rng.sample(group, len(group))
+            for src, tgt in zip(order[:n], order[n:2 * n]):
+                tried += 1
+                res = self.editor.edit(texts[src], refs[src])
+                if not res.changed:
+                    continue
+                ids = self._tokenizer(res.text, add_special_tokens=False)["input_ids"] + [eos]
+                if self.max_completion_length and len(ids) > self.max_completion_length:
+                    too_long += 1  # a cut edit would lose the sentence it added
+                    continue
+                decoded = self._tokenizer.decode(ids, skip_special_tokens=True)
+                completion_ids[tgt] = ids
+                completions[tgt] = [{"role": "assistant", "content": decoded}] if conversational else decoded
+                if logprobs is not None:
+                    logprobs[tgt] = [None] * len(ids)  # sampling log-probs unknown for an edit
+                edits.append({"source": src, "target": tgt, "kind": res.kind,
+                              "observation": res.ops[0].observation})
+        self._pending_edits = edits
+        self._edit_tried, self._edit_too_long = tried, too_long
+        return completion_ids, completions, logprobs
+
+    def _guard_texts(self, completions) -> list[str]:
+        return self._rollout_texts if self._rollout_texts is not None else completion_texts(completions)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._mode() != "train" or self._edit_inputs is None:
+            return rewards
+        offset = self.accelerator.process_index * len(prompts)
+        total = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
+        counts: Counter[str] = Counter()
+        gains: dict[str, list[float]] = {k: [] for k in EDIT_KINDS}
+        for e in self._pending_edits:
+            gain = float(total[offset + e["target"]] - total[offset + e["source"]])
+            e["gain"] = gain
+            counts[e["kind"]] += 1
+            gains[e["kind"]].append(gain)
+        m = self._metrics["train"]
+        n_slots = len(prompts)
+        m["edit/injected"].append(float(len(self._pending_edits)))
+        m["edit/share"].append(len(self._pending_edits) / n_slots if n_slots else 0.0)
+        all_gains = [g for v in gains.values() for g in v]
+        m["edit/gain_mean"].append(sum(all_gains) / len(all_gains) if all_gains else math.nan)
+        for k in EDIT_KINDS:
+            m[f"edit/n_{k}"].append(float(counts[k]))
+            if gains[k]:
+                m[f"edit/gain_{k}"].append(sum(gains[k]) / len(gains[k]))
+        self.edit_log.append({
+            "step": self.state.global_step, "slots": n_slots, "tried": getattr(self, "_edit_tried", 0),
+            "too_long": getattr(self, "_edit_too_long", 0),
+            "injected": len(self._pending_edits), "counts": dict(counts),
+            "gain_mean": {k: (sum(v) / len(v)) for k, v in gains.items() if v},
+            "edits": [dict(e) for e in self._pending_edits],
+        })
+        return rewards

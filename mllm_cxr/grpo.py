@@ -1,0 +1,299 @@
+"""GRPO for report generation: clinical rewards named in YAML, EditGRPO's defaults, a collapse guard.
+
+* :class:`ClinicalGRPOConfig` is TRL's :class:`trl.GRPOConfig` with the defaults of EditGRPO's
+  published setup (Zhang et al. 2025, arXiv 2509.22812, ``examples/*.yaml`` and the sbatch launcher
+  of github.com/taokz/EditGRPO): Dr.GRPO-style advantages that are not divided by the group's
+  standard deviation (``scale_rewards="none"``) and a loss normalised by a constant
+  (``loss_type="dr_grpo"``), a small KL penalty to the SFT policy (``beta=0.01``, k3 estimator),
+  ``learning_rate=1e-6``, ``weight_decay=0.01``, ``max_grad_norm=1.0`` and sampling temperature 1.0.
+  The vision tower stays frozen (LoRA on the language model, :mod:`mllm_cxr.modeling`).
+* :class:`GRPOScriptArguments` names the rewards: a reward spec (YAML file of
+  ``{name, weight, kwargs}`` entries, or one registered scorer name) that
+  :func:`reward.trl.make_reward_funcs` turns into ``reward_funcs`` + ``reward_weights``.
+* :class:`CollapseGuard` watches for the failure mode of RL on report generation: the policy
+  drifting to one generic "normal" report (or to empty completions), which scores well on
+  label-based rewards whenever most studies are normal and leaves no learning signal. It logs
+  ``collapse/normal_share`` and ``collapse/empty_share`` every step and warns when they drift.
+* :class:`ClinicalGRPOTrainer` is :class:`trl.GRPOTrainer` that feeds the guard and logs where the
+  time of a step goes (``timing/generate_s``, ``timing/reward_s``, ``timing/score_s``).
+
+Multi-image studies need nothing special: the dataset's ``images`` column holds every image of the
+prompt (frontal, lateral, prior) and TRL places them at the prompt's image slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClinicalGRPOConfig(GRPOConfig):
+    """:class:`trl.GRPOConfig` with EditGRPO's published defaults (see the module docstring)."""
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "EditGRPO: 1e-6"})
+    weight_decay: float = field(default=0.01, metadata={"help": "EditGRPO: 0.01"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "EditGRPO: 1.0"})
+    beta: float = field(default=0.01, metadata={"help": "KL coefficient to the reference (SFT) policy; EditGRPO: 0.01"})
+    loss_type: str = field(default="dr_grpo", metadata={"help": "Dr.GRPO: token sum / constant (EditGRPO's "
+                                                                "seq-mean-token-sum-norm)"})
+    scale_rewards: str = field(default="none", metadata={"help": "none = unnormalised advantages (Dr.GRPO, EditGRPO)"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature; EditGRPO: 1.0"})
+
+
+@dataclass
+class GRPOScriptArguments:
+    """Rewards, algorithm and collapse-guard settings of ``recipes/grpo.py``."""
+
+    reward_spec: str = field(default="chexpert_f1", metadata={
+        "help": "reward spec YAML ({rewards: [{name, weight, kwargs}]}) or one registered scorer name"})
+    reward_reference_column: str | None = field(default=None, metadata={
+        "help": "dataset column with the reference report (default: reference, then findings, impression)"})
+    algorithm: str = field(default="grpo", metadata={"help": "grpo | editgrpo (post-rollout edits, arXiv 2509.22812)"})
+    collapse_normal_max: float = field(default=0.9, metadata={
+        "help": "warn when the share of 'normal' completions exceeds this"})
+    collapse_empty_max: float = field(default=0.2, metadata={"help": "warn when the share of empty completions exceeds this"})
+    collapse_drift: float = field(default=0.3, metadata={
+        "help": "warn when a share rises this much above its value in the first steps"})
+    collapse_window: int = field(default=5, metadata={"help": "steps in the moving average the guard checks"})
+    collapse_stop: bool = field(default=False, metadata={"help": "stop training when the guard fires"})
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("grpo", "editgrpo"):
+            raise ValueError(f"algorithm must be 'grpo' or 'editgrpo', got {self.algorithm!r}")
+
+
+def build_reward_funcs(spec: str | os.PathLike | Sequence | dict, reference_column: str | None = None):
+    """``(reward_funcs, reward_weights)`` for GRPOTrainer from a spec file/list or a scorer name."""
+    from reward.trl import make_reward_funcs
+
+    if isinstance(spec, str) and not spec.endswith((".yaml", ".yml", ".json")) and os.sep not in spec:
+        spec = [spec]  # one registered scorer
+    return make_reward_funcs(spec, reference_column=reference_column)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Collapse guard
+# ----------------------------------------------------------------------------------------------------
+
+
+def is_normal_report(labels: dict[str, Any]) -> bool:
+    """CheXpert "No Finding": nothing positive or uncertain except support devices."""
+    return labels.get("No Finding") == 1.0
+
+
+class CollapseGuard(TrainerCallback):
+    """Logs the share of "normal" and of empty completions per step; warns when they drift.
+
+    A completion is *normal* when the CheXpert labeler finds no positive or uncertain observation
+    other than support devices (its "No Finding"), *empty* when it has no text. The guard takes the
+    mean of the first ``baseline_steps`` observations as the baseline and, over a moving window of
+    ``window`` steps, warns when the normal share exceeds ``normal_max`` or rises ``drift`` above
+    the baseline, or when the empty share exceeds ``empty_max``. With ``stop`` it also ends
+    training. :class:`ClinicalGRPOTrainer` calls :meth:`observe` with each step's completions; the
+    callback hooks stop training and report at the end. ``history`` keeps every observation.
+    """
+
+    def __init__(self, normal_max: float = 0.9, empty_max: float = 0.2, drift: float = 0.3, window: int = 5,
+                 baseline_steps: int = 3, stop: bool = False, labeler=None) -> None:
+        self.normal_max, self.empty_max, self.drift = float(normal_max), float(empty_max), float(drift)
+        self.window, self.baseline_steps, self.stop = max(1, int(window)), max(1, int(baseline_steps)), bool(stop)
+        self._labeler = labeler
+        self._recent: deque[tuple[float, float]] = deque(maxlen=self.window)
+        self._baseline: list[tuple[float, float]] = []
+        self.history: list[dict[str, float]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self._alarm = False
+
+    def _label(self, texts: list[str]) -> list[dict]:
+        if self._labeler is None:
+            from reward.chexpert import label_reports
+
+            self._labeler = label_reports
+        return self._labeler(texts)
+
+    def observe(self, texts: Sequence[str], step: int | None = None) -> dict[str, float]:
+        """Record one step's completions; returns ``{"normal_share", "empty_share"}`` of this batch."""
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        n = len(texts)
+        if not n:
+            return {"normal_share": math.nan, "empty_share": math.nan}
+        non_empty = [t for t in texts if t.strip()]
+        normal = sum(is_normal_report(lab) for lab in self._label(non_empty)) if non_empty else 0
+        stats = {"normal_share": normal / n, "empty_share": (n - len(non_empty)) / n}
+        self.history.append({"step": float(step if step is not None else len(self.history)), **stats})
+        pair = (stats["normal_share"], stats["empty_share"])
+        if len(self._baseline) < self.baseline_steps:
+            self._baseline.append(pair)
+        self._recent.append(pair)
+        self._check(step)
+        return stats
+
+    @property
+    def baseline(self) -> tuple[float, float] | None:
+        if not self._baseline:
+            return None
+        return (sum(b[0] for b in self._baseline) / len(self._baseline),
+                sum(b[1] for b in self._baseline) / len(self._baseline))
+
+    def _check(self, step: int | None) -> None:
+        if len(self.history) < self.baseline_steps + 1 or len(self._recent) < min(self.window, 2):
+            return
+        normal = sum(r[0] for r in self._recent) / len(self._recent)
+        empty = sum(r[1] for r in self._recent) / len(self._recent)
+        base_normal, base_empty = self.baseline
+        reasons = []
+        if normal > self.normal_max:
+            reasons.append(f"normal share {normal:.2f} > {self.normal_max:.2f}")
+        elif normal > base_normal + self.drift:
+            reasons.append(f"normal share rose from {base_normal:.2f} to {normal:.2f}")
+        if empty > self.empty_max:
+            reasons.append(f"empty share {empty:.2f} > {self.empty_max:.2f}")
+        elif empty > base_empty + self.drift:
+            reasons.append(f"empty share rose from {base_empty:.2f} to {empty:.2f}")
+        if reasons and not self._alarm:
+            log.warning("collapse guard (step %s): %s over the last %d steps; the policy may be collapsing to "
+                        "generic reports (lower the learning rate, raise beta, or use EditGRPO)",
+                        step, "; ".join(reasons), len(self._recent))
+            self.alerts.append({"step": step, "reasons": reasons})
+        self._alarm = bool(reasons)
+
+    @property
+    def alarm(self) -> bool:
+        """Whether the latest check found a drift."""
+        return self._alarm
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop and self._alarm:
+            log.warning("collapse guard: stopping training at step %d (collapse_stop=true)", state.global_step)
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.history:
+            last = self.history[-1]
+            log.info("collapse guard: %d observations, last normal share %.2f, empty share %.2f, %d alert(s)",
+                     len(self.history), last["normal_share"], last["empty_share"], len(self.alerts))
+        return control
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+def completion_texts(completions: Sequence[Any]) -> list[str]:
+    """Plain text of TRL completions (strings or ``[{"role": "assistant", "content": ...}]``)."""
+    from reward.trl import completion_text
+
+    return [completion_text(c) for c in completions]
+
+
+class ClinicalGRPOTrainer(GRPOTrainer):
+    """:class:`trl.GRPOTrainer` + :class:`CollapseGuard` feeding + per-stage timing metrics.
+
+    Guards are taken from ``callbacks`` (a :class:`CollapseGuard` is added when none is given and
+    ``collapse_guard`` is not ``False``). Logged per step: ``collapse/normal_share``,
+    ``collapse/empty_share``, ``timing/generate_s`` (rollouts), ``timing/reward_s`` (reward
+    functions), ``timing/score_s`` (the whole generate-and-score stage: rollouts, log-probs of the
+    old/reference policy, rewards, advantages). ``stage_times`` keeps the raw values for benchmarks.
+    """
+
+    def __init__(self, *args, collapse_guard: CollapseGuard | bool | None = None, **kwargs):
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        guards = [c for c in callbacks if isinstance(c, CollapseGuard)]
+        if isinstance(collapse_guard, CollapseGuard) and collapse_guard not in guards:
+            callbacks.append(collapse_guard)
+            guards.append(collapse_guard)
+        elif collapse_guard is None and not guards:
+            guards.append(CollapseGuard())
+            callbacks.append(guards[-1])
+        super().__init__(*args, callbacks=callbacks or None, **kwargs)
+        self.collapse_guards = guards
+        self.stage_times: dict[str, list[float]] = {"generate": [], "reward": [], "score": []}
+
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    def _record_time(self, stage: str, seconds: float) -> None:
+        self.stage_times.setdefault(stage, []).append(seconds)
+        self._metrics[self._mode()][f"timing/{stage}_s"].append(seconds)
+
+    def _generate(self, prompts: list):
+        t = time.perf_counter()
+        out = super()._generate(prompts)
+        self._record_time("generate", time.perf_counter() - t)
+        return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        t = time.perf_counter()
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._record_time("reward", time.perf_counter() - t)
+        if self.collapse_guards and self._mode() == "train":
+            texts = self._guard_texts(completions)
+            for g in self.collapse_guards:
+                stats = g.observe(texts, step=self.state.global_step)
+            for k, v in stats.items():
+                self._metrics["train"][f"collapse/{k}"].append(v)
+        return rewards
+
+    def _guard_texts(self, completions) -> list[str]:
+        """The texts the collapse guard observes (the policy's own rollouts)."""
+        return completion_texts(completions)
+
+    def _generate_and_score_completions(self, inputs):
+        t = time.perf_counter()
+        out = super()._generate_and_score_completions(inputs)
+        self._record_time("score", time.perf_counter() - t)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The reward curve (what `make grpo` prints)
+# ----------------------------------------------------------------------------------------------------
+
+_CURVE_KEYS = ("reward", "reward_std", "collapse/normal_share", "collapse/empty_share", "edit/injected",
+               "edit/gain_mean", "completions/mean_length")
+
+
+def reward_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The logged training steps that carry a mean reward: step + reward, its std, guard and edit numbers."""
+    rows = []
+    for entry in log_history:
+        if "reward" not in entry or "train_runtime" in entry:
+            continue
+        row = {"step": entry.get("step")}
+        row.update({k: entry[k] for k in _CURVE_KEYS if entry.get(k) is not None})
+        rows.append(row)
+    return rows
+
+
+def format_reward_curve(rows: Sequence[dict[str, Any]], width: int = 40) -> str:
+    """A small text table with a bar per logged step (the mean reward, scaled to the run's range)."""
+    if not rows:
+        return "(no reward logged)"
+    vals = [r["reward"] for r in rows]
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    extra = [k for k in ("collapse/normal_share", "edit/injected") if any(k in r for r in rows)]
+    head = f"{'step':>5} {'reward':>8}  " + "".join(f"{k.split('/')[-1]:>14}" for k in extra)
+    lines = [head]
+    for r in rows:
+        bar = "#" * (1 + round((r["reward"] - lo) / span * (width - 1)))
+        cols = "".join(f"{r[k]:>14.3f}" if k in r else f"{'':>14}" for k in extra)
+        lines.append(f"{r['step']:>5} {r['reward']:>8.4f}  {cols}  {bar}")
+    k = max(1, len(vals) // 4)
+    first, last = sum(vals[:k]) / k, sum(vals[-k:]) / k
+    lines.append(f"mean reward: first {k} logged step(s) {first:.4f} -> last {k} {last:.4f} ({last - first:+.4f})")
+    return "\n".join(lines)

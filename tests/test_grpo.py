@@ -1,0 +1,138 @@
+"""GRPO: EditGRPO's defaults, rewards named in YAML, the collapse guard, and learning on phantom data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+# The session fixtures align_phantom and sft_adapter; helpers are imported inside the tests, after pytest has
+# loaded (and assert-rewritten) the plugin module.
+pytest_plugins = ["tests._alignment_fixtures"]
+REPO = Path(__file__).resolve().parents[1]
+
+GRPO_CFG = REPO / "recipes" / "configs" / "tiny" / "grpo.yaml"
+KW = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
+
+
+def test_defaults_follow_editgrpo_published_setup():
+    from mllm_cxr.editgrpo import EditGRPOConfig
+    from mllm_cxr.grpo import ClinicalGRPOConfig
+
+    for cls in (ClinicalGRPOConfig, EditGRPOConfig):
+        c = cls(**KW)
+        assert (c.loss_type, c.scale_rewards, c.beta, c.learning_rate, c.temperature) == ("dr_grpo", "none", 0.01,
+                                                                                          1e-6, 1.0)
+        assert (c.weight_decay, c.max_grad_norm) == (0.01, 1.0)
+    e = EditGRPOConfig(**KW)
+    assert (e.edit_fraction, e.edit_similarity_threshold, e.edit_ops_per_rollout) == (0.5, 0.6, 1)
+    with pytest.raises(ValueError, match="edit_fraction"):
+        EditGRPOConfig(edit_fraction=0.75, **KW)
+
+
+def test_reward_specs_become_trl_reward_funcs(phantom_dir):
+    from data_prep.schema import read_records
+    from mllm_cxr.grpo import build_reward_funcs
+    from mllm_cxr.pairs import reward_columns
+    from mllm_cxr.prompts import PromptConfig
+    from reward.base import available_scorers
+    from reward.trl import load_reward_spec
+
+    known = set(available_scorers())
+    specs = sorted((REPO / "recipes" / "rewards").glob("*.yaml"))
+    assert {p.name for p in specs} >= {"chexpert_f1.yaml", "clinical.yaml", "editgrpo.yaml"}
+    for p in specs:
+        assert {e["name"] for e in load_reward_spec(p)} <= known, p
+    funcs, weights = build_reward_funcs(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
+    assert [f.__name__ for f in funcs] == ["chexpert_f1", "prior_penalty", "rouge_l"] and weights == [1.0, 0.5, 0.2]
+    (single,), w = build_reward_funcs("chexpert_f1")
+    assert single.__name__ == "chexpert_f1" and w == [1.0]
+    s = next(r for r in read_records(phantom_dir / "studies.jsonl") if r.meta.get("hallucinated_prior"))
+    cols = {k: [v, v] for k, v in reward_columns(s, PromptConfig()).items()}
+    ref = cols["reference"][0]
+    scores = {f.__name__: f(prompts=None, completions=[[{"role": "assistant", "content": ref}], "asdf"], **cols)
+              for f in funcs}
+    assert scores["chexpert_f1"][0] == 1.0 and scores["prior_penalty"][0] == -1.0  # the report compares, no prior
+    assert scores["rouge_l"][0] == pytest.approx(1.0) and scores["rouge_l"][1] < 0.2
+
+
+def test_collapse_guard_logs_shares_and_warns_on_drift(caplog):
+    from mllm_cxr.grpo import CollapseGuard
+
+    normal = "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."
+    sick = "FINDINGS: Large right pleural effusion. Moderate cardiomegaly."
+    guard = CollapseGuard(normal_max=0.95, drift=0.3, window=3, baseline_steps=2)
+    with caplog.at_level(logging.WARNING, logger="mllm_cxr.grpo"):
+        for step in range(4):  # a healthy mix: 1 normal in 4
+            stats = guard.observe([normal, sick, sick, sick], step=step)
+            assert stats == {"normal_share": 0.25, "empty_share": 0.0}
+        assert not guard.alarm and not caplog.records
+        for step in range(4, 8):  # drifting to the generic normal report
+            guard.observe([normal, normal, normal, sick], step=step)
+    assert guard.alarm and guard.alerts and "normal share rose from 0.25" in caplog.text
+    assert [h["normal_share"] for h in guard.history] == [0.25] * 4 + [0.75] * 4
+
+    empty = CollapseGuard(empty_max=0.2, window=2, baseline_steps=1, stop=True)
+    for step in range(3):
+        assert empty.observe(["", "", sick, normal], step=step)["empty_share"] == 0.5
+
+    class Control:
+        should_training_stop = False
+
+    class State:
+        global_step = 3
+
+    assert empty.alarm and empty.on_step_end(None, State(), Control()).should_training_stop
+
+
+def test_reward_curve_text():
+    from mllm_cxr.grpo import format_reward_curve, reward_curve
+
+    hist = [{"loss": 0.1, "reward": 0.2, "step": 1, "collapse/normal_share": 0.1},
+            {"loss": 0.1, "reward": 0.6, "step": 2, "collapse/normal_share": 0.2},
+            {"train_runtime": 3.0, "reward": 0.4, "step": 2}]
+    rows = reward_curve(hist)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["reward"] == 0.6
+    text = format_reward_curve(rows)
+    assert "first 1 logged step(s) 0.2000 -> last 1 0.6000 (+0.4000)" in text
+    assert text.splitlines()[2].count("#") > text.splitlines()[1].count("#")
+
+
+@pytest.mark.slow
+def test_grpo_raises_chexpert_f1_reward_with_two_images(tmp_path, align_phantom, tiny_model_dir, sft_adapter):
+    """GRPO from the tiny SFT adapter, CheXpert-F1 reward, frontal + lateral image per prompt.
+
+    Every step samples 4 rollouts for the same 4 training studies, so the per-step mean rewards are
+    comparable. Required margin: the mean reward of the last 4 steps is at least 0.10 above that of
+    the first 2 (the policy before and right after its first update).
+    """
+    from data_prep.schema import read_records
+    from mllm_cxr.data import grpo_dataset
+    from mllm_cxr.prompts import PromptConfig
+    from tests._alignment_fixtures import adapter_settings, derived_config, run_recipe
+
+    out = tmp_path / "grpo"
+    settings = adapter_settings(sft_adapter)
+    assert settings["max_images"] == 2
+    cfg = derived_config(GRPO_CFG, tmp_path / "grpo.yaml", **settings)
+    proc = run_recipe("grpo.py", "--config", str(cfg), "--studies", str(align_phantom / "studies.jsonl"),
+                      "--model_name_or_path", str(tiny_model_dir), "--adapter_path", str(sft_adapter),
+                      "--output_dir", str(out), "--reward_spec", "chexpert_f1", "--max_train_studies", "4",
+                      "--per_device_train_batch_size", "16", "--num_generations", "4", "--learning_rate", "0.002",
+                      "--max_steps", "16", "--logging_steps", "1", "--max_completion_length", "96", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reward curve (grpo, rewards: chexpert_f1)" in proc.stdout
+    saved = json.loads((out / "mllm_cxr_config.json").read_text())
+    train = read_records(align_phantom / "studies.jsonl", split="train")[:4]
+    ds = grpo_dataset(train, align_phantom, PromptConfig(**saved["PromptConfig"]))
+    assert all(len(row["images"]) == 2 for row in ds)
+    assert all(sum(part["type"] == "image" for m in row["prompt"] for part in m["content"]) == 2 for row in ds)
+
+    curve = json.loads((out / "reward_curve.json").read_text())
+    rewards = [r["reward"] for r in curve]
+    assert len(rewards) == 16 and all("collapse/normal_share" in r for r in curve)
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    print(f"GRPO mean CheXpert-F1 reward: first 2 steps {first:.3f} -> last 4 steps {last:.3f} ({last - first:+.3f})")
+    assert last >= first + 0.10
