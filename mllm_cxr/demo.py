@@ -81,6 +81,7 @@ def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phan
     from data_prep.phantom import finding_scores
     from data_prep.schema import read_records
     from mllm_cxr.generate import read_predictions
+    from reward.prior import find_prior_references
 
     pred, out = runs / "pred" / f"{name}.jsonl", runs / "eval" / name
     pred.unlink(missing_ok=True)
@@ -92,21 +93,29 @@ def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phan
         gen += ["--sections", "impression", "--context", "none", "--max-images", "1",
                 "--min-pixels", "3136", "--max-pixels", "12544"]
     _cli(*gen)
+    # greedy decoding hides what sampling (and GRPO's rollouts) still produce: 4 samples per study
+    sampled = runs / "pred" / f"{name}_sampled.jsonl"
+    sampled.unlink(missing_ok=True)
+    _cli(*[str(sampled) if a == str(pred) else a for a in gen], "--do-sample", "--num-return-sequences", "4")
     _cli("eval", "--pred", str(pred), "--out", str(out), "--metrics", "chexpert,prior,bleu,rouge_l,length",
          "--n-boot", "200", "--no-plots")
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     rows = read_predictions(pred)
     truth = {r.study_id: r for r in read_records(phantom / "studies.jsonl", split="test")}
     ph = finding_scores([r["prediction"] for r in rows], [truth[r["study_id"]] for r in rows])
+    samples = [t for r in read_predictions(sampled) if not truth[r["study_id"]].has_prior for t in r["samples"]]
+    sampled_rate = sum(bool(find_prior_references(t)) for t in samples) / max(1, len(samples))
     pick = lambda k: metrics.get(k, {}).get("value", float("nan"))  # noqa: E731
     return {"finding_micro_f1": ph["micro_f1"], "per_finding": ph["f1"],
             "chexpert_micro_f1_5": pick("chexpert_micro_f1_5"), "chexpert_micro_f1_14": pick("chexpert_micro_f1_14"),
-            "prior_hallucination_rate": pick("prior_hallucination_rate"), "bleu_4": pick("bleu_4"),
+            "prior_hallucination_rate": pick("prior_hallucination_rate"), "prior_rate_sampled": sampled_rate,
+            "bleu_4": pick("bleu_4"),
             "rouge_l": pick("rouge_l"), "example": rows[0]["prediction"] if rows else ""}
 
 
 COLUMNS = [("finding_micro_f1", "phantom finding F1"), ("chexpert_micro_f1_5", "CheXpert F1-5 (micro)"),
-           ("chexpert_micro_f1_14", "CheXpert F1-14 (micro)"), ("prior_hallucination_rate", "prior refs w/o prior"),
+           ("chexpert_micro_f1_14", "CheXpert F1-14 (micro)"), ("prior_hallucination_rate", "prior refs w/o prior (greedy)"),
+           ("prior_rate_sampled", "prior refs w/o prior (sampled x4)"),
            ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L")]
 
 
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
                 "--model_name_or_path", str(model), "--adapter_path", str(adapter),
                 "--output_dir", str(runs / "tiny-grpo"))
         adapter = runs / "tiny-grpo"
-        results["+GRPO (CheXpert F1)"] = stage_metrics(runs, "grpo", model, adapter, phantom, args.limit)
+        results["+GRPO (clinical reward)"] = stage_metrics(runs, "grpo", model, adapter, phantom, args.limit)
         print_table(results)
     if "export" in stages and adapter is not None:
         # the tiny runs train the projector (modules_to_save), which vLLM cannot load as LoRA: merge
