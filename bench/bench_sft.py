@@ -35,33 +35,53 @@ class _StepTimer:
         return CB()
 
 
-def _args(out: Path):
+def _args(out: Path, **overrides):
     from trl import SFTConfig
 
-    return SFTConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=1e-3,
-                     logging_steps=1000, save_strategy="no", report_to="none", bf16=False, use_cpu=True, seed=0,
-                     dataloader_num_workers=0, disable_tqdm=True)
+    kw = dict(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=1e-3,
+              logging_steps=1000, save_strategy="no", report_to="none", bf16=False, use_cpu=True, seed=0,
+              dataloader_num_workers=0, disable_tqdm=True)
+    return SFTConfig(**{**kw, **overrides})
 
 
-def _ours(model_dir: Path, phantom: Path, out: Path) -> list[float]:
+#: Pixel budget of the CPU runs (one 112x112 image -> 16 visual tokens).
+CPU_PIXELS = (56 * 56, 112 * 112)
+
+
+def _tokens(trainer) -> float:
+    """Tokens TRL counted over the run (its ``num_tokens`` metric), 0 when not logged."""
+    logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    return float(logged[-1]) if logged else 0.0
+
+
+def _ours(model_dir: Path, phantom: Path, out: Path, *, model_kw: dict | None = None, args_kw: dict | None = None,
+          pixels: tuple[int, int] = CPU_PIXELS, stats: dict | None = None) -> list[float]:
+    """Step times of our pieces (``stats`` gets ``tokens``: TRL's token count of the run)."""
     from trl import SFTTrainer
 
     from mllm_cxr.data import load_split, sft_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
 
-    margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", lora_dropout=0.0,
-                           max_pixels=112 * 112, min_pixels=56 * 56)
+    margs = ModelArguments(model_name_or_path=str(model_dir), **{"dtype": "float32", "lora_dropout": 0.0,
+                                                                  "min_pixels": pixels[0], "max_pixels": pixels[1],
+                                                                  **(model_kw or {})})
     cfg = PromptConfig(max_images=1, context=[], sections=["impression"])
     ds = sft_dataset(load_split(phantom / "studies.jsonl", "train"), phantom, cfg)
     model, peft_cfg = load_model(margs)
     timer = _StepTimer()
-    SFTTrainer(model=model, args=_args(out), train_dataset=ds, processing_class=load_processor(margs),
-               peft_config=peft_cfg, callbacks=[timer.callback()]).train()
+    trainer = SFTTrainer(model=model, args=_args(out, **(args_kw or {})), train_dataset=ds,
+                         processing_class=load_processor(margs), peft_config=peft_cfg, callbacks=[timer.callback()])
+    trainer.train()
+    if stats is not None:
+        stats["tokens"] = _tokens(trainer)
     return timer.times[WARMUP:]
 
 
-def _bare(model_dir: Path, phantom: Path, out: Path) -> list[float]:
+def _bare(model_dir: Path, phantom: Path, out: Path, *, lora_r: int = 16, dtype: str = "float32",
+          load_in_4bit: bool = False, args_kw: dict | None = None, pixels: tuple[int, int] = CPU_PIXELS,
+          stats: dict | None = None) -> list[float]:
+    """Step times of a bare TRL script (what a user writes with TRL, PEFT and bitsandbytes alone)."""
     import json
 
     from datasets import Dataset
@@ -82,13 +102,24 @@ def _bare(model_dir: Path, phantom: Path, out: Path) -> list[float]:
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": r["impression"]}]}],
         })
     processor = AutoProcessor.from_pretrained(model_dir)
-    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype="float32")
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+    processor.image_processor.size = {"shortest_edge": pixels[0], "longest_edge": pixels[1]}
+    quant = {}
+    if load_in_4bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        quant["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["visual", "lm_head"])
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **quant)
+    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
                       target_modules=r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
     timer = _StepTimer()
-    SFTTrainer(model=model, args=_args(out), train_dataset=Dataset.from_list(rows), processing_class=processor,
-               peft_config=lora, callbacks=[timer.callback()]).train()
+    trainer = SFTTrainer(model=model, args=_args(out, **(args_kw or {})), train_dataset=Dataset.from_list(rows),
+                         processing_class=processor, peft_config=lora, callbacks=[timer.callback()])
+    trainer.train()
+    if stats is not None:
+        stats["tokens"] = _tokens(trainer)
     return timer.times[WARMUP:]
 
 
