@@ -20,38 +20,22 @@ repeated once per generation) runs every distinct text once.
 
 from __future__ import annotations
 
-import os
 import sys
-import tarfile
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = Path(os.environ.get("MLLM_CXR_SHARED", ROOT.parent / "shared")) / "data"
 
 
 def iu_reports(limit: int) -> list[str]:
     """FINDINGS + IMPRESSION texts of the IU X-ray archive (synthetic when the shared data is absent)."""
-    tgz = SHARED / "iu_xray" / "NLMCXR_reports.tgz"
-    out: list[str] = []
-    if tgz.exists():
-        with tarfile.open(tgz) as tar:
-            for m in tar:
-                if not m.name.endswith(".xml"):
-                    continue
-                root = ET.parse(tar.extractfile(m)).getroot()
-                parts = [(a.text or "").strip() for a in root.iter("AbstractText")
-                         if a.get("Label") in ("FINDINGS", "IMPRESSION")]
-                text = " ".join(p for p in parts if p)
-                if text:
-                    out.append(text)
-                if len(out) >= limit:
-                    return out
+    from _iu import iu_report_texts
+
+    out = iu_report_texts(limit)
     if not out:
         import random
 

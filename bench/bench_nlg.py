@@ -18,40 +18,16 @@ Baselines, measured in the same run on the same pairs:
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tarfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = Path(os.environ.get("MLLM_CXR_SHARED", ROOT.parent / "shared")) / "data"
 N_PAIRS = 1000
-
-
-def _iu_reports(limit: int) -> list[str]:
-    tgz = SHARED / "iu_xray" / "NLMCXR_reports.tgz"
-    if not tgz.exists():
-        return []
-    out = []
-    with tarfile.open(tgz) as tar:
-        for m in tar:
-            if not m.name.endswith(".xml"):
-                continue
-            root = ET.parse(tar.extractfile(m)).getroot()
-            parts = [(a.text or "").strip() for a in root.iter("AbstractText")
-                     if a.get("Label") in ("FINDINGS", "IMPRESSION")]
-            text = " ".join(p for p in parts if p)
-            if text:
-                out.append(text)
-            if len(out) >= limit:
-                break
-    return out
 
 
 def _synthetic(limit: int) -> list[str]:
@@ -97,12 +73,14 @@ def _best(fn, repeat: int = 3) -> float:
 
 
 def run() -> str:
+    from _iu import iu_report_texts
+
     from reward.base import get_scorer
     from reward.nlg import corpus_bleu
     from reward.radgraph import RadGraphF1Scorer, processed_annotations, radgraph_f1
     from reward.temporal import TEMPORAL_KEYWORDS, temporal_f1
 
-    texts = _iu_reports(N_PAIRS + 1)
+    texts = iu_report_texts(N_PAIRS + 1)
     source = "IU X-ray FINDINGS+IMPRESSION"
     if len(texts) < N_PAIRS + 1:
         texts, source = _synthetic(N_PAIRS + 1), "synthetic sentences (shared data absent)"
