@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,3 +56,21 @@ def phantom_train_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom800")
     make_phantom(out, n=800, seed=1)
     return out
+
+
+@contextlib.contextmanager
+def local_scorers(entries):
+    """Register ``(name, description, factory)`` test scorers for a block; unregister and uncache them after."""
+    from reward import base
+    from reward.base import register_scorer
+
+    for name, desc, factory in entries:
+        register_scorer(name, desc)(factory)
+    try:
+        yield
+    finally:
+        names = {n for n, _, _ in entries}
+        for n in names:
+            base._REGISTRY.pop(n, None)
+        for key in [k for k in base._CACHE if k[0] in names]:
+            del base._CACHE[key]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from reward.base import RewardError, Scorer, ScoreResult, available_scorers, get_scorer, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult, available_scorers, get_scorer
 from reward.trl import (
     CompositeReward,
     RewardFunction,
@@ -362,12 +362,7 @@ _LOCAL_SCORERS = [
 
 @pytest.fixture(autouse=True, scope="module")
 def _local_scorers():
-    from reward import base
+    from tests.conftest import local_scorers
 
-    for name, desc, factory in _LOCAL_SCORERS:
-        register_scorer(name, desc)(factory)
-    yield
-    for name, _, _ in _LOCAL_SCORERS:
-        base._REGISTRY.pop(name, None)
-    for key in [k for k in base._CACHE if k[0] in {n for n, _, _ in _LOCAL_SCORERS}]:
-        del base._CACHE[key]
+    with local_scorers(_LOCAL_SCORERS):
+        yield
