@@ -9,7 +9,7 @@ ACCEL ?= recipes/accelerate/cpu.yaml
 # CUDA-build pair that works with torchvision on CPU; elsewhere let pip resolve torch normally.
 TORCH_PIN := $(shell ls /opt/wheels/torch-2.14.1-* >/dev/null 2>&1 && echo "torch==2.14.1 torchvision==0.29.1")
 
-.PHONY: install test test-fast lint demo tiny phantom sft dpo grpo eval export serve bench clean
+.PHONY: install test test-fast lint demo tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,24 @@ sft: tiny phantom
 
 bench:
 	$(BIN)/python bench/run_all.py
+
+# The GPU benchmarks' code path on CPU with toy models (what tests/test_gpu_bench.py checks).
+bench-gpu-smoke:
+	GPU_BENCH_SMOKE=1 PYTHON=$(BIN)/python OUT=$(RUNS)/gpu-smoke bash bench/gpu_run.sh
+
+# Wheels for the lent GPU machine (Python 3.12, no network): .whl/core and .whl/bnb, pins in
+# bench/gpu-wheels.txt. Carry .whl and run `bash bench/gpu_run.sh` there (docs/benchmarks.md).
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64 any,--platform $(p))
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl/core .whl/bnb
+	grep -v '^#' bench/gpu-wheels.txt | grep -v -e rouge-score -e bitsandbytes | xargs \
+		$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl/core
+	$(PY) -m pip wheel -q --no-deps -w .whl/core $$(grep '^rouge-score' bench/gpu-wheels.txt) .
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl/bnb $$(grep '^bitsandbytes' bench/gpu-wheels.txt)
+	@du -sh .whl/core .whl/bnb .whl
 
 clean:
 	rm -rf $(RUNS)

@@ -46,8 +46,11 @@ def iu_reports(limit: int) -> list[str]:
     return out
 
 
-def build_random_chexbert(folder: Path, texts: list[str], vocab_size: int = 8000, seed: int = 0) -> Path:
-    """Write a BERT-base tokenizer/config and a random ``chexbert.pth`` (published layout) into ``folder``."""
+def build_random_chexbert(folder: Path, texts: list[str], vocab_size: int = 8000, seed: int = 0,
+                          **config_kw) -> Path:
+    """Write a BERT-base tokenizer/config and a random ``chexbert.pth`` (published layout) into ``folder``.
+
+    ``config_kw`` overrides BERT-base dimensions (the GPU benchmark's CPU smoke mode uses a toy size)."""
     import torch
     from tokenizers.implementations import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -57,7 +60,7 @@ def build_random_chexbert(folder: Path, texts: list[str], vocab_size: int = 8000
     wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1)
     wp.save_model(str(folder))
     BertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
-    config = BertConfig(vocab_size=wp.get_vocab_size())  # BERT-base dimensions
+    config = BertConfig(vocab_size=wp.get_vocab_size(), **config_kw)  # BERT-base dimensions unless overridden
     config.save_pretrained(str(folder))
     torch.manual_seed(seed)
     bert = BertModel(config)

@@ -67,7 +67,10 @@ def run_grpo(kind: str, spec: str, model_dir: Path, data, out: Path, *, model_kw
     res = {"step": step, "generate": gen, "edit": edit, "reward": reward,
            "other_scoring": score - gen - edit - reward, "optimisation": step - score, "wall": wall,
            "injected": mean("edit/injected"), "reward_mean": mean("reward"),
-           "completions": float(prompts * generations)}
+           "completions": float(prompts * generations),
+           # TRL's cumulative token count (prompt + completion, padding excluded) over the run, per step
+           "tokens_per_step": max((h.get("num_tokens", 0.0) for h in trainer.state.log_history), default=0.0) / steps,
+           "completion_tokens": mean("completions/mean_length") * prompts * generations}
     del trainer, model
     return res
 

@@ -55,7 +55,7 @@ def _tokens(trainer) -> float:
 
 
 def _ours(model_dir: Path, phantom: Path, out: Path, *, model_kw: dict | None = None, args_kw: dict | None = None,
-          pixels: tuple[int, int] = CPU_PIXELS, stats: dict | None = None) -> list[float]:
+          pixels: tuple[int, int] = CPU_PIXELS, stats: dict | None = None, callbacks: list | None = None) -> list[float]:
     """Step times of our pieces (``stats`` gets ``tokens``: TRL's token count of the run)."""
     from trl import SFTTrainer
 
@@ -71,7 +71,8 @@ def _ours(model_dir: Path, phantom: Path, out: Path, *, model_kw: dict | None = 
     model, peft_cfg = load_model(margs)
     timer = _StepTimer()
     trainer = SFTTrainer(model=model, args=_args(out, **(args_kw or {})), train_dataset=ds,
-                         processing_class=load_processor(margs), peft_config=peft_cfg, callbacks=[timer.callback()])
+                         processing_class=load_processor(margs), peft_config=peft_cfg,
+                           callbacks=[timer.callback(), *(callbacks or [])])
     trainer.train()
     if stats is not None:
         stats["tokens"] = _tokens(trainer)

@@ -1,4 +1,7 @@
-"""Throughput of the CheXbert labeler on a GPU (run on a lent GPU: ``python bench/run_all.py --gpu``).
+"""Throughput of the CheXbert labeler on a GPU.
+
+    python bench/gpu_chexbert.py            # a CUDA GPU (bench/gpu_run.sh)
+    python bench/gpu_chexbert.py --smoke    # the same code path on CPU with a toy BERT, in seconds
 
 Same setup as ``bench_chexbert.py`` (random BERT-base checkpoint in the published layout, IU X-ray
 reports, WordPiece vocabulary trained on them), more reports. Baseline, in the same run: batches in
@@ -6,67 +9,66 @@ input order padded to their longest report, float32 (RadEval's ``get_labels``). 
 length-sorted batching in float32, bfloat16 and float16, at two batch sizes, and the share of
 reports whose 14 labels in half precision equal the float32 labels (random weights: a rough check
 of numerical stability, not of clinical accuracy).
-
-    python bench/gpu_chexbert.py
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for p in (HERE, HERE.parent):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+import gpu_common as G
+from bench_chexbert import build_random_chexbert, iu_reports, naive_batches, timed
 
-from bench_chexbert import build_random_chexbert, iu_reports, naive_batches, timed  # noqa: E402
+N_REPORTS, BATCHES = 2048, (64, 256)
+SMOKE = dict(n=32, batches=(8, 16), bert=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=128))
 
 
-def run(n_reports: int = 2048, device: str = "cuda", batch_sizes: tuple[int, ...] = (64, 256)) -> str:
+def run(smoke: bool = False, results: dict | None = None) -> str:
     import torch
 
     from reward.chexbert import ChexbertLabeler
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("gpu_chexbert needs a CUDA GPU (run it on a GPU machine)")
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    m = G.mode(smoke)
+    G.require_device(m, "gpu_chexbert")
+    results = {} if results is None else results
+    n_reports, batch_sizes = (SMOKE["n"], SMOKE["batches"]) if smoke else (N_REPORTS, BATCHES)
+    sync = torch.cuda.synchronize if m.device == "cuda" else None
     texts = iu_reports(4000)
     sample = (texts * (n_reports // max(len(texts), 1) + 1))[:n_reports]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_random_chexbert(Path(tmp), texts)
-        ref = ChexbertLabeler(ckpt, tokenizer=tmp, device=device, batch_size=batch_sizes[0], cache_size=0)
+        ckpt = build_random_chexbert(Path(tmp), texts, **(SMOKE["bert"] if smoke else {}))
+        ref = ChexbertLabeler(ckpt, tokenizer=tmp, device=m.device, batch_size=batch_sizes[0], cache_size=0)
         ref.predict_classes(sample[:64])  # warm-up (CUDA context, kernels)
         base_t = timed(naive_batches, ref, sample, batch_sizes[0], sync=sync, repeat=2)
-        rows.append((f"input-order padded batches, float32, batch {batch_sizes[0]} (baseline)", base_t, None))
+        rows.append(dict(method=f"input-order padded batches, float32, batch {batch_sizes[0]} (baseline)",
+                         seconds=base_t, agree=None))
         f32 = ref.predict_classes(sample)
         for dtype in (None, "bfloat16", "float16"):
             for bs in batch_sizes:
-                lab = ChexbertLabeler(ckpt, tokenizer=tmp, device=device, batch_size=bs, dtype=dtype, cache_size=0)
+                lab = ChexbertLabeler(ckpt, tokenizer=tmp, device=m.device, batch_size=bs, dtype=dtype, cache_size=0)
                 lab.predict_classes(sample[:64])
                 t = timed(lab.predict_classes, sample, sync=sync, repeat=2)
                 agree = sum(a == b for a, b in zip(lab.predict_classes(sample), f32)) / len(sample)
-                rows.append((f"`ChexbertLabeler`, {dtype or 'float32'}, batch {bs}", t, agree))
+                rows.append(dict(method=f"`ChexbertLabeler`, {dtype or 'float32'}, batch {bs}", seconds=t,
+                                 agree=agree))
                 del lab
-                if sync:
-                    torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
-    lines = [
-        f"## CheXbert labeler (GPU: {name})",
-        "",
-        f"Random BERT-base CheXbert checkpoint, {n_reports} IU X-ray reports (FINDINGS + IMPRESSION), "
-        f"torch {torch.__version__}; best of 2 runs.",
-        "",
-        "| method | reports/s | vs baseline | labels equal to float32 |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, t, agree in rows:
-        lines.append(f"| {label} | {n_reports / t:.0f} | {base_t / t:.2f}x | "
-                     f"{'-' if agree is None else f'{100 * agree:.1f} %'} |")
+                G.free()
+    name = G.device_name(m)
+    for r in rows:
+        r["reports_s"] = n_reports / r["seconds"]
+    results.update(rows=rows, device=name, reports=n_reports, real_iu_reports=len(texts) > 100)
+    lines = [f"## CheXbert labeler ({name})", "",
+             f"Random {'toy' if smoke else 'BERT-base'} CheXbert checkpoint, {n_reports} "
+             f"{'IU X-ray reports (FINDINGS + IMPRESSION)' if len(texts) > 100 else 'synthetic reports'}, "
+             f"torch {torch.__version__}; best of 2 runs.", "",
+             "| method | reports/s | vs baseline | labels equal to float32 |", "|---|---:|---:|---:|"]
+    for r in rows:
+        agree = "-" if r["agree"] is None else f"{100 * r['agree']:.1f} %"
+        lines.append(f"| {r['method']} | {r['reports_s']:.0f} | {base_t / r['seconds']:.2f}x | {agree} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(run())
+    G.cli(run)

@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", action="append", default=[], help="run only these bench names (e.g. prepare)")
     ap.add_argument("--gpu", action="store_true", help="run the gpu_*.py benchmarks instead")
+    ap.add_argument("--smoke", action="store_true", help="with --gpu: their CPU smoke mode (toy model, seconds)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
         print(f"== {path.name}", flush=True)
         t0 = time.perf_counter()
         try:
-            body = _load(path).run()
+            body = _load(path).run(smoke=True) if args.smoke else _load(path).run()
         except Exception:
             traceback.print_exc()
             failed += 1
