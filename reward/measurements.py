@@ -273,7 +273,7 @@ _VENOUS_RX = re.compile(r"\b(?:svc|superior\s+vena|cavo[\s-]*atrial|caval?[\s-]+
 _GENERIC_POS = re.compile(r"\b(?:standard|satisfactory|appropriate|good|expected|acceptable|adequate|"
                           r"unremarkable|optimal|usual|correct)\s+(?:position|placement|location)|"
                           r"\bin\s+(?:place|position)\b|\bappropriately\s+(?:positioned|placed|sited)\b", _I)
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*\n|\n(?=\s*(?:\d{1,2}[.)]|[-*\u2022])\s)")
+_SENT_SPLIT = re.compile(r"(?<=[.!?])(?<!\b[A-Za-z]\.)(?<!\bvs\.)(?<!\bapprox\.)\s+(?=\S)|\n\s*\n|\n(?=\s*(?:\d{1,2}[.)]|[-*\u2022])\s)")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
 
 
@@ -428,10 +428,12 @@ def _device_mentions(sent: str, off: int) -> list[tuple[str, str | None, int, in
         if dev == "cvc" and route is None and re.match(r"(?:chest|venous|infusion)\s+port", word) \
                 and re.search(r"\bport(?:able)?\s+(?:ap|view|film|chest)", sent[a:b + 12], _I):
             continue
-        if route == "unspecified":
-            if not _VENOUS_RX.search(sent):
+        if route == "unspecified":  # a bare "catheter": a central line only next to a venous landmark
+            if not _VENOUS_RX.search(sent) or any(d in ("cvc", "swan_ganz") for d, _, _, _ in out):
                 continue
             route = None
+        if dev == "pacemaker" and re.fullmatch(r"leads?", word) and any(d == "pacemaker" for d, _, _, _ in out):
+            continue  # "pacemaker with leads in the right atrium": one device
         out.append((dev, route, off + a, off + b))
     # "Swan-Ganz catheter" inside a longer central-line phrase, duplicates of one device phrase: keep distinct spans
     return out
@@ -556,7 +558,7 @@ def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) ->
         rel = _RELATION_RX.match(sent[mb:])
         if rel is None:
             continue
-        lm = next((x for x in lms if x[1] >= mb + rel.end() - 1 and x[1] - (mb + rel.end()) <= 24), None)
+        lm = next((x for x in lms if x[1] >= mb + rel.end() - 1 and x[1] - (mb + rel.end()) <= 32), None)
         if lm is None:
             continue
         if _CHANGE_RX.search(sent[max(0, ma - 60):ma]) and not re.search(r"\btip\b", sent[max(0, ma - 25):ma], _I):
