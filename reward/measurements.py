@@ -209,11 +209,11 @@ _LESIONS: list[tuple[str, str]] = [
 # ----------------------------------------------------------------------------------------------------
 # Compiled patterns
 # ----------------------------------------------------------------------------------------------------
-_I = re.IGNORECASE
-_DEVICE_RX = re.compile("|".join(f"(?P<d{i}>{rx})" for i, (_, _, rx) in enumerate(_DEVICE_SOURCES)), _I)
+# The big patterns run on lower-cased text (faster than IGNORECASE).
+_DEVICE_RX = re.compile("|".join(f"(?P<d{i}>{rx})" for i, (_, _, rx) in enumerate(_DEVICE_SOURCES)))
 _DEVICE_OF = [(dev, route) for dev, route, _ in _DEVICE_SOURCES]
-_LANDMARK_RX = re.compile("|".join(f"(?P<l{i}>\\b(?:{rx}))" for i, (_, rx) in enumerate(_LANDMARK_SOURCES)), _I)
-_LESION_RX = re.compile("|".join(f"(?P<s{i}>\\b(?:{rx}))" for i, (_, rx) in enumerate(_LESIONS)), _I)
+_LANDMARK_RX = re.compile("|".join(f"(?P<l{i}>\\b(?:{rx}))" for i, (_, rx) in enumerate(_LANDMARK_SOURCES)))
+_LESION_RX = re.compile("|".join(f"(?P<s{i}>\\b(?:{rx}))" for i, (_, rx) in enumerate(_LESIONS)))
 
 _WORD_NUM = {"one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "five": 5.0, "six": 6.0, "seven": 7.0,
              "eight": 8.0, "nine": 9.0, "ten": 10.0, "half": 0.5}
@@ -223,56 +223,76 @@ _UNIT = r"(?:cm|mm|centimet(?:er|re)s?|millimet(?:er|re)s?)\b"
 _MEASURE_RX = re.compile(
     rf"(?<![\w.])(?P<a>{_NUM})(?:\s*(?:-|–|to)\s*(?P<a2>{_NUM}))?\s*(?P<ua>{_UNIT})?"
     rf"(?P<more>(?:\s*(?:x|×|by)\s*{_NUM}\s*(?:{_UNIT})?)*)",
-    _I)
-_DIM_RX = re.compile(rf"({_NUM})\s*({_UNIT})?", _I)
-_APPROX_RX = re.compile(r"\b(?:approximately|approx\.?|about|roughly|nearly|almost|around|~|circa|up\s+to)\s*$", _I)
+    )
+_DIM_RX = re.compile(rf"({_NUM})\s*({_UNIT})?")
+_APPROX_RX = re.compile(r"\b(?:approximately|approx\.?|about|roughly|nearly|almost|around|~|circa|up\s+to)\s*$")
 #: What follows a tip distance: a relation to a landmark.
 _RELATION_RX = re.compile(
     r"^\s*(?:(?:superior|inferior|cephalad|caudal|proximal|distal)\s+to|above|below|from|beyond|past|"
-    r"short\s+of|before|within|into)\b", _I)
-_AT_LEVEL_RX = re.compile(r"\b(?:at|to|near)\s+(?:the\s+)?(?:level\s+of\s+(?:the\s+)?)?(?=carina\b)", _I)
+    r"short\s+of|before|within|into)\b")
+_AT_LEVEL_RX = re.compile(r"\b(?:at|to|near)\s+(?:the\s+)?(?:level\s+of\s+(?:the\s+)?)?(?=carina\b)")
 #: A distance that is a change, not a position ("retraction of approximately 6 cm", "advanced by 2 cm").
 _CHANGE_RX = re.compile(r"\b(?:retract\w*|advanc\w*|withdra\w*|pulled\s+back|pull\s+back|reposition\w*|"
-                        r"mov\w*|migrat\w*|displac\w*|increas\w*|decreas\w*|recommend\w*|by)\b[^.;]{0,40}$", _I)
+                        r"mov\w*|migrat\w*|displac\w*|increas\w*|decreas\w*|recommend\w*|by)\b[^.;]{0,40}$")
 
-#: A cheap first scan: any device word, landmark-bearing device phrase, or a number with a unit.
-_QUICK_RX = re.compile(
-    r"tube|cathet|line|picc|\bpic\b|pace|icd|lead|defib|\bett\b|\bng\b|\bog\b|ngt|ogt|\bij\b|cvc|cvl|port|"
-    r"swan|impella|balloon|iabp|trach|intubat|extubat|drain|dobb?h?off|pleurx|pig\s*tail|generator|wire|sump|"
-    rf"\d\s*(?:cm|mm|centimet|millimet)|\b(?:one|two|three|four|five|six|seven|eight|nine|ten)\s+{_UNIT}", _I)
+#: A cheap first scan: a report (or sentence) without any of these words, and without a unit, holds no fact.
+_TOKEN_RX = re.compile(r"[a-z]+")
+_TRIGGERS = frozenset("""
+tube tubes catheter catheters cath picc pic pacemaker pacemakers pacer pacing icd aicd defibrillator lead leads ett
+ng ngt og ogt nj dht ij cvc cvl port mediport powerport swan impella balloon iabp trach tracheostomy tracheotomy
+tracheal endotracheal intubated extubated extubation drain drains dobhoff dobbhoff pleurx pigtail generator wire
+wires sump sheath central subclavian femoral jugular
+""".split())
+_UNITS = frozenset({"cm", "mm"})
+
+
+def _may_hold_facts(low: str) -> tuple[bool, bool]:
+    """(may name a device, may hold a number with a unit)."""
+    toks = set(_TOKEN_RX.findall(low))
+    return (not toks.isdisjoint(_TRIGGERS),
+            not toks.isdisjoint(_UNITS) or "centimet" in low or "millimet" in low)
+
+
+def _lower(text: str) -> str:
+    """``text.lower()`` with the same length (character offsets stay valid)."""
+    low = text.lower()
+    if len(low) != len(text):
+        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    return low
+
 
 # Context around a mention
 _NEG_PRE = re.compile(r"\b(?:no|without|absence\s+of|negative\s+for|free\s+of|removal\s+of|discontinu\w+|"
-                      r"removed|extubation\s+and)\b", _I)
-_NEG_KIND = re.compile(r"removal|removed|discontinu|extubation", _I)
+                      r"removed|extubation\s+and)\b")
+_NEG_KIND = re.compile(r"removal|removed|discontinu|extubation")
 _NEG_POST = re.compile(
     r"\b(?:(?:is|are|was|were|has|have)\s+(?:also\s+)?(?:been\s+)?(?:(?:interval(?:ly)?|since|subsequently|"
     r"now)\s+)?(?:removed|withdrawn|discontinued|pulled)|(?:is|are|was|were)\s+(?:no\s+longer|not)\s+(?:seen|"
     r"visible|visualized|identified|present|noted|appreciated|demonstrated|evident)|(?:no\s+longer|not)\s+"
-    r"(?:seen|visualized|identified|present|appreciated)|removal|(?:is|are)\s+absent)\b", _I)
-_NEG_POST_REMOVAL = re.compile(r"remov|withdraw|discontinu|pulled", _I)
+    r"(?:seen|visualized|identified|present|appreciated)|removal|(?:is|are)\s+absent)\b")
+_NEG_POST_REMOVAL = re.compile(r"remov|withdraw|discontinu|pulled")
 #: Where a negation's scope before a mention ends: punctuation that closes a clause, a contrast word, a
 #: new clause after a comma, or a verb (the negated noun phrase is over).
 _SCOPE_END = re.compile(r"[;:]|\b(?:but|however|although|though|whereas|except|which|while)\b|"
                         r",\s*(?:the|a|an|there|this|it|and\s+(?:the|a|an|there))\b|"
                         r"\b(?:is|are|was|were|has|have|terminates?|projects?|courses?|ends?|extends?|seen|noted|"
-                        r"identified|in\s+place|with|status\s+post|s/p|after|following|since|placement|placed|insertion)\b", _I)
+                        r"identified|in\s+place|with|status\s+post|s/p|after|following|since|placement|placed|insertion)\b")
 _HEDGE_RX = re.compile(r"\b(?:possibl[ey]|questionabl[ey]|question\s+of|likely|probabl[ey]|may|might|could|"
                        r"suspect\w*|presum\w*|suggest\w*|cannot\s+(?:be\s+)?exclude\w*|uncertain|indeterminate|"
-                       r"vs\.?|versus|either|or\s+(?:in|within|at)\b|\?)", _I)
-_HEDGE_ALT = re.compile(r"^\s*(?:or|versus|vs\.?|and/or)\s+(?:the\s+)?(?:\w+\s+){0,3}?", _I)
+                       r"vs\.?|versus|either|or\s+(?:in|within|at)\b|\?)")
+_HEDGE_ALT = re.compile(r"^\s*(?:or|versus|vs\.?|and/or)\s+(?:the\s+)?(?:\w+\s+){0,3}?")
 _COMPARE_RX = re.compile(r"\b(?:unchanged|un-changed|stable|stably|again|redemonstrat\w*|re-demonstrat\w*|"
                          r"remains?|remained|persist\w*|similar|no\s+(?:significant\s+)?change|as\s+before|"
-                         r"previously|still|continue[sd]?)\b", _I)
+                         r"previously|still|continue[sd]?)\b")
 #: Words that make "leads" something other than a cardiac device.
 _NOT_LEAD = re.compile(r"\b(?:monitor(?:ing)?|ecg|ekg|external|telemetry|electrocardiogra\w*|overlying|"
-                       r"overlie|skin)\s+(?:\w+\s+){0,2}$", _I)
-_LEAD_OK = re.compile(r"pac|icd|defib|cardiac|generator|atri|ventric|coronary", _I)
+                       r"overlie|skin)\s+(?:\w+\s+){0,2}$")
+_LEAD_OK = re.compile(r"pac|icd|defib|cardiac|generator|atri|ventric|coronary")
 _VENOUS_RX = re.compile(r"\b(?:svc|superior\s+vena|cavo[\s-]*atrial|caval?[\s-]+atrial|right\s+atri(?:um|al)|"
-                        r"brachiocephalic|innominate|azygos)", _I)
+                        r"brachiocephalic|innominate|azygos)")
 _GENERIC_POS = re.compile(r"\b(?:standard|satisfactory|appropriate|good|expected|acceptable|adequate|"
                           r"unremarkable|optimal|usual|correct)\s+(?:position|placement|location)|"
-                          r"\bin\s+(?:place|position)\b|\bappropriately\s+(?:positioned|placed|sited)\b", _I)
+                          r"\bin\s+(?:place|position)\b|\bappropriately\s+(?:positioned|placed|sited)\b")
 _SENT_SPLIT = re.compile(r"(?<=[.!?])(?<!\b[A-Za-z]\.)(?<!\bvs\.)(?<!\bapprox\.)\s+(?=\S)|\n\s*\n|\n(?=\s*(?:\d{1,2}[.)]|[-*\u2022])\s)")
 _LIST_MARK = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
 
@@ -421,12 +441,12 @@ def _device_mentions(sent: str, off: int) -> list[tuple[str, str | None, int, in
         word = m.group(0).lower()
         if dev == "pacemaker" and re.fullmatch(r"leads?", word):
             before = sent[max(0, a - 40):a]
-            if _NOT_LEAD.search(before) or not (_LEAD_OK.search(sent) or re.search(r"\b(?:intact|pacing)\b", sent, _I)):
+            if _NOT_LEAD.search(before) or not (_LEAD_OK.search(sent) or re.search(r"\b(?:intact|pacing)\b", sent)):
                 continue
-            if re.search(r"\b(?:monitor|ecg|ekg|telemetry)\b", sent, _I):
+            if re.search(r"\b(?:monitor|ecg|ekg|telemetry)\b", sent):
                 continue
         if dev == "cvc" and route is None and re.match(r"(?:chest|venous|infusion)\s+port", word) \
-                and re.search(r"\bport(?:able)?\s+(?:ap|view|film|chest)", sent[a:b + 12], _I):
+                and re.search(r"\bport(?:able)?\s+(?:ap|view|film|chest)", sent[a:b + 12]):
             continue
         if route == "unspecified":  # a bare "catheter": a central line only next to a venous landmark
             if not _VENOUS_RX.search(sent) or any(d in ("cvc", "swan_ganz") for d, _, _, _ in out):
@@ -523,32 +543,36 @@ def extract(text: Any) -> Extraction:
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     ex = Extraction()
-    if not text or _QUICK_RX.search(text) is None:
+    if not text:
+        return ex
+    low = _lower(text)
+    if not any(_may_hold_facts(low)):
         return ex
     for s0, s1 in split_sentences(text):
-        sent = text[s0:s1]
-        if _QUICK_RX.search(sent) is None:
-            continue
-        _extract_sentence(text, sent, s0, s1, ex)
+        sent = low[s0:s1]
+        devices, units = _may_hold_facts(sent)
+        if devices or units:
+            _extract_sentence(text, low, sent, s0, s1, ex, devices)
     return ex
 
 
-def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) -> None:
-    mentions = _device_mentions(sent, s0)
+def _extract_sentence(text: str, low: str, sent: str, s0: int, s1: int, ex: Extraction, devices: bool = True) -> None:
+    """Facts of one sentence: ``sent`` is ``low[s0:s1]`` (lower-cased); spans index ``text``."""
+    mentions = _device_mentions(sent, s0) if devices else []
     devs: list[DeviceFact] = []
     prev_end = 0
     for dev, route, a, b in mentions:
         word = text[a:b]
         status = _status(sent, a - s0, b - s0, prev_end, word)
         nxt = next((m[2] for m in mentions if m[2] >= b), s1)
-        tail = text[b:nxt]
+        tail = low[b:nxt]
         # "leads ... unchanged": a comparison word between this mention and the next device
-        comparison = bool(_COMPARE_RX.search(text[max(s0, a - 30):a]) or _COMPARE_RX.search(tail))
+        comparison = bool(_COMPARE_RX.search(low[max(s0, a - 30):a]) or _COMPARE_RX.search(tail))
         devs.append(DeviceFact(dev, route, status, a, b, word, (s0, s1), comparison=comparison,
                                generic_position=bool(_GENERIC_POS.search(tail))))
         prev_end = b - s0
     device_ranges = [(d.start - s0, d.end - s0) for d in devs]
-    lms = [lm for lm in _landmarks(sent) if not any(a <= lm[1] < b for a, b in device_ranges)]
+    lms = [lm for lm in _landmarks(sent) if not any(a <= lm[1] < b for a, b in device_ranges)] if devs else []
     measures = _measures(sent)
     used: set[int] = set()
     # tip distances: a number with a unit, a relation, then a landmark
@@ -561,7 +585,7 @@ def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) ->
         lm = next((x for x in lms if x[1] >= mb + rel.end() - 1 and x[1] - (mb + rel.end()) <= 32), None)
         if lm is None:
             continue
-        if _CHANGE_RX.search(sent[max(0, ma - 60):ma]) and not re.search(r"\btip\b", sent[max(0, ma - 25):ma], _I):
+        if _CHANGE_RX.search(sent[max(0, ma - 60):ma]) and not re.search(r"\btip\b", sent[max(0, ma - 25):ma]):
             continue
         d = _attach(devs, ma, lm[0], s0)
         if d is None or d.distance is not None:
@@ -592,7 +616,7 @@ def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) ->
             continue
         between = sent[max(d.end - s0, 0) if d.end - s0 <= a else 0:a]
         if name in ("lung_apex", "lung_base") and not re.search(r"\b(?:tip|terminat|project|courses|in|at|toward)",
-                                                                between, _I):
+                                                                between):
             continue
         d.landmark, d.landmark_span = name, (s0 + a, s0 + b)
         hz = _HEDGE_RX.search(between[-45:]) if between else None
@@ -604,7 +628,7 @@ def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) ->
             continue
         if devs and _RELATION_RX.match(sent[mb:]):
             continue  # a distance whose landmark we did not read
-        if _CHANGE_RX.search(sent[max(0, ma - 40):ma]) and re.search(r"retract|advanc|withdra|pull", sent[max(0, ma - 60):ma], _I):
+        if _CHANGE_RX.search(sent[max(0, ma - 40):ma]) and re.search(r"retract|advanc|withdra|pull", sent[max(0, ma - 60):ma]):
             continue
         lesion, lspan = None, None
         after = _LESION_RX.search(sent, mb, min(len(sent), mb + 60))
@@ -615,14 +639,14 @@ def _extract_sentence(text: str, sent: str, s0: int, s1: int, ex: Extraction) ->
         if pick is not None:
             lesion = _LESIONS[int(pick.lastgroup[1:])][0]
             lspan = (s0 + pick.start(), s0 + pick.end())
-        elif re.match(r"\s*(?:in\s+)?(?:diameter|in\s+size|long|wide|thick)", sent[mb:], _I) is None and \
-                not re.search(r"\b(?:measur\w*|size)\b", sent[max(0, ma - 30):ma], _I):
+        elif re.match(r"\s*(?:in\s+)?(?:diameter|in\s+size|long|wide|thick)", sent[mb:]) is None and \
+                not re.search(r"\b(?:measur\w*|size)\b", sent[max(0, ma - 30):ma]):
             continue
         ap = _APPROX_RX.search(sent[:ma])
         start = ap.start() if ap else ma
         st = "present"
         pre = sent[max(0, start - 40):start]
-        neg = re.search(r"\b(?:no|without)\b(?![^,;]*\b(?:and|with)\b)", pre, _I)
+        neg = re.search(r"\b(?:no|without)\b(?![^,;]*\b(?:and|with)\b)", pre)
         if neg is not None and not _SCOPE_END.search(pre[neg.end():]):
             st = "absent"
         elif _HEDGE_RX.search(sent[max(0, start - 30):start]):
