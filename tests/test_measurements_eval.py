@@ -49,13 +49,14 @@ def test_measurement_group_values_and_cis(tmp_path):
 
 
 def test_eval_command_reports_hallucination_metrics(tmp_path, capsys):
-    """The README's command: mllm-cxr eval --pred ... --out ... --metrics prior,measurement --compare ..."""
+    """The README's command (section "Hallucination metrics"), paths replaced:
+    mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --metrics prior,measurement --compare runs/pred/sft.jsonl
+    """
     from mllm_cxr.cli import main
 
     pred, ref = _write(tmp_path / "grpo.jsonl", PREDS, REFS), _write(tmp_path / "sft.jsonl", REFS, REFS)
     out = tmp_path / "eval"
-    rc = main(["eval", "--pred", str(pred), "--out", str(out), "--metrics", "prior,measurement", "--compare", str(ref),
-               "--n-boot", "100", "--quiet"])
+    rc = main(["eval", "--pred", str(pred), "--out", str(out), "--metrics", "prior,measurement", "--compare", str(ref)])
     assert rc == 0
     line = capsys.readouterr().out
     assert "Reports with a device/measurement hallucination 0.750" in line and "Prior-hallucination rate" in line
