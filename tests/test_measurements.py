@@ -198,6 +198,73 @@ def test_device_position_extraction_f1_on_report_sentences():
     assert f1 >= 0.95, wrong
 
 
+#: 40 IU X-ray sentences drawn at random (seed 7) from those with a device word that are not in CASES, labelled
+#: before the extractor was run on them (blind): P 1.000, R 0.964, F1 0.982 at that point. The one miss is
+#: de-identified ("catheter tip terminating in the superior XXXX XXXX": no landmark word is left).
+HELDOUT_CASES: list[tuple[str, str]] = [
+    ("All lines and tubes in stable , XXXX position.", ""),
+    ("The distal tip of a right IJ dual-lumen central venous catheter is at the XXXX which junction.", "cvc"),
+    ("Femur The femoral images do not XXXX the area of the hip fracture.", ""),
+    ("Pacemaker leads are within the right atrium and ventricle.", "pacemaker>right_atrium"),
+    ("There is interval placement of a XXXX on the left chest with the catheter tip in the cavoatrial junction.",
+     "cvc>cavoatrial_junction"),
+    ("Defibrillator XXXX is in stable position.", "pacemaker"),
+    ("Distal catheter tip may be within the azygos vein.", "cvc>azygos?"),
+    ("Mild stable cardiomegaly and central vascular congestion.", ""),
+    ("Stable chest with stable position right chest pacemaker and leads overlie the right atrium and right ventricle.",
+     "pacemaker>right_atrium"),
+    ("Stable position of the left-sided hemodialysis catheter otherwise no acute cardiopulmonary disease.", "cvc"),
+    ("Cardiomegaly with central pulmonary vascular congestion.", ""),
+    ("AP view of the femur shows no femoral XXXX destructive process or other significant abnormality.", ""),
+    ("Pacemaker is noted.", "pacemaker"),
+    ("Left-sided pacemaker again noted with 1-XXXX in right atrium, another right ventricle and third in the left "
+     "ventricle.", "pacemaker>right_atrium"),
+    ("Tracheostomy tube.", "tracheostomy"),
+    ("Left-sided PICC line has been placed in the interval with tip XXXX in the innominate vein.",
+     "cvc>brachiocephalic_vein"),
+    ("Left anterior chest wall pacemaker/defibrillator.", "pacemaker"),
+    ("Stable position of 2 pacemaker electrodes, with a XXXX tip in the expected region of the right atrium and "
+     "another XXXX tip in the expected region of the right ventricle.", "pacemaker>right_atrium"),
+    ("XXXX XXXX right-sided chest tube tip projects outside the thoracic cavity.", "chest_tube"),
+    ("Left-sided dual-XXXX pacemaker as expected.", "pacemaker"),
+    ("A right central line has its tip at the superior XXXX XXXX.", "cvc"),
+    ("Central airways are XXXX.", ""),
+    ("There is mild central pulmonary vascular congestion without XXXX pulmonary edema.", ""),
+    ("Endotracheal tube at the level of the carina, recommend retraction.", "ett>carina@0"),
+    ("Stable left chest cardiac XXXX generator with 2 distal leads in right atrium and right ventricle.",
+     "pacemaker>right_atrium"),
+    ("Please Stable left chest, XXXX-XXXX, cardiac pacemaker seen, sternotomy XXXX.", "pacemaker"),
+    ("Distal tip of the dual-lumen right internal jugular central venous catheter projects over the right atrium.",
+     "cvc>right_atrium"),
+    ("Central vascular markings are symmetric and within normal limits.", ""),
+    ("Cardiomegaly with central vascular congestion and increased interstitial opacities suggesting mild "
+     "interstitial pulmonary edema.", ""),
+    ("Compared to XXXX, there is a stable appearing defibrillator and cardiomegaly.", "pacemaker"),
+    ("Stable left chest dual XXXX ICD/pacemaker.", "pacemaker"),
+    ("There is a cardiac pacemaker.", "pacemaker"),
+    ("Central pulmonary vasculature is not engorged.", ""),
+    ("Cardiac pacemaker is present the leads are unchanged.", "pacemaker"),
+    ("There is a XXXX in the left chest with catheter tip terminating in the superior XXXX XXXX.", "cvc"),
+    ("Mild central vascular prominence, XXXX congestion.", ""),
+    ("The patient has a tracheostomy.", "tracheostomy"),
+    ("Gastrostomy tube is noted.", ""),
+    ("A single XXXX cardiac defibrillator XXXX projects over the right ventricle, in stable position.",
+     "pacemaker>right_ventricle"),
+    ("Right subclavian catheter, distal tip posterior to the head of the clavicle, the level of the subclavian vein.",
+     "cvc>subclavian_vein"),
+]
+
+
+def test_blind_heldout_iu_sentences():
+    tp = fp = fn = 0
+    for text, spec in HELDOUT_CASES:
+        gold, pred = _parse_gold(spec), _predicted(text)
+        tp, fp, fn = tp + len(gold & pred), fp + len(pred - gold), fn + len(gold - pred)
+    p, r = tp / (tp + fp), tp / (tp + fn)
+    print(f"blind held-out IU sentences ({len(HELDOUT_CASES)}): P {p:.3f} R {r:.3f} F1 {2 * p * r / (p + r):.3f}")
+    assert len(HELDOUT_CASES) == 40 and 2 * p * r / (p + r) >= 0.95
+
+
 @pytest.mark.parametrize("text,want", SIZE_CASES)
 def test_lesion_sizes_in_cm_with_dimensions(text, want):
     got = [(s.lesion, tuple(round(d, 3) for d in s.dims_cm)) for s in extract(text).sizes]
