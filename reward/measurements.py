@@ -35,8 +35,8 @@ What is extracted
 * **Language around them**: negation ("no endotracheal tube", "... is not seen"), removal ("interval
   removal of the NG tube", "has been removed", "extubated"), hedging ("may be within the SVC",
   "possible chest tube") and comparison with a prior ("unchanged in position", "stable", "again
-  noted", "remains") are recognised. A negated or removed device is ``absent``; a hedged device or
-  landmark is ``uncertain`` and never counted as a fact; a comparison keeps the device present
+  noted", "remains") are recognised. A negated device is ``absent``, a removed one ``removed``; a hedged
+  device is ``uncertain`` (a hedged landmark: ``landmark_uncertain``) and never counted as a fact; a comparison keeps the device present
   (it is there now) but "unchanged position" is not read as a position. Numbers without a unit are
   not measurements.
 
@@ -70,8 +70,12 @@ such fact score ``empty_score`` (1.0). The corpus numbers are micro precision/re
 hallucination rate per report and the mean absolute error of the tube-to-carina distance over the
 reports where both state it.
 
-Speed: regular expressions only; a report without a device word or a number with a unit is
-dismissed after one scan (most reports). See ``bench/bench_measurements.py``.
+Speed: regular expressions on lower-cased text; a report (and a sentence) without a device word or a
+unit is dismissed after one token scan (most reports). About 10,000 IU X-ray reports/s on one core
+(``bench/bench_measurements.py``). Quality: 88 report sentences written from IU and MIMIC-style
+phrasing (``tests/test_measurements.py``), and 40 IU sentences labelled blind: device + position
+extraction F1 0.982. Limits: a tip described in a sentence that does not name the device ("The tip
+is in the SVC.") is not attached to it; de-identified landmarks ("superior XXXX XXXX") are lost.
 """
 
 from __future__ import annotations
