@@ -243,18 +243,21 @@ _CHANGE_RX = re.compile(r"\b(?:retract\w*|advanc\w*|withdra\w*|pulled\s+back|pul
 _TOKEN_RX = re.compile(r"[a-z]+")
 _TRIGGERS = frozenset("""
 tube tubes catheter catheters cath picc pic pacemaker pacemakers pacer pacing icd aicd defibrillator lead leads ett
-ng ngt og ogt nj dht ij cvc cvl port mediport powerport swan impella balloon iabp trach tracheostomy tracheotomy
-tracheal endotracheal intubated extubated extubation drain drains dobhoff dobbhoff pleurx pigtail generator wire
-wires sump sheath central subclavian femoral jugular
+ng ngt og ogt nj dht ij cvc cvl mediport powerport swan impella balloon iabp trach tracheostomy tracheotomy
+tracheal endotracheal intubated extubated extubation drain drains dobhoff dobbhoff pleurx pigtail sump sheath
 """.split())
+#: Device phrases without a trigger word of their own (checked when "line" or "port" is a token).
+_TRIGGER_PHRASES = re.compile(r"(?:central|subclavian|femoral|jugular)\s+line|port[\s-]*a\b|"
+                              r"(?:chest|venous|infusion|power)\s+port")
 _UNITS = frozenset({"cm", "mm"})
 
 
 def _may_hold_facts(low: str) -> tuple[bool, bool]:
     """(may name a device, may hold a number with a unit)."""
-    toks = set(_TOKEN_RX.findall(low))
-    return (not toks.isdisjoint(_TRIGGERS),
-            not toks.isdisjoint(_UNITS) or "centimet" in low or "millimet" in low)
+    toks = _TOKEN_RX.findall(low)
+    return (not _TRIGGERS.isdisjoint(toks) or (("line" in toks or "port" in toks)
+                                                and _TRIGGER_PHRASES.search(low) is not None),
+            not _UNITS.isdisjoint(toks) or "centimet" in low or "millimet" in low)
 
 
 def _lower(text: str) -> str:
