@@ -8,9 +8,12 @@ import pytest
 
 pytest_plugins = ["tests._alignment_fixtures"]
 
-STEPS, LAST = 12, 6
+STEPS, LAST = 16, 8
 #: Required margin: mean hallucinated device/position/measurement facts per sampled report over the last
-#: LAST steps, without the penalty minus with it (measured on the 2-core development machine: 0.36 vs 0.06).
+#: LAST steps, without the penalty minus with it. Measured on the 2-core development machine: 0.258 without
+#: vs 0.023 with the penalty (+0.234); with another SFT adapter of the same config 0.453 vs 0.039. Without
+#: the penalty the rate rises from the SFT policy's (about 0.15): the CheXpert-F1 reward pays for
+#: "Support Devices", and the policy learns to name devices, also where the reference has none.
 MARGIN = 0.15
 
 
