@@ -92,8 +92,6 @@ from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 # Vocabulary
 # ----------------------------------------------------------------------------------------------------
 
-_SIDE = r"(?:(?:right|left|r|l|rt|lt)(?:[\s-]+sided)?\s+)"
-_NUMW = r"(?:dual|double|triple|single|two|three|\d)[\s-]*(?:lumen|chamber|lead)\s+"
 
 #: Device name patterns: (device, route or None, regex). Order matters only for equal-length matches.
 _DEVICE_SOURCES: list[tuple[str, str | None, str]] = [
@@ -301,7 +299,6 @@ _GENERIC_POS = re.compile(r"\b(?:standard|satisfactory|appropriate|good|expected
                           r"unremarkable|optimal|usual|correct)\s+(?:position|placement|location)|"
                           r"\bin\s+(?:place|position)\b|\bappropriately\s+(?:positioned|placed|sited)\b")
 _SENT_SPLIT = re.compile(r"(?<=[.!?])(?<!\b[A-Za-z]\.)(?<!\bvs\.)(?<!\bapprox\.)\s+(?=\S)|\n\s*\n|\n(?=\s*(?:\d{1,2}[.)]|[-*\u2022])\s)")
-_LIST_MARK = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -502,8 +499,6 @@ def _measures(sent: str) -> list[tuple[int, int, list[float], float | None, floa
             if v is not None:
                 dims_raw.append((v, dm.group(2)))
         unit = next((u for _, u in reversed(dims_raw) if u), None)
-        if unit is None and a2 is not None:
-            unit = None
         if unit is None:
             continue  # a number without a unit is not a measurement
         f = _unit_factor(unit)

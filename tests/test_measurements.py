@@ -281,6 +281,11 @@ def test_spans_point_at_the_words():
     assert text[d.sentence[0]:d.sentence[1]] == "Endotracheal tube tip approximately 4.5 cm above the carina."
     assert text[s.start:s.end] == "8 mm" and s.dims_cm == (0.8,) and s.unit == "mm"
     assert (d.distance.low, d.distance.high) == (4.5, 4.5)
+    import json
+
+    from reward.measurements import as_dict
+
+    assert json.loads(json.dumps(as_dict(ex)))["devices"][0]["distance"]["value"] == 4.5
     r = extract("Tracheostomy tip approximately 5-6 cm above carina.").devices[0].distance
     assert (r.low, r.high, r.value) == (5.0, 6.0, 5.5)
 
