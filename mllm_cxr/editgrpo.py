@@ -18,6 +18,13 @@ One operation per rollout, in priority order (:class:`SentenceEditor`):
 3. **false negative** -- an observation the reference asserts and the rollout does not mention: the
    reference sentence is appended (to the same report section when the rollout has it).
 
+With ``measurement_edits`` (config ``edit_measurements``) one more kind, tried right after presence
+conflicts: **measurement** -- a sentence with a hallucinated device, tip position, tip distance or
+lesion size (:mod:`reward.measurements`: "ETT 4.5 cm above the carina" when the reference says 1 cm)
+is replaced by the reference sentence that states the disagreeing fact, or deleted when the reference
+has no such sentence (a device it never mentions). With ``verify`` it is kept only when it lowers the
+report's number of hallucinated measurement facts without lowering its CheXpert label F1.
+
 An edit is kept only when the text changes and, by default (``verify``), only when it raises the
 report's CheXpert label F1 against the reference, else the next candidate is tried. Observations and their presence come from our CheXpert
 rule labeler (:mod:`reward.chexpert`) run sentence by sentence; uncertain mentions count as present
@@ -58,7 +65,7 @@ from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, completion_te
 log = logging.getLogger(__name__)
 
 #: Edit kinds, in priority order.
-EDIT_KINDS = ("conflict", "fp_replace", "fp_delete", "fn_add")
+EDIT_KINDS = ("conflict", "fp_replace", "fp_delete", "fn_add", "measurement")
 
 # ----------------------------------------------------------------------------------------------------
 # Reports as sections of sentences
@@ -233,7 +240,7 @@ class SentenceEditor:
     def __init__(self, labeler: Callable[[list[str]], list[dict]] | None = None,
                  similarity: str | Similarity | None = None, similarity_threshold: float = 0.6,
                  uncertain: str = "positive", ops_per_rollout: int = 1, verify: bool = True,
-                 max_candidates: int = 8, cache_size: int = 50_000):
+                 max_candidates: int = 8, cache_size: int = 50_000, measurement_edits: bool = False):
         from reward.constants import CHEXPERT_LABELS
 
         if uncertain not in ("positive", "negative"):
@@ -250,6 +257,7 @@ class SentenceEditor:
         self.observations = [o for o in CHEXPERT_LABELS if o != "No Finding"]
         self._cache: dict[str, dict[str, str]] = {}
         self._cache_size = cache_size
+        self.measurement_edits = bool(measurement_edits)
 
     # -- labels ------------------------------------------------------------------------------------
     def _states(self, sentences: Sequence[str]) -> list[dict[str, str]]:
@@ -327,7 +335,8 @@ class SentenceEditor:
         touched: set[str] = set()
         for _ in range(self.ops_per_rollout):
             accepted = None
-            for k, (cand, op) in enumerate(self._candidates(rep, ref, ref_flat, ref_states, ref_state, touched)):
+            for k, (cand, op) in enumerate(self._candidates(rep, ref, ref_flat, ref_states, ref_state, touched,
+                                                            reference)):
                 if k >= self.max_candidates:
                     break
                 new_text = cand.text()
@@ -335,7 +344,11 @@ class SentenceEditor:
                     continue
                 if self.verify:
                     new_score = self.label_f1(new_text, reference)
-                    if not new_score > score:
+                    if op.kind == "measurement":
+                        if new_score < score or not (self.measurement_count(new_text, reference)
+                                                     < self.measurement_count(rep.text(), reference)):
+                            continue
+                    elif not new_score > score:
                         continue
                     score = new_score
                 accepted = (cand, op)
@@ -350,8 +363,41 @@ class SentenceEditor:
             return EditResult(text, False)
         return EditResult(new, True, ops)
 
+    @staticmethod
+    def measurement_count(text: str, reference: str) -> int:
+        """Number of hallucinated device/position/measurement/size facts of ``text`` (:mod:`reward.measurements`)."""
+        from reward.measurements import compare
+
+        return compare(text, reference).count
+
+    def _measurement_candidates(self, rep: ReportSentences, ref_flat, reference: str, movable, present: set[str]
+                                ) -> Iterator[tuple[ReportSentences, EditOp]]:
+        """A sentence with a hallucinated measurement fact -> the reference sentence stating that fact, else deleted."""
+        from reward.measurements import compare, extract
+
+        ref_ex = extract(reference)
+        n_sentences = len(rep.flat())
+        for (i, j, old), _ in movable:
+            found = compare(extract(old), ref_ex).hallucinations
+            if not found:
+                continue
+            h = found[0]
+            what = f"{h['kind']}:{h.get('device') or h.get('lesion') or 'lesion'}"
+            new = None
+            if h["reference"] is not None:
+                a, b = h["reference"]["sentence"]
+                stated = reference[a:b]
+                new = next((s for _, _, s in ref_flat if s in stated or stated in s), None)
+            cand = rep.copy()
+            if new is not None and new != old and new not in present:
+                cand.sections[i][1][j] = new
+                yield cand, EditOp("measurement", what, old, new)
+            elif n_sentences > 1:
+                del cand.sections[i][1][j]
+                yield cand, EditOp("measurement", what, old, None)
+
     def _candidates(self, rep: ReportSentences, ref: ReportSentences, ref_flat, ref_states, ref_state,
-                    touched: set[str]) -> Iterator[tuple[ReportSentences, EditOp]]:
+                    touched: set[str], reference: str | None = None) -> Iterator[tuple[ReportSentences, EditOp]]:
         """Candidate edits of ``rep`` in priority order, each applied to a copy."""
         all_flat = rep.flat()
         all_states = self._states([s for _, _, s in all_flat])
@@ -375,6 +421,9 @@ class SentenceEditor:
                 else:
                     cand.sections[i][1][j] = new
                 yield cand, EditOp("conflict", o, old, new)
+        # 1b. a hallucinated device, tip position, tip distance or size (opt-in)
+        if self.measurement_edits and reference:
+            yield from self._measurement_candidates(rep, ref_flat, reference, movable, present)
         # 2. false positive: the closest reference sentence above the threshold, else delete
         for o in self.observations:
             if gen_state.get(o) != "pos" or o in ref_state:
@@ -429,6 +478,9 @@ class EditGRPOConfig(ClinicalGRPOConfig):
         "help": "keep an edit only when it raises the CheXpert label F1 vs the reference (false = the paper's "
                 "unchecked edits)"})
     edit_max_candidates: int = field(default=8, metadata={"help": "candidate operations tried per edited rollout"})
+    edit_measurements: bool = field(default=False, metadata={
+        "help": "also correct hallucinated devices, tip positions, tip distances and sizes toward the reference "
+                "sentence (edit kind 'measurement', reward/measurements.py)"})
     edit_seed: int | None = field(default=None, metadata={"help": "seed of the source/target choice (default: seed)"})
 
     def __post_init__(self):
@@ -467,7 +519,8 @@ class EditGRPOTrainer(ClinicalGRPOTrainer):
             uncertain=getattr(a, "edit_uncertain", "positive"),
             ops_per_rollout=getattr(a, "edit_ops_per_rollout", 1),
             verify=getattr(a, "edit_verify", True),
-            max_candidates=getattr(a, "edit_max_candidates", 8))
+            max_candidates=getattr(a, "edit_max_candidates", 8),
+            measurement_edits=getattr(a, "edit_measurements", False))
         seed = getattr(a, "edit_seed", None)
         self._edit_rng = random.Random(a.seed if seed is None else seed)
         self._edit_inputs: list[dict] | None = None

@@ -20,6 +20,9 @@ Metrics (the reward registry's scorers, :func:`reward.base.get_scorer`), in the 
 ``prior``       prior-hallucination rate: among studies without a prior (``context.has_prior`` false),
                 the share of predictions with a sentence referring to a previous exam (``reward.prior``);
                 the same share for the references is given beside it
+``measurement`` device/position/measurement hallucinations (``reward.measurements``): hallucinated facts
+                per report, share of reports with one, precision/recall/F1 of device + tip-position
+                facts, and the MAE of the tube-to-carina distance over studies where both reports state it
 ``length``      report length in words (prediction and reference), their ratio, share of empty reports
 ==============  =========================================================================================
 
@@ -60,7 +63,7 @@ from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 log = logging.getLogger(__name__)
 
 METRIC_GROUPS: tuple[str, ...] = ("bleu", "rouge_l", "radgraph", "green", "ratescore", "chexpert", "chexbert",
-                                  "prior", "length")
+                                  "prior", "measurement", "length")
 #: Groups whose scorer needs a model or package that may be missing: any loading error skips them.
 MODEL_GROUPS = frozenset({"radgraph", "green", "ratescore", "chexbert"})
 _IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
@@ -303,6 +306,34 @@ def prior_group(hyps: Sequence[str], refs: Sequence[str], contexts: Sequence[dic
     return MetricGroup("prior", S, stats, info, {"prior_hallucination": fp})
 
 
+def measurement_group(hyps: Sequence[str], refs: Sequence[str], **kw: Any) -> MetricGroup:
+    """Device/position/measurement hallucinations vs the reference (``measurement_hallucination`` scorer)."""
+    res = get_scorer("measurement_hallucination", **kw)(list(hyps), list(refs))
+    rows = []
+    for d in res.details:
+        err = d["carina_error_cm"]
+        rows.append([d["n_hallucinations"], float(d["n_hallucinations"] > 0), d["tp_hyp"], d["n_hyp"], d["tp_ref"],
+                     d["n_ref"], 0.0 if err is None else err, float(err is not None), 1.0])
+    S = np.asarray(rows, dtype=float).reshape(len(rows), 9)
+
+    def f1(t: np.ndarray) -> np.ndarray:
+        p = np.where(t[..., 3] > 0, t[..., 2] / np.where(t[..., 3] > 0, t[..., 3], 1), 0.0)
+        r = np.where(t[..., 5] > 0, t[..., 4] / np.where(t[..., 5] > 0, t[..., 5], 1), 0.0)
+        return np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
+
+    stats = {"measurement_hallucinations_per_report": Stat("Device/measurement hallucinations per report",
+                                                           _ratio(0, 8), False),
+             "measurement_hallucination_rate": Stat("Reports with a device/measurement hallucination", _ratio(1, 8),
+                                                    False),
+             "device_position_precision": Stat("Device+position precision", _ratio(2, 3)),
+             "device_position_recall": Stat("Device+position recall", _ratio(4, 5)),
+             "device_position_f1": Stat("Device+position F1", f1),
+             "tube_carina_mae_cm": Stat("Tube-to-carina MAE (cm)", _ratio(6, 7), False)}
+    info = {"n_carina_pairs": int(S[:, 7].sum()), "by_kind": res.corpus.get("hallucinations_by_kind", {}),
+            "tolerances": res.corpus.get("tolerances"), "extractor": "reward.measurements (measurement_hallucination)"}
+    return MetricGroup("measurement", S, stats, info, {"measurement_hallucinations": S[:, 0]})
+
+
 def _describe(x: np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
             "p5": float(np.percentile(x, 5)), "p95": float(np.percentile(x, 95)),
@@ -370,6 +401,8 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
                                                      "labeler": "rules" if name == "chexpert" else "chexbert"})
             elif name == "prior":
                 groups[name] = prior_group(hyps, refs, preds.contexts)
+            elif name == "measurement":
+                groups[name] = measurement_group(hyps, refs, **kw)
             elif name == "length":
                 groups[name] = length_group(hyps, refs)
         except MissingBackendError as e:
@@ -582,6 +615,11 @@ def markdown_report(result: dict[str, Any]) -> str:
         d = result["details"]["prior"]
         out += [f"Prior-hallucination rate: over {d['n_no_prior']} studies without a prior "
                 f"({d['n_unknown_prior_status']} with unknown prior status not counted); detector: {d['detector']}.",
+                ""]
+    if "measurement" in result["details"]:
+        d = result["details"]["measurement"]
+        out += [f"Device/measurement hallucinations (reward.measurements): by kind {d['by_kind']}; tube-to-carina "
+                f"MAE over {d['n_carina_pairs']} studies where both reports state it; tolerances {d['tolerances']}.",
                 ""]
     if any(result.get("skipped_rows", {}).values()):
         out += [f"Rows not evaluated: {result['skipped_rows']} (of {result['n_rows']}).", ""]
