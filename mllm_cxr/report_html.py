@@ -134,7 +134,7 @@ def normalized_with_offsets(text: str) -> tuple[str, list[int]]:
         idx.append(i)
         i += 1
     s = "".join(chars)
-    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", idx[m.start()])])
+    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", -1)])
     s, idx = _resub(s, idx, _GLUED_RE, lambda m: [(m.group(1), idx[m.start(1)]), (".", idx[m.start(1) + 1]),
                                                   (" ", -1), (m.group(2), idx[m.start(2)])])
     s, idx = _resub(s, idx, _WS_RE, lambda m: [(" ", idx[m.start()])])
@@ -851,7 +851,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
     opts = []
     for k in metric_keys:
         label, hib = PER_STUDY_METRICS.get(k, (k, None))
-        d = "desc" if hib is False else "asc"  # worst first
+        d = "asc" if hib else "desc"  # worst first; lengths: longest first
         opts.append((k.replace("_", "-"), f"A: {label}" if has_b else label, d))
         if has_b:
             opts.append(("b-" + k.replace("_", "-"), f"B: {label}", d))
@@ -1118,6 +1118,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
                     text=opt.text, notes=notes)
     out = Path(out_path) if out_path else ed / REPORT_NAME
     if out.suffix.lower() != ".html":
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"report output {out}: give a folder or a .html file name")
         out = out / REPORT_NAME
     if out.resolve() in {pa.path.resolve(), *( [pb.path.resolve()] if pb else []), mj.resolve()}:
         raise ConfigError(f"report output {out} would overwrite an input")
