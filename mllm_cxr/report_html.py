@@ -183,10 +183,14 @@ def label_view(text: str, labeler, uncertain: str = "positive") -> LabelView:
     A mention that adds another observation through the labeler's implication rules ("CHF" adds
     Cardiomegaly) is listed under that observation too.
     """
-    labels = labeler.label(text)
+    mentions = labeler.mentions(text) if text and text.strip() else []
+    if getattr(labeler, "sections", None) is None and hasattr(labeler, "_aggregate"):
+        # label() without sections is exactly this aggregation of the same mentions: label once, not twice
+        labels = labeler._aggregate(mentions, bool(text and text.strip()))
+    else:
+        labels = labeler.label(text)
     pos = frozenset(o for o, v in labels.items() if v == 1.0 or (v == -1.0 and uncertain == "positive"))
     spans: dict[str, list[tuple[int, int, float]]] = {}
-    mentions = labeler.mentions(text) if text and text.strip() else []
     if mentions:
         _, offsets = normalized_with_offsets(text)
         implications = getattr(getattr(labeler, "rules", None), "implications", ())
@@ -934,8 +938,10 @@ class ReportOptions:
     title: str | None = None
 
 
-def _per_study_extra(eval_dir: Path, ids: Sequence[str]) -> dict[str, list[float | None]]:
-    p = eval_dir / "per_study.jsonl"
+def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl"
+                     ) -> dict[str, list[float | None]]:
+    """Per-study scores that `mllm-cxr eval` wrote (ROUGE-L, RadGraph, GREEN, ...), aligned with ``ids``."""
+    p = eval_dir / name
     if not p.is_file():
         return {}
     by_id: dict[str, dict] = {}
@@ -1024,8 +1030,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     if pb is not None:
         idx_b = [i for i, s in enumerate(ids) if s in pb.rows]
         hyps_b = [pb.rows[ids[i]]["prediction"] for i in idx_b]
-        extra_b: dict[str, list[float | None]] = {}
-        if "rouge_l" in extra and hyps_b:
+        extra_b = _per_study_extra(ed, [ids[i] for i in idx_b], "per_study_compare.jsonl")
+        if "rouge_l" in extra and "rouge_l" not in extra_b and hyps_b:  # an eval folder from before that file
             from reward.base import get_scorer
 
             extra_b["rouge_l"] = list(get_scorer("rouge_l")(hyps_b, [refs[i] for i in idx_b]).scores)

@@ -70,6 +70,14 @@ def test_labeler_implication_marks_the_mention_that_adds_the_finding(labeler):
     assert spans(rh, ref) == {(7, 17, "neg", "Cardiomegaly", "heart size"), (23, 28, "neg", "Edema", "edema")}
 
 
+@pytest.mark.parametrize("text", ["", "No acute disease.", "Mild CHF. Possible small effusion.\n\nET tube in place.",
+                                  "Heart size is enlarged.No pneumothorax.", "   "])
+def test_label_view_labels_are_the_labelers(labeler, text):
+    from reward.chexpert import label_report
+
+    assert label_view(text, labeler).labels == label_report(text)
+
+
 def test_agreeing_reports_have_no_highlight(labeler):
     text = "Moderate cardiomegaly. Small left pleural effusion."
     hh, rh, outcome = label_highlights(label_view(text, labeler), label_view(text.upper(), labeler))
@@ -164,6 +172,7 @@ def test_report_from_eval_folder(tmp_path, phantom_dir):
         if m.get("main") and m["value"] is not None:
             assert f"{m['value']:.{1 if k.startswith(('length_pred', 'length_ref')) else 3}f}" in doc, k
     assert "delta A−B" in doc and "show B: sys_b" in doc and "<svg class=plot" in doc
+    assert (ev / "per_study_compare.jsonl").is_file() and doc.count("data-m-b-rouge-l=") == n
     assert "This file contains report text and chest X-ray images" in doc
     # worst first by per-study CheXpert F1
     f1 = [float(x) for x in re.findall(r'data-m-chexpert-f1="([^"]+)"', doc)]
