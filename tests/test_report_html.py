@@ -325,3 +325,26 @@ def test_demo_writes_the_report_of_its_last_stage(tmp_path, phantom_dir, capsys)
     doc = path.read_text()
     assert "<title>mllm-cxr demo, last stage: +GRPO (clinical reward)</title>" in doc
     assert f"HTML report of the last stage (+GRPO (clinical reward)): {path}" in capsys.readouterr().out
+
+
+def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
+    """The commands of README's "The evaluation report" section, run as written (from a folder with runs/)."""
+    import shlex
+
+    from mllm_cxr.cli import main
+
+    for var in ("MLLM_CXR_RADGRAPH_DIR", "MLLM_CXR_GREEN_MODEL", "MLLM_CXR_GREEN_URL", "MLLM_CXR_CHEXBERT"):
+        monkeypatch.delenv(var, raising=False)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## The evaluation report", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    cmds = [shlex.split(x) for x in block.strip().splitlines()]
+    assert [c[:2] for c in cmds] == [["mllm-cxr", "eval"], ["mllm-cxr", "report"]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "pred").mkdir(parents=True)
+    write_predictions(phantom_dir, tmp_path / "runs/pred/grpo.jsonl", 1)
+    write_predictions(phantom_dir, tmp_path / "runs/pred/sft.jsonl", 2)
+    for c in cmds:
+        assert main(c[1:]) == 0, c
+    assert (tmp_path / "runs/eval/grpo/report.html").is_file()
+    doc = (tmp_path / "runs/eval/grpo-shareable/report.html").read_text()
+    assert "Report texts were left out" in doc and 'value="errors" data-dir=desc selected' in doc
