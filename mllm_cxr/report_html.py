@@ -23,8 +23,8 @@ images inlined as small grayscale JPEG thumbnails, working from a ``file://`` UR
   metric, pages of rows, a click on a thumbnail enlarges it.
 
 Where the images come from, first found wins: ``--studies``/``--data-root``; the optional fields
-``studies`` and ``data_root`` of each prediction row; the ``studies`` and ``data_root`` keys of the
-predictions' side file ``PRED.meta.json`` written by ``mllm-cxr generate``. The data root defaults to the
+``studies`` and ``data_root`` of each prediction row (top level, or inside ``context``); the ``studies`` and
+``data_root`` keys of the predictions' side file ``PRED.meta.json`` written by ``mllm-cxr generate``. The data root defaults to the
 studies file's folder (as in ``generate``). A study whose image is missing or unreadable gets a placeholder
 and is counted in the summary; it never fails the report.
 
@@ -452,7 +452,8 @@ def read_pred_file(path: Path) -> PredFile:
 
 
 def _source_of(pf: PredFile, key: str) -> str | None:
-    vals = {str(r[key]) for r in pf.rows.values() if r.get(key)}
+    vals = {str(r.get(key) or (r.get("context") or {}).get(key)) for r in pf.rows.values()
+            if r.get(key) or (isinstance(r.get("context"), dict) and r["context"].get(key))}
     if len(vals) > 1:
         raise DataPrepError(f"rows name {len(vals)} different values (e.g. {sorted(vals)[:2]}); pass --{key.replace('_', '-')}",
                             file=str(pf.path), field=key)

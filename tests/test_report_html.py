@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.errors import DataPrepError
 from mllm_cxr.report_html import (
     Highlight,
     ReportOptions,
@@ -348,3 +349,29 @@ def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
     assert (tmp_path / "runs/eval/grpo/report.html").is_file()
     doc = (tmp_path / "runs/eval/grpo-shareable/report.html").read_text()
     assert "Report texts were left out" in doc and 'value="errors" data-dir=desc selected' in doc
+
+
+def test_studies_and_data_root_from_row_fields(tmp_path, phantom_dir):
+    """`studies` inside `context` and a top-level `data_root` (relative studies path, moved images)."""
+    import shutil
+
+    from mllm_cxr.evaluate import run_eval
+
+    shutil.copytree(phantom_dir / "images", tmp_path / "imgs" / "images")
+    shutil.copy(phantom_dir / "studies.jsonl", tmp_path / "studies.jsonl")
+    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
+    rows = [json.loads(x) for x in open(pred)]
+    with open(pred, "w") as fh:
+        for r in rows:
+            r["context"]["studies"] = "studies.jsonl"  # relative: found beside the predictions file
+            r["data_root"] = str(tmp_path / "imgs")
+            fh.write(json.dumps(r) + "\n")
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
+    s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=1))
+    assert s["images"] == s["studies"] == len(rows) and s["images_missing"] == 0
+    assert f"data root {tmp_path / 'imgs'}" in (tmp_path / "ev" / "report.html").read_text()
+    rows[0]["data_root"] = "/elsewhere"
+    with open(pred, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    with pytest.raises(DataPrepError, match="field 'data_root'.*2 different values"):
+        build_report(tmp_path / "ev")
