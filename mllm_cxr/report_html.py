@@ -618,13 +618,13 @@ def per_finding_svg(result: dict[str, Any], group: str = "chexpert") -> str:
     bar_h, gap, left, width = 9, 8, 150, 360
     row_h = bar_h * len(series) + gap
     top = 24
-    h = top + row_h * len(keys) + 30
+    h = top + row_h * len(keys) + 38
     out = [f'<svg class=plot xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{h}" '
            f'role="img" aria-label="per-finding F1"><style>text{{font:11px sans-serif}}</style>']
     for x in (0, 0.25, 0.5, 0.75, 1.0):
         px = left + x * width
-        out.append(f'<line x1="{px:.1f}" y1="{top - 4}" x2="{px:.1f}" y2="{h - 26}" stroke="#ddd"/>'
-                   f'<text x="{px:.1f}" y="{h - 12}" text-anchor="middle">{x:g}</text>')
+        out.append(f'<line x1="{px:.1f}" y1="{top - 4}" x2="{px:.1f}" y2="{h - 30}" stroke="#ddd"/>'
+                   f'<text x="{px:.1f}" y="{h - 16}" text-anchor="middle">{x:g}</text>')
     for j, k in enumerate(keys):
         y0 = top + j * row_h
         out.append(f'<text x="{left - 6}" y="{y0 + bar_h * len(series) / 2 + 4:.1f}" text-anchor="end">'
@@ -656,8 +656,8 @@ h1{font-size:20px;margin:14px 0 4px}h2{font-size:16px;margin:22px 0 6px}
 .note{background:#fff4e5;border:1px solid #f0b76b;padding:6px 10px;border-radius:4px;margin:8px 0}
 .muted{color:#666;font-size:12px}code{font-size:12px}
 table.sum{border-collapse:collapse;margin:6px 0}table.sum td,table.sum th{border:1px solid #ddd;padding:3px 8px}
-td.num{text-align:right;font-variant-numeric:tabular-nums}td.sig{font-weight:bold}
-.counts{margin:6px 0;padding-left:20px}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.sig{font-weight:bold}
+.counts{margin:6px 0;padding-left:20px}.top{display:flex;flex-wrap:wrap;gap:10px 40px;align-items:flex-start}.top>div:first-child{flex:1 1 560px;max-width:880px}
 .legend mark{margin-right:8px}
 mark.hl{padding:0 1px;border-radius:2px;cursor:help}
 mark.hl-fp{background:var(--fp)}mark.hl-fn{background:var(--fn)}
@@ -892,9 +892,9 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 <h1>{_e(title)}</h1>
 <div class=note id=privacy>{_e(privacy)}</div>
 {"".join(f'<div class=note>{_e(n)}</div>' for n in notes)}
-<h2>Summary</h2>
-{summary_html(result, counts)}
-{f'<h2>Per-finding F1</h2>{svg}' if svg else ''}{svg_b}
+<div class=top><div><h2>Summary</h2>
+{summary_html(result, counts)}</div>
+<div>{f'<h2>Per-finding F1</h2>{svg}' if svg else ''}{svg_b}</div></div>
 <h2>Studies</h2>
 {legend}
 <div id=controls>
