@@ -33,7 +33,8 @@ Patient text: the page says at its top that it contains report text and images; 
 
 Size: above ``--max-studies`` (default 2,000) only the worst studies by the sort metric are shown, with
 a note; the summary always covers all studies. Thumbnails are ``--thumb-size`` pixels on the long side
-(default 160; 0 leaves images out). See ``bench/bench_report_html.py`` for the size and speed measured.
+(default 160; 0 leaves images out); ``--thumb-cache DIR`` keeps them on disk for later reports of the same
+studies. See ``bench/bench_report_html.py`` for the size and speed measured.
 """
 
 from __future__ import annotations
@@ -362,10 +363,12 @@ class Thumbs:
 
     size: int = DEFAULT_THUMB
     quality: int = 70
+    cache_dir: Path | None = None  # on-disk thumbnails, keyed by source path, size, mtime and thumbnail settings
     cache: dict[str, str | None] = field(default_factory=dict)
     missing: int = 0
     unreadable: int = 0
     encoded: int = 0
+    disk_hits: int = 0
     bytes_out: int = 0
 
     def data_uri(self, path: Path) -> tuple[str | None, str | None]:
@@ -377,16 +380,44 @@ class Thumbs:
         if not path.is_file():
             self.missing += 1
             return None, "missing"
-        try:
-            uri = self._encode(path)
-        except Exception:  # any decoder error: a placeholder, counted (never fails the report)  # noqa: BLE001
-            self.unreadable += 1
-            self.cache[key] = None
-            return None, "unreadable"
+        dest = self._cache_path(path)
+        if dest is not None and dest.is_file():
+            self.disk_hits += 1
+            uri = self._data_uri(dest.read_bytes())
+        else:
+            try:
+                data = self._jpeg(path)
+            except Exception:  # any decoder error: a placeholder, counted (never fails the report)  # noqa: BLE001
+                self.unreadable += 1
+                self.cache[key] = None
+                return None, "unreadable"
+            if dest is not None:
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    raise ConfigError(f"--thumb-cache {self.cache_dir}: cannot write a thumbnail ({e})") from None
+            uri = self._data_uri(data)
         self.cache[key] = uri
         return uri, None
 
-    def _encode(self, path: Path) -> str:
+    def _cache_path(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import hashlib
+
+        p = path.resolve()
+        st = p.stat()
+        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{self.size}\0{self.quality}".encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.jpg"
+
+    def _data_uri(self, data: bytes) -> str:
+        self.bytes_out += len(data)
+        return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+    def _jpeg(self, path: Path) -> bytes:
         from PIL import Image
 
         from data_prep.images import load_image
@@ -401,8 +432,7 @@ class Thumbs:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=self.quality)
         self.encoded += 1
-        self.bytes_out += buf.tell()
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -937,6 +967,7 @@ class ReportOptions:
     max_thumbs: int = 2
     text: bool = True
     title: str | None = None
+    thumb_cache: str | None = None
 
 
 def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl"
@@ -1072,7 +1103,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
         order = order[:opt.max_studies]
 
     # images
-    thumbs = Thumbs(size=opt.thumb_size) if opt.thumb_size > 0 else None
+    thumbs = Thumbs(size=opt.thumb_size, cache_dir=Path(opt.thumb_cache) if opt.thumb_cache else None) \
+        if opt.thumb_size > 0 else None
     sp, root, src_note = resolve_sources(pa, opt.studies, opt.data_root)
     records: dict[str, Any] = {}
     if sp is not None and thumbs is not None:
@@ -1132,7 +1164,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
         raise ConfigError(f"report output {out} would overwrite an input")
     _atomic_write(out, doc)
     return {"path": str(out), "studies_shown": len(order), "studies": len(ids),
-            "images": thumbs.encoded if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
+            "images": (thumbs.encoded + thumbs.disk_hits) if thumbs else 0,
+            "images_from_cache": thumbs.disk_hits if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
             "images_unreadable": thumbs.unreadable if thumbs else 0, "studies_with_missing_image": n_missing_studies,
             "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
             "measurement_hook": hook}
@@ -1155,12 +1188,15 @@ def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     p.add_argument("--no-text", "--redact", dest="no_text", action="store_true",
                    help="leave report and indication texts out of the page")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--thumb-cache", default=None, metavar="DIR",
+                   help="keep thumbnails in DIR and reuse them in later reports (they are patient images: keep DIR "
+                        "with the data)")
 
 
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
     return ReportOptions(studies=args.studies, data_root=args.data_root, sort=args.sort, thumb_size=args.thumb_size,
                          max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
-                         title=args.title)
+                         title=args.title, thumb_cache=args.thumb_cache)
 
 
 def summary_line(s: dict[str, Any]) -> str:

@@ -375,3 +375,31 @@ def test_studies_and_data_root_from_row_fields(tmp_path, phantom_dir):
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     with pytest.raises(DataPrepError, match="field 'data_root'.*2 different values"):
         build_report(tmp_path / "ev")
+
+
+def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
+    import shutil
+
+    ph = tmp_path / "ph"
+    shutil.copytree(phantom_dir, ph)
+    pred = write_predictions(ph, tmp_path / "p.jsonl", 1)
+    from mllm_cxr.evaluate import run_eval
+
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
+    opt = ReportOptions(thumb_cache=str(tmp_path / "cache"))
+    first = build_report(tmp_path / "ev", tmp_path / "r1", options=opt)
+    assert first["images_from_cache"] == 0 and first["images"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.jpg"))) == first["images"]
+    second = build_report(tmp_path / "ev", tmp_path / "r2", options=opt)
+    assert second["images_from_cache"] == second["images"] == first["images"]
+    uris = lambda d: re.findall(r'src="(data:image/jpeg[^"]+)"', (tmp_path / d / "report.html").read_text())  # noqa: E731
+    assert uris("r1") == uris("r2")
+    from data_prep.schema import read_records
+
+    rec = read_records(ph / "studies.jsonl")[0]
+    src = ph / rec.images[0].path
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(src)  # the image changed: its thumbnail is made again
+    third = build_report(tmp_path / "ev", tmp_path / "r3", options=opt)
+    assert third["images_from_cache"] == first["images"] - 1
