@@ -161,6 +161,10 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    if args.html:  # bad report options fail before the evaluation runs
+        from mllm_cxr.report_html import options_from_args
+
+        options_from_args(args)
     result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
                       uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
                       compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)

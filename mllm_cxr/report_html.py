@@ -1025,10 +1025,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     from reward.chexpert import ChexpertRulesLabeler
 
     t0 = time.perf_counter()
-    opt = options or ReportOptions()
-    if opt.thumb_size < 0 or opt.max_studies < 1 or opt.max_thumbs < 0:
-        raise ConfigError(f"report: --thumb-size must be >= 0 (got {opt.thumb_size}), --max-studies >= 1 (got "
-                          f"{opt.max_studies}), --max-thumbs >= 0 (got {opt.max_thumbs})")
+    opt = check_options(options or ReportOptions())
     ed = Path(eval_dir)
     mj = ed / "metrics.json"
     if not mj.is_file():
@@ -1193,10 +1190,22 @@ def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                         "with the data)")
 
 
+def check_options(opt: ReportOptions) -> ReportOptions:
+    """Refuse bad option values before any work (``eval --html`` checks them before evaluating)."""
+    if opt.thumb_size < 0 or opt.max_studies < 1 or opt.max_thumbs < 0:
+        raise ConfigError(f"report: --thumb-size must be >= 0 (got {opt.thumb_size}), --max-studies >= 1 (got "
+                          f"{opt.max_studies}), --max-thumbs >= 0 (got {opt.max_thumbs})")
+    base = opt.sort.removeprefix("b_").removeprefix("delta_")
+    if base not in PER_STUDY_METRICS:
+        raise ConfigError(f"--sort {opt.sort!r}: not a per-study metric; choose from {', '.join(PER_STUDY_METRICS)} "
+                          "(prefix b_ or delta_ for the compared system)")
+    return opt
+
+
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
-    return ReportOptions(studies=args.studies, data_root=args.data_root, sort=args.sort, thumb_size=args.thumb_size,
+    return check_options(ReportOptions(studies=args.studies, data_root=args.data_root, sort=args.sort, thumb_size=args.thumb_size,
                          max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
-                         title=args.title, thumb_cache=args.thumb_cache)
+                         title=args.title, thumb_cache=args.thumb_cache))
 
 
 def summary_line(s: dict[str, Any]) -> str:

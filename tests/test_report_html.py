@@ -313,6 +313,10 @@ def test_cli_eval_html_and_report_verb(tmp_path, phantom_dir, capsys):
     assert "metrics.json not found" in capsys.readouterr().err
     assert main(["report", "--eval", str(out), "--out", str(a)]) == 2  # never overwrite an input
     assert main(["report", "--eval", str(out), "--thumb-size", "-1"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(a), "--out", str(tmp_path / "ev2"), "--html", "--sort", "bleu"]) == 2
+    assert "--sort 'bleu': not a per-study metric" in capsys.readouterr().err
+    assert not (tmp_path / "ev2").exists()  # refused before evaluating
 
 
 def test_demo_writes_the_report_of_its_last_stage(tmp_path, phantom_dir, capsys):
