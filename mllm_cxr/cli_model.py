@@ -161,10 +161,20 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    if args.html:  # bad report options fail before the evaluation runs
+        from mllm_cxr.report_html import options_from_args
+
+        options_from_args(args)
     result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
                       uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
                       compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)
     print(summary_line(result, args.out))
+    if args.html:  # the HTML report (mllm_cxr/report_html.py)
+        from mllm_cxr import report_html
+
+        s = report_html.build_report(args.out, pred=args.pred, compare=args.compare,
+                                     options=report_html.options_from_args(args), progress=not args.quiet)
+        print(report_html.summary_line(s))
     return 0
 
 
@@ -190,6 +200,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--compare-name", default=None)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    from mllm_cxr.report_html import add_report_options
+
+    h = p.add_argument_group("HTML report (--html)")
+    h.add_argument("--html", action="store_true", help="also write OUT/report.html (see `mllm-cxr report`)")
+    add_report_options(h)
     p.set_defaults(func=run_eval_cmd)
 
 
@@ -326,11 +341,14 @@ def run_tiny(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``generate``, ``eval``, ``export``, ``serve`` and ``tiny``."""
+    """Add ``generate``, ``eval``, ``export``, ``serve``, ``report`` and ``tiny``."""
     _add_generate(subparsers)
     _add_eval(subparsers)
     _add_export(subparsers)
     _add_serve(subparsers)
+    from mllm_cxr.report_html import add_report_parser
+
+    add_report_parser(subparsers)  # report: the HTML report of an eval folder
     p = subparsers.add_parser("tiny", help="build the tiny random Qwen2.5-VL used by tests and the demo")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)

@@ -110,7 +110,16 @@ def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phan
             "chexpert_micro_f1_5": pick("chexpert_micro_f1_5"), "chexpert_micro_f1_14": pick("chexpert_micro_f1_14"),
             "prior_hallucination_rate": pick("prior_hallucination_rate"), "prior_rate_sampled": sampled_rate,
             "bleu_4": pick("bleu_4"),
-            "rouge_l": pick("rouge_l"), "example": rows[0]["prediction"] if rows else ""}
+            "rouge_l": pick("rouge_l"), "example": rows[0]["prediction"] if rows else "", "eval_dir": str(out)}
+
+
+def write_stage_report(results: dict[str, dict]) -> Path:
+    """`mllm-cxr report` for the last stage's eval folder (report.html); prints and returns its path."""
+    label, m = list(results.items())[-1]
+    _cli("report", "--eval", m["eval_dir"], "--title", f"mllm-cxr demo, last stage: {label}", "--quiet")
+    path = Path(m["eval_dir"]) / "report.html"
+    print(f"HTML report of the last stage ({label}): {path}", flush=True)
+    return path
 
 
 COLUMNS = [("finding_micro_f1", "phantom finding F1"), ("chexpert_micro_f1_5", "CheXpert F1-5 (micro)"),
@@ -176,6 +185,7 @@ def main(argv=None) -> int:
         print_table(results)
     print("\nexample report after the last stage:", list(results.values())[-1]["example"][:300])
     (runs / "demo_results.json").write_text(json.dumps(results, indent=2))
+    write_stage_report(results)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {runs / 'demo_results.json'}")
     return 0
 

@@ -40,7 +40,8 @@ both, giving the delta (this - other), its 95% interval, and a two-sided paired-
 ``min(1, 2 * min(P(delta* <= 0), P(delta* >= 0)))`` with add-one smoothing (``(count + 1) / (n_boot + 1)``).
 
 Outputs in ``DIR``: ``metrics.json``, ``metrics.md``, ``per_finding_f1.png``, ``length_distribution.png``,
-``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics).
+``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics; ``per_study_compare.jsonl`` for the
+compared file).
 """
 
 from __future__ import annotations
@@ -737,6 +738,9 @@ def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, **kw:
     if plots:
         files += write_plots(result, extras, out)
     write_per_study(extras, out / "per_study.jsonl")
+    if "other" in extras:  # the compared file's per-study scores (read by the HTML report)
+        write_per_study({"pred": extras["other"], "groups": extras["other_groups"]}, out / "per_study_compare.jsonl")
+        files.append("per_study_compare.jsonl")
     result["files"] = files
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     (out / "metrics.md").write_text(markdown_report(result))

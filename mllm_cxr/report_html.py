@@ -1,0 +1,1236 @@
+"""One self-contained HTML evaluation report: per-study images, reference vs generated, disagreements marked.
+
+    mllm-cxr eval --pred pred.jsonl --out eval/ --html [--compare other.jsonl] [--studies S] [--data-root R]
+    mllm-cxr report --eval eval/ [--studies S] [--data-root R] [--sort chexpert_f1] [--no-text]
+
+Writes ``OUT/report.html``: one file with no network access (a Content-Security-Policy forbids any), its
+images inlined as small grayscale JPEG thumbnails, working from a ``file://`` URL. It holds
+
+* the summary of ``metrics.json``: every metric with its 95% bootstrap CI, skipped metrics with their reason,
+  how many studies had a missing image; with a comparison, both systems side by side, the paired deltas
+  with their CIs and p-values, and per-finding F1 of both systems as an inline SVG plot;
+* one row per study, worst first by a per-study metric (``--sort``): thumbnails of the study's images
+  (frontal first, then lateral; the prior study's frontal image when the prompt included prior images),
+  the indication, the reference and the generated report side by side (with ``--compare`` a per-study
+  toggle between the two systems' reports);
+* highlights in both texts: CheXpert findings that the rule labeler (:mod:`reward.chexpert`) calls
+  present in one report and absent or negated in the other (false positive in the generated report,
+  false negative in the reference, and the negating mention in the other text), sentences that refer to a
+  prior exam when the study had none (:mod:`reward.prior`), and, when a scorer named
+  ``measurement_hallucination`` is registered in :mod:`reward.base`, the measurement/device statements it
+  flags. Every highlight names its label on hover;
+* plain-JavaScript controls: filter by finding, error kind, split and free text, sort by any per-study
+  metric, pages of rows, a click on a thumbnail enlarges it.
+
+Where the images come from, first found wins: ``--studies``/``--data-root``; the optional fields
+``studies`` and ``data_root`` of each prediction row (top level, or inside ``context``); the ``studies`` and
+``data_root`` keys of the predictions' side file ``PRED.meta.json`` written by ``mllm-cxr generate``. The data root defaults to the
+studies file's folder (as in ``generate``). A study whose image is missing or unreadable gets a placeholder
+and is counted in the summary; it never fails the report.
+
+Patient text: the page says at its top that it contains report text and images; ``--no-text`` (alias
+``--redact``) leaves every report and indication text out (labels, metrics and images stay).
+
+Size: above ``--max-studies`` (default 2,000) only the worst studies by the sort metric are shown, with
+a note; the summary always covers all studies. Thumbnails are ``--thumb-size`` pixels on the long side
+(default 160; 0 leaves images out); ``--thumb-cache DIR`` keeps them on disk for later reports of the same
+studies. See ``bench/bench_report_html.py`` for the size and speed measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import DataPrepError
+from mllm_cxr.config import ConfigError
+from reward.constants import CHEXPERT_LABELS, NEGATIVE
+
+REPORT_NAME = "report.html"
+NO_FINDING = "No Finding"
+#: Row fields read from a predictions JSONL (besides study_id/prediction/reference/context).
+ROW_STUDIES_FIELD, ROW_DATA_ROOT_FIELD = "studies", "data_root"
+DEFAULT_SORT = "chexpert_f1"
+DEFAULT_THUMB = 160
+DEFAULT_MAX_STUDIES = 2000
+PAGE_SIZE = 50
+
+#: Per-study metrics: key -> (label, higher_is_better). Those of ``per_study.jsonl`` are added when present.
+PER_STUDY_METRICS: dict[str, tuple[str, bool | None]] = {
+    "chexpert_f1": ("CheXpert F1 (14, per study)", True),
+    "errors": ("label disagreements (FP + FN)", False),
+    "rouge_l": ("ROUGE-L", True),
+    "radgraph_f1": ("RadGraph F1", True),
+    "green": ("GREEN", True),
+    "ratescore": ("RaTEScore", True),
+    "prior_hallucination": ("prior reference without a prior", False),
+    "measurement_hallucinations": ("measurement/device hallucinations", False),
+    "length_pred_words": ("length of the generated report (words)", None),
+    "length_ref_words": ("length of the reference (words)", None),
+}
+KIND_LABELS = {"fp": "false positive", "fn": "false negative", "neg": "negated here, present in the other report",
+               "prior": "prior exam without a prior", "meas": "measurement/device disagreement"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Highlights
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Highlight:
+    """A span of a report's original text, its kind (fp, fn, neg, prior, meas) and the label shown on hover."""
+
+    start: int
+    end: int
+    kind: str
+    label: str
+    observation: str | None = None
+
+
+def _resub(s: str, idx: list[int], rx: re.Pattern, repl) -> tuple[str, list[int]]:
+    """``rx.sub`` that carries, for every output character, the index of the original character (-1: inserted)."""
+    out, oidx, pos = [], [], 0
+    for m in rx.finditer(s):
+        out.append(s[pos:m.start()])
+        oidx.extend(idx[pos:m.start()])
+        for piece, j in repl(m):
+            out.append(piece)
+            oidx.extend([j] * len(piece))
+        pos = m.end()
+    out.append(s[pos:])
+    oidx.extend(idx[pos:])
+    return "".join(out), oidx
+
+
+def normalized_with_offsets(text: str) -> tuple[str, list[int]]:
+    """:func:`reward.chexpert.normalize` of ``text`` and, per character, its offset in ``text`` (-1: inserted).
+
+    The labeler reports mention spans in the normalised text; these offsets map them back onto the
+    report as written. When the step-by-step rebuild differs from ``normalize`` (it should not), a
+    character alignment (difflib) gives the offsets instead.
+    """
+    from reward.chexpert import _GLUED_RE, _PARA_RE, _WS_RE, normalize
+
+    chars, idx = [], []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\r":
+            if i + 1 < len(text) and text[i + 1] == "\n":
+                i += 1
+                continue
+            c = "\n"
+        chars.append(c)
+        idx.append(i)
+        i += 1
+    s = "".join(chars)
+    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", -1)])
+    s, idx = _resub(s, idx, _GLUED_RE, lambda m: [(m.group(1), idx[m.start(1)]), (".", idx[m.start(1) + 1]),
+                                                  (" ", -1), (m.group(2), idx[m.start(2)])])
+    s, idx = _resub(s, idx, _WS_RE, lambda m: [(" ", idx[m.start()])])
+    a, b = 0, len(s)
+    while a < b and s[a].isspace():
+        a += 1
+    while b > a and s[b - 1].isspace():
+        b -= 1
+    low, lidx = [], []
+    for c, j in zip(s[a:b], idx[a:b]):
+        lc = c.lower()
+        low.append(lc)
+        lidx.extend([j] * len(lc))
+    t = "".join(low)
+    want = normalize(text)
+    if t == want:
+        return t, lidx
+    import difflib
+
+    src = text.lower()
+    off = [-1] * len(want)
+    for blk in difflib.SequenceMatcher(None, src, want, autojunk=False).get_matching_blocks():
+        for k in range(blk.size):
+            off[blk.b + k] = blk.a + k
+    return want, off
+
+
+def _to_original(offsets: list[int], s: int, e: int) -> tuple[int, int] | None:
+    first = next((offsets[k] for k in range(s, min(e, len(offsets))) if offsets[k] >= 0), None)
+    last = next((offsets[k] for k in range(min(e, len(offsets)) - 1, s - 1, -1) if offsets[k] >= 0), None)
+    return None if first is None or last is None else (first, last + 1)
+
+
+@dataclass
+class LabelView:
+    """One report as the labeler sees it: labels, positive set under the convention, mention spans."""
+
+    labels: dict[str, float | None]
+    positive: frozenset[str]
+    spans: dict[str, list[tuple[int, int, float]]]  # observation -> (start, end, label) in the original text
+
+
+def label_view(text: str, labeler, uncertain: str = "positive") -> LabelView:
+    """The labeler's 14 labels of ``text`` and the original-text spans of its mentions per observation.
+
+    A mention that adds another observation through the labeler's implication rules ("CHF" adds
+    Cardiomegaly) is listed under that observation too.
+    """
+    mentions = labeler.mentions(text) if text and text.strip() else []
+    if getattr(labeler, "sections", None) is None and hasattr(labeler, "_aggregate"):
+        # label() without sections is exactly this aggregation of the same mentions: label once, not twice
+        labels = labeler._aggregate(mentions, bool(text and text.strip()))
+    else:
+        labels = labeler.label(text)
+    pos = frozenset(o for o, v in labels.items() if v == 1.0 or (v == -1.0 and uncertain == "positive"))
+    spans: dict[str, list[tuple[int, int, float]]] = {}
+    if mentions:
+        _, offsets = normalized_with_offsets(text)
+        implications = getattr(getattr(labeler, "rules", None), "implications", ())
+        for m in mentions:
+            se = _to_original(offsets, m.start, m.end)
+            if se is None:
+                continue
+            spans.setdefault(m.observation, []).append((se[0], se[1], m.label))
+            if m.label != NEGATIVE:
+                for ob, rx, adds, lab in implications:
+                    if ob == m.observation and rx.fullmatch(m.text):
+                        spans.setdefault(adds, []).append((se[0], se[1], lab))
+    return LabelView(labels, pos, spans)
+
+
+def _present(label: float, uncertain: str) -> bool:
+    return label == 1.0 or (label == -1.0 and uncertain == "positive")
+
+
+def _state(view: LabelView, obs: str) -> str:
+    v = view.labels.get(obs)
+    return "not mentioned" if v is None else {1.0: "present", 0.0: "negated", -1.0: "uncertain"}.get(v, str(v))
+
+
+def label_highlights(hyp: LabelView, ref: LabelView, uncertain: str = "positive"
+                     ) -> tuple[list[Highlight], list[Highlight], dict[str, str]]:
+    """Highlights of the generated report and of the reference, and the per-observation outcome.
+
+    False positive (present in ``hyp``, absent or negated in ``ref``): the present mentions in the
+    generated report (kind ``fp``) and the negating mentions in the reference (``neg``). False negative:
+    the present mentions in the reference (``fn``) and the negating ones in the generated report (``neg``).
+    The outcome maps every observation present in either report to ``tp``, ``fp`` or ``fn``.
+    """
+    hh: list[Highlight] = []
+    rh: list[Highlight] = []
+    outcome: dict[str, str] = {}
+    for obs in CHEXPERT_LABELS:
+        h, r = obs in hyp.positive, obs in ref.positive
+        if not (h or r):
+            continue
+        outcome[obs] = "tp" if h and r else ("fp" if h else "fn")
+        if h and r:
+            continue
+        src, dst = (hyp, ref) if h else (ref, hyp)
+        kind = "fp" if h else "fn"
+        other = "reference" if h else "generated report"
+        tip = f"{KIND_LABELS[kind]}: {obs} ({other}: {_state(dst, obs)})"
+        marks = [Highlight(s, e, kind, tip, obs) for s, e, lab in src.spans.get(obs, []) if _present(lab, uncertain)]
+        negs = [Highlight(s, e, "neg", f"{obs}: {_state(dst, obs)} here, {_state(src, obs)} in the "
+                                       f"{'generated report' if h else 'reference'} ({KIND_LABELS[kind]})", obs)
+                for s, e, lab in dst.spans.get(obs, []) if not _present(lab, uncertain)]
+        (hh if h else rh).extend(marks)
+        (rh if h else hh).extend(negs)
+    return hh, rh, outcome
+
+
+def prior_highlights(text: str) -> list[Highlight]:
+    """Sentences referring to a prior exam (:func:`reward.prior.find_prior_spans`), for a study without one."""
+    from reward.prior import find_prior_spans
+
+    return [Highlight(p.start, p.end, "prior", f"refers to a prior exam, but the study had none "
+                                               f"(cues: {', '.join(p.cues)})") for p in find_prior_spans(text)]
+
+
+def _span_of(item: dict[str, Any]) -> tuple[int, int] | None:
+    sp = item.get("span")
+    if isinstance(sp, dict):
+        sp = (sp.get("start"), sp.get("end"))
+    if sp is None and "start" in item and "end" in item:
+        sp = (item["start"], item["end"])
+    if isinstance(sp, list | tuple) and len(sp) == 2 and all(isinstance(x, int) for x in sp):
+        return int(sp[0]), int(sp[1])
+    return None
+
+
+def _fact_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict):
+        return str(v.get("text") or v.get("sentence") or ", ".join(f"{k}={x}" for k, x in v.items()
+                                                                   if not isinstance(x, dict | list)))
+    return str(v)
+
+
+def measurement_items(detail: Any) -> list[dict[str, Any]]:
+    """The flagged facts of one ``measurement_hallucination`` detail: a list of dicts, or a dict holding one."""
+    if isinstance(detail, list):
+        return [d for d in detail if isinstance(d, dict)]
+    if isinstance(detail, dict):
+        for v in detail.values():
+            if isinstance(v, list) and v and all(isinstance(d, dict) for d in v) and any(_span_of(d) for d in v):
+                return v
+    return []
+
+
+def measurement_highlights(hyps: Sequence[str], refs: Sequence[str]
+                           ) -> tuple[list[list[Highlight]], list[float], str] | None:
+    """Spans and counts from the ``measurement_hallucination`` scorer, or None when no such scorer is registered.
+
+    Per the scorer's contract, ``scores[i]`` is the number of hallucinated device/position/measurement
+    facts of ``hyps[i]`` and ``details[i]`` lists each with its ``kind``, ``span`` (``[start, end]``,
+    ``{"start", "end"}`` or ``start``/``end`` keys) and the reference fact it disagrees with, if any.
+    A span outside the text is dropped (the count stays).
+    """
+    from reward.base import available_scorers, get_scorer
+
+    if "measurement_hallucination" not in available_scorers():
+        return None
+    res = get_scorer("measurement_hallucination")(list(hyps), list(refs))
+    out: list[list[Highlight]] = []
+    for i, h in enumerate(hyps):
+        det = res.details[i] if res.details and i < len(res.details) else None
+        marks = []
+        for it in measurement_items(det):
+            se = _span_of(it)
+            if se is None or not (0 <= se[0] < se[1] <= len(h)):
+                continue
+            kind = str(it.get("kind") or it.get("type") or "measurement")
+            ref_fact = _fact_text(it.get("reference_fact", it.get("ref_fact", it.get("reference"))))
+            tip = f"{KIND_LABELS['meas']}: {kind}" + (f" (reference: {ref_fact})" if ref_fact else
+                                                      " (not in the reference)")
+            marks.append(Highlight(se[0], se[1], "meas", tip))
+        out.append(marks)
+    return out, [float(s) for s in res.scores], "measurement_hallucination"
+
+
+def render_marked(text: str, marks: Sequence[Highlight]) -> str:
+    """``text`` HTML-escaped, with ``<mark class="hl hl-KIND" title="LABEL">`` around the highlighted parts.
+
+    Overlapping highlights are cut at every boundary; a piece covered by several carries all their
+    kinds and labels.
+    """
+    marks = [m for m in marks if 0 <= m.start < m.end <= len(text)]
+    if not marks:
+        return html.escape(text)
+    bounds = sorted({0, len(text), *(m.start for m in marks), *(m.end for m in marks)})
+    out, prev_key, buf = [], None, []
+
+    def flush():
+        if not buf:
+            return
+        seg = html.escape("".join(buf))
+        if prev_key is None:
+            out.append(seg)
+        else:
+            kinds, title = prev_key
+            cls = " ".join(f"hl-{k}" for k in kinds)
+            out.append(f'<mark class="hl {cls}" title="{html.escape(title)}">{seg}</mark>')
+        buf.clear()
+
+    for a, b in zip(bounds, bounds[1:]):
+        cover = [m for m in marks if m.start <= a and b <= m.end]
+        key = (tuple(dict.fromkeys(m.kind for m in cover)), "; ".join(dict.fromkeys(m.label for m in cover))) \
+            if cover else None
+        if key != prev_key:
+            flush()
+            prev_key = key
+        buf.append(text[a:b])
+    flush()
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Thumbs:
+    """Thumbnail encoder with a per-path cache and counters of what could not be shown."""
+
+    size: int = DEFAULT_THUMB
+    quality: int = 70
+    cache_dir: Path | None = None  # on-disk thumbnails, keyed by source path, size, mtime and thumbnail settings
+    cache: dict[str, str | None] = field(default_factory=dict)
+    missing: int = 0
+    unreadable: int = 0
+    encoded: int = 0
+    disk_hits: int = 0
+    bytes_out: int = 0
+
+    def data_uri(self, path: Path) -> tuple[str | None, str | None]:
+        """(``data:image/jpeg;base64,...``, None) or (None, reason)."""
+        key = str(path)
+        if key in self.cache:
+            uri = self.cache[key]
+            return (uri, None) if uri else (None, "unreadable")
+        if not path.is_file():
+            self.missing += 1
+            return None, "missing"
+        dest = self._cache_path(path)
+        if dest is not None and dest.is_file():
+            self.disk_hits += 1
+            uri = self._data_uri(dest.read_bytes())
+        else:
+            try:
+                data = self._jpeg(path)
+            except Exception:  # any decoder error: a placeholder, counted (never fails the report)  # noqa: BLE001
+                self.unreadable += 1
+                self.cache[key] = None
+                return None, "unreadable"
+            if dest is not None:
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    raise ConfigError(f"--thumb-cache {self.cache_dir}: cannot write a thumbnail ({e})") from None
+            uri = self._data_uri(data)
+        self.cache[key] = uri
+        return uri, None
+
+    def _cache_path(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import hashlib
+
+        p = path.resolve()
+        st = p.stat()
+        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{self.size}\0{self.quality}".encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.jpg"
+
+    def _data_uri(self, data: bytes) -> str:
+        self.bytes_out += len(data)
+        return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+    def _jpeg(self, path: Path) -> bytes:
+        from PIL import Image
+
+        from data_prep.images import load_image
+
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            with Image.open(path) as im:
+                im.draft("L", (self.size * 2, self.size * 2))  # JPEG: decode at a reduced scale
+                img = im.convert("L")
+        else:
+            img = load_image(path).convert("L")  # DICOM (windowing, MONOCHROME1), 8/16-bit PNG
+        img.thumbnail((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=self.quality)
+        self.encoded += 1
+        return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs: eval folder, predictions, study records
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class PredFile:
+    path: Path
+    rows: dict[str, dict[str, Any]]  # study_id -> row (non-empty reference only, like eval)
+    order: list[str]
+    meta: dict[str, Any]
+
+
+def _find_file(p: str | os.PathLike, eval_dir: Path | None, what: str, flag: str) -> Path:
+    cand = [Path(p)]
+    if eval_dir is not None and not Path(p).is_absolute():
+        cand += [eval_dir / p, eval_dir / Path(p).name]
+    for c in cand:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{what} {p} (named in {eval_dir / 'metrics.json' if eval_dir else 'the arguments'}) "
+                            f"not found: pass {flag} PATH")
+
+
+def read_pred_file(path: Path) -> PredFile:
+    from mllm_cxr.evaluate import read_prediction_file
+    from mllm_cxr.generate import meta_path
+
+    p = read_prediction_file(path)  # validates rows: file, line, field named on error
+    wanted = set(p.ids)
+    rows: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                sid = str(d["study_id"])
+                if sid in wanted:
+                    rows[sid] = d
+    meta: dict[str, Any] = {}
+    mp = meta_path(path)
+    if mp.is_file():
+        try:
+            meta = json.loads(mp.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise DataPrepError("not valid JSON (the side file `mllm-cxr generate` writes)", file=str(mp)) from None
+    return PredFile(Path(path), rows, list(p.ids), meta if isinstance(meta, dict) else {})
+
+
+def _source_of(pf: PredFile, key: str) -> str | None:
+    vals = {str(r.get(key) or (r.get("context") or {}).get(key)) for r in pf.rows.values()
+            if r.get(key) or (isinstance(r.get("context"), dict) and r["context"].get(key))}
+    if len(vals) > 1:
+        raise DataPrepError(f"rows name {len(vals)} different values (e.g. {sorted(vals)[:2]}); pass --{key.replace('_', '-')}",
+                            file=str(pf.path), field=key)
+    if vals:
+        return vals.pop()
+    v = pf.meta.get(key)
+    return str(v) if v else None
+
+
+def resolve_sources(pf: PredFile, studies: str | None, data_root: str | None) -> tuple[Path | None, Path | None, str]:
+    """(studies file, data root, where they came from): flags, then row fields, then the side file."""
+    origin = "--studies" if studies else None
+    if not studies:
+        studies = _source_of(pf, ROW_STUDIES_FIELD)
+        origin = "prediction rows / side file" if studies else None
+    if not studies:
+        return None, None, "the predictions do not name their studies file (pass --studies)"
+    sp = Path(studies)
+    if not sp.is_absolute() and not sp.is_file() and (pf.path.parent / sp).is_file():
+        sp = pf.path.parent / sp
+    if not sp.is_file():
+        raise FileNotFoundError(f"studies file {studies} (from {origin}) not found: pass --studies PATH")
+    root = data_root or _source_of(pf, ROW_DATA_ROOT_FIELD)
+    return sp, Path(root) if root else sp.resolve().parent, f"{sp} (from {origin})"
+
+
+def read_studies(path: Path, ids: set[str]) -> dict[str, Any]:
+    from data_prep.schema import iter_records
+
+    out = {}
+    for rec in iter_records(path):
+        if rec.study_id in ids:
+            out[rec.study_id] = rec
+    return out
+
+
+def _prompt_config(meta: dict[str, Any]):
+    from mllm_cxr.prompts import PromptConfig
+
+    cfg = (meta.get("prompt") or {}).get("prompt") if isinstance(meta.get("prompt"), dict) else None
+    try:
+        return PromptConfig(**cfg) if isinstance(cfg, dict) else PromptConfig()
+    except (TypeError, ValueError):
+        return PromptConfig()
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-study analysis
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SystemView:
+    """One system's output for one study, analysed."""
+
+    text: str
+    marks: list[Highlight]
+    ref_marks: list[Highlight]
+    outcome: dict[str, str]
+    metrics: dict[str, float]
+
+
+def analyse_system(hyps: Sequence[str], refs: Sequence[str], no_prior: Sequence[bool | None], uncertain: str,
+                   labeler, ref_views: list[LabelView] | None = None, extra: dict[str, Sequence[float]] | None = None,
+                   measurement: bool = True) -> tuple[list[SystemView], list[LabelView], str | None]:
+    """Labels, highlights and per-study metrics of one system; returns (views, reference label views, hook)."""
+    from reward.f1 import per_sample_f1
+
+    hv = [label_view(h, labeler, uncertain) for h in hyps]
+    rv = ref_views if ref_views is not None else [label_view(r, labeler, uncertain) for r in refs]
+    f1 = per_sample_f1([v.labels for v in hv], [v.labels for v in rv], uncertain, "14")
+    meas = measurement_highlights(hyps, refs) if measurement else None
+    views = []
+    for i, (h, r) in enumerate(zip(hyps, refs)):
+        hm, rm, outcome = label_highlights(hv[i], rv[i], uncertain)
+        if no_prior[i] is True:
+            hm += prior_highlights(h)
+            rm += prior_highlights(r)
+        met = {"chexpert_f1": float(f1[i]), "errors": float(sum(v != "tp" for v in outcome.values())),
+               "prior_hallucination": float(no_prior[i] is True and any(m.kind == "prior" for m in hm))}
+        if meas is not None:
+            hm += meas[0][i]
+            met["measurement_hallucinations"] = meas[1][i]
+        for k, vals in (extra or {}).items():
+            if vals[i] is not None and math.isfinite(vals[i]):
+                met[k] = float(vals[i])
+        views.append(SystemView(h, hm, rm, outcome, met))
+    return views, rv, (meas[2] if meas else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# HTML
+# ------------------------------------------------------------------------------------------------
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _f(v: float | None, d: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
+
+
+def _fci(ci) -> str:
+    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _digits(key: str) -> int:
+    return 1 if key.startswith(("length_pred", "length_ref")) else 3
+
+
+def summary_html(result: dict[str, Any], counts: dict[str, Any]) -> str:
+    c = result.get("compare")
+    name = result.get("name", "predictions")
+    parts = [f"<p>{_e(result.get('n'))} studies evaluated from <code>{_e(result.get('pred'))}</code>; 95% CIs "
+             f"from {_e(result.get('bootstrap', {}).get('n_boot'))} bootstrap resamples of studies "
+             f"(seed {_e(result.get('bootstrap', {}).get('seed'))}).</p>"]
+    if not c:
+        rows = "".join(f"<tr><td>{_e(m['label'])}</td><td class=num>{_f(m['value'], _digits(k))}</td>"
+                       f"<td class=num>{_fci(m['ci'])}</td></tr>"
+                       for k, m in result.get("metrics", {}).items() if m.get("main", True))
+        parts.append(f"<table class=sum><thead><tr><th>metric</th><th>{_e(name)}</th><th>95% CI</th></tr></thead>"
+                     f"<tbody>{rows}</tbody></table>")
+    else:
+        other = c.get("other_metrics", {})
+        rows = []
+        for k, m in c.get("metrics", {}).items():
+            if not m.get("main", True):
+                continue
+            dg = _digits(k)
+            a, b = result["metrics"].get(k, {}), other.get(k, {})
+            p = m.get("p_value")
+            sig = " sig" if p is not None and p < 0.05 else ""
+            rows.append(f"<tr><td>{_e(m['label'])}</td><td class=num>{_f(a.get('value'), dg)} "
+                        f"<small>{_fci(a.get('ci'))}</small></td><td class=num>{_f(b.get('value'), dg)} "
+                        f"<small>{_fci(b.get('ci'))}</small></td><td class='num{sig}'>{_f(m.get('delta'), dg)}</td>"
+                        f"<td class=num>{_fci(m.get('ci'))}</td><td class='num{sig}'>{_f(p)}</td></tr>")
+        parts.append(f"<p>Paired comparison on {_e(c.get('n_common'))} studies in both files "
+                     f"({_e(c.get('only_in_pred'))} only in <b>{_e(name)}</b>, {_e(c.get('only_in_other'))} only in "
+                     f"<b>{_e(c.get('name'))}</b>; {_e(c.get('reference_mismatch'))} with a different reference). "
+                     "Delta = A − B with its bootstrap 95% CI; two-sided paired-bootstrap p-value.</p>")
+        parts.append(f"<table class=sum><thead><tr><th>metric</th><th>A: {_e(name)} [95% CI]</th>"
+                     f"<th>B: {_e(c.get('name'))} [95% CI]</th><th>delta A−B</th><th>95% CI of delta</th>"
+                     f"<th>p</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    for who, sk in (("", result.get("skipped_metrics") or {}), (" (B)", (c or {}).get("skipped_metrics") or {})):
+        if sk:
+            parts.append(f"<p class=muted>Skipped metrics{who}: " + "; ".join(
+                f"<b>{_e(k)}</b>: {_e(v[:200])}" for k, v in sk.items()) + "</p>")
+    det = result.get("details", {})
+    for g in ("chexpert", "chexbert"):
+        if g in det and det[g].get("convention"):
+            parts.append(f"<p class=muted>F1-{'CheXpert' if g == 'chexpert' else 'CheXbert'}: "
+                         f"{_e(det[g].get('labeler'))} labeler, {_e(det[g]['convention'])}.</p>")
+    parts.append("<ul class=counts>" + "".join(f"<li>{_e(k)}: <b>{_e(v)}</b></li>" for k, v in counts.items()) + "</ul>")
+    return "\n".join(parts)
+
+
+def per_finding_svg(result: dict[str, Any], group: str = "chexpert") -> str:
+    """Grouped horizontal bars of per-finding F1 (with 95% CI whiskers) for one or two systems, as inline SVG."""
+    keys = [k for k in result.get("metrics", {}) if k.startswith(f"{group}_f1::")]
+    if not keys:
+        return ""
+    series = [(result.get("name", "A"), result["metrics"], "#3b6fb6")]
+    if result.get("compare"):
+        series.append((result["compare"].get("name", "B"), result["compare"].get("other_metrics", {}), "#d9822b"))
+    bar_h, gap, left, width = 9, 8, 150, 360
+    row_h = bar_h * len(series) + gap
+    top = 24
+    h = top + row_h * len(keys) + 38
+    out = [f'<svg class=plot xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{h}" '
+           f'role="img" aria-label="per-finding F1"><style>text{{font:11px sans-serif}}</style>']
+    for x in (0, 0.25, 0.5, 0.75, 1.0):
+        px = left + x * width
+        out.append(f'<line x1="{px:.1f}" y1="{top - 4}" x2="{px:.1f}" y2="{h - 30}" stroke="#ddd"/>'
+                   f'<text x="{px:.1f}" y="{h - 16}" text-anchor="middle">{x:g}</text>')
+    for j, k in enumerate(keys):
+        y0 = top + j * row_h
+        out.append(f'<text x="{left - 6}" y="{y0 + bar_h * len(series) / 2 + 4:.1f}" text-anchor="end">'
+                   f'{_e(k.split("::", 1)[1])}</text>')
+        for s, (nm, mets, col) in enumerate(series):
+            m = mets.get(k) or {}
+            v = m.get("value")
+            y = y0 + s * bar_h
+            if v is None:
+                continue
+            ci = m.get("ci") or [v, v]
+            out.append(f'<rect x="{left}" y="{y}" width="{max(0.0, v) * width:.1f}" height="{bar_h - 1}" '
+                       f'fill="{col}"><title>{_e(nm)}: {_e(k.split("::", 1)[1])} F1 {v:.3f} '
+                       f'[{ci[0]:.3f}, {ci[1]:.3f}]</title></rect>'
+                       f'<line x1="{left + ci[0] * width:.1f}" x2="{left + ci[1] * width:.1f}" '
+                       f'y1="{y + bar_h / 2 - 0.5:.1f}" y2="{y + bar_h / 2 - 0.5:.1f}" stroke="#222"/>')
+    for s, (nm, _, col) in enumerate(series):
+        x = left + s * 170
+        out.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{col}"/><text x="{x + 14}" y="13">{_e(nm)}</text>')
+    out.append(f'<text x="{left + width / 2}" y="{h - 1}" text-anchor="middle">F1 per finding (95% bootstrap CI)</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+CSS = """
+:root{--fp:#ffc9c9;--fn:#b8e0ff;--neg:#e5dbff;--prior:#ffe8a3;--meas:#c3f0c8}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 16px 40px;color:#222}
+h1{font-size:20px;margin:14px 0 4px}h2{font-size:16px;margin:22px 0 6px}
+.note{background:#fff4e5;border:1px solid #f0b76b;padding:6px 10px;border-radius:4px;margin:8px 0}
+.muted{color:#666;font-size:12px}code{font-size:12px}
+table.sum{border-collapse:collapse;margin:6px 0}table.sum td,table.sum th{border:1px solid #ddd;padding:3px 8px}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.sig{font-weight:bold}
+.counts{margin:6px 0;padding-left:20px}.top{display:flex;flex-wrap:wrap;gap:10px 40px;align-items:flex-start}.top>div:first-child{flex:1 1 560px;max-width:880px}
+.legend mark{margin-right:8px}
+mark.hl{padding:0 1px;border-radius:2px;cursor:help}
+mark.hl-fp{background:var(--fp)}mark.hl-fn{background:var(--fn)}
+mark.hl-neg{background:none;text-decoration:underline wavy #7048e8;text-decoration-thickness:1.5px}
+mark.hl-prior{background:var(--prior)}mark.hl-meas{background:var(--meas);outline:1px dashed #2b8a3e}
+mark.hl-fp.hl-prior,mark.hl-fn.hl-prior{background:linear-gradient(var(--prior),var(--prior)) bottom/100% 35% no-repeat,var(--fp)}
+#controls{position:sticky;top:0;background:#fafafa;border-bottom:1px solid #ddd;padding:8px 0;z-index:5;
+ display:flex;flex-wrap:wrap;gap:8px;align-items:center}
+#controls label{font-size:12px;color:#444}
+table#studies{border-collapse:collapse;width:100%;table-layout:fixed}
+#studies th,#studies td{border-bottom:1px solid #e4e4e4;padding:6px;vertical-align:top;text-align:left}
+#studies td.txt{white-space:pre-wrap;word-wrap:break-word;font-size:13px}
+col.c-id{width:150px}col.c-img{width:360px}col.c-ind{width:12%}
+.thumbs{display:flex;gap:4px;flex-wrap:wrap}.thumbs figure{margin:0;text-align:center;font-size:10px;color:#666}
+.thumbs img{max-width:160px;max-height:160px;cursor:zoom-in;display:block;background:#000}
+.ph{width:110px;height:110px;display:flex;align-items:center;justify-content:center;background:#eee;color:#999;
+ font-size:11px;border:1px dashed #bbb}
+.chip{display:inline-block;font-size:11px;border-radius:8px;padding:0 6px;margin:1px;background:#eee}
+.chip.fp{background:var(--fp)}.chip.fn{background:var(--fn)}.chip.prior{background:var(--prior)}
+.chip.meas{background:var(--meas)}
+.sid{font-weight:600;word-break:break-all}.met{font-size:11px;color:#444}
+button.tog{font-size:11px;margin-bottom:4px}
+.sysB{display:none}tr.showB .sysA{display:none}tr.showB .sysB{display:block}
+.sys-label{font-size:11px;color:#666}
+#overlay{position:fixed;inset:0;background:rgba(0,0,0,.85);display:none;align-items:center;justify-content:center;
+ z-index:10;cursor:zoom-out}#overlay img{height:90vh;max-width:95vw;object-fit:contain;image-rendering:auto}
+#pager{margin:10px 0}
+"""
+
+JS = r"""
+(function(){
+'use strict';
+var tbody=document.querySelector('#studies tbody');
+var rows=Array.prototype.slice.call(tbody.querySelectorAll('tr.study'));
+var q=function(id){return document.getElementById(id);};
+var fFind=q('f-finding'),fKind=q('f-kind'),fSplit=q('f-split'),fText=q('f-text'),fSys=q('f-system'),
+    sKey=q('s-key'),sDir=q('s-dir'),count=q('count'),pageInfo=q('page-info');
+var page=0,pageSize=parseInt(q('page-size').value,10),matching=rows;
+var texts=rows.map(function(r){return r.textContent.toLowerCase();});
+rows.forEach(function(r,i){r._i=i;});
+function sys(){return fSys?fSys.value:'a';}
+function matches(r){
+  var s=sys(),find=fFind.value,kind=fKind.value,split=fSplit.value,t=fText.value.trim().toLowerCase();
+  if(split&&r.dataset.split!==split)return false;
+  var out=(r.dataset['out'+s.toUpperCase()]||'').split(' ').filter(Boolean);
+  var kinds=(r.dataset['kinds'+s.toUpperCase()]||'').split(' ').filter(Boolean);
+  if(find){
+    var hit=out.filter(function(x){return x.split(':')[0]===find;});
+    if(!hit.length)return false;
+    if(kind==='fp'||kind==='fn'){if(!hit.some(function(x){return x.split(':')[1]===kind;}))return false;}
+  }
+  if(kind&&!(find&&(kind==='fp'||kind==='fn'))&&kinds.indexOf(kind)<0)return false;
+  if(t&&texts[r._i].indexOf(t)<0)return false;
+  return true;
+}
+function val(r,k){var v=r.getAttribute('data-m-'+k);return v===null||v===''?NaN:parseFloat(v);}
+function apply(){
+  var k=sKey.value,asc=sDir.value==='asc';
+  matching=rows.filter(matches);
+  matching.sort(function(a,b){
+    var x=val(a,k),y=val(b,k);
+    if(isNaN(x)&&isNaN(y))return a._i-b._i;if(isNaN(x))return 1;if(isNaN(y))return -1;
+    return x===y?a._i-b._i:(asc?x-y:y-x);});
+  var frag=document.createDocumentFragment();
+  matching.forEach(function(r){frag.appendChild(r);});
+  var inm=new Set(matching);rows.forEach(function(r){if(!inm.has(r))frag.appendChild(r);});
+  tbody.appendChild(frag);
+  page=Math.min(page,Math.max(0,Math.ceil(matching.length/pageSize)-1));
+  show();
+}
+function show(){
+  var a=page*pageSize,b=a+pageSize,shown=0;
+  var pos=new Map();matching.forEach(function(r,i){pos.set(r,i);});
+  rows.forEach(function(r){var i=pos.has(r)?pos.get(r):-1;var vis=i>=a&&i<b;r.hidden=!vis;if(vis)shown++;});
+  count.textContent=matching.length+' of '+rows.length+' studies match';
+  var pages=Math.max(1,Math.ceil(matching.length/pageSize));
+  pageInfo.textContent='page '+(page+1)+' / '+pages+' ('+shown+' shown)';
+}
+function setSystem(){
+  var b=sys()==='b';rows.forEach(function(r){r.classList.toggle('showB',b);});
+}
+sKey.addEventListener('change',function(){var o=sKey.options[sKey.selectedIndex];
+  if(o.dataset.dir)sDir.value=o.dataset.dir;});
+[fFind,fKind,fSplit,sKey,sDir].forEach(function(el){el.addEventListener('change',function(){page=0;apply();});});
+var timer;fText.addEventListener('input',function(){clearTimeout(timer);timer=setTimeout(function(){page=0;apply();},150);});
+if(fSys)fSys.addEventListener('change',function(){setSystem();page=0;apply();});
+q('page-size').addEventListener('change',function(e){pageSize=parseInt(e.target.value,10);page=0;show();});
+q('prev').addEventListener('click',function(){if(page>0){page--;show();}});
+q('next').addEventListener('click',function(){if((page+1)*pageSize<matching.length){page++;show();}});
+tbody.addEventListener('click',function(e){
+  var t=e.target;
+  if(t.classList&&t.classList.contains('tog')){
+    var tr=t.closest('tr');tr.classList.toggle('showB');
+    t.textContent=tr.classList.contains('showB')?t.dataset.b:t.dataset.a;return;}
+  if(t.tagName==='IMG'&&t.classList.contains('thumb')){
+    var ov=q('overlay');ov.querySelector('img').src=t.src;ov.querySelector('img').alt=t.alt;ov.style.display='flex';}
+});
+q('overlay').addEventListener('click',function(){this.style.display='none';});
+document.addEventListener('keydown',function(e){if(e.key==='Escape')q('overlay').style.display='none';});
+apply();
+window.__report={apply:apply,visible:function(){return rows.filter(function(r){return !r.hidden;}).length;}};
+})();
+"""
+
+
+@dataclass
+class StudyRow:
+    sid: str
+    split: str
+    indication: str
+    reference: str
+    a: SystemView
+    b: SystemView | None
+    thumbs: list[tuple[str, str | None, str | None]]  # (caption, data uri, reason if none)
+    image_note: str | None
+
+
+def _data_attrs(prefix: str, v: SystemView | None) -> str:
+    if v is None:
+        return ""
+    out = " ".join(f"{o}:{k}" for o, k in v.outcome.items())
+    kinds = sorted({k for k in v.outcome.values() if k != "tp"} | {m.kind for m in v.marks if m.kind in ("prior", "meas")})
+    return f' data-out-{prefix}="{_e(out)}" data-kinds-{prefix}="{_e(" ".join(kinds))}"'
+
+
+def _chips(v: SystemView) -> str:
+    chips = [f'<span class="chip {k}" title="{_e(KIND_LABELS[k])}">{k.upper()} {_e(o)}</span>'
+             for o, k in v.outcome.items() if k != "tp"]
+    if any(m.kind == "prior" for m in v.marks):
+        chips.append(f'<span class="chip prior" title="{_e(KIND_LABELS["prior"])}">prior ref</span>')
+    n_meas = sum(m.kind == "meas" for m in v.marks)
+    if n_meas:
+        chips.append(f'<span class="chip meas" title="{_e(KIND_LABELS["meas"])}">{n_meas} measurement</span>')
+    return "".join(chips)
+
+
+SHORT = {"chexpert_f1": "CheXpert F1", "errors": "disagreements", "rouge_l": "ROUGE-L", "radgraph_f1": "RadGraph",
+         "green": "GREEN", "ratescore": "RaTEScore", "prior_hallucination": "prior ref", "measurement_hallucinations":
+         "measurement", "length_pred_words": "words", "length_ref_words": "reference words"}
+_INT_METRICS = {"errors", "prior_hallucination", "measurement_hallucinations", "length_pred_words", "length_ref_words"}
+
+
+def _metric_text(v: SystemView, keys: Sequence[str]) -> str:
+    return " · ".join(f"{_e(SHORT.get(k, k))} {_f(v.metrics[k], 0 if k in _INT_METRICS else 3)}"
+                      for k in keys if k in v.metrics and k != "length_ref_words")
+
+
+def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | None], text: bool) -> str:
+    attrs = [f'data-id="{_e(r.sid)}"', f'data-split="{_e(r.split)}"']
+    for k in metric_keys:
+        for tag, v in (("", r.a), ("b-", r.b)):
+            if v is not None and k in v.metrics:
+                attrs.append(f'data-m-{tag}{k.replace("_", "-")}="{v.metrics[k]:.6g}"')
+    if r.b is not None:
+        for k in metric_keys:
+            if k in r.a.metrics and k in r.b.metrics:
+                attrs.append(f'data-m-delta-{k.replace("_", "-")}="{r.a.metrics[k] - r.b.metrics[k]:.6g}"')
+    figs = []
+    for cap, uri, why in r.thumbs:
+        if uri:
+            figs.append(f'<figure><img class=thumb src="{uri}" alt="{_e(r.sid)} {_e(cap)}" loading=lazy>'
+                        f'<figcaption>{_e(cap)}</figcaption></figure>')
+        else:
+            figs.append(f'<figure><div class=ph title="{_e(why)}">image {_e(why)}</div><figcaption>{_e(cap)}'
+                        "</figcaption></figure>")
+    if not figs and r.image_note:
+        figs.append(f'<div class=ph>{_e(r.image_note)}</div>')
+
+    def gen_cell(v: SystemView, cls: str, label: str) -> str:
+        body = render_marked(v.text, v.marks) if text else '<span class=muted>(text left out)</span>'
+        return (f'<div class="{cls}"><div class=sys-label>{_e(label)}</div><div class=chips>{_chips(v)}</div>'
+                f'<div class=gen>{body}</div><div class=met>{_metric_text(v, metric_keys)}</div></div>')
+
+    gen = gen_cell(r.a, "sysA", f"A: {names[0]}")
+    ref_marks = list(r.a.ref_marks)
+    refB = ""
+    if r.b is not None:
+        gen += gen_cell(r.b, "sysB", f"B: {names[1]}")
+        toggle = (f'<button class=tog data-a="show B: {_e(names[1])}" data-b="show A: {_e(names[0])}">'
+                  f'show B: {_e(names[1])}</button>')
+        gen = toggle + gen
+        refB = (f'<div class=sysB>{render_marked(r.reference, r.b.ref_marks) if text else ""}</div>')
+    ref = (f'<div class=sysA>{render_marked(r.reference, ref_marks)}</div>{refB}' if text
+           else '<span class=muted>(text left out)</span>')
+    ind = _e(r.indication) if text else ""
+    return (f'<tr class=study {" ".join(attrs)}{_data_attrs("a", r.a)}{_data_attrs("b", r.b)}>'
+            f'<td><div class=sid>{_e(r.sid)}</div><div class=muted>{_e(r.split)}</div></td>'
+            f'<td><div class=thumbs>{"".join(figs)}</div></td><td class=txt>{ind}</td>'
+            f'<td class=txt>{ref}</td><td class=txt>{gen}</td></tr>')
+
+
+def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], rows_html: list[str],
+              metric_keys: Sequence[str], sort_key: str, sort_asc: bool, splits: Sequence[str],
+              compare_names: tuple[str, str | None], text: bool, notes: Sequence[str]) -> str:
+    has_b = compare_names[1] is not None
+    opts = []
+    for k in metric_keys:
+        label, hib = PER_STUDY_METRICS.get(k, (k, None))
+        d = "asc" if hib else "desc"  # worst first; lengths: longest first
+        opts.append((k.replace("_", "-"), f"A: {label}" if has_b else label, d))
+        if has_b:
+            opts.append(("b-" + k.replace("_", "-"), f"B: {label}", d))
+            opts.append(("delta-" + k.replace("_", "-"), f"A − B: {label}", d))
+    sel = sort_key.replace("_", "-")
+    sort_opts = "".join(f'<option value="{_e(v)}" data-dir={d}{" selected" if v == sel else ""}>{_e(lab)}</option>'
+                        for v, lab, d in opts)
+    kinds = [("fp", "false positive"), ("fn", "false negative"), ("prior", "prior exam without a prior"),
+             ("meas", "measurement/device")]
+    kind_opts = "".join(f'<option value="{k}">{_e(lab)}</option>' for k, lab in kinds)
+    find_opts = "".join(f'<option value="{_e(o)}">{_e(o)}</option>' for o in CHEXPERT_LABELS)
+    split_opts = "".join(f'<option value="{_e(s)}">{_e(s)}</option>' for s in splits)
+    sys_sel = (f'<label>system <select id=f-system><option value=a>A: {_e(compare_names[0])}</option>'
+               f'<option value=b>B: {_e(compare_names[1])}</option></select></label>' if has_b else "")
+    privacy = ("This file contains report text and chest X-ray images of the evaluated studies. Keep it where the "
+               "data may be kept; do not share it outside." if text else
+               "Report texts were left out of this file (--no-text); it still contains chest X-ray images.")
+    legend = ('<p class=legend>Highlights: <mark class="hl hl-fp">false positive</mark> (present in the generated '
+              'report, absent or negated in the reference) <mark class="hl hl-fn">false negative</mark> (present in '
+              'the reference, absent or negated in the generated report) <mark class="hl hl-neg">negated here'
+              '</mark> <mark class="hl hl-prior">prior exam without a prior</mark> <mark class="hl hl-meas">'
+              'measurement/device</mark>. Hover a highlight for its label; click a thumbnail to enlarge it.</p>')
+    svg = per_finding_svg(result)
+    svg_b = per_finding_svg(result, "chexbert")
+    csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+    return f"""<!DOCTYPE html>
+<html lang=en><head><meta charset=utf-8>
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name=viewport content="width=device-width,initial-scale=1">
+<link rel=icon href="data:,">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{_e(title)}</h1>
+<div class=note id=privacy>{_e(privacy)}</div>
+{"".join(f'<div class=note>{_e(n)}</div>' for n in notes)}
+<div class=top><div><h2>Summary</h2>
+{summary_html(result, counts)}</div>
+<div>{f'<h2>Per-finding F1</h2>{svg}' if svg else ''}{svg_b}</div></div>
+<h2>Studies</h2>
+{legend}
+<div id=controls>
+<label>finding <select id=f-finding><option value="">any</option>{find_opts}</select></label>
+<label>error <select id=f-kind><option value="">any</option>{kind_opts}</select></label>
+<label>split <select id=f-split><option value="">any</option>{split_opts}</select></label>
+<label>text <input id=f-text type=search placeholder="study id{', report text' if text else ''}"></label>
+{sys_sel}
+<label>sort <select id=s-key>{sort_opts}</select></label>
+<select id=s-dir><option value=asc{" selected" if sort_asc else ""}>ascending</option>
+<option value=desc{"" if sort_asc else " selected"}>descending</option></select>
+<span id=count class=muted></span>
+</div>
+<table id=studies><colgroup><col class=c-id><col class=c-img><col class=c-ind><col><col></colgroup>
+<thead><tr><th>study</th><th>images</th><th>indication</th><th>reference</th><th>generated</th></tr></thead>
+<tbody>
+{chr(10).join(rows_html)}
+</tbody></table>
+<div id=pager><button id=prev>previous</button> <span id=page-info></span> <button id=next>next</button>
+<label>rows per page <select id=page-size><option>25</option><option selected>{PAGE_SIZE}</option><option>100</option>
+<option value=100000>all</option></select></label></div>
+<div id=overlay><img alt=""></div>
+<p class=muted>Written by <code>mllm-cxr report</code> ({_e(time.strftime('%Y-%m-%d %H:%M'))}). Self-contained: no
+network access; images are inlined thumbnails.</p>
+<script>{JS}</script>
+</body></html>
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ReportOptions:
+    studies: str | None = None
+    data_root: str | None = None
+    sort: str = DEFAULT_SORT
+    thumb_size: int = DEFAULT_THUMB
+    max_studies: int = DEFAULT_MAX_STUDIES
+    max_thumbs: int = 2
+    text: bool = True
+    title: str | None = None
+    thumb_cache: str | None = None
+
+
+def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl"
+                     ) -> dict[str, list[float | None]]:
+    """Per-study scores that `mllm-cxr eval` wrote (ROUGE-L, RadGraph, GREEN, ...), aligned with ``ids``."""
+    p = eval_dir / name
+    if not p.is_file():
+        return {}
+    by_id: dict[str, dict] = {}
+    with open(p, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:
+                    raise DataPrepError("not valid JSON", file=str(p), line=no) from None
+                by_id[str(d.get("study_id"))] = d
+    keys = [k for k in PER_STUDY_METRICS if k not in ("chexpert_f1", "errors", "prior_hallucination",
+                                                       "measurement_hallucinations")]
+    out = {}
+    for k in keys:
+        vals = [by_id.get(s, {}).get(k) for s in ids]
+        if any(isinstance(v, int | float) for v in vals):
+            out[k] = [float(v) if isinstance(v, int | float) else None for v in vals]
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _views(rec, cfg, max_thumbs: int) -> list[tuple[str, Any]]:
+    from mllm_cxr.prompts import select_prior_images
+
+    out = [(im.view, im) for im in rec.frontal_first()[:max_thumbs]]
+    out += [(f"prior {im.view}", im) for im in select_prior_images(rec, cfg)]
+    return out
+
+
+def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pred: str | Path | None = None,
+                 compare: str | Path | None = None, options: ReportOptions | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Render ``OUT/report.html`` from an eval folder (``metrics.json``, ``per_study.jsonl``) and its predictions.
+
+    Returns a summary: path, studies shown/total, images shown/missing/unreadable, bytes, seconds.
+    """
+    from reward.chexpert import ChexpertRulesLabeler
+
+    t0 = time.perf_counter()
+    opt = check_options(options or ReportOptions())
+    ed = Path(eval_dir)
+    mj = ed / "metrics.json"
+    if not mj.is_file():
+        raise FileNotFoundError(f"{mj} not found: run `mllm-cxr eval --pred PRED --out {ed}` first")
+    try:
+        result = json.loads(mj.read_text())
+    except json.JSONDecodeError as e:
+        raise DataPrepError(f"not valid JSON ({e.msg})", file=str(mj)) from None
+    if not isinstance(result, dict) or "metrics" not in result:
+        raise DataPrepError("not an `mllm-cxr eval` result (no 'metrics')", file=str(mj))
+    pa = read_pred_file(_find_file(pred or result.get("pred", ""), ed, "predictions", "--pred"))
+    c = result.get("compare")
+    if compare and not c:
+        raise ConfigError(f"--compare {compare}: {mj} has no paired comparison; run `mllm-cxr eval --compare` first")
+    pb = read_pred_file(_find_file(compare or c["other"], ed, "compared predictions", "--compare")) if c else None
+    names = (str(result.get("name") or pa.path.stem), (str(c.get("name") or pb.path.stem) if c else None))
+    uncertain = (result.get("details", {}).get("chexpert") or {}).get("uncertain", "positive")
+
+    ids = pa.order
+    rows_a = [pa.rows[s] for s in ids]
+    refs = [r["reference"] for r in rows_a]
+    ctxs = [r.get("context") or {} for r in rows_a]
+    from mllm_cxr.evaluate import _no_prior_flags
+
+    no_prior = _no_prior_flags(ctxs)
+    labeler = ChexpertRulesLabeler()
+    extra = _per_study_extra(ed, ids)
+    va, ref_views, hook = analyse_system([r["prediction"] for r in rows_a], refs, no_prior, uncertain, labeler,
+                                         extra=extra)
+    vb: list[SystemView | None] = [None] * len(ids)
+    if pb is not None:
+        idx_b = [i for i, s in enumerate(ids) if s in pb.rows]
+        hyps_b = [pb.rows[ids[i]]["prediction"] for i in idx_b]
+        extra_b = _per_study_extra(ed, [ids[i] for i in idx_b], "per_study_compare.jsonl")
+        if "rouge_l" in extra and "rouge_l" not in extra_b and hyps_b:  # an eval folder from before that file
+            from reward.base import get_scorer
+
+            extra_b["rouge_l"] = list(get_scorer("rouge_l")(hyps_b, [refs[i] for i in idx_b]).scores)
+        sub, _, _ = analyse_system(hyps_b, [refs[i] for i in idx_b], [no_prior[i] for i in idx_b], uncertain,
+                                   labeler, ref_views=[ref_views[i] for i in idx_b], extra=extra_b)
+        for i, v in zip(idx_b, sub):
+            vb[i] = v
+
+    # which studies are shown, in which order
+    metric_keys = [k for k in PER_STUDY_METRICS if any(k in v.metrics for v in va)]
+    sort_key = opt.sort
+    base_key = sort_key.removeprefix("b_").removeprefix("delta_")
+    if base_key not in metric_keys:
+        raise ConfigError(f"--sort {sort_key!r}: not a per-study metric of this evaluation; choose from "
+                          f"{', '.join(metric_keys)}" + (" (prefix b_ or delta_ for the compared system)" if pb else ""))
+    hib = PER_STUDY_METRICS[base_key][1]
+    sort_asc = hib is not False  # worst first: ascending for higher-is-better metrics
+
+    def key_of(i: int) -> float:
+        v = va[i] if not sort_key.startswith("b_") else vb[i]
+        if v is None or base_key not in v.metrics:
+            return math.inf
+        if sort_key.startswith("delta_"):
+            if vb[i] is None or base_key not in vb[i].metrics:
+                return math.inf
+            x = va[i].metrics[base_key] - vb[i].metrics[base_key]
+        else:
+            x = v.metrics[base_key]
+        return x if sort_asc else -x
+
+    order = sorted(range(len(ids)), key=lambda i: (key_of(i), -va[i].metrics["errors"], i))
+    notes = []
+    if len(order) > opt.max_studies:
+        notes.append(f"{opt.max_studies:,} of {len(order):,} studies are shown: the worst by {sort_key} "
+                     f"({'lowest' if sort_asc else 'highest'} first). The summary covers all studies; "
+                     "use --max-studies to show more, or --sort for another selection.")
+        order = order[:opt.max_studies]
+
+    # images
+    thumbs = Thumbs(size=opt.thumb_size, cache_dir=Path(opt.thumb_cache) if opt.thumb_cache else None) \
+        if opt.thumb_size > 0 else None
+    sp, root, src_note = resolve_sources(pa, opt.studies, opt.data_root)
+    records: dict[str, Any] = {}
+    if sp is not None and thumbs is not None:
+        records = read_studies(sp, {ids[i] for i in order})
+    elif sp is None:
+        notes.append(f"Images are not shown: {src_note}.")
+    cfg = _prompt_config(pa.meta)
+    n_not_in_studies = n_missing_studies = 0
+    rows_html, splits = [], set()
+    from tqdm.auto import tqdm
+
+    for i in tqdm(order, desc="report", unit="study", disable=not progress):
+        sid, ctx = ids[i], ctxs[i]
+        rec = records.get(sid)
+        split = str(ctx.get("split") or (rec.split if rec else "") or "")
+        if split:
+            splits.add(split)
+        tl: list[tuple[str, str | None, str | None]] = []
+        note = None
+        if thumbs is not None and sp is not None:
+            if rec is None:
+                n_not_in_studies += 1
+                note = "study not in the studies file"
+            else:
+                before = thumbs.missing + thumbs.unreadable
+                for cap, im in _views(rec, cfg, opt.max_thumbs):
+                    uri, why = thumbs.data_uri(root / im.path)
+                    tl.append((cap, uri, why))
+                if not rec.images:
+                    note = "no image in the study record"
+                if thumbs.missing + thumbs.unreadable > before or not rec.images:
+                    n_missing_studies += 1
+        indication = str(ctx.get("indication") or (rec.indication if rec else "") or "")
+        rows_html.append(row_html(StudyRow(sid, split, indication, refs[i], va[i], vb[i], tl, note),
+                                  metric_keys, names, opt.text))
+    counts: dict[str, Any] = {"studies in the table": f"{len(order):,} of {len(ids):,}"}
+    if thumbs is not None and sp is not None:
+        counts["images from"] = f"{src_note}; data root {root}"
+        counts["studies with a missing or unreadable image"] = n_missing_studies
+        counts["images missing / unreadable"] = f"{thumbs.missing} / {thumbs.unreadable}"
+        if n_not_in_studies:
+            counts["studies not found in the studies file"] = n_not_in_studies
+    counts["studies with a label disagreement (A)"] = sum(va[i].metrics["errors"] > 0 for i in range(len(ids)))
+    counts["prior references without a prior (A)"] = sum(va[i].metrics["prior_hallucination"] > 0
+                                                         for i in range(len(ids)))
+    counts["measurement/device scorer"] = hook or "not installed (no scorer named measurement_hallucination)"
+    title = opt.title or (f"Evaluation: {names[0]}" + (f" vs {names[1]}" if names[1] else ""))
+    doc = page_html(title=title, result=result, counts=counts, rows_html=rows_html, metric_keys=metric_keys,
+                    sort_key=sort_key, sort_asc=sort_asc, splits=sorted(splits), compare_names=names,
+                    text=opt.text, notes=notes)
+    out = Path(out_path) if out_path else ed / REPORT_NAME
+    if out.suffix.lower() != ".html":
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"report output {out}: give a folder or a .html file name")
+        out = out / REPORT_NAME
+    if out.resolve() in {pa.path.resolve(), *( [pb.path.resolve()] if pb else []), mj.resolve()}:
+        raise ConfigError(f"report output {out} would overwrite an input")
+    _atomic_write(out, doc)
+    return {"path": str(out), "studies_shown": len(order), "studies": len(ids),
+            "images": (thumbs.encoded + thumbs.disk_hits) if thumbs else 0,
+            "images_from_cache": thumbs.disk_hits if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
+            "images_unreadable": thumbs.unreadable if thumbs else 0, "studies_with_missing_image": n_missing_studies,
+            "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+            "measurement_hook": hook}
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options shared by ``report`` and ``eval --html``."""
+    p.add_argument("--studies", default=None, help="study records of the predictions (default: recorded by generate)")
+    p.add_argument("--data-root", default=None, help="root of the image paths (default: recorded, else the studies "
+                                                     "file's folder)")
+    p.add_argument("--sort", default=DEFAULT_SORT, help="per-study metric for the worst-first order "
+                   f"({', '.join(PER_STUDY_METRICS)}; b_/delta_ prefix for the compared system)")
+    p.add_argument("--thumb-size", type=int, default=DEFAULT_THUMB, help="thumbnail long side in pixels (0: no images)")
+    p.add_argument("--max-thumbs", type=int, default=2, help="images of the study per row (frontal first)")
+    p.add_argument("--max-studies", type=int, default=DEFAULT_MAX_STUDIES,
+                   help="above this many studies, show the worst ones (with a note)")
+    p.add_argument("--no-text", "--redact", dest="no_text", action="store_true",
+                   help="leave report and indication texts out of the page")
+    p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--thumb-cache", default=None, metavar="DIR",
+                   help="keep thumbnails in DIR and reuse them in later reports (they are patient images: keep DIR "
+                        "with the data)")
+
+
+def check_options(opt: ReportOptions) -> ReportOptions:
+    """Refuse bad option values before any work (``eval --html`` checks them before evaluating)."""
+    if opt.thumb_size < 0 or opt.max_studies < 1 or opt.max_thumbs < 0:
+        raise ConfigError(f"report: --thumb-size must be >= 0 (got {opt.thumb_size}), --max-studies >= 1 (got "
+                          f"{opt.max_studies}), --max-thumbs >= 0 (got {opt.max_thumbs})")
+    base = opt.sort.removeprefix("b_").removeprefix("delta_")
+    if base not in PER_STUDY_METRICS:
+        raise ConfigError(f"--sort {opt.sort!r}: not a per-study metric; choose from {', '.join(PER_STUDY_METRICS)} "
+                          "(prefix b_ or delta_ for the compared system)")
+    return opt
+
+
+def options_from_args(args: argparse.Namespace) -> ReportOptions:
+    return check_options(ReportOptions(studies=args.studies, data_root=args.data_root, sort=args.sort, thumb_size=args.thumb_size,
+                         max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
+                         title=args.title, thumb_cache=args.thumb_cache))
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    img = (f", {s['images']} images ({s['studies_with_missing_image']} studies with a missing or unreadable image)"
+           if s["images"] or s["studies_with_missing_image"] else "")
+    return (f"report: {s['studies_shown']} of {s['studies']} studies{img}, {s['bytes'] / 1e6:.1f} MB in "
+            f"{s['seconds']:.1f} s -> {s['path']}")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    s = build_report(args.eval, args.out, pred=args.pred, compare=args.compare, options=options_from_args(args),
+                     progress=not args.quiet)
+    print(summary_line(s))
+    return 0
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report from an eval folder",
+                       description="Render OUT/report.html (default: in the eval folder) from `mllm-cxr eval` "
+                                   "output: summary with CIs, per-study images, reference vs generated with "
+                                   "label disagreements highlighted, filters. No network; works from file://.")
+    p.add_argument("--eval", required=True, help="folder written by `mllm-cxr eval`")
+    p.add_argument("--out", default=None, help="output folder or .html file (default: the eval folder)")
+    p.add_argument("--pred", default=None, help="predictions JSONL (default: the one named in metrics.json)")
+    p.add_argument("--compare", default=None, help="compared predictions (default: named in metrics.json)")
+    add_report_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_report)

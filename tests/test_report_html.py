@@ -1,0 +1,409 @@
+"""The HTML evaluation report: highlight spans, escaping, images through the study records, CLI, demo hook."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from data_prep.errors import DataPrepError
+from mllm_cxr.report_html import (
+    Highlight,
+    ReportOptions,
+    build_report,
+    label_highlights,
+    label_view,
+    normalized_with_offsets,
+    prior_highlights,
+    render_marked,
+)
+from reward.chexpert import ChexpertRulesLabeler, normalize
+
+FAST = "chexpert,prior,rouge_l,length"
+LONG = " Additional sentence about the heart and lungs, repeated for length." * 6
+SCRIPT = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    return ChexpertRulesLabeler()
+
+
+def spans(hl: list[Highlight], text: str) -> set[tuple[int, int, str, str | None, str]]:
+    return {(h.start, h.end, h.kind, h.observation, text[h.start:h.end]) for h in hl}
+
+
+# ------------------------------------------------------------------------------------------------
+# Highlight spans (labeler + prior detector) on hand-made pairs
+# ------------------------------------------------------------------------------------------------
+def test_labeler_spans_map_back_through_paragraph_breaks(labeler):
+    hyp = "Small left Pleural Effusion. No pneumothorax."
+    ref = "No pleural effusion.\n\nSmall right pneumothorax."  # the blank line becomes " . " when normalised
+    hh, rh, outcome = label_highlights(label_view(hyp, labeler), label_view(ref, labeler))
+    assert outcome == {"Pleural Effusion": "fp", "Pneumothorax": "fn"}
+    assert spans(hh, hyp) == {(19, 27, "fp", "Pleural Effusion", "Effusion"),
+                              (32, 44, "neg", "Pneumothorax", "pneumothorax")}
+    assert spans(rh, ref) == {(11, 19, "neg", "Pleural Effusion", "effusion"),
+                              (34, 46, "fn", "Pneumothorax", "pneumothorax")}
+    fp = next(h for h in hh if h.kind == "fp")
+    assert fp.label == "false positive: Pleural Effusion (reference: negated)"
+
+
+def test_labeler_spans_glued_sentences_and_uncertain_convention(labeler):
+    hyp, ref = "No edema.Possible pneumonia.", "No pneumonia."  # "edema.Possible": a space is inserted
+    hh, rh, outcome = label_highlights(label_view(hyp, labeler), label_view(ref, labeler))
+    assert outcome == {"No Finding": "fn", "Pneumonia": "fp"}
+    assert spans(hh, hyp) == {(18, 27, "fp", "Pneumonia", "pneumonia")}
+    assert spans(rh, ref) == {(3, 12, "neg", "Pneumonia", "pneumonia")}
+    # uncertain counted as negative: "possible pneumonia" is no finding claimed, nothing to mark
+    hh, rh, outcome = label_highlights(label_view(hyp, labeler, "negative"), label_view(ref, labeler, "negative"),
+                                       "negative")
+    assert outcome == {"No Finding": "fn"} and hh == [] and rh == []
+
+
+def test_labeler_implication_marks_the_mention_that_adds_the_finding(labeler):
+    hyp, ref = "LUNGS CLEAR.\r\nMild CHF.", "Normal heart size.  No edema."
+    hh, rh, outcome = label_highlights(label_view(hyp, labeler), label_view(ref, labeler))
+    assert outcome == {"No Finding": "fn", "Cardiomegaly": "fp", "Edema": "fp"}
+    assert spans(hh, hyp) == {(19, 22, "fp", "Cardiomegaly", "CHF"), (19, 22, "fp", "Edema", "CHF")}
+    assert spans(rh, ref) == {(7, 17, "neg", "Cardiomegaly", "heart size"), (23, 28, "neg", "Edema", "edema")}
+
+
+@pytest.mark.parametrize("text", ["", "No acute disease.", "Mild CHF. Possible small effusion.\n\nET tube in place.",
+                                  "Heart size is enlarged.No pneumothorax.", "   "])
+def test_label_view_labels_are_the_labelers(labeler, text):
+    from reward.chexpert import label_report
+
+    assert label_view(text, labeler).labels == label_report(text)
+
+
+def test_agreeing_reports_have_no_highlight(labeler):
+    text = "Moderate cardiomegaly. Small left pleural effusion."
+    hh, rh, outcome = label_highlights(label_view(text, labeler), label_view(text.upper(), labeler))
+    assert hh == [] and rh == [] and outcome == {"Cardiomegaly": "tp", "Pleural Effusion": "tp"}
+
+
+def test_prior_detector_spans():
+    text = "Stable cardiomegaly. No effusion. Compared to the prior study, no change."
+    got = [(h.start, h.end, h.kind, text[h.start:h.end]) for h in prior_highlights(text)]
+    assert got == [(0, 20, "prior", "Stable cardiomegaly."),
+                   (34, 73, "prior", "Compared to the prior study, no change.")]
+    assert "cues: stable" in prior_highlights(text)[0].label
+    assert prior_highlights("Evidence of prior granulomatous disease. Clear lungs.") == []
+
+
+@pytest.mark.parametrize("text", ["  A\r\n\r\n1. Foo  bar.Baz\tİx \n2) y", "x.Y", "", "\n\n", "ΟΔΟΣ.Α b"])
+def test_normalised_offsets_rebuild_normalize(text):
+    norm, off = normalized_with_offsets(text)
+    assert norm == normalize(text) and len(off) == len(norm)
+    for ch, j in zip(norm, off):
+        if j >= 0 and ch != " ":
+            assert ch in text[j].lower(), (ch, j)  # every kept character maps onto itself
+
+
+def test_render_marked_escapes_and_splits_overlaps():
+    text = f"{SCRIPT} Effusion & stable."
+    s = text.index("Effusion")
+    out = render_marked(text, [Highlight(s, s + 8, "fp", "FP <b>"), Highlight(0, len(text), "prior", "prior")])
+    assert "<script>" not in out and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in out
+    assert '<mark class="hl hl-fp hl-prior" title="FP &lt;b&gt;; prior">Effusion</mark>' in out
+    assert out.count("<mark") == 3 and "&amp;" in out
+    assert render_marked("a < b", []) == "a &lt; b"
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole reports on phantom data
+# ------------------------------------------------------------------------------------------------
+def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source: str = "row",
+                      long_id: str | None = None) -> Path:
+    """Predictions in `generate`'s format; every third study gets its own impression, the rest a neighbour's."""
+    from data_prep.schema import read_records
+    from mllm_cxr.generate import meta_path, study_context
+
+    recs = read_records(phantom_dir / "studies.jsonl")
+    with open(out, "w", encoding="utf-8") as fh:
+        for i, r in enumerate(recs):
+            p = recs[(i + shift) % len(recs)].impression if i % 3 else r.impression
+            if i == 1:
+                p += " " + SCRIPT
+            if r.study_id == long_id:
+                p += LONG
+            row = {"study_id": r.study_id, "prediction": p, "reference": r.impression, "context": study_context(r)}
+            if record_source == "row":
+                row["studies"] = str(phantom_dir / "studies.jsonl")
+            fh.write(json.dumps(row) + "\n")
+    if record_source == "meta":
+        meta_path(out).write_text(json.dumps({"studies": str(phantom_dir / "studies.jsonl"), "prompt": {
+            "prompt": {"include_prior_images": True, "max_images": 3}}}))
+    return out
+
+
+def make_eval(tmp: Path, phantom_dir: Path, *, compare: bool = True, long_id: str | None = None) -> Path:
+    from mllm_cxr.evaluate import run_eval
+
+    a = write_predictions(phantom_dir, tmp / "sys_a.jsonl", 1, long_id=long_id)
+    b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, record_source="meta") if compare else None
+    run_eval(a, tmp / "eval", compare=b, metrics=FAST.split(","), n_boot=50, plots=False, progress=False)
+    return tmp / "eval"
+
+
+def rows_of(doc: str) -> list[str]:
+    return re.findall(r'<tr class=study [^>]*data-id="([^"]+)"', doc)
+
+
+def test_report_from_eval_folder(tmp_path, phantom_dir):
+    ev = make_eval(tmp_path, phantom_dir)
+    s = build_report(ev)
+    doc = (ev / "report.html").read_text()
+    n = sum(1 for _ in open(phantom_dir / "studies.jsonl"))
+    assert s["path"] == str(ev / "report.html") and s["studies"] == s["studies_shown"] == n
+    assert s["images"] == 2 * n and s["images_missing"] == 0  # frontal + lateral of every phantom study
+    assert len(rows_of(doc)) == n
+    # self-contained: images inlined, no URL to fetch, a CSP that forbids the network
+    assert doc.count('src="data:image/jpeg;base64,') == 2 * n
+    assert not re.search(r'(src|href)="(https?:)?//', doc)
+    assert "default-src 'none'" in doc
+    # the prediction's <script> is text, and the only <script> element is the page's own
+    assert doc.count("<script>") == 1 and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in doc
+    # summary: every main metric with its CI, the paired comparison
+    res = json.loads((ev / "metrics.json").read_text())
+    for k, m in res["metrics"].items():
+        if m.get("main") and m["value"] is not None:
+            assert f"{m['value']:.{1 if k.startswith(('length_pred', 'length_ref')) else 3}f}" in doc, k
+    assert "delta A−B" in doc and "show B: sys_b" in doc and "<svg class=plot" in doc
+    assert (ev / "per_study_compare.jsonl").is_file() and doc.count("data-m-b-rouge-l=") == n
+    assert "This file contains report text and chest X-ray images" in doc
+    # worst first by per-study CheXpert F1
+    f1 = [float(x) for x in re.findall(r'data-m-chexpert-f1="([^"]+)"', doc)]
+    assert f1 == sorted(f1) and f1[0] < f1[-1]
+
+
+def test_images_through_meta_file_prior_images_and_missing_placeholder(tmp_path, phantom_dir):
+    """B's rows carry no `studies` field: its side file names the studies file and a prompt with prior images."""
+    import shutil
+
+    from data_prep.schema import read_records
+
+    ph = tmp_path / "ph"
+    shutil.copytree(phantom_dir, ph)
+    recs = read_records(ph / "studies.jsonl")
+    (ph / recs[0].images[0].path).unlink()  # one missing image
+    (ph / recs[1].images[0].path).write_bytes(b"not a png")  # one unreadable image
+    pred = write_predictions(ph, tmp_path / "p.jsonl", 1, record_source="meta")
+    from mllm_cxr.evaluate import run_eval
+
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert", "length"], n_boot=0, plots=False, progress=False)
+    s = build_report(tmp_path / "ev")
+    n_prior = sum(1 for r in recs if r.prior is not None and r.prior.images)
+    assert n_prior > 0
+    assert s["images_missing"] == 1 and s["images_unreadable"] == 1 and s["studies_with_missing_image"] == 2
+    doc = (tmp_path / "ev" / "report.html").read_text()
+    assert doc.count("image missing") == 1 and doc.count("image unreadable") == 1
+    assert doc.count("<figcaption>prior ") == n_prior
+    assert "studies with a missing or unreadable image: <b>2</b>" in doc
+
+
+def test_flags_override_and_no_record_means_a_note(tmp_path, phantom_dir):
+    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
+    from mllm_cxr.evaluate import run_eval
+
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
+    s = build_report(tmp_path / "ev")
+    assert s["images"] == 0
+    assert "Images are not shown: the predictions do not name their studies file (pass --studies)" in \
+        (tmp_path / "ev" / "report.html").read_text()
+    s = build_report(tmp_path / "ev", options=ReportOptions(studies=str(phantom_dir / "studies.jsonl"),
+                                                            data_root=str(phantom_dir), max_thumbs=1))
+    assert s["images"] == s["studies"] and s["images_missing"] == 0
+    s = build_report(tmp_path / "ev", options=ReportOptions(studies=str(phantom_dir / "studies.jsonl"),
+                                                            data_root=str(tmp_path)))  # wrong root: placeholders
+    assert s["images"] == 0 and s["studies_with_missing_image"] == s["studies"]
+
+
+def test_no_text_leaves_the_texts_out(tmp_path, phantom_dir):
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    build_report(ev, tmp_path / "redacted", options=ReportOptions(text=False, thumb_size=0))
+    doc = (tmp_path / "redacted" / "report.html").read_text()
+    rows = [json.loads(x) for x in open(tmp_path / "sys_a.jsonl")]
+    for r in rows:
+        assert r["reference"] not in doc and r["prediction"] not in doc
+        assert r["context"]["indication"] not in doc.split("<h2>Studies</h2>")[1]
+    assert "Report texts were left out of this file" in doc and "data:image" not in doc
+    assert len(rows_of(doc)) == len(rows) and "FN " in doc  # labels and outcomes stay
+
+
+def test_max_studies_keeps_the_worst_with_a_note_and_sort_choices(tmp_path, phantom_dir):
+    from mllm_cxr.config import ConfigError
+
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    s = build_report(ev, options=ReportOptions(max_studies=5, sort="errors", thumb_size=0))
+    doc = (ev / "report.html").read_text()
+    assert s["studies_shown"] == 5 and len(rows_of(doc)) == 5
+    assert f"5 of {s['studies']:,} studies are shown: the worst by errors (highest first)" in doc
+    errs = [float(x) for x in re.findall(r'data-m-errors="([^"]+)"', doc)]
+    assert errs == sorted(errs, reverse=True)
+    with pytest.raises(ConfigError, match="--sort 'bleu'.*chexpert_f1"):
+        build_report(ev, options=ReportOptions(sort="bleu"))
+
+
+def test_measurement_hook_with_a_registered_scorer(tmp_path, phantom_dir):
+    """The optional hook: whatever scorer is registered as measurement_hallucination marks its spans."""
+    from reward.base import Scorer, ScoreResult
+    from tests.conftest import local_scorers
+
+    class Fake(Scorer):
+        name = "measurement_hallucination"
+
+        def score(self, hyps, refs=None, **_):
+            det = []
+            for h in hyps:
+                i = h.find("pneumothorax")
+                det.append({"hallucinations": [{"kind": "device_position", "span": [i, i + 12],
+                                                "reference_fact": {"text": "ETT 4 cm above the carina"}}]}
+                           if i >= 0 else {"hallucinations": []})
+            return ScoreResult([float(len(d["hallucinations"])) for d in det], det, {})
+
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    with local_scorers([("measurement_hallucination", "test", Fake)]):
+        s = build_report(ev, options=ReportOptions(thumb_size=0))
+    doc = (ev / "report.html").read_text()
+    rows = [json.loads(x) for x in open(tmp_path / "sys_a.jsonl")]
+    n = sum("pneumothorax" in r["prediction"] for r in rows)
+    assert n > 0 and s["measurement_hook"] == "measurement_hallucination"
+    assert len(re.findall(r'<mark class="hl[^"]*hl-meas[^"]*" title="[^"]*device_position \(reference: ETT 4 cm',
+                          doc)) == n
+    assert len(re.findall(r'data-m-measurement-hallucinations="1"', doc)) == n
+
+
+def test_measurement_hook_with_the_real_scorer(tmp_path, phantom_dir):
+    from reward.base import available_scorers
+
+    if "measurement_hallucination" not in available_scorers():
+        pytest.skip("no scorer named measurement_hallucination is registered in this version (reward/measurements.py)")
+    from mllm_cxr.report_html import measurement_highlights
+
+    hyps = ["Endotracheal tube tip 9 cm above the carina. No pneumothorax."]
+    refs = ["Endotracheal tube tip 4 cm above the carina. No pneumothorax."]
+    marks, counts, _ = measurement_highlights(hyps, refs)
+    assert counts[0] >= 1 and marks[0], (counts, marks)
+    assert all(0 <= m.start < m.end <= len(hyps[0]) for m in marks[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI and demo
+# ------------------------------------------------------------------------------------------------
+def test_cli_eval_html_and_report_verb(tmp_path, phantom_dir, capsys):
+    from mllm_cxr.cli import main
+
+    a = write_predictions(phantom_dir, tmp_path / "a.jsonl", 1)
+    b = write_predictions(phantom_dir, tmp_path / "b.jsonl", 2)
+    out = tmp_path / "ev"
+    rc = main(["eval", "--pred", str(a), "--compare", str(b), "--out", str(out), "--metrics", FAST, "--n-boot", "20",
+               "--no-plots", "--quiet", "--html", "--thumb-size", "64", "--sort", "delta_chexpert_f1"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("report: ") and lines[-1].endswith(str(out / "report.html"))
+    doc = (out / "report.html").read_text()
+    assert 'value="delta-chexpert-f1" data-dir=asc selected' in doc
+    assert main(["report", "--eval", str(out), "--out", str(tmp_path / "r2"), "--redact", "--quiet"]) == 0
+    assert "Report texts were left out" in (tmp_path / "r2" / "report.html").read_text()
+    assert main(["report", "--eval", str(tmp_path / "nothing")]) == 2
+    assert "metrics.json not found" in capsys.readouterr().err
+    assert main(["report", "--eval", str(out), "--out", str(a)]) == 2  # never overwrite an input
+    assert main(["report", "--eval", str(out), "--thumb-size", "-1"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(a), "--out", str(tmp_path / "ev2"), "--html", "--sort", "bleu"]) == 2
+    assert "--sort 'bleu': not a per-study metric" in capsys.readouterr().err
+    assert not (tmp_path / "ev2").exists()  # refused before evaluating
+
+
+def test_demo_writes_the_report_of_its_last_stage(tmp_path, phantom_dir, capsys):
+    """The demo's last step (`write_stage_report`) on an eval folder of the same shape as the demo's."""
+    from mllm_cxr.demo import write_stage_report
+
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    results = {"SFT": {"eval_dir": str(tmp_path / "missing")}, "+GRPO (clinical reward)": {"eval_dir": str(ev)}}
+    path = write_stage_report(results)
+    assert path == ev / "report.html" and path.is_file()
+    doc = path.read_text()
+    assert "<title>mllm-cxr demo, last stage: +GRPO (clinical reward)</title>" in doc
+    assert f"HTML report of the last stage (+GRPO (clinical reward)): {path}" in capsys.readouterr().out
+
+
+def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
+    """The commands of README's "The evaluation report" section, run as written (from a folder with runs/)."""
+    import shlex
+
+    from mllm_cxr.cli import main
+
+    for var in ("MLLM_CXR_RADGRAPH_DIR", "MLLM_CXR_GREEN_MODEL", "MLLM_CXR_GREEN_URL", "MLLM_CXR_CHEXBERT"):
+        monkeypatch.delenv(var, raising=False)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## The evaluation report", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    cmds = [shlex.split(x) for x in block.strip().splitlines()]
+    assert [c[:2] for c in cmds] == [["mllm-cxr", "eval"], ["mllm-cxr", "report"]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "pred").mkdir(parents=True)
+    write_predictions(phantom_dir, tmp_path / "runs/pred/grpo.jsonl", 1)
+    write_predictions(phantom_dir, tmp_path / "runs/pred/sft.jsonl", 2)
+    for c in cmds:
+        assert main(c[1:]) == 0, c
+    assert (tmp_path / "runs/eval/grpo/report.html").is_file()
+    doc = (tmp_path / "runs/eval/grpo-shareable/report.html").read_text()
+    assert "Report texts were left out" in doc and 'value="errors" data-dir=desc selected' in doc
+
+
+def test_studies_and_data_root_from_row_fields(tmp_path, phantom_dir):
+    """`studies` inside `context` and a top-level `data_root` (relative studies path, moved images)."""
+    import shutil
+
+    from mllm_cxr.evaluate import run_eval
+
+    shutil.copytree(phantom_dir / "images", tmp_path / "imgs" / "images")
+    shutil.copy(phantom_dir / "studies.jsonl", tmp_path / "studies.jsonl")
+    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
+    rows = [json.loads(x) for x in open(pred)]
+    with open(pred, "w") as fh:
+        for r in rows:
+            r["context"]["studies"] = "studies.jsonl"  # relative: found beside the predictions file
+            r["data_root"] = str(tmp_path / "imgs")
+            fh.write(json.dumps(r) + "\n")
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
+    s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=1))
+    assert s["images"] == s["studies"] == len(rows) and s["images_missing"] == 0
+    assert f"data root {tmp_path / 'imgs'}" in (tmp_path / "ev" / "report.html").read_text()
+    rows[0]["data_root"] = "/elsewhere"
+    with open(pred, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    with pytest.raises(DataPrepError, match="field 'data_root'.*2 different values"):
+        build_report(tmp_path / "ev")
+
+
+def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
+    import shutil
+
+    ph = tmp_path / "ph"
+    shutil.copytree(phantom_dir, ph)
+    pred = write_predictions(ph, tmp_path / "p.jsonl", 1)
+    from mllm_cxr.evaluate import run_eval
+
+    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
+    opt = ReportOptions(thumb_cache=str(tmp_path / "cache"))
+    first = build_report(tmp_path / "ev", tmp_path / "r1", options=opt)
+    assert first["images_from_cache"] == 0 and first["images"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.jpg"))) == first["images"]
+    second = build_report(tmp_path / "ev", tmp_path / "r2", options=opt)
+    assert second["images_from_cache"] == second["images"] == first["images"]
+    uris = lambda d: re.findall(r'src="(data:image/jpeg[^"]+)"', (tmp_path / d / "report.html").read_text())  # noqa: E731
+    assert uris("r1") == uris("r2")
+    from data_prep.schema import read_records
+
+    rec = read_records(ph / "studies.jsonl")[0]
+    src = ph / rec.images[0].path
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(src)  # the image changed: its thumbnail is made again
+    third = build_report(tmp_path / "ev", tmp_path / "r3", options=opt)
+    assert third["images_from_cache"] == first["images"] - 1
