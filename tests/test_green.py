@@ -229,13 +229,11 @@ def test_server_errors_are_reward_errors(oracle_server):
 # Local HF judge: a tiny random Llama answers garbage
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    pytest.importorskip("torch")
+def save_tiny_green_judge(folder):
+    """A tiny random Llama with a word-level tokenizer over the GREEN prompt's words, saved to ``folder``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     words = sorted(set(make_green_prompt("no effusion", "small effusion").split()))
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -251,6 +249,12 @@ def tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    pytest.importorskip("torch")
+    return save_tiny_green_judge(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.mark.parametrize("prompt_format", ["green", "chat"])
