@@ -51,3 +51,24 @@ def test_accelerate_configs_parse():
         assert d["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED"}, p
         if d["distributed_type"] == "DEEPSPEED":
             assert d["deepspeed_config"]["zero_stage"] in (2, 3), p
+
+
+def test_env_block_of_a_config_is_applied(tmp_path, monkeypatch):
+    """TrlParser's documented ``env:`` block sets environment variables (our own key check blocked it)."""
+    import os
+
+    from trl import SFTConfig
+
+    from mllm_cxr.config import DataArguments, parse_recipe_args
+    from mllm_cxr.modeling import ModelArguments
+    from mllm_cxr.prompts import PromptConfig
+
+    monkeypatch.delenv("MLLM_CXR_TEST_ENV_BLOCK", raising=False)
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text((REPO / "recipes" / "configs" / "tiny" / "sft.yaml").read_text()
+                   + "\nenv:\n  MLLM_CXR_TEST_ENV_BLOCK: from-yaml\n")
+    data_args, *_, args = parse_recipe_args((DataArguments, ModelArguments, PromptConfig, SFTConfig),
+                                            ["--config", str(cfg), "--learning_rate", "0.5"])
+    assert os.environ["MLLM_CXR_TEST_ENV_BLOCK"] == "from-yaml"
+    assert args.learning_rate == 0.5 and data_args.train_split == "train"
+    monkeypatch.delenv("MLLM_CXR_TEST_ENV_BLOCK", raising=False)

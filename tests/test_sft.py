@@ -96,13 +96,31 @@ def test_resume_reaches_same_adapter(tmp_path, phantom_dir, tiny_model_dir):
     assert any(not torch.allclose(wa[k], w2[k]) for k in wa), "steps 3-4 changed nothing"
 
 
-def test_bad_config_key_names_the_key(tmp_path, phantom_dir, tiny_model_dir):
+def test_bad_config_key_names_the_key(tmp_path):
+    """In process: TRL rejects the key; our error names the file, the key and the likely meant key."""
+    from trl import SFTConfig
+
+    from mllm_cxr.config import ConfigError, DataArguments, parse_recipe_args
+    from mllm_cxr.modeling import ModelArguments
+    from mllm_cxr.prompts import PromptConfig
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(TINY_CFG.read_text() + "\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        parse_recipe_args((DataArguments, ModelArguments, PromptConfig, SFTConfig), ["--config", str(cfg)])
+    msg = str(e.value)
+    assert "learning_rat" in msg and "did you mean 'learning_rate'" in msg and str(cfg) in msg
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        parse_recipe_args((DataArguments, ModelArguments, PromptConfig, SFTConfig),
+                          ["--config", str(TINY_CFG), "--max_stpes", "3"])
+
+
+def test_bad_config_key_exits_2_without_traceback(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(TINY_CFG.read_text() + "\nlearning_rat: 0.1\n")
     proc = subprocess.run([sys.executable, str(REPO / "recipes" / "sft.py"), "--config", str(cfg)],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "learning_rat" in proc.stderr and "learning_rate" in proc.stderr and str(cfg) in proc.stderr
+    assert proc.returncode == 2 and "learning_rat" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
