@@ -159,3 +159,22 @@ def test_lora_targets_language_model_only(tiny_model_dir):
     assert names and all("lora_" in n for n in names)
     assert not any("visual" in n for n in names)
     assert any("language_model" in n and "q_proj" in n for n in names)
+
+
+def test_model_arguments_are_trl_model_config_with_our_defaults():
+    """ModelArguments is TRL's ModelConfig (its keys: use_dora, use_rslora, load_in_8bit...) with a
+    language-model-only LoRA regex and unquantised vision tower; ``dtype: auto`` means transformers' auto."""
+    import trl
+
+    from mllm_cxr.modeling import ModelArguments, lora_config, quantization_config, resolve_dtype
+
+    a = ModelArguments(model_name_or_path="x", lora_target_modules=["q_proj"], use_rslora=True)
+    assert isinstance(a, trl.ModelConfig) and a.use_peft and a.dtype == "hardware"
+    cfg = lora_config(a)
+    assert cfg.target_modules == r"^(?!.*visual).*\.(q_proj)$" and cfg.use_rslora
+    assert resolve_dtype("auto") == "auto" and resolve_dtype("float32") == torch.float32
+    assert resolve_dtype("hardware") == (torch.float32 if not torch.cuda.is_available() else resolve_dtype(None))
+    pytest.importorskip("bitsandbytes")
+    q = quantization_config(ModelArguments(model_name_or_path="x", load_in_4bit=True, dtype="auto"))
+    assert q.load_in_4bit and q.bnb_4bit_use_double_quant and q.llm_int8_skip_modules == [r".*visual", "lm_head"]
+    assert q.bnb_4bit_compute_dtype == resolve_dtype("hardware")
