@@ -52,6 +52,7 @@ import yaml
 
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
+from reward.text import find_sections, split_sentences
 
 RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
 NO_FINDING = "No Finding"
@@ -59,11 +60,9 @@ SUPPORT_DEVICES = "Support Devices"
 OTHER = "_other"  # abnormal findings outside the 13 observations (they only rule out No Finding)
 
 _LABEL_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "uncertain": UNCERTAIN}
-_SECTION_RE = re.compile(r"(?im)^[ \t]*([a-z][a-z /&]{2,40}?)[ \t]*:")
 _UNCAPTURE_RE = re.compile(r"(?<!\\)\((?!\?)")
 _WS_RE = re.compile(r"\s+")
 _PARA_RE = re.compile(r"\n\s*\n|\n\s*(?=\d{1,2}\s*[.)]\s)")
-_SENT_RE = re.compile(r"[.!?](?=\s|$)")
 _GLUED_RE = re.compile(r"([a-z0-9)])[.]([A-Z])")
 
 
@@ -443,18 +442,13 @@ def normalize(text: str) -> str:
 def extract_sections(text: str, sections: Sequence[str]) -> str | None:
     """The named sections of a report with ``NAME:`` headers, joined; None when none is present.
 
-    ``sections`` are matched case-insensitively against header names ("findings", "impression").
+    ``sections`` are matched case-insensitively against header names ("findings", "impression")
+    (:func:`reward.text.find_sections`).
     """
-    heads = [(m.start(), m.end(), m.group(1).strip().lower()) for m in _SECTION_RE.finditer(text)]
-    wanted = {s.lower() for s in sections}
-    if not any(h[2] in wanted for h in heads):
+    found = find_sections(text, sections)
+    if not found:
         return None
-    parts = []
-    for i, (_, end, name) in enumerate(heads):
-        if name in wanted:
-            stop = heads[i + 1][0] if i + 1 < len(heads) else len(text)
-            parts.append(text[end:stop].strip())
-    return "\n\n".join(p for p in parts if p)
+    return "\n\n".join(p for p in (text[a:b].strip() for _, a, b in found) if p)
 
 
 @dataclass(frozen=True)
@@ -605,8 +599,9 @@ class _Context:
     def __init__(self, t: str, rules: _Rules, cues: dict[str, list[tuple[int, int]]],
                  quals: list[tuple[int, int, str]]):
         self.t, self.r, self.quals = t, rules, quals
-        self.sent_ends = [m.start() for m in _SENT_RE.finditer(t)]
-        self.question = {i for i in self.sent_ends if t[i] == "?"}
+        # sentence ends (reward.text.split_sentences): the final . ! ? of a sentence, else its last character + 1
+        self.sent_ends = [b - 1 if t[b - 1] in ".!?" else b for _, b in split_sentences(t)]
+        self.question = {i for i in self.sent_ends if i < len(t) and t[i] == "?"}
         get = cues.get
         silencers = get("pseudo_negation", [])
         neg_unc = get("negated_uncertainty", [])
