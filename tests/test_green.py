@@ -137,6 +137,7 @@ class _Server:
 
     def __init__(self, answers, fail_first=0):
         self.answers, self.fail_left, self.requests = answers, fail_first, []
+        self.fail_status, self.retry_after = 503, None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -148,7 +149,10 @@ class _Server:
                 outer.requests.append((self.path, body))
                 if outer.fail_left > 0:
                     outer.fail_left -= 1
-                    self.send_response(503)
+                    self.send_response(outer.fail_status)
+                    if outer.retry_after is not None:
+                        self.send_header("Retry-After", str(outer.retry_after))
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 if body.get("model") != "green-judge":
@@ -214,6 +218,19 @@ def test_server_completions_api_and_retries(oracle_server):
     path, body = server.requests[-1]
     assert path == "/v1/completions" and body["prompt"].startswith("<|user|>\nObjective:")
     assert len(server.requests) == 2  # one 503, then the answer
+
+
+def test_server_retry_after_is_honoured(oracle_server):
+    """A 429 with Retry-After: 1 is retried after 1 s (urllib3's Retry), not after the 0.01 s backoff."""
+    import time
+
+    server, items = oracle_server
+    server.fail_left, server.fail_status, server.retry_after = 1, 429, 1
+    judge = OpenAIGreenJudge(server.url, "green-judge", retries=2, backoff=0.01)
+    t0 = time.perf_counter()
+    answer = judge.generate([make_green_prompt(items[3]["ref"], items[3]["hyp"])])
+    assert time.perf_counter() - t0 >= 0.95
+    assert green_value(answer[0]) == 0.5 and len(server.requests) == 2
 
 
 def test_server_errors_are_reward_errors(oracle_server):
