@@ -416,7 +416,7 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def summarize(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+def bootstrap_summary(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
     """Point estimate and bootstrap CI of every stat: ``{key: {label, value, ci, group, ...}}``."""
     out: dict[str, dict[str, Any]] = {}
     boots: dict[str, list[np.ndarray]] = {k: [] for g in groups.values() for k in g.stats}
@@ -526,7 +526,7 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95,
                       "method": "percentile; studies resampled with replacement; corpus metrics recomputed "
                                 "on each resample from per-study counts"},
-        "metrics": summarize(groups, len(p.ids), n_boot, seed),
+        "metrics": bootstrap_summary(groups, len(p.ids), n_boot, seed),
         "skipped_metrics": skipped,
         "details": {g.name: g.info for g in groups.values() if g.info},
     }
@@ -548,7 +548,7 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
             "only_in_pred": len(p.ids) - len(common), "only_in_other": len(q.ids) - len(common),
             "reference_mismatch": int(sum(p.refs[i] != q.refs[j] for i, j in zip(ia, ib))),
             "skipped_metrics": qskipped,
-            "other_metrics": summarize(qgroups, len(q.ids), n_boot, seed),
+            "other_metrics": bootstrap_summary(qgroups, len(q.ids), n_boot, seed),
             "p_value_test": "two-sided paired permutation (randomisation) test, scipy.stats.permutation_test "
                             "(permutation_type='samples'), corpus metrics recomputed from per-study statistics",
             "permutation_resamples": n_boot,

@@ -238,7 +238,7 @@ def green_value(analysis: GreenAnalysis | str) -> float | None:
     return analysis.matched / (analysis.matched + sum(analysis.significant))
 
 
-def summarize(analyses: Sequence[GreenAnalysis]) -> dict[str, Any]:
+def green_summary(analyses: Sequence[GreenAnalysis]) -> dict[str, Any]:
     """Corpus numbers: mean and population std of the scores of parsed answers, unparsed count,
     per sub-category the share of answers without a significant error of that kind ("accuracy")
     and the mean count."""
@@ -530,6 +530,6 @@ class GreenScorer(Scorer):
             value = a.score
             scores.append(self.unparsed_score if value is None else value)
             details.append({**a.as_dict(), "analysis": text})
-        corpus = summarize(parsed)
+        corpus = green_summary(parsed)
         corpus["judge"] = self._judge.name if self._judge is not None else self.model
         return ScoreResult(scores=scores, details=details, corpus=corpus)

@@ -15,11 +15,11 @@ from reward.green import (
     GreenScorer,
     OpenAIGreenJudge,
     clean_green_response,
+    green_summary,
     green_value,
     make_green_prompt,
     parse_green,
     render_green_chat,
-    summarize,
     truncate_words,
 )
 
@@ -57,7 +57,7 @@ def test_oracle_counts_and_scores_are_reproduced(oracle):
 def test_oracle_corpus_mean_and_population_std(oracle):
     case = oracle["cases"][0]
     analyses = [parse_green(item["green_analysis"]) for item in case["items"]]
-    summary = summarize(analyses)
+    summary = green_summary(analyses)
     assert [a.score for a in analyses] == pytest.approx(case["helper_check"]["per_pair"])
     assert summary["mean"] == pytest.approx(case["expected_upstream"]["mean"], abs=1e-12)
     assert summary["std"] == pytest.approx(case["expected_upstream"]["std"], abs=1e-12)
