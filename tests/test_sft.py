@@ -61,7 +61,8 @@ def test_sft_learns_findings_on_phantom(one_thread, tmp_path, phantom_train_dir,
     run 0.439 (Cardiomegaly 0.92, Pleural Effusion 0.59). A run that does not learn fails both: learning
     rate 0 leaves the untrained model (0.110 after "training"); runs collapsed on the majority "normal"
     report score 0.0. The run is in process on one thread (no interpreter start-up, no thread-pool
-    contention): 77 s wall on a loaded 2-core machine where the subprocess version passed 900 s.
+    contention): 133 s wall (94 s CPU) on a loaded 2-core machine where the subprocess version ran past
+    its 900 s timeout.
     """
     import json
 
