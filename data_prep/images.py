@@ -49,7 +49,8 @@ _MAX_TABLE = 1 << 20
 # -- geometry --------------------------------------------------------------------------------------
 def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXELS,
                  max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = FACTOR) -> tuple[int, int]:
-    """Target ``(height, width)`` for a pixel budget, as Qwen2.5-VL's processor computes it.
+    """Target ``(height, width)`` for a pixel budget, exactly as Qwen2.5-VL's processor computes it
+    (``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize``; tested side by side).
 
     Both sides are rounded to the nearest multiple of ``factor``; if that exceeds ``max_pixels`` (or
     falls below ``min_pixels``) the image is scaled down (up) by the square root of the ratio, with
@@ -62,8 +63,8 @@ def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXEL
     if max_pixels < factor * factor or min_pixels > max_pixels:
         raise ValueError(f"bad pixel budget min_pixels={min_pixels}, max_pixels={max_pixels} "
                          f"(need {factor * factor} <= min <= max)")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
+    h = round(height / factor) * factor  # 0 for a side under factor / 2: then the min_pixels branch scales up
+    w = round(width / factor) * factor
     if h * w > max_pixels:
         scale = math.sqrt(height * width / max_pixels)
         h = max(factor, math.floor(height / scale / factor) * factor)
@@ -72,6 +73,8 @@ def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXEL
         scale = math.sqrt(min_pixels / (height * width))
         h = math.ceil(height * scale / factor) * factor
         w = math.ceil(width * scale / factor) * factor
+    if h == 0 or w == 0:  # only with min_pixels == 0; transformers would return the 0 side
+        raise ValueError(f"{height}x{width} rounds to a 0-pixel side with min_pixels={min_pixels}")
     return h, w
 
 
@@ -137,13 +140,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise bad_image("unreadable image", p, e) from None
     return h, w
-
-
-def image_vision_tokens(path: str | os.PathLike, *, min_pixels: int = DEFAULT_MIN_PIXELS,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """Vision tokens an image will cost after resizing to the budget, from its header alone."""
-    h, w = image_size(path)
-    return vision_tokens(*smart_resize(h, w, min_pixels=min_pixels, max_pixels=max_pixels))
 
 
 def _minmax_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:

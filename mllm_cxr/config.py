@@ -1,18 +1,19 @@
 """Recipe configuration: YAML file + ``--flags`` -> dataclasses, with clear errors.
 
 Every recipe parses ``(DataArguments, ModelArguments, PromptConfig, <TRL config>[, extra])`` with
-:func:`parse_recipe_args`. A YAML key that no dataclass knows is an error that names the key and the
-file (TRL's own parser would pass it on silently or fail with an argparse trace).
+:func:`parse_recipe_args`, i.e. TRL's ``TrlParser``: a YAML key that no dataclass knows is an error
+(TRL's), to which we add the file name and a "did you mean" hint; the ``env:`` block of a config sets
+environment variables, as TRL documents.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,51 +37,50 @@ class DataArguments:
         return Path(self.data_root) if self.data_root else Path(self.studies).resolve().parent
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
+_UNKNOWN_RE = re.compile(r"'--([^']+)'")
 
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a recipe config must be a mapping of keys to values")
-    return data
+
+def _with_hints(message: str, known: set[str]) -> str:
+    """TRL's / HfArgumentParser's unknown-argument message plus a "did you mean" hint per unknown key."""
+    import difflib
+
+    hints = []
+    for key in dict.fromkeys(_UNKNOWN_RE.findall(message)):
+        match = difflib.get_close_matches(key, known, 1)
+        hints.append(f"'{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+    return message + (f" -- unknown key(s) {', '.join(hints)}" if hints else "")
 
 
 def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse ``--config FILE.yaml`` plus overriding ``--flags`` into the dataclasses (in order).
 
-    Unknown YAML keys and values of the wrong type raise :class:`ConfigError` naming file and key.
+    TRL's :class:`~trl.TrlParser` does the work: it rejects unknown YAML keys and flags and applies the
+    config's ``env:`` block (environment variables set before the run). Its errors become
+    :class:`ConfigError` naming the file, with a "did you mean" hint for each unknown key.
     """
+    import yaml
     from trl import TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     cfg_path = None
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a file path")
         cfg_path = argv[i + 1]
-        data = _load_yaml(cfg_path)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            import difflib
-
-            hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
-                     for k in unknown]
-            raise ConfigError(f"{cfg_path}: unknown config key(s) {', '.join(hints)}")
+        if not Path(cfg_path).is_file():
+            raise ConfigError(f"{cfg_path}: config file not found")
+    where = cfg_path or "command line"
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     parser = TrlParser(dataclass_types)
     try:
         return tuple(parser.parse_args_and_config(argv))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
     except SystemExit as e:  # argparse already printed the offending flag/value
-        raise ConfigError(f"{cfg_path or 'command line'}: invalid arguments (see the message above)") from e
+        raise ConfigError(f"{where}: invalid arguments (see the message above)") from e
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{cfg_path or 'command line'}: {e}") from e
+        raise ConfigError(f"{where}: {_with_hints(str(e), known)}") from e
 
 
 def adapt_to_hardware(training_args) -> None:

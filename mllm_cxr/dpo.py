@@ -12,7 +12,7 @@ the Bradley-Terry model gives the loss::
 
 with ``|y|`` the number of completion tokens. The part of a preference that the length difference
 explains is credited to the length term, not learnt by the policy. ``length_alpha = 0`` is plain
-sigmoid DPO (TRL's own loss code runs then); TRL 1.16 has no such option (its ``ld_alpha`` down-weights
+sigmoid DPO; either way TRL's own loss code runs (see :class:`ClinicalDPOTrainer`). TRL 1.16 has no such option (its ``ld_alpha`` down-weights
 the tokens past the shorter answer instead, LD-DPO), hence this subclass.
 
 Everything else -- the frozen ``ref`` copy of an SFT adapter, multi-image collation, logging -- is
@@ -61,74 +61,39 @@ def length_controlled_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logr
 class ClinicalDPOTrainer(DPOTrainer):
     """:class:`trl.DPOTrainer` with the R-DPO length control of :class:`ClinicalDPOConfig`.
 
-    With ``length_alpha = 0`` it is TRL's trainer unchanged. Otherwise the loss is
-    :func:`length_controlled_sigmoid_loss` (plus, with ``loss_type: [sigmoid, sft]``, the weighted NLL
-    of the chosen reports, as TRL's "sft" term); logged metrics: ``rewards/{chosen,rejected,accuracies,margins}``
-    (``beta * log-ratio``, as TRL), ``logps/{chosen,rejected}``, ``length/{chosen,rejected}`` (tokens)
-    and ``length/penalty`` (mean ``alpha * (|y_w| - |y_l|)``).
+    With ``length_alpha = 0`` it is TRL's trainer unchanged. Otherwise TRL's own loss code runs on
+    length-controlled reference log-probabilities: the reference log-prob of each completion is lowered
+    by ``(alpha / beta) * |y|``, so TRL's sigmoid margin ``beta * (lr_w - lr_l)`` becomes
+    :func:`length_controlled_sigmoid_loss`'s ``beta * (lr_w - lr_l) + alpha * (|y_w| - |y_l|)``.
+    Everything else TRL does in its loss (the ``sft`` term, ``use_weighting``, MoE router loss, all
+    metrics) applies unchanged. ``rewards/*`` are then R-DPO's implicit rewards
+    ``beta * log pi/pi_ref + alpha * |y|``; ``length/{chosen,rejected}`` (tokens) and ``length/penalty``
+    (mean ``alpha * (|y_w| - |y_l|)``) are logged beside them.
     """
 
     def _compute_loss(self, model, inputs, return_outputs):
         alpha = float(getattr(self.args, "length_alpha", 0.0) or 0.0)
         if not alpha:
             return super()._compute_loss(model, inputs, return_outputs)
-        from accelerate.utils import is_peft_model
-        from trl.models.utils import disable_gradient_checkpointing
-        from trl.trainer.utils import use_adapter
-
-        mode = "train" if self.model.training else "eval"
-        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-        model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
-        model_kwargs["use_cache"] = False
-        completion_mask = inputs["completion_mask"]
-        shift_mask = completion_mask[..., 1:]
-        seq_len = shift_mask.size(1)
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        per_token_logps = outputs.log_probs[:, -seq_len:]
-        logps = per_token_logps.sum(dim=1)
-        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
-
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-                if is_peft_model(self.model) and self.ref_model is None:
-                    unwrapped = self.accelerator.unwrap_model(self.model)
-                    with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                        ref_out = self.model(**model_kwargs, labels=labels, fused_lm_head=True)
-                else:
-                    ref_out = self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True)
-            ref_chosen, ref_rejected = ref_out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
-
-        lengths = shift_mask.sum(dim=1).float()
+        else:  # TRL's reference pass (the frozen "ref" adapter, the adapter-disabled base, or ref_model)
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+        lengths = inputs["completion_mask"][..., 1:].sum(dim=1).to(ref_chosen.dtype)
         chosen_len, rejected_len = lengths.chunk(2, dim=0)
-        chosen_lr, rejected_lr = chosen_logps - ref_chosen, rejected_logps - ref_rejected
-        loss = 0.0
-        for loss_type, weight in zip(self.loss_types, self.loss_weights):
-            if loss_type == "sigmoid":
-                part = length_controlled_sigmoid_loss(chosen_lr, rejected_lr, chosen_len, rejected_len, self.beta,
-                                                      alpha).mean()
-            else:  # "sft": NLL of the chosen completions (RPO-style anchor)
-                chosen_mask = shift_mask.chunk(2, dim=0)[0].bool()
-                part = -per_token_logps.chunk(2, dim=0)[0][chosen_mask].mean()
-            loss = loss + weight * part
-        if self.aux_loss_enabled and getattr(outputs, "aux_loss", None) is not None:
-            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-
-        gather = self.accelerator.gather_for_metrics
-        chosen_r, rejected_r = (self.beta * chosen_lr).detach(), (self.beta * rejected_lr).detach()
-        m = self._metrics[mode]
-        m["rewards/chosen"].append(gather(chosen_r).mean().item())
-        m["rewards/rejected"].append(gather(rejected_r).mean().item())
-        m["rewards/accuracies"].append(gather((chosen_r > rejected_r).float()).mean().item())
-        m["rewards/margins"].append(gather(chosen_r - rejected_r).mean().item())
-        m["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
-        m["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        shifted = dict(inputs, ref_chosen_logps=ref_chosen - alpha / self.beta * chosen_len,
+                       ref_rejected_logps=ref_rejected - alpha / self.beta * rejected_len)
+        precomputed, self.precompute_ref_logps = self.precompute_ref_logps, True
+        try:
+            out = super()._compute_loss(model, shifted, return_outputs)
+        finally:
+            self.precompute_ref_logps = precomputed
+        mode = "train" if self.model.training else "eval"
+        gather, m = self.accelerator.gather_for_metrics, self._metrics[mode]
         m["length/chosen"].append(gather(chosen_len).mean().item())
         m["length/rejected"].append(gather(rejected_len).mean().item())
         m["length/penalty"].append(gather(alpha * (chosen_len - rejected_len)).mean().item())
-        return (loss, outputs) if return_outputs else loss
+        return out
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Evaluate predicted reports: a JSON result, a Markdown table, PNG plots, bootstrap CIs, paired comparison.
+"""Evaluate predicted reports: a JSON result, a Markdown table, PNG plots, bootstrap CIs, paired permutation test.
 
     mllm-cxr eval --pred pred.jsonl --out eval/ [--compare baseline.jsonl] [--metrics bleu,rouge_l,chexpert]
 
@@ -36,8 +36,11 @@ values, so micro/macro F1 are recomputed on the resampled label sets, never aver
 95% interval is the 2.5/97.5 percentile of the bootstrap values.
 
 Paired comparison (``--compare OTHER.jsonl``): studies in both files; the same resamples are applied to
-both, giving the delta (this - other), its 95% interval, and a two-sided paired-bootstrap p-value
-``min(1, 2 * min(P(delta* <= 0), P(delta* >= 0)))`` with add-one smoothing (``(count + 1) / (n_boot + 1)``).
+both, giving the delta (this - other) and its 95% interval. The p-value is that of a two-sided paired
+permutation (randomisation) test: under the null hypothesis the two systems are exchangeable, so each
+study's outputs are swapped between them at random ``n_boot`` times (exactly, over all ``2**n`` swaps,
+when that is fewer) and the metric delta is recomputed from the per-study statistics, corpus metrics
+included (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``).
 
 Outputs in ``DIR``: ``metrics.json``, ``metrics.md``, ``per_finding_f1.png``, ``length_distribution.png``,
 ``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics; ``per_study_compare.jsonl`` for the
@@ -447,7 +450,7 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def summarize(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+def bootstrap_summary(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
     """Point estimate and bootstrap CI of every stat: ``{key: {label, value, ci, group, ...}}``."""
     out: dict[str, dict[str, Any]] = {}
     boots: dict[str, list[np.ndarray]] = {k: [] for g in groups.values() for k in g.stats}
@@ -466,9 +469,47 @@ def summarize(groups: dict[str, MetricGroup], n: int, n_boot: int, seed: int) ->
     return out
 
 
+def permutation_p_value(S_a: np.ndarray, S_b: np.ndarray, fn: Fn, n_resamples: int, seed: int) -> float | None:
+    """Two-sided paired permutation (randomisation) test of ``fn(sum S_a) - fn(sum S_b)``.
+
+    Under the null hypothesis the two systems are exchangeable on every study, so each study's
+    statistics rows are swapped between the systems with probability 1/2 and the metric is
+    recomputed from the swapped sums (corpus metrics from their per-study counts).
+    :func:`scipy.stats.permutation_test` (``permutation_type="samples"``) draws the swaps, runs the
+    exact test when ``2**n <= n_resamples`` and adds the observed statistic to the null distribution.
+    """
+    from scipy.stats import permutation_test
+
+    n = len(S_a)
+    base, diff = S_a.sum(axis=0), (S_b - S_a).astype(float)
+    total_b = S_b.sum(axis=0)
+
+    def delta(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        # x holds study positions 0..n-1 (row of system a) or n..2n-1 (swapped: row of system b)
+        swapped = (x >= n).astype(float)
+        ta = base + swapped @ diff
+        tb = base + total_b - ta
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(fn(ta), dtype=float) - np.asarray(fn(tb), dtype=float)
+
+    observed = float(fn(base) - fn(total_b))
+    if not math.isfinite(observed):
+        return None
+    idx = np.arange(n)
+    batch = max(1, min(n_resamples, 20_000_000 // max(1, n * S_a.shape[1])))
+    res = permutation_test((idx, idx + n), delta, permutation_type="samples", vectorized=True,
+                           n_resamples=n_resamples, batch=batch, alternative="two-sided",
+                           rng=np.random.default_rng(seed))
+    return _num(min(1.0, res.pvalue))
+
+
 def paired_compare(a: dict[str, MetricGroup], b: dict[str, MetricGroup], n: int, n_boot: int, seed: int
                    ) -> dict[str, dict[str, Any]]:
-    """Deltas (a - b) with bootstrap CIs and two-sided paired-bootstrap p-values; groups aligned by study."""
+    """Deltas (a - b) with bootstrap CIs and paired permutation-test p-values; groups aligned by study.
+
+    ``n_boot`` sets both the bootstrap resamples (CI of the delta) and the random swaps of the
+    permutation test (:func:`permutation_p_value`).
+    """
     names = [g for g in a if g in b]
     deltas: dict[str, list[np.ndarray]] = {k: [] for g in names for k in a[g].stats}
     if n_boot > 0:
@@ -491,9 +532,8 @@ def paired_compare(a: dict[str, MetricGroup], b: dict[str, MetricGroup], n: int,
                 ds = ds[np.isfinite(ds)]
                 if ds.size:
                     row["ci"] = _ci(ds)
-                    lo = (np.sum(ds <= 0) + 1) / (ds.size + 1)
-                    hi = (np.sum(ds >= 0) + 1) / (ds.size + 1)
-                    row["p_value"] = float(min(1.0, 2 * min(lo, hi)))
+            if n_boot > 0 and n > 0:
+                row["p_value"] = permutation_p_value(a[g].S, b[g].S, s.fn, n_boot, seed)
             out[k] = row
     return out
 
@@ -520,7 +560,7 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95,
                       "method": "percentile; studies resampled with replacement; corpus metrics recomputed "
                                 "on each resample from per-study counts"},
-        "metrics": summarize(groups, len(p.ids), n_boot, seed),
+        "metrics": bootstrap_summary(groups, len(p.ids), n_boot, seed),
         "skipped_metrics": skipped,
         "details": {g.name: g.info for g in groups.values() if g.info},
     }
@@ -542,7 +582,10 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
             "only_in_pred": len(p.ids) - len(common), "only_in_other": len(q.ids) - len(common),
             "reference_mismatch": int(sum(p.refs[i] != q.refs[j] for i, j in zip(ia, ib))),
             "skipped_metrics": qskipped,
-            "other_metrics": summarize(qgroups, len(q.ids), n_boot, seed),
+            "other_metrics": bootstrap_summary(qgroups, len(q.ids), n_boot, seed),
+            "p_value_test": "two-sided paired permutation (randomisation) test, scipy.stats.permutation_test "
+                            "(permutation_type='samples'), corpus metrics recomputed from per-study statistics",
+            "permutation_resamples": n_boot,
             "metrics": paired_compare(ga, gb, len(common), n_boot, seed),
         }
         extras.update(other=q, other_groups=qgroups)
@@ -629,7 +672,10 @@ def markdown_report(result: dict[str, Any]) -> str:
         out += [f"## Paired comparison: `{result['name']}` vs `{c['name']}`", "",
                 f"{c['n_common']} studies in both files ({c['only_in_pred']} only in this one, "
                 f"{c['only_in_other']} only in the other; {c['reference_mismatch']} with different reference "
-                "text). Delta = this - other; two-sided paired-bootstrap p-value.", "",
+                "text). Delta = this - other; 95% CI of the delta from the paired bootstrap; p from a two-sided "
+                "paired permutation (randomisation) test: each study's outputs swapped between the two systems "
+                f"at random ({c.get('permutation_resamples', result['bootstrap']['n_boot'])} swaps, exact when "
+                "2^n is fewer), corpus metrics recomputed from per-study counts.", "",
                 f"| Metric | {result['name']} | {c['name']} | Delta | 95% CI of delta | p |", "|---|---|---|---|---|---|"]
         for k, m in c["metrics"].items():
             if m.get("main", True):

@@ -6,9 +6,12 @@ tower), vision tower and projector frozen. QLoRA = 4-bit NF4 base weights (bitsa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trl import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,51 +23,64 @@ PROJECTOR_PATTERNS = ("visual.merger",)
 
 
 @dataclass
-class ModelArguments:
-    """How to load the model. Every field is a YAML key and a ``--flag`` of the recipes.
+class ModelArguments(ModelConfig):
+    """How to load the model: :class:`trl.ModelConfig` (model, dtype, attention, LoRA, 4/8-bit keys) with
+    defaults for a vLLM-servable LoRA, plus our keys. Every field is a YAML key and a ``--flag``.
 
+    Our defaults: LoRA on (``use_peft``), the language-model projections as targets (never the vision
+    tower unless ``lora_on_vision``), nested 4-bit quantisation, ``dtype: hardware``.
     ``trust_remote_code`` is not here: it is the trainer config's field (off by default) and is passed on.
     """
 
     model_name_or_path: str = field(default="Qwen/Qwen2.5-VL-3B-Instruct",
                                     metadata={"help": "hub id or local path of the base model"})
+    dtype: str = field(default="hardware", metadata={
+        "help": "hardware (bfloat16 on a bf16 GPU, float16 on other GPUs, float32 on CPU) | auto (the "
+                "checkpoint's dtype, as transformers) | bfloat16 | float16 | float32"})
+    use_peft: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning (False)"})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        metadata={"help": "module names LoRA targets, in the language model only unless lora_on_vision"})
+    use_bnb_nested_quant: bool = field(default=True, metadata={"help": "QLoRA: nested (double) quantisation"})
     adapter_path: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. SFT)"})
-    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | flash_attention_2 | eager"})
     min_pixels: int | None = field(default=None, metadata={"help": "image processor pixel budget (min)"})
     max_pixels: int | None = field(default=None, metadata={"help": "image processor pixel budget (max)"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base weights"})
-    bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_use_double_quant: bool = True
-    use_peft: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning (False)"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     lora_on_vision: bool = field(default=False, metadata={"help": "also LoRA the vision tower (vLLM drops it)"})
     freeze_vision: bool = field(default=True, metadata={"help": "freeze the vision tower (full fine-tuning)"})
     freeze_projector: bool = field(default=True, metadata={"help": "freeze the vision->text projector"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.load_in_4bit and self.use_peft and not self.freeze_projector:
             from mllm_cxr.config import ConfigError
 
             raise ConfigError("load_in_4bit with freeze_projector: false is not supported: TRL casts the "
                               "trainable projector copy to bfloat16 under QLoRA; keep freeze_projector: true")
 
+    def target_module_names(self) -> list[str]:
+        t = self.lora_target_modules or DEFAULT_LORA_TARGETS
+        return [t] if isinstance(t, str) else list(t)  # ModelConfig turns a one-item list into a string
 
-def resolve_dtype(name: str):
+
+def resolve_dtype(name: str | None):
+    """A ``dtype`` key -> what ``from_pretrained(dtype=...)`` takes.
+
+    ``"auto"`` stays ``"auto"`` (transformers: the checkpoint's dtype); ``"hardware"`` (our default)
+    is bfloat16 on a GPU that supports it, float16 on other GPUs and float32 on CPU.
+    """
     import torch
 
-    if name == "auto":
+    if name in (None, "hardware"):
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+    if name == "auto":
+        return "auto"
     try:
         return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
                 "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[name]
     except KeyError:
-        raise ValueError(f"model.dtype: unknown dtype {name!r} (auto, bfloat16, float16, float32)") from None
+        raise ValueError(f"model.dtype: unknown dtype {name!r} (hardware, auto, bfloat16, float16, float32)") from None
 
 
 def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
@@ -92,19 +108,22 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
 
 
 def quantization_config(args: ModelArguments):
-    if not args.load_in_4bit:
+    """TRL's :func:`~trl.get_quantization_config` (4- or 8-bit) with the vision tower, projector and
+    ``lm_head`` left unquantised (``llm_int8_skip_modules``) and a concrete compute dtype."""
+    if not (args.load_in_4bit or args.load_in_8bit):
         return None
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ImportError("load_in_4bit needs bitsandbytes: pip install 'mllm-cxr[gpu]' (or bitsandbytes)") from None
-    from transformers import BitsAndBytesConfig
+    from trl import get_quantization_config
 
     compute = resolve_dtype(args.dtype)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
-                              bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
-                              bnb_4bit_compute_dtype=compute,
-                              llm_int8_skip_modules=[r".*visual", "lm_head"])  # vision tower + projector stay unquantised
+    if compute == "auto":  # a compute dtype must be concrete
+        compute = resolve_dtype("hardware")
+    q = get_quantization_config(dataclasses.replace(args, dtype=compute))
+    q.llm_int8_skip_modules = [r".*visual", "lm_head"]  # vision tower + projector stay unquantised
+    return q
 
 
 def load_base_model(args: ModelArguments, *, trust_remote_code: bool = False):
@@ -136,21 +155,22 @@ def _is_projector(name: str) -> bool:
 
 
 def lora_config(args: ModelArguments):
-    """A PEFT LoraConfig whose targets are restricted to the language model unless ``lora_on_vision``."""
-    from peft import LoraConfig
+    """TRL's :func:`~trl.get_peft_config` with the targets restricted to the language model (a regex
+    that excludes ``visual``) unless ``lora_on_vision``; a trainable projector is saved whole."""
+    from trl import get_peft_config
 
     if not args.use_peft:
         return None
-    names = "|".join(sorted(set(args.lora_target_modules)))
+    names = "|".join(sorted(set(args.target_module_names())))
     if args.lora_on_vision:
         target = rf".*\.({names}|qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)$"
     else:
         target = rf"^(?!.*visual).*\.({names})$"
-    modules_to_save = []
-    if not args.freeze_projector:
+    modules_to_save = list(args.lora_modules_to_save or [])
+    if not args.freeze_projector and "merger" not in modules_to_save:
         modules_to_save.append("merger")
-    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=target, task_type="CAUSAL_LM", modules_to_save=modules_to_save or None)
+    return get_peft_config(dataclasses.replace(args, lora_target_modules=target,
+                                               lora_modules_to_save=modules_to_save or None))
 
 
 def load_model(args: ModelArguments, *, is_trainable: bool = True, gradient_checkpointing: bool = False,

@@ -111,21 +111,6 @@ def has_target(study: StudyRecord, cfg: PromptConfig) -> bool:
     return all((getattr(study, s) or "").strip() for s in cfg.sections)
 
 
-def parse_report(text: str) -> dict[str, str]:
-    """Split a generated ``FINDINGS: ... IMPRESSION: ...`` text back into sections (missing -> "")."""
-    import re
-
-    out = {"findings": "", "impression": ""}
-    m = list(re.finditer(r"(?im)^\s*(FINDINGS|IMPRESSION)\s*:", text or ""))
-    if not m:
-        out["findings"] = (text or "").strip()
-        return out
-    for i, h in enumerate(m):
-        end = m[i + 1].start() if i + 1 < len(m) else len(text)
-        out[h.group(1).lower()] = text[h.end():end].strip()
-    return out
-
-
 def build_messages(study: StudyRecord, cfg: PromptConfig | None = None) -> tuple[list[dict[str, Any]], list[ImageRef]]:
     """Chat messages (system + user with one ``{"type": "image"}`` per image) and the images in order."""
     cfg = cfg or PromptConfig()

@@ -1,40 +1,102 @@
-"""What every recipe does around its TRL trainer: logging, config record, resume, save, summary."""
+"""What every recipe does around its TRL trainer, as TRL's and open-r1's scripts do: one function,
+:func:`run_training`, used by recipes/sft.py, dpo.py and grpo.py.
+
+Per-rank logging at ``get_process_log_level()``; the run's configs written next to it (the resolved
+YAML ``config.yaml`` that ``--config`` reproduces, and ``mllm_cxr_config.json`` that generate/export
+read); ``--dry-run`` (parse the config, build the datasets, load no model); resume; train; save the
+adapter and processor; ``train_results.json`` and ``trainer_state.json`` (``log_metrics`` /
+``save_metrics`` / ``save_state``); a model card; ``trainer.end()``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("mllm_cxr")
 
+#: The resolved config written next to each run (``--config output_dir/config.yaml`` reruns it).
+RESOLVED_CONFIG = "config.yaml"
+#: Keys never written to the resolved config (secrets).
+_SECRET_KEYS = ("hub_token", "push_to_hub_token")
+
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Our loggers, transformers' and datasets' at ``level`` (a rank's ``get_process_log_level()``)."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger().setLevel(level)
+    log.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
 
 
-def start_run(training_args, *configs) -> None:
-    """Log the run, adapt to the hardware, write every config to ``output_dir/mllm_cxr_config.json``."""
-    from mllm_cxr.config import adapt_to_hardware
+def _plain(value: Any) -> Any:
+    """A config value as plain YAML data that the recipe parser reads back to the same value."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # torch.dtype and other objects
 
-    setup_logging()
-    adapt_to_hardware(training_args)
-    out = Path(training_args.output_dir)
+
+def resolved_config(configs: Sequence[Any], argv: Sequence[str]) -> dict[str, Any]:
+    """The run's config as one YAML mapping: the ``--config`` file's keys (and its ``env:`` block) with
+    every ``--flag`` of ``argv`` merged in at its parsed value. Keys left at their defaults are not
+    written (derived values such as GRPO's ``steps_per_generation`` are recomputed on reading)."""
+    import yaml
+
+    argv = list(argv)
+    fields = {f.name: c for c in configs for f in dataclasses.fields(c) if f.init}
+    out: dict[str, Any] = {}
+    if "--config" in argv:
+        out.update(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {})
+    skip_next = False
+    for tok in argv:
+        if skip_next or not tok.startswith("--"):
+            skip_next = False
+            continue
+        key = tok[2:].split("=", 1)[0]
+        if key == "config":
+            skip_next = True
+            continue
+        if key not in fields:  # argparse's unambiguous prefixes (--max_step -> max_steps)
+            matches = [f for f in fields if f.startswith(key)]
+            if len(matches) != 1:
+                continue
+            key = matches[0]
+        out[key] = _plain(getattr(fields[key], key))
+    return {k: v for k, v in out.items() if k not in _SECRET_KEYS}
+
+
+def write_run_config(output_dir: str | Path, configs: Sequence[Any], training_args, argv: Sequence[str]) -> None:
+    """``config.yaml`` (:func:`resolved_config`) and ``mllm_cxr_config.json`` (our configs in full, by class)."""
+    import yaml
+
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {type(c).__name__: dataclasses.asdict(c) for c in configs}
-    if _is_main(training_args):
-        (out / "mllm_cxr_config.json").write_text(json.dumps(record, indent=2, default=str))
-    training_args._mllm_cxr_t0 = time.perf_counter()
-
-
-def _is_main(training_args) -> bool:
-    try:
-        return training_args.process_index == 0
-    except Exception:
-        return True
+    ours = [c for c in configs if c is not training_args]
+    record = {type(c).__name__: dataclasses.asdict(c) for c in ours}
+    (out / "mllm_cxr_config.json").write_text(json.dumps(record, indent=2, default=str))
+    header = f"# The resolved config of this run; rerun it with --config {out / RESOLVED_CONFIG}\n"
+    (out / RESOLVED_CONFIG).write_text(header + yaml.safe_dump(resolved_config(configs, argv), sort_keys=False))
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -44,24 +106,81 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(str(p)) if p.is_dir() else None
 
 
-def finish_run(trainer, training_args, processor) -> dict:
-    """Train (resuming when asked), save adapter + processor, print a one-line summary."""
+def write_model_card(trainer, model_args, *, stage: str, dataset: str | None) -> Path | None:
+    """TRL's model card (``README.md``), its front matter set through ``huggingface_hub.ModelCardData``:
+    the base model, ``peft`` as library for an adapter, the image-text-to-text pipeline and our tags."""
+    if not trainer.is_world_process_zero():
+        return None
+    from huggingface_hub import ModelCard
+
+    tags = ["mllm-cxr", "radiology", "chest-x-ray", "report-generation", stage]
+    trainer.create_model_card(model_name=Path(trainer.args.output_dir).name, dataset_name=dataset, tags=tags)
+    path = Path(trainer.args.output_dir) / "README.md"
+    card = ModelCard.load(path)
+    card.data.base_model = model_args.model_name_or_path
+    card.data.library_name = "peft" if model_args.use_peft or model_args.adapter_path else "transformers"
+    card.data.pipeline_tag = "image-text-to-text"
+    card.save(path)
+    return path
+
+
+def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
+                 datasets: Callable[..., dict[str, Any]],
+                 trainer: Callable[..., Any],
+                 stage: str,
+                 after: Callable[[Any, tuple], None] | None = None) -> dict[str, float] | None:
+    """The runtime of a recipe around its TRL trainer.
+
+    ``config_classes``: the dataclasses of the recipe's YAML keys, the TRL config last.
+    ``datasets(*configs)`` -> ``{"train": ..., "eval": ... | None}`` (no model needed);
+    ``trainer(configs, datasets, model_args)`` -> ``(trainer, processor)`` (loads the model);
+    ``after(trainer, configs)`` runs on the finished run (e.g. GRPO's reward curve).
+    ``--dry-run`` in ``argv``: parse the config and build the datasets, then stop (returns None).
+    Returns the training metrics.
+    """
+    from mllm_cxr.config import adapt_to_hardware, parse_recipe_args
     from mllm_cxr.modeling import trainable_summary
 
-    log.info(trainable_summary(trainer.model))
-    resume = training_args.resume_from_checkpoint
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
+    configs = parse_recipe_args(tuple(config_classes), argv)
+    args = configs[-1]
+    model_args = next((c for c in configs if hasattr(c, "model_name_or_path")), None)
+    setup_logging(args.get_process_log_level())
+    adapt_to_hardware(args)
+    t0 = time.perf_counter()
+    data = datasets(*configs)
+    if dry_run:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items() if v is not None)
+        print(f"dry run: config parsed; datasets built ({sizes}); no model loaded, nothing written", flush=True)
+        return None
+    if args.process_index == 0:
+        write_run_config(args.output_dir, configs, args, argv)
+    tr, processor = trainer(configs, data, model_args)
+    log.info(trainable_summary(tr.model))
+    resume = args.resume_from_checkpoint
     if resume in ("auto", "last", "true", "True"):
-        resume = last_checkpoint(training_args.output_dir)
+        resume = last_checkpoint(args.output_dir)
         log.info("resuming from %s", resume or "scratch (no checkpoint found)")
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
+    result = tr.train(resume_from_checkpoint=resume)
+    tr.save_model(args.output_dir)
     metrics = dict(result.metrics)
-    t = time.perf_counter() - getattr(training_args, "_mllm_cxr_t0", time.perf_counter())
-    if trainer.is_world_process_zero():
+    metrics["train_samples"] = len(data["train"])
+    tr.log_metrics("train", metrics)
+    tr.save_metrics("train", metrics)  # train_results.json (+ all_results.json)
+    tr.save_state()  # trainer_state.json
+    if tr.is_world_process_zero():
+        processor.save_pretrained(args.output_dir)
+    write_model_card(tr, model_args, stage=stage, dataset=None)  # studies are local files, not hub datasets
+    if after is not None:
+        after(tr, configs)
+    t = time.perf_counter() - t0
+    if tr.is_world_process_zero():
         print(f"done: {result.global_step} steps, train_loss {metrics.get('train_loss', float('nan')):.4f}, "
-              f"{t:.0f} s on {training_args.world_size} process(es); adapter and processor saved to {training_args.output_dir}", flush=True)
+              f"{t:.0f} s on {args.world_size} process(es); adapter and processor saved to {args.output_dir}",
+              flush=True)
+    tr.end()  # trackers finished, process group destroyed: nothing distributed after this
     return metrics
 
 

@@ -12,7 +12,7 @@ Any YAML key can be overridden on the command line (``--beta 0.05 --length_alpha
 
 from __future__ import annotations
 
-from mllm_cxr.config import DataArguments, parse_recipe_args
+from mllm_cxr.config import DataArguments
 from mllm_cxr.dpo import (
     ClinicalDPOConfig,
     ClinicalDPOTrainer,
@@ -22,23 +22,28 @@ from mllm_cxr.dpo import (
 )
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
-from mllm_cxr.training import finish_run, run_recipe, start_run
+from mllm_cxr.training import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, PairsArguments, ClinicalDPOConfig)
 
 
-def main(argv=None) -> None:
-    data_args, model_args, prompt_cfg, pairs_args, args = parse_recipe_args(CONFIG_CLASSES, argv)
-    start_run(args, data_args, model_args, prompt_cfg, pairs_args)
+def datasets(data_args, model_args, prompt_cfg, pairs_args, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
-    train = load_pair_dataset(pairs_args, data_args, prompt_cfg)
+    return {"train": load_pair_dataset(pairs_args, data_args, prompt_cfg), "eval": None}
+
+
+def trainer(configs, data, model_args):
+    args = configs[-1]
     processor = load_processor(model_args, trust_remote_code=args.trust_remote_code)
     model, peft_config = load_model(model_args, gradient_checkpointing=args.gradient_checkpointing,
                                     trust_remote_code=args.trust_remote_code)
-    trainer = ClinicalDPOTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                 peft_config=peft_config)
-    finish_run(trainer, args, processor)
+    return ClinicalDPOTrainer(model=model, args=args, train_dataset=data["train"], processing_class=processor,
+                              peft_config=peft_config), processor
+
+
+def main(argv=None) -> None:
+    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="dpo")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mllm_cxr.config import DataArguments, parse_recipe_args
+from mllm_cxr.config import DataArguments
 from mllm_cxr.data import grpo_dataset, load_split
 from mllm_cxr.dpo import check_adapter_prompt
 from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
@@ -31,23 +31,23 @@ from mllm_cxr.grpo import (
 )
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
-from mllm_cxr.training import finish_run, run_recipe, start_run
+from mllm_cxr.training import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, GRPOScriptArguments, EditGRPOConfig)
 
 
-def main(argv=None) -> None:
-    data_args, model_args, prompt_cfg, script, args = parse_recipe_args(CONFIG_CLASSES, argv)
-    start_run(args, data_args, model_args, prompt_cfg, script)
+def datasets(data_args, model_args, prompt_cfg, script, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
     root = data_args.root()
-    train = grpo_dataset(load_split(data_args.studies, data_args.train_split, data_args.max_train_studies),
-                         root, prompt_cfg)
-    evald = None
-    if data_args.eval_split:
-        evald = grpo_dataset(load_split(data_args.studies, data_args.eval_split, data_args.max_eval_studies),
-                             root, prompt_cfg)
+    return {"train": grpo_dataset(load_split(data_args.studies, data_args.train_split, data_args.max_train_studies),
+                                  root, prompt_cfg),
+            "eval": grpo_dataset(load_split(data_args.studies, data_args.eval_split, data_args.max_eval_studies),
+                                 root, prompt_cfg) if data_args.eval_split else None}
+
+
+def trainer(configs, data, model_args):
+    script, args = configs[-2], configs[-1]
     reward_funcs, weights = build_reward_funcs(script.reward_spec, script.reward_reference_column)
     if args.reward_weights is None:
         args.reward_weights = weights
@@ -57,14 +57,22 @@ def main(argv=None) -> None:
     guard = CollapseGuard(normal_max=script.collapse_normal_max, empty_max=script.collapse_empty_max,
                           drift=script.collapse_drift, window=script.collapse_window, stop=script.collapse_stop)
     trainer_cls = EditGRPOTrainer if script.algorithm == "editgrpo" else ClinicalGRPOTrainer
-    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=evald,
-                          processing_class=processor, peft_config=peft_config, callbacks=[guard])
-    finish_run(trainer, args, processor)
-    if trainer.is_world_process_zero():
-        curve = reward_curve(trainer.state.log_history)
+    return trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=data["train"],
+                       eval_dataset=data["eval"], processing_class=processor, peft_config=peft_config,
+                       callbacks=[guard]), processor
+
+
+def print_reward_curve(tr, configs) -> None:
+    script, args = configs[-2], configs[-1]
+    if tr.is_world_process_zero():
+        curve = reward_curve(tr.state.log_history)
         Path(args.output_dir, "reward_curve.json").write_text(json.dumps(curve, indent=2))
-        print(f"\nreward curve ({script.algorithm}, rewards: {', '.join(f.__name__ for f in reward_funcs)}):")
+        print(f"\nreward curve ({script.algorithm}, rewards: {', '.join(f.__name__ for f in tr.reward_funcs)}):")
         print(format_reward_curve(curve), flush=True)
+
+
+def main(argv=None) -> None:
+    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="grpo", after=print_reward_curve)
 
 
 if __name__ == "__main__":

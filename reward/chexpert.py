@@ -45,7 +45,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from re import _parser as _sre_parser  # the stdlib regex parser (used to index entries by prefix)
 from typing import Any
 
 import numpy as np
@@ -53,6 +52,7 @@ import yaml
 
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
+from reward.text import find_sections, split_sentences
 
 RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
 NO_FINDING = "No Finding"
@@ -60,11 +60,9 @@ SUPPORT_DEVICES = "Support Devices"
 OTHER = "_other"  # abnormal findings outside the 13 observations (they only rule out No Finding)
 
 _LABEL_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "uncertain": UNCERTAIN}
-_SECTION_RE = re.compile(r"(?im)^[ \t]*([a-z][a-z /&]{2,40}?)[ \t]*:")
 _UNCAPTURE_RE = re.compile(r"(?<!\\)\((?!\?)")
 _WS_RE = re.compile(r"\s+")
 _PARA_RE = re.compile(r"\n\s*\n|\n\s*(?=\d{1,2}\s*[.)]\s)")
-_SENT_RE = re.compile(r"[.!?](?=\s|$)")
 _GLUED_RE = re.compile(r"([a-z0-9)])[.]([A-Z])")
 
 
@@ -78,16 +76,139 @@ def _entry_regex(entry: str) -> str:
     last = entry[-1:]
     right = r"(?!\w)" if (last.isalnum() or last in ")?*+]") else ""
     if right and last == ")":  # no boundary after a trailing lookaround: "and (?=the )"
-        try:
-            items = list(_sre_parser.parse(body))
-        except re.error:
-            items = []
-        if items and str(items[-1][0]) in ("ASSERT", "ASSERT_NOT"):
+        items = _parse_regex(body)
+        if items and items[-1][0] == "ASSERT":
             right = ""
     return f"(?:{body}){right}"
 
 
 _MAX_PREFIXES = 256
+_CLASS_ESCAPES = frozenset("dDwWsS")
+_ZERO_WIDTH_ESCAPES = frozenset("bBAZ")
+
+
+def _parse_regex(rx: str) -> list[tuple] | None:
+    """A small reader for the regex syntax of the rules file, for :func:`_prefixes` and lookaround checks.
+
+    Items: ``("LITERAL", ch)``, ``("IN", chars | None)`` (None: a class it does not enumerate, e.g.
+    ``\\w``), ``("BRANCH", [items, ...])`` for a group, ``("REPEAT", lo, hi, items)``, ``("ASSERT",)``
+    (lookarounds, anchors, ``\\b``) and ``("ANY",)``. Returns None for syntax outside this subset (the
+    caller then makes no assumption), so the analysis never needs the private ``re._parser``.
+    """
+    pos = 0
+    n = len(rx)
+
+    def seq() -> list[tuple]:
+        nonlocal pos
+        alts: list[list[tuple]] = [[]]
+        while pos < n and rx[pos] != ")":
+            c = rx[pos]
+            if c == "|":
+                pos += 1
+                alts.append([])
+                continue
+            item = atom()
+            alts[-1].append(item)
+            if pos < n and rx[pos] in "?*+{":
+                lo, hi = quant()
+                if item[0] == "ASSERT":
+                    raise ValueError("quantified assertion")
+                alts[-1][-1] = ("REPEAT", lo, hi, [item])
+        return alts[0] if len(alts) == 1 else [("BRANCH", alts)]
+
+    def quant() -> tuple[int, int]:
+        nonlocal pos
+        c = rx[pos]
+        pos += 1
+        if c in "?*+":
+            lo, hi = {"?": (0, 1), "*": (0, 1 << 16), "+": (1, 1 << 16)}[c]
+        else:
+            m = re.compile(r"(\d*)(,?)(\d*)\}").match(rx, pos)
+            if m is None:
+                raise ValueError("bad repeat")
+            pos = m.end()
+            lo = int(m.group(1) or 0)
+            hi = int(m.group(3)) if m.group(3) else (1 << 16 if m.group(2) else lo)
+        if pos < n and rx[pos] in "?+":  # lazy or possessive
+            pos += 1
+        return lo, hi
+
+    def atom() -> tuple:
+        nonlocal pos
+        c = rx[pos]
+        pos += 1
+        if c == "(":
+            lookaround = False
+            if rx.startswith("?:", pos):
+                pos += 2
+            elif rx.startswith(("?=", "?!"), pos):
+                pos, lookaround = pos + 2, True
+            elif rx.startswith(("?<=", "?<!"), pos):
+                pos, lookaround = pos + 3, True
+            elif rx.startswith("?", pos):
+                raise ValueError("unsupported group")
+            inner = seq()
+            if pos >= n or rx[pos] != ")":
+                raise ValueError("unbalanced")
+            pos += 1
+            return ("ASSERT",) if lookaround else ("BRANCH", [inner])
+        if c == "[":
+            return klass()
+        if c == "\\":
+            e = rx[pos]
+            pos += 1
+            if e in _ZERO_WIDTH_ESCAPES:
+                return ("ASSERT",)
+            if e in _CLASS_ESCAPES or e.isalnum():
+                return ("IN", None)
+            return ("LITERAL", e)
+        if c in "^$":
+            return ("ASSERT",)
+        if c == ".":
+            return ("ANY",)
+        if c in "*+?{":
+            raise ValueError("nothing to repeat")
+        return ("LITERAL", c)
+
+    def klass() -> tuple:
+        nonlocal pos
+        chars: list[str] | None = []
+        if rx.startswith("^", pos):
+            chars = None
+            pos += 1
+        first = True
+        while pos < n and (rx[pos] != "]" or first):
+            first = False
+            c = rx[pos]
+            pos += 1
+            if c == "\\":
+                e = rx[pos]
+                pos += 1
+                if e in _CLASS_ESCAPES or e.isalnum():
+                    chars = None
+                    continue
+                c = e
+            if pos + 1 < n and rx[pos] == "-" and rx[pos + 1] != "]":
+                hi = rx[pos + 1]
+                pos += 2
+                if chars is not None:
+                    if ord(hi) - ord(c) >= 12:
+                        chars = None
+                    else:
+                        chars.extend(chr(x) for x in range(ord(c), ord(hi) + 1))
+                continue
+            if chars is not None:
+                chars.append(c)
+        if pos >= n:
+            raise ValueError("unterminated class")
+        pos += 1
+        return ("IN", chars)
+
+    try:
+        items = seq()
+    except (ValueError, IndexError):
+        return None
+    return items if pos == n else None
 
 
 def _prefixes(entry_re: str, k: int = 3) -> set[str] | None:
@@ -96,49 +217,37 @@ def _prefixes(entry_re: str, k: int = 3) -> set[str] | None:
     Used to try an entry only at word starts whose first letters fit. None when the analysis fails
     (the entry is then tried everywhere its first character is a word character).
     """
-    try:
-        seq = _sre_parser.parse(entry_re)
-    except re.error:
+    seq = _parse_regex(entry_re)
+    if seq is None:
         return None
     done: set[str] = set()
 
     def run(items, open_: set[str]) -> set[str]:
-        for op, av in items:
+        for item in items:
             if not open_:
                 return open_
-            name = str(op)
+            name = item[0]
             if name == "LITERAL":
-                nxt = {s + chr(av) for s in open_}
+                nxt = {s + item[1] for s in open_}
             elif name == "IN":
-                chars = []
-                for op2, av2 in av:
-                    if str(op2) == "LITERAL":
-                        chars.append(chr(av2))
-                    elif str(op2) == "RANGE" and av2[1] - av2[0] < 12:
-                        chars.extend(chr(c) for c in range(av2[0], av2[1] + 1))
-                    else:
-                        chars = None
-                        break
-                if chars is None:
+                if item[1] is None:
                     done.update(open_)
                     return set()
-                nxt = {s + ch for s in open_ for ch in chars}
-            elif name == "SUBPATTERN":
-                nxt = run(av[3], open_)
+                nxt = {s + ch for s in open_ for ch in item[1]}
             elif name == "BRANCH":
                 nxt = set()
-                for alt in av[1]:
+                for alt in item[1]:
                     nxt |= run(alt, set(open_))
-            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-                lo, hi, sub = av
+            elif name == "REPEAT":
+                lo, hi, sub = item[1], item[2], item[3]
                 once = run(sub, set(open_))
                 if hi > 1 or lo > 1:  # further repetitions: stop the analysis here
                     done.update(once)
                     once = set()
                 nxt = (once | open_) if lo == 0 else once
-            elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+            elif name == "ASSERT":
                 continue
-            else:  # ANY, NOT_LITERAL, CATEGORY, backreferences...
+            else:  # ANY
                 done.update(open_)
                 return set()
             full = {s for s in nxt if len(s) >= k}
@@ -148,7 +257,7 @@ def _prefixes(entry_re: str, k: int = 3) -> set[str] | None:
                 return None
         return open_
 
-    rest = run(list(seq), {""})
+    rest = run(seq, {""})
     if rest is None:
         return None
     done |= rest
@@ -159,8 +268,8 @@ class _Matcher:
     """Finds the matches of many keyed entry lists in one pass over a text's word starts.
 
     Each key (an observation's findings, a cue kind, a qualifier kind...) has a list of entries. An
-    entry is tried only at word starts whose first letters can begin it (prefix index built with the
-    stdlib regex parser); entries of one key that share a prefix run as one alternation, so at most
+    entry is tried only at word starts whose first letters can begin it (prefix index built by
+    :func:`_prefixes`); entries of one key that share a prefix run as one alternation, so at most
     one match per key starts at a word (the first entry in YAML order that matches). Entries that
     start with punctuation (";", ":") run as an ordinary scan. Per key, matches do not overlap.
     """
@@ -333,18 +442,13 @@ def normalize(text: str) -> str:
 def extract_sections(text: str, sections: Sequence[str]) -> str | None:
     """The named sections of a report with ``NAME:`` headers, joined; None when none is present.
 
-    ``sections`` are matched case-insensitively against header names ("findings", "impression").
+    ``sections`` are matched case-insensitively against header names ("findings", "impression")
+    (:func:`reward.text.find_sections`).
     """
-    heads = [(m.start(), m.end(), m.group(1).strip().lower()) for m in _SECTION_RE.finditer(text)]
-    wanted = {s.lower() for s in sections}
-    if not any(h[2] in wanted for h in heads):
+    found = find_sections(text, sections)
+    if not found:
         return None
-    parts = []
-    for i, (_, end, name) in enumerate(heads):
-        if name in wanted:
-            stop = heads[i + 1][0] if i + 1 < len(heads) else len(text)
-            parts.append(text[end:stop].strip())
-    return "\n\n".join(p for p in parts if p)
+    return "\n\n".join(p for p in (text[a:b].strip() for _, a, b in found) if p)
 
 
 @dataclass(frozen=True)
@@ -495,8 +599,9 @@ class _Context:
     def __init__(self, t: str, rules: _Rules, cues: dict[str, list[tuple[int, int]]],
                  quals: list[tuple[int, int, str]]):
         self.t, self.r, self.quals = t, rules, quals
-        self.sent_ends = [m.start() for m in _SENT_RE.finditer(t)]
-        self.question = {i for i in self.sent_ends if t[i] == "?"}
+        # sentence ends (reward.text.split_sentences): the final . ! ? of a sentence, else its last character + 1
+        self.sent_ends = [b - 1 if t[b - 1] in ".!?" else b for _, b in split_sentences(t)]
+        self.question = {i for i in self.sent_ends if i < len(t) and t[i] == "?"}
         get = cues.get
         silencers = get("pseudo_negation", [])
         neg_unc = get("negated_uncertainty", [])

@@ -42,13 +42,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, register_scorer
+from reward.http import RETRY_STATUSES, retrying_session
 
 CATEGORIES: tuple[str, str, str] = (
     "Clinically Significant Errors",
@@ -238,7 +238,7 @@ def green_value(analysis: GreenAnalysis | str) -> float | None:
     return analysis.matched / (analysis.matched + sum(analysis.significant))
 
 
-def summarize(analyses: Sequence[GreenAnalysis]) -> dict[str, Any]:
+def green_summary(analyses: Sequence[GreenAnalysis]) -> dict[str, Any]:
     """Corpus numbers: mean and population std of the scores of parsed answers, unparsed count,
     per sub-category the share of answers without a significant error of that kind ("accuracy")
     and the mean count."""
@@ -367,8 +367,9 @@ class OpenAIGreenJudge:
             ``/v1/completions``, which needs no server-side template.
         max_tokens: answer length limit; ``temperature`` 0 = greedy, as GREEN is meant to be run.
         max_concurrency: requests in flight at once (the server batches them).
-        retries: extra tries after a connection error, HTTP 429 or 5xx, waiting ``backoff`` seconds,
-            then twice that, ... (at most 30 s).
+        retries: extra tries after a connection error, HTTP 429 or 5xx: at once, then after ``2 * backoff``
+            seconds, ``4 * backoff``, ... (at most 30 s), or as long as the server's ``Retry-After`` says
+            (:func:`reward.http.retrying_session`).
         api_key: sent as a bearer token; default the ``OPENAI_API_KEY`` environment variable, if set.
     """
 
@@ -402,6 +403,7 @@ class OpenAIGreenJudge:
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.eos_token = eos_token
         self.name = f"{model}@{root}"
+        self.session = retrying_session(retries, backoff, pool_size=self.max_concurrency, api_key=self.api_key)
 
     def _payload(self, prompt: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature}
@@ -414,28 +416,21 @@ class OpenAIGreenJudge:
     def _post(self, prompt: str) -> str:
         import requests
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(self.backoff * 2.0 ** (attempt - 1), 30.0))
-            try:
-                r = requests.post(self.url, json=self._payload(prompt), headers=headers, timeout=self.timeout)
-            except requests.RequestException as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}"
-                continue
-            if r.status_code != 200:
-                raise RewardError(f"GREEN judge {self.url}: HTTP {r.status_code}: {r.text[:300]}")
-            try:
-                choice = r.json()["choices"][0]
-                text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise RewardError(f"GREEN judge {self.url}: unexpected response ({type(e).__name__}: {e})") from e
-            return clean_green_response(text or "")
-        raise RewardError(f"GREEN judge {self.url}: no answer after {self.retries + 1} tries ({last})")
+        try:
+            r = self.session.post(self.url, json=self._payload(prompt), timeout=self.timeout)
+        except requests.RequestException as e:
+            raise RewardError(f"GREEN judge {self.url}: no answer after {self.retries + 1} tries "
+                              f"({type(e).__name__}: {e})") from None
+        if r.status_code in RETRY_STATUSES:
+            raise RewardError(f"GREEN judge {self.url}: no answer after {self.retries + 1} tries (HTTP {r.status_code})")
+        if r.status_code != 200:
+            raise RewardError(f"GREEN judge {self.url}: HTTP {r.status_code}: {r.text[:300]}")
+        try:
+            choice = r.json()["choices"][0]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise RewardError(f"GREEN judge {self.url}: unexpected response ({type(e).__name__}: {e})") from e
+        return clean_green_response(text or "")
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
         """Answers in prompt order; requests run concurrently."""
@@ -535,6 +530,6 @@ class GreenScorer(Scorer):
             value = a.score
             scores.append(self.unparsed_score if value is None else value)
             details.append({**a.as_dict(), "analysis": text})
-        corpus = summarize(parsed)
+        corpus = green_summary(parsed)
         corpus["judge"] = self._judge.name if self._judge is not None else self.model
         return ScoreResult(scores=scores, details=details, corpus=corpus)

@@ -18,6 +18,12 @@ A reward spec (YAML file, list or dict) is a list of entries::
       - {name: chexpert_f1, weight: 1.0, kwargs: {backend: rules}}
       - {name: prior_penalty, weight: 0.5}
       - {name: bleu, weight: 0.2, alias: bleu4, reference_column: impression}
+      - {name: my_pkg.rewards.brevity, weight: 0.1, kwargs: {max_words: 80}}
+
+``name`` is a registered scorer or a dotted path ``package.module.function`` to the user's own TRL
+reward function ``f(prompts, completions, **columns) -> list[float]`` (its ``kwargs`` are passed on
+every call) or to a :class:`~reward.base.Scorer` subclass (built with ``kwargs``), so a new reward
+needs no change to the registry.
 
 Robustness: a reward function never raises because of a completion. When the scorer raises on a
 batch, the batch is scored sample by sample and the samples that still fail get ``error_value``
@@ -36,7 +42,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward.base import RewardError, Scorer, clean_text, finite, get_scorer
+from reward.base import RewardError, Scorer, available_scorers, clean_text, finite, get_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +329,63 @@ def load_reward_spec(spec: str | os.PathLike | Mapping | Sequence) -> list[dict[
     return entries
 
 
+def import_dotted(path: str) -> Any:
+    """The object a dotted path ``package.module.attribute`` names (a reward function or Scorer class)."""
+    import importlib
+
+    module, _, attr = path.rpartition(".")
+    if not module or not attr:
+        raise RewardError(f"reward '{path}': not a registered scorer and not a dotted path package.module.function")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        raise RewardError(f"reward '{path}': module '{module}' not found ({e}); known scorers: "
+                          f"{', '.join(sorted(available_scorers()))}") from None
+    except AttributeError:
+        raise RewardError(f"reward '{path}': module '{module}' has no '{attr}'") from None
+    if not callable(obj):
+        raise RewardError(f"reward '{path}': {type(obj).__name__} is not callable")
+    return obj
+
+
+def is_dotted_reward(name: str) -> bool:
+    """A spec name that is not a registered scorer but looks like ``package.module.function``."""
+    return "." in name and name not in available_scorers() and not _looks_like_path(name)
+
+
+class ImportedReward:
+    """A user's TRL reward function ``f(prompts, completions, **columns)`` named by a dotted path in a
+    reward spec; the entry's ``kwargs`` are passed on every call. ``__name__`` is what TRL logs."""
+
+    def __init__(self, path: str, *, name: str | None = None, kwargs: Mapping[str, Any] | None = None) -> None:
+        self.path, self.func, self.kwargs = path, import_dotted(path), dict(kwargs or {})
+        self.__name__ = name or path.rpartition(".")[2]
+
+    def __call__(self, *args: Any, **columns: Any) -> list[float | None]:
+        return self.func(*args, **{**columns, **self.kwargs})
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "func"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.func = import_dotted(self.path)
+
+    def __repr__(self) -> str:
+        return f"ImportedReward({self.path!r})"
+
+
+def dotted_reward(path: str, *, name: str | None, kwargs: Mapping[str, Any], reference_column: Any,
+                  error_value: float):
+    """A dotted path -> a reward function: a :class:`Scorer` subclass is built with ``kwargs`` and
+    wrapped like a registered scorer; any other callable is a TRL reward function (:class:`ImportedReward`)."""
+    obj = import_dotted(path)
+    if isinstance(obj, type) and issubclass(obj, Scorer):
+        return RewardFunction(obj(**kwargs), reference_column=reference_column,
+                              name=name or getattr(obj, "name", None) or obj.__name__, error_value=error_value)
+    return ImportedReward(path, name=name, kwargs=kwargs)
+
+
 def make_reward_fn(name_or_spec: str | Scorer | Mapping | Sequence, *,
                    reference_column: str | Sequence[str] | None = None, name: str | None = None,
                    error_value: float = 0.0, **scorer_kwargs: Any) -> Callable[..., list[float]]:
@@ -340,6 +403,9 @@ def make_reward_fn(name_or_spec: str | Scorer | Mapping | Sequence, *,
         return RewardFunction(entry["name"], scorer_kwargs=kwargs,
                               reference_column=reference_column or entry["reference_column"],
                               name=name or entry["alias"], error_value=error_value)
+    if isinstance(name_or_spec, str) and is_dotted_reward(name_or_spec):
+        return dotted_reward(name_or_spec, name=name, kwargs=scorer_kwargs, reference_column=reference_column,
+                             error_value=error_value)
     if isinstance(name_or_spec, str) and not _looks_like_path(name_or_spec):
         return RewardFunction(name_or_spec, scorer_kwargs=scorer_kwargs, reference_column=reference_column,
                               name=name, error_value=error_value)
@@ -373,9 +439,14 @@ def make_reward_funcs(spec: str | os.PathLike | Mapping | Sequence, *,
         while nm in seen:
             nm, k = f"{base}_{k}", k + 1
         seen.add(nm)
-        funcs.append(RewardFunction(e["name"], scorer_kwargs=e["kwargs"],
-                                    reference_column=e["reference_column"] or reference_column, name=nm,
-                                    error_value=error_value))
+        if is_dotted_reward(e["name"]):
+            funcs.append(dotted_reward(e["name"], name=nm, kwargs=e["kwargs"],
+                                       reference_column=e["reference_column"] or reference_column,
+                                       error_value=error_value))
+        else:
+            funcs.append(RewardFunction(e["name"], scorer_kwargs=e["kwargs"],
+                                        reference_column=e["reference_column"] or reference_column, name=nm,
+                                        error_value=error_value))
         weights.append(e["weight"])
     return funcs, weights
 

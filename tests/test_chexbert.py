@@ -55,13 +55,17 @@ def _published_layout(config, seed=0, heads=None):
     return state
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chexbert")
+def save_tiny_chexbert(root):
+    """A tiny random CheXbert in the published layout: ``root/bert`` (tokenizer) and ``root/chexbert.pth``."""
     config = _save_tiny_bert(root / "bert")
     ckpt = root / "chexbert.pth"
     torch.save({"epoch": 3, "model_state_dict": _published_layout(config)}, ckpt)
     return root, config, ckpt
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_chexbert(tmp_path_factory.mktemp("chexbert"))
 
 
 def test_labels_have_our_keys_and_values(tiny):

@@ -307,3 +307,51 @@ def test_chexpert_f1_scorer():
         get_scorer("chexpert_f1", subset="13")
     with pytest.raises(RewardError):
         get_scorer("chexpert_f1", uncertain="maybe")
+
+
+def test_prefix_index_is_sound_without_the_private_regex_parser():
+    """Every match of every rules entry at a word start begins with one of the prefixes the index files it under,
+    and the analysis reads the regex itself (no ``re._parser``, a private module that may change)."""
+    import inspect
+    import re
+
+    import yaml
+
+    import reward.chexpert as chexpert
+
+    src = inspect.getsource(chexpert)
+    assert "import _parser" not in src and "re._parser." not in src and "sre_parse" not in src
+    entries: list[str] = []
+
+    def collect(x):
+        if isinstance(x, str):
+            entries.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                collect(v)
+        elif isinstance(x, list):
+            for v in x:
+                collect(v)
+
+    collect(yaml.safe_load(chexpert.RULES_PATH.read_text()))
+    texts = [chexpert.normalize(t) for t in (
+        "Mild cardiomegaly. Small bilateral pleural effusions, unchanged. No pneumothorax. Right lower lobe "
+        "opacity may represent atelectasis or pneumonia. ET tube 4 cm above the carina. Pulmonary edema is "
+        "seen. There is no evidence of consolidation. Enlarged cardiac silhouette. Fracture of the left 5th rib. "
+        "Interval removal of the right PICC line. Heart size is top normal. Lungs are clear, without effusion.")]
+    analysed = 0
+    for e in entries:
+        rx = chexpert._entry_regex(e)
+        pre = chexpert._prefixes(rx)
+        if pre is None:
+            continue
+        analysed += 1
+        pat = re.compile(rx)
+        for t in texts:
+            for ws in re.finditer(r"\b\w", t):
+                if pat.match(t, ws.start()):
+                    assert any(t.startswith(p, ws.start()) for p in pre), (e, t[ws.start():ws.start() + 20], pre)
+    assert analysed > 300
+    assert chexpert._prefixes(r"(?:ab|cd)+e") == {"ab", "cd"} and chexpert._prefixes(r"[a-c]d") == {"ad", "bd", "cd"}
+    assert chexpert._parse_regex("(?P<x>a)") is None and chexpert._prefixes("a(b") is None
+    assert chexpert._entry_regex("no (?=effusion)").endswith(")") and chexpert._entry_regex("effusion").endswith(r"(?!\w)")

@@ -51,3 +51,61 @@ def test_accelerate_configs_parse():
         assert d["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED"}, p
         if d["distributed_type"] == "DEEPSPEED":
             assert d["deepspeed_config"]["zero_stage"] in (2, 3), p
+
+
+def test_env_block_of_a_config_is_applied(tmp_path, monkeypatch):
+    """TrlParser's documented ``env:`` block sets environment variables (our own key check blocked it)."""
+    import os
+
+    from trl import SFTConfig
+
+    from mllm_cxr.config import DataArguments, parse_recipe_args
+    from mllm_cxr.modeling import ModelArguments
+    from mllm_cxr.prompts import PromptConfig
+
+    monkeypatch.delenv("MLLM_CXR_TEST_ENV_BLOCK", raising=False)
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text((REPO / "recipes" / "configs" / "tiny" / "sft.yaml").read_text()
+                   + "\nenv:\n  MLLM_CXR_TEST_ENV_BLOCK: from-yaml\n")
+    data_args, *_, args = parse_recipe_args((DataArguments, ModelArguments, PromptConfig, SFTConfig),
+                                            ["--config", str(cfg), "--learning_rate", "0.5"])
+    assert os.environ["MLLM_CXR_TEST_ENV_BLOCK"] == "from-yaml"
+    assert args.learning_rate == 0.5 and data_args.train_split == "train"
+    monkeypatch.delenv("MLLM_CXR_TEST_ENV_BLOCK", raising=False)
+
+
+def _recipe(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("recipe,config", [("sft", "sft"), ("dpo", "dpo"), ("grpo", "grpo"), ("grpo", "editgrpo")])
+def test_resolved_config_reproduces_the_run(tmp_path, recipe, config):
+    """``output_dir/config.yaml`` parses back (``--config``) to the same values of every key."""
+    from mllm_cxr.config import parse_recipe_args
+    from mllm_cxr.training import RESOLVED_CONFIG, write_run_config
+
+    classes = _recipe(recipe).CONFIG_CLASSES
+    argv = ["--config", str(REPO / "recipes" / "configs" / "tiny" / f"{config}.yaml"), "--output_dir",
+            str(tmp_path / "run"), "--learning_rate", "0.123", "--lora_r", "4"]
+    configs = parse_recipe_args(classes, argv)
+    write_run_config(tmp_path / "run", configs, configs[-1], argv)
+    again = parse_recipe_args(classes, ["--config", str(tmp_path / "run" / RESOLVED_CONFIG)])
+    for a, b in zip(configs, again):
+        assert dataclasses.asdict(a) == dataclasses.asdict(b), type(a).__name__
+    assert again[-1].learning_rate == 0.123 and again[1].lora_r == 4
+    assert "hub_token" not in (tmp_path / "run" / RESOLVED_CONFIG).read_text()
+
+
+def test_dry_run_builds_datasets_without_a_model(tmp_path, phantom_dir, capsys):
+    out = tmp_path / "out"
+    _recipe("sft").main(["--config", str(REPO / "recipes" / "configs" / "tiny" / "sft.yaml"), "--studies",
+                         str(phantom_dir / "studies.jsonl"), "--model_name_or_path", str(tmp_path / "no-model"),
+                         "--output_dir", str(out), "--dry-run"])
+    line = capsys.readouterr().out
+    assert "dry run" in line and "train " in line and "no model loaded" in line
+    assert not out.exists()

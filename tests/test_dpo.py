@@ -81,6 +81,79 @@ def test_length_controlled_dpo_trains_on_two_image_pairs(one_thread, tmp_path, p
         assert h["length/penalty"] == pytest.approx(0.01 * (h["length/chosen"] - h["length/rejected"]), rel=1e-4)
 
 
+# R-DPO runs TRL's own DPO loss: with length_alpha ~ 0 its loss and rewards/* equal TRL's on the same batch.
+def _trl_and_rdpo_on_one_batch(tmp_path, phantom_dir, tiny_model_dir, alpha: float, **extra):
+    from trl import DPOTrainer
+
+    from data_prep.schema import read_records
+    from mllm_cxr.data import dpo_dataset
+    from mllm_cxr.dpo import ClinicalDPOConfig, ClinicalDPOTrainer
+    from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+    from mllm_cxr.prompts import PromptConfig
+
+    records = [r for r in read_records(phantom_dir / "studies.jsonl") if r.split == "train"][:2]
+    pairs = [{"study_id": r.study_id, "chosen": r.findings,
+              "rejected": r.findings + " No interval change. Large right pleural effusion."} for r in records]
+    ds = dpo_dataset(pairs, {r.study_id: r for r in records}, phantom_dir, PromptConfig())
+    margs = ModelArguments(model_name_or_path=str(tiny_model_dir), dtype="float32", max_pixels=12544,
+                           min_pixels=3136)
+    processor = load_processor(margs)
+    kw = dict(per_device_train_batch_size=1, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+              **extra)
+    model, peft_config = load_model(margs)
+    trl_trainer = DPOTrainer(model=model, args=ClinicalDPOConfig(output_dir=str(tmp_path / "a"), **kw),
+                             train_dataset=ds, processing_class=processor, peft_config=peft_config)
+    model2, _ = load_model(margs)
+    ours = ClinicalDPOTrainer(model=model2, args=ClinicalDPOConfig(output_dir=str(tmp_path / "b"), length_alpha=alpha,
+                                                                    **kw),
+                              train_dataset=ds, processing_class=processor, peft_config=peft_config)
+    # the same non-zero adapter in both policies (a fresh LoRA B is 0: policy = reference, all rewards 0)
+    g = torch.Generator().manual_seed(0)
+    params = dict(ours.model.named_parameters())
+    for name, p in trl_trainer.model.named_parameters():
+        if "lora_B" in name and p.requires_grad:
+            noise = 0.05 * torch.randn(p.shape, generator=g)
+            with torch.no_grad():
+                p.copy_(noise)
+                params[name].copy_(noise)
+    batch = trl_trainer.data_collator([trl_trainer.train_dataset[0]])
+    out = []
+    for t in (trl_trainer, ours):
+        t.model.eval()
+        with torch.no_grad():
+            loss = t.compute_loss(t.model, t._prepare_inputs(dict(batch)))
+        out.append((float(loss), {k: v[-1] for k, v in t._metrics["eval"].items()}))
+    return out, batch
+
+
+@pytest.mark.parametrize("extra", [{}, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+                                   {"use_weighting": True}])
+def test_rdpo_with_tiny_alpha_equals_trl(one_thread, tmp_path, phantom_dir, tiny_model_dir, extra):
+    (trl_loss, trl_m), (our_loss, our_m) = _trl_and_rdpo_on_one_batch(tmp_path, phantom_dir, tiny_model_dir, 1e-12, **extra)[0]
+    assert our_loss == pytest.approx(trl_loss, rel=1e-5, abs=1e-7)
+    keys = [k for k in trl_m if k.startswith("rewards/")]
+    assert sorted(keys) == ["rewards/accuracies", "rewards/chosen", "rewards/margins", "rewards/rejected"]
+    assert abs(trl_m["rewards/margins"]) > 1e-4          # a real margin, not 0 == 0
+    for k in trl_m:   # every TRL metric (entropy, logits, token accuracy...) is there, rewards/* equal
+        assert k in our_m, k
+    for k in keys:
+        assert our_m[k] == pytest.approx(trl_m[k], rel=1e-5, abs=1e-7), k
+
+
+def test_rdpo_margin_adds_alpha_times_length_difference(one_thread, tmp_path, phantom_dir, tiny_model_dir):
+    alpha = 0.02
+    ((trl_loss, trl_m), (our_loss, our_m)), batch = _trl_and_rdpo_on_one_batch(tmp_path, phantom_dir, tiny_model_dir, alpha)
+    lengths = batch["completion_mask"][..., 1:].sum(dim=1).float()
+    d_len = float(lengths[0] - lengths[1])
+    assert d_len < 0 and our_m["length/penalty"] == pytest.approx(alpha * d_len)
+    # one pair: TRL's loss is -log sigmoid(margin); ours -log sigmoid(margin + alpha * (|y_w| - |y_l|))
+    assert trl_loss == pytest.approx(float(-F.logsigmoid(torch.tensor(trl_m["rewards/margins"]))), rel=1e-5)
+    assert our_loss == pytest.approx(float(-F.logsigmoid(torch.tensor(trl_m["rewards/margins"] + alpha * d_len))),
+                                     rel=1e-5)
+    assert our_m["rewards/margins"] == pytest.approx(trl_m["rewards/margins"] + alpha * d_len, rel=1e-5)
+    assert math.isfinite(our_m["entropy"]) and our_m["logps/chosen"] == pytest.approx(trl_m["logps/chosen"], rel=1e-5)
+
+
 def _prior_rate(samples: list[list[str]]) -> float:
     from reward.prior import find_prior_references
 

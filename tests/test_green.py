@@ -15,11 +15,11 @@ from reward.green import (
     GreenScorer,
     OpenAIGreenJudge,
     clean_green_response,
+    green_summary,
     green_value,
     make_green_prompt,
     parse_green,
     render_green_chat,
-    summarize,
     truncate_words,
 )
 
@@ -57,7 +57,7 @@ def test_oracle_counts_and_scores_are_reproduced(oracle):
 def test_oracle_corpus_mean_and_population_std(oracle):
     case = oracle["cases"][0]
     analyses = [parse_green(item["green_analysis"]) for item in case["items"]]
-    summary = summarize(analyses)
+    summary = green_summary(analyses)
     assert [a.score for a in analyses] == pytest.approx(case["helper_check"]["per_pair"])
     assert summary["mean"] == pytest.approx(case["expected_upstream"]["mean"], abs=1e-12)
     assert summary["std"] == pytest.approx(case["expected_upstream"]["std"], abs=1e-12)
@@ -137,6 +137,7 @@ class _Server:
 
     def __init__(self, answers, fail_first=0):
         self.answers, self.fail_left, self.requests = answers, fail_first, []
+        self.fail_status, self.retry_after = 503, None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -148,7 +149,10 @@ class _Server:
                 outer.requests.append((self.path, body))
                 if outer.fail_left > 0:
                     outer.fail_left -= 1
-                    self.send_response(503)
+                    self.send_response(outer.fail_status)
+                    if outer.retry_after is not None:
+                        self.send_header("Retry-After", str(outer.retry_after))
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 if body.get("model") != "green-judge":
@@ -216,6 +220,19 @@ def test_server_completions_api_and_retries(oracle_server):
     assert len(server.requests) == 2  # one 503, then the answer
 
 
+def test_server_retry_after_is_honoured(oracle_server):
+    """A 429 with Retry-After: 1 is retried after 1 s (urllib3's Retry), not after the 0.01 s backoff."""
+    import time
+
+    server, items = oracle_server
+    server.fail_left, server.fail_status, server.retry_after = 1, 429, 1
+    judge = OpenAIGreenJudge(server.url, "green-judge", retries=2, backoff=0.01)
+    t0 = time.perf_counter()
+    answer = judge.generate([make_green_prompt(items[3]["ref"], items[3]["hyp"])])
+    assert time.perf_counter() - t0 >= 0.95
+    assert green_value(answer[0]) == 0.5 and len(server.requests) == 2
+
+
 def test_server_errors_are_reward_errors(oracle_server):
     server, items = oracle_server
     with pytest.raises(RewardError, match="HTTP 404"):
@@ -229,13 +246,11 @@ def test_server_errors_are_reward_errors(oracle_server):
 # Local HF judge: a tiny random Llama answers garbage
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    pytest.importorskip("torch")
+def save_tiny_green_judge(folder):
+    """A tiny random Llama with a word-level tokenizer over the GREEN prompt's words, saved to ``folder``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     words = sorted(set(make_green_prompt("no effusion", "small effusion").split()))
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -251,6 +266,12 @@ def tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    pytest.importorskip("torch")
+    return save_tiny_green_judge(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.mark.parametrize("prompt_format", ["green", "chat"])

@@ -21,7 +21,6 @@ from data_prep.images import (
     FACTOR,
     ImageCache,
     image_size,
-    image_vision_tokens,
     is_dicom,
     load_image,
     load_resized,
@@ -111,7 +110,8 @@ def test_nih_png_loads_unchanged_and_resizes_to_budget():
     small = load_resized(path, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=64 * FACTOR * FACTOR)
     assert small.width % FACTOR == 0 and small.height % FACTOR == 0
     assert small.width * small.height <= 64 * FACTOR * FACTOR
-    assert image_vision_tokens(path, max_pixels=64 * FACTOR * FACTOR) == vision_tokens(small.height, small.width)
+    h, w = image_size(path)
+    assert vision_tokens(*smart_resize(h, w, max_pixels=64 * FACTOR * FACTOR)) == vision_tokens(small.height, small.width)
 
 
 # -- synthetic DICOM: windowing, rescale, VOI LUT, min-max ----------------------------------------
@@ -296,6 +296,28 @@ def test_smart_resize_matches_transformers():
         hi = int(rng.integers(16, 2048)) * FACTOR * FACTOR
         assert smart_resize(h, w, min_pixels=lo, max_pixels=hi) == qwen.smart_resize(
             h, w, factor=FACTOR, min_pixels=lo, max_pixels=hi), (h, w, lo, hi)
+
+
+@pytest.mark.parametrize("module", ["image_processing_qwen2_vl", "image_processing_pil_qwen2_vl"])
+def test_smart_resize_matches_transformers_from_one_pixel(module):
+    """Every side from 1 px (where rounding to 28 gives 0 and the min_pixels branch takes over), e.g. 331x7."""
+    import importlib
+
+    qwen = importlib.import_module(f"transformers.models.qwen2_vl.{module}")
+    assert smart_resize(331, 7) == qwen.smart_resize(331, 7, factor=FACTOR, min_pixels=DEFAULT_MIN_PIXELS,
+                                                      max_pixels=DEFAULT_MAX_PIXELS)
+    budgets = [(DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), (FACTOR * FACTOR, FACTOR * FACTOR),
+               (FACTOR * FACTOR, 16 * FACTOR * FACTOR), (56 * 56, 28 * 28 * 1280)]
+    for lo, hi in budgets:
+        for h in range(1, 61):
+            for w in [*range(1, 121), 331, 997, 4000, 11999]:
+                if max(h, w) / min(h, w) > 200:
+                    with pytest.raises(ValueError):
+                        smart_resize(h, w, min_pixels=lo, max_pixels=hi)
+                    continue
+                want = qwen.smart_resize(h, w, factor=FACTOR, min_pixels=lo, max_pixels=hi)
+                assert smart_resize(h, w, min_pixels=lo, max_pixels=hi) == want, (h, w, lo, hi)
+                assert smart_resize(w, h, min_pixels=lo, max_pixels=hi) == want[::-1], (w, h, lo, hi)
 
 
 def test_resize_to_budget_is_noop_at_target_size():

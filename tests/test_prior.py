@@ -293,3 +293,23 @@ def test_prior_penalty_on_strange_completions():
     res = sc(weird)
     assert len(res.scores) == len(weird) and all(s in (0.0, -1.0) for s in res.scores)
     assert res.scores[3] == -1.0 and res.scores[4] == -1.0 and res.scores[5] == -1.0
+
+
+def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
+    """reward.text.split_sentences is the splitter of both; the labeler's sentence scope follows it
+    ("vs." and a list number do not end a sentence; before, the labeler cut at every '. ')."""
+    import reward.chexpert as chexpert
+    import reward.prior as prior
+    from reward import text
+
+    assert prior.split_sentences is text.split_sentences and chexpert.split_sentences is text.split_sentences
+    t = chexpert.normalize("Atelectasis vs. pneumonia in the left base. No effusion.\n2. Stable heart size?")
+    ctx = chexpert._Context(t, chexpert._compiled(str(chexpert.RULES_PATH)), {}, [])
+    spans = text.split_sentences(t)
+    assert [t[a:b] for a, b in spans] == ["atelectasis vs. pneumonia in the left base.", "no effusion.", ".",
+                                          "2. stable heart size?"]
+    s, e = ctx._sentence(t.index("pneumonia"))
+    assert t[s:e].strip() == "atelectasis vs. pneumonia in the left base"
+    assert len(t) - 1 in ctx.question
+    assert text.find_sections("FINDINGS: a.\nNote: b\nIMPRESSION: c", ["findings", "impression"]) == [
+        ("findings", 9, 13), ("impression", 32, 34)]

@@ -8,7 +8,6 @@ from data_prep.schema import ImageRef, Prior, StudyRecord
 from mllm_cxr.prompts import (
     PromptConfig,
     build_messages,
-    parse_report,
     prompt_text,
     target_text,
     to_openai_messages,
@@ -48,13 +47,16 @@ def test_prior_report_and_prior_image():
     assert "PRIOR REPORT: FINDINGS: Small effusion." in text and "prior study" in text
 
 
-def test_targets_and_parse_roundtrip():
+def test_targets_and_section_roundtrip():
     s = study()
     both = target_text(s, PromptConfig())
     assert both == "FINDINGS: Lungs clear.\nIMPRESSION: Normal."
-    assert parse_report(both) == {"findings": "Lungs clear.", "impression": "Normal."}
+    from reward.text import find_sections
+
+    assert [(n, both[a:b].strip()) for n, a, b in find_sections(both)] == [("findings", "Lungs clear."),
+                                                                           ("impression", "Normal.")]
     assert target_text(s, PromptConfig(sections=["impression"])) == "Normal."
-    assert parse_report("just text") == {"findings": "just text", "impression": ""}
+    assert find_sections("just text") == []
 
 
 def test_openai_messages_inline_images():

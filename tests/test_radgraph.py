@@ -15,11 +15,11 @@ from reward.base import MissingBackendError, RewardError, get_scorer
 from reward.radgraph import (
     RadGraphExtractor,
     RadGraphF1Scorer,
-    processed_annotations,
     radgraph_f1,
     report_annotation,
 )
 from tests.conftest import require_shared
+from tests.radgraph_processed import processed_annotations
 
 
 def _cases() -> dict:

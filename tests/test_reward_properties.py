@@ -2,9 +2,10 @@
 completion (empty, huge, unicode, markup, control characters, chat messages, non-strings), called
 directly and through the TRL adapter.
 
-Scorers are taken from the registry (``available_scorers()``); those that cannot be built here (a model
-or package that is not installed: MissingBackendError, or a required argument such as a model folder:
-RewardError) are skipped with the reason.
+Scorers are taken from the registry (``available_scorers()``). The model-backed ``chexbert_f1`` and
+``green`` run on the tiny random CheXbert checkpoint and the tiny random GREEN judge that
+tests/test_chexbert.py and tests/test_green.py build; other scorers that cannot be built here (a package
+that is not installed: MissingBackendError, or a required argument: RewardError) are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +21,36 @@ from reward.trl import completion_text, make_reward_fn, select_context
 
 #: Constructor arguments for scorers that need one to run without a dataset column.
 SCORER_KWARGS = {"prior_penalty": {"assume_no_prior": False}}
+#: Model-backed scorers run on tiny random models (:func:`_tiny_model_kwargs`).
+TINY_MODEL_SCORERS = ("chexbert_f1", "green")
+
+
+def _tiny_model_kwargs(name: str, folder) -> dict:
+    """Constructor arguments that run ``name`` on a tiny random model saved under ``folder``."""
+    pytest.importorskip("torch")
+    if name == "chexbert_f1":
+        from tests.test_chexbert import save_tiny_chexbert
+
+        root, _, ckpt = save_tiny_chexbert(folder)
+        return {"checkpoint": str(ckpt), "tokenizer": str(root / "bert"), "device": "cpu", "progress": False}
+    from tests.test_green import save_tiny_green_judge
+
+    return {"model": str(save_tiny_green_judge(folder)), "device": "cpu", "max_new_tokens": 4, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    """``scorer(name)``: one scorer per name for the module; the model-backed ones load a tiny model once."""
+    built: dict = {}
+
+    def get(name: str):
+        if name not in built:
+            kwargs = (_tiny_model_kwargs(name, tmp_path_factory.mktemp(name)) if name in TINY_MODEL_SCORERS
+                      else SCORER_KWARGS.get(name, {}))
+            built[name] = get_scorer(name, **kwargs)
+        return built[name]
+
+    return get
 CONTEXT_KEYS = ("has_prior", "comparison", "prior")
 
 REPORTISH = ["Stable cardiomegaly.", "No acute cardiopulmonary process.", "Interval resolution of the effusion.",
@@ -50,6 +81,8 @@ def _model_free_scorers() -> list:
     for name in sorted(available_scorers()):
         if name.startswith("_test"):  # test-local scorers of other test modules
             continue
+        if name in TINY_MODEL_SCORERS:
+            continue  # MODEL_SCORERS
         try:
             get_scorer(name, **SCORER_KWARGS.get(name, {}))
             params.append(pytest.param(name, id=name))
@@ -60,6 +93,7 @@ def _model_free_scorers() -> list:
 
 
 SCORERS = _model_free_scorers()
+MODEL_SCORERS = [pytest.param(name, id=name) for name in TINY_MODEL_SCORERS]
 
 
 def _columns(n: int) -> dict:
@@ -74,29 +108,28 @@ def _check(scores, n):
 
 def test_some_scorer_is_checked():
     assert any(not p.marks for p in SCORERS), "no model-free scorer registered"
+    checked = {p.values[0] for p in SCORERS + MODEL_SCORERS if not p.marks}
+    assert set(TINY_MODEL_SCORERS) <= checked and {"chexpert_f1", "bleu", "prior_penalty"} <= checked
 
 
-@pytest.mark.parametrize("name", SCORERS)
-def test_fixed_nasty_inputs(name):
+@pytest.mark.parametrize("name", SCORERS + MODEL_SCORERS)
+def test_fixed_nasty_inputs(name, scorer):
     """A fixed set of the worst cases, including 100k-character completions, for every scorer."""
     huge = ("Stable cardiomegaly with ünicode ☃. " * 3000)[:100_000]
     batch = ["", huge, "x" * 100_000, "\x00" * 1000, "<" * 5000, " ".join(["new"] * 20000),
              [{"role": "assistant", "content": huge}], None, 3.5]
-    sc = get_scorer(name, **SCORER_KWARGS.get(name, {}))
+    sc = scorer(name)
     cols = _columns(len(batch))
     hyps = [completion_text(c) for c in batch]
     _check(sc(hyps, cols["reference"] if sc.needs_reference else None,
               **select_context(sc, cols, len(batch))).scores, len(batch))
-    f = make_reward_fn(name, **SCORER_KWARGS.get(name, {}))
+    f = make_reward_fn(scorer(name), name=name)
     _check(f(prompts=[None] * len(batch), completions=batch, **cols), len(batch))
     assert f.n_errors == 0
 
 
-@pytest.mark.parametrize("name", SCORERS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=_batch)
-def test_any_completion_gives_finite_scores(name, batch):
-    sc = get_scorer(name, **SCORER_KWARGS.get(name, {}))
+def _finite_scores(name, scorer, batch):
+    sc = scorer(name)
     n = len(batch)
     cols = _columns(n)
     res = sc([completion_text(c) for c in batch], cols["reference"] if sc.needs_reference else None,
@@ -104,19 +137,42 @@ def test_any_completion_gives_finite_scores(name, batch):
     _check(res.scores, n)
 
 
-@pytest.mark.parametrize("name", SCORERS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=_batch, refs=st.lists(_text, min_size=4, max_size=4))
-def test_any_completion_through_trl_adapter(name, batch, refs):
+def _finite_through_trl(name, scorer, batch, refs):
     n = len(batch)
     cols = _columns(n)
     cols["reference"] = refs[:n]  # strange references too
-    f = make_reward_fn(name, **SCORER_KWARGS.get(name, {}))
+    f = make_reward_fn(scorer(name), name=name)
     out = f(prompts=[[{"role": "user", "content": "Write the report."}]] * n, completions=batch,
             completion_ids=[[1, 2]] * n, trainer_state=None, log_extra=lambda *a: None,
             log_metric=lambda *a: None, **cols)
     _check(out, n)
     assert f.n_errors == 0
+
+
+def _examples(n: int):
+    return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("name", SCORERS)
+@_examples(40)
+@given(batch=_batch)
+def test_any_completion_gives_finite_scores(name, scorer, batch):
+    _finite_scores(name, scorer, batch)
+
+
+@pytest.mark.parametrize("name", SCORERS)
+@_examples(40)
+@given(batch=_batch, refs=st.lists(_text, min_size=4, max_size=4))
+def test_any_completion_through_trl_adapter(name, scorer, batch, refs):
+    _finite_through_trl(name, scorer, batch, refs)
+
+
+@pytest.mark.parametrize("name", MODEL_SCORERS)
+@_examples(8)   # a model call per example: fewer, the fixed worst cases above run in full
+@given(batch=_batch, refs=st.lists(_text, min_size=4, max_size=4))
+def test_model_backed_scorers_on_any_completion(name, scorer, batch, refs):
+    _finite_scores(name, scorer, batch)
+    _finite_through_trl(name, scorer, batch, refs)
 
 
 @settings(max_examples=50, deadline=None)

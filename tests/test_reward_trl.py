@@ -366,3 +366,44 @@ def _local_scorers():
 
     with local_scorers(_LOCAL_SCORERS):
         yield
+
+
+def test_reward_spec_names_a_dotted_path(tmp_path, monkeypatch):
+    """A user's own reward function or Scorer subclass, by ``package.module.name``, with no registry change."""
+    from mllm_cxr.grpo import build_reward_funcs
+    from reward.base import RewardError
+    from reward.trl import make_reward_funcs
+
+    pkg = tmp_path / "my_rewards_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "custom.py").write_text(
+        "from reward.base import Scorer, ScoreResult\n"
+        "def brevity(prompts, completions, max_words=5, **columns):\n"
+        "    texts = [c[0]['content'] if isinstance(c, list) else c for c in completions]\n"
+        "    return [1.0 if len(t.split()) <= max_words else 0.0 for t in texts]\n"
+        "class Shouty(Scorer):\n"
+        "    name = 'shouty'\n"
+        "    needs_reference = False\n"
+        "    def __init__(self, bonus=1.0):\n"
+        "        self.bonus = bonus\n"
+        "    def score(self, hyps, refs=None, **context):\n"
+        "        return ScoreResult([self.bonus * t.count('!') for t in hyps], [{} for _ in hyps], {})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = [{"name": "my_rewards_pkg.custom.brevity", "weight": 0.5, "kwargs": {"max_words": 2}},
+            {"name": "my_rewards_pkg.custom.Shouty", "kwargs": {"bonus": 2.0}}, "bleu"]
+    funcs, weights = make_reward_funcs(spec)
+    assert [f.__name__ for f in funcs] == ["my_rewards_pkg.custom.brevity", "my_rewards_pkg.custom.Shouty", "bleu"]
+    assert weights == [0.5, 1.0, 1.0]
+    completions = [[{"role": "assistant", "content": "No effusion!"}], [{"role": "assistant", "content": "a b c"}]]
+    cols = {"reference": ["No effusion.", "a b c"]}
+    assert funcs[0](prompts=[None, None], completions=completions, **cols) == [1.0, 0.0]
+    assert funcs[1](prompts=[None, None], completions=completions, **cols) == [2.0, 0.0]
+    again = pickle.loads(pickle.dumps(funcs[0]))
+    assert again(prompts=[None], completions=completions[:1], **{"reference": ["x"]}) == [1.0]
+    one, _ = build_reward_funcs("my_rewards_pkg.custom.brevity")  # reward_spec: one dotted name
+    assert one[0](prompts=[None], completions=["a b c d e f"]) == [0.0]
+    with pytest.raises(RewardError, match="has no 'nope'"):
+        make_reward_funcs(["my_rewards_pkg.custom.nope"])
+    with pytest.raises(RewardError, match="module 'no_such_pkg.mod' not found"):
+        make_reward_funcs(["no_such_pkg.mod.f"])
