@@ -27,6 +27,7 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     import torch
 
     from data_prep.phantom import finding_scores
+    from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
     from mllm_cxr.generate import GenerationSettings, HFGenerator
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
@@ -50,8 +51,10 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     processor = load_processor(margs)
     model, _ = load_model(margs, is_trainable=False)
     model.eval()
-    studies = load_split(Path(phantom_dir) / "studies.jsonl", split, limit)
-    gen = HFGenerator(model, processor, prompt, phantom_dir, GenerationSettings(max_new_tokens=max_new_tokens))
+    studies_file = Path(phantom_dir) / "studies.jsonl"
+    studies = load_split(studies_file, split, limit)
+    gen = HFGenerator(model, processor, prompt, resolve_data_root(studies_file),
+                      GenerationSettings(max_new_tokens=max_new_tokens))
     torch.manual_seed(0)
     preds = []
     for i in range(0, len(studies), 8):
