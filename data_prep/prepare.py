@@ -28,7 +28,13 @@ from tqdm import tqdm
 
 from data_prep._util import SkipLog, summarize
 from data_prep.errors import BadImageError, DataPrepError
-from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, CachedImage, ImageCache
+from data_prep.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    CachedImage,
+    ImageCache,
+    check_pixel_budget,
+)
 from data_prep.schema import (
     ImageRef,
     StudyRecord,
@@ -185,6 +191,7 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     t0 = time.perf_counter()
     name = dataset_name(dataset)
     out = Path(out)
+    check_pixel_budget(min_pixels, max_pixels, where="prepare")
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
                             f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))

@@ -69,10 +69,14 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
 
 
+#: Extra recipe flags for every training stage (``--max-steps N`` sets ``--max_steps N``).
+_RECIPE_EXTRA: list[str] = []
+
+
 def _launch(recipe: str, config: str, *extra: str) -> None:
     accel = str(Path(sys.executable).parent / "accelerate")
     _run([accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-          str(REPO / "recipes" / recipe), "--config", config, *extra])
+          str(REPO / "recipes" / recipe), "--config", config, *extra, *_RECIPE_EXTRA])
 
 
 def _cli(*args: str) -> None:
@@ -135,7 +139,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=64, help="held-out studies to score after each stage")
     ap.add_argument("--stages", default="sft,dpo,grpo,export",
                     help="comma-separated stages after the untrained baseline (sft,dpo,grpo,export)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop every training stage after this many optimizer steps (a quick check, not the demo)")
     args = ap.parse_args(argv)
+    _RECIPE_EXTRA[:] = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     runs = Path(args.runs).resolve()
     model, phantom = runs / "tiny-model", runs / "phantom"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]

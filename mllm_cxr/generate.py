@@ -150,6 +150,11 @@ class PromptSettings:
     max_pixels: int | None = None
     source: str = "defaults"
 
+    def __post_init__(self) -> None:
+        from data_prep.images import check_pixel_budget
+
+        check_pixel_budget(self.min_pixels, self.max_pixels, where=f"pixel budget ({self.source})")
+
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": dataclasses.asdict(self.prompt), "min_pixels": self.min_pixels,
                 "max_pixels": self.max_pixels}

@@ -46,6 +46,9 @@ class ModelArguments:
     freeze_projector: bool = field(default=True, metadata={"help": "freeze the vision->text projector"})
 
     def __post_init__(self) -> None:
+        from data_prep.images import check_pixel_budget
+
+        check_pixel_budget(self.min_pixels, self.max_pixels, where="model config")
         if self.load_in_4bit and self.use_peft and not self.freeze_projector:
             from mllm_cxr.config import ConfigError
 
@@ -78,15 +81,20 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
         kw["max_pixels"] = args.max_pixels
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust_remote_code)
     ip = getattr(processor, "image_processor", None)
+    if ip is not None:
+        # a budget kept as attributes is passed to every processor call (a FutureWarning per image batch):
+        # fold it into ``size`` once instead
+        for k in ("min_pixels", "max_pixels"):
+            if getattr(ip, k, None) is not None:
+                kw.setdefault(k, getattr(ip, k))
+                setattr(ip, k, None)
     if ip is not None and kw:
         # transformers 5 keeps the budget in ``size`` (shortest_edge = min, longest_edge = max pixels)
         size = dict(getattr(ip, "size", None) or {})
         if "min_pixels" in kw:
             size["shortest_edge"] = kw["min_pixels"]
-            ip.min_pixels = kw["min_pixels"]
         if "max_pixels" in kw:
             size["longest_edge"] = kw["max_pixels"]
-            ip.max_pixels = kw["max_pixels"]
         ip.size = size
     return processor
 
