@@ -11,7 +11,8 @@ Each case runs the README command as written, in a scratch folder laid out like 
   (``../shared/data/iu_xray``) with generated PNGs; ``reports.csv`` -> a small CSV;
 * the GPU accelerate config ``zero2.yaml`` -> its CPU twin ``zero2_cpu.yaml``;
 
-and adding step limits (``--max_steps``, batch sizes, ``--limit``, ``--max-new-tokens``). Recipe
+and adding step limits (``--max_steps``, batch sizes, ``--limit``, ``--max-new-tokens``) and, without
+CUDA, ``--bf16 false``. Recipe
 configs whose rollouts use vLLM run with ``--use_vllm false`` here and as written under the ``vllm``
 marker, with the commands that need a vLLM install (``pytest -m vllm`` in the vLLM environment).
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import REPO, SHARED, require_shared
@@ -84,9 +86,12 @@ class Case:
     run: str = "command"               # command | makefile (checked against the Makefile) | make | serve | gpu
 
 
-TINY_SFT_LIMITS = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+#: The real-model configs train in bf16 on a GPU; on a CPU-only machine TrainingArguments refuses bf16 before
+#: the recipe can adapt, so the CPU runs here switch it off (the GPU runs keep the config as written).
+CPU = ["--bf16", "false"] if not torch.cuda.is_available() else []
+TINY_SFT_LIMITS = [*CPU, "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                    "--dataloader_num_workers", "0"]
-GRPO_LIMITS = ["--max_steps", "1", "--per_device_train_batch_size", "5", "--gradient_accumulation_steps", "1",
+GRPO_LIMITS = [*CPU, "--max_steps", "1", "--per_device_train_batch_size", "5", "--gradient_accumulation_steps", "1",
                "--max_completion_length", "8", "--dataloader_num_workers", "0"]
 GEN_LIMITS = ["--max-new-tokens", "12"]
 Q3 = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -121,7 +126,7 @@ CASES: list[Case] = [
                          "runs/qwen2.5-vl-3b-sft --k 8 --reward chexpert_f1 --margin 0.2 --out "
                          "data/pairs/chexalign.jsonl", extra=["--limit", "2", "--max-new-tokens", "12"]),
     Case("dpo-3b", "accelerate launch recipes/dpo.py --config recipes/configs/qwen2.5-vl-3b/dpo.yaml",
-         extra=["--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+         extra=[*CPU, "--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                 "--dataloader_num_workers", "0"]),
     Case("grpo-3b", "accelerate launch recipes/grpo.py --config recipes/configs/qwen2.5-vl-3b/grpo.yaml",
          extra=[*GRPO_LIMITS, "--use_vllm", "false"]),
