@@ -56,6 +56,41 @@ class ModelArguments:
                               "trainable projector copy to bfloat16 under QLoRA; keep freeze_projector: true")
 
 
+#: Library deprecation warnings that fire on every training or generation step (TRL toggles gradient
+#: checkpointing around each rollout): shown once per process. A ``once`` filter cannot do it: every
+#: ``warnings.catch_warnings()`` block (the trainer has many) clears Python's once-registry.
+REPEATING_WARNINGS = (
+    r"`is_gradient_checkpointing` is deprecated",
+    r"`gradient_checkpointing_(enable|disable)` is deprecated",
+    r"`gradient_checkpointing(_kwargs)?` is deprecated",
+    r"Passing `min_pixels` and `max_pixels` to a processor call is deprecated",
+)
+_SHOWN: set[tuple[str, type]] = set()
+
+
+def show_repeating_warnings_once() -> None:
+    """Wrap ``warnings.showwarning`` so that :data:`REPEATING_WARNINGS` print once per process (idempotent;
+    every model entry point calls it). Other warnings are untouched."""
+    import re
+    import warnings
+
+    if getattr(warnings.showwarning, "_mllm_cxr_once", False):
+        return
+    inner = warnings.showwarning
+    patterns = [re.compile(p) for p in REPEATING_WARNINGS]
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if any(p.match(text) for p in patterns):
+            if (text, category) in _SHOWN:
+                return
+            _SHOWN.add((text, category))
+        inner(message, category, filename, lineno, file, line)
+
+    showwarning._mllm_cxr_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def resolve_dtype(name: str):
     import torch
 
@@ -74,6 +109,7 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
     """The model's processor with the configured pixel budget; right padding for training."""
     from transformers import AutoProcessor
 
+    show_repeating_warnings_once()
     kw = {}
     if args.min_pixels is not None:
         kw["min_pixels"] = args.min_pixels
@@ -169,6 +205,7 @@ def load_model(args: ModelArguments, *, is_trainable: bool = True, gradient_chec
     ``peft_config`` is the LoraConfig and ``model`` the plain base model; when ``adapter_path`` is set,
     the adapter is loaded here (trainable when ``is_trainable``) and ``peft_config`` is ``None``.
     """
+    show_repeating_warnings_once()
     model = load_base_model(args, trust_remote_code=trust_remote_code)
     if args.load_in_4bit and is_trainable:
         from peft import prepare_model_for_kbit_training

@@ -247,11 +247,9 @@ def _png(path: Path, size=(48, 40)) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("readme-tiny") / "tiny-model"
-    subprocess.run([sys.executable, "-m", "mllm_cxr.tiny", str(out)], check=True, capture_output=True,
-                   env=_env())
-    return out
+def tiny_model(tiny_model_dir) -> Path:
+    """The tiny random Qwen2.5-VL (what `python -m mllm_cxr.tiny DIR` writes), shared with the other tests."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -493,3 +491,30 @@ def test_pixel_budget_is_checked_where_it_is_parsed(tmp_path):
     assert main(["prepare", "phantom", "--n", "4", "--out", str(tmp_path / "p.jsonl"), "--min-pixels", "9000",
                  "--max-pixels", "4000"]) == 2
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_library_warnings_appear_once_per_process(tmp_path, tiny_model):
+    """The per-step deprecation warnings (gradient checkpointing toggled around each GRPO rollout, a pixel
+    budget passed to every processor call) print once per process, even after `catch_warnings` blocks."""
+    script = f"""
+import warnings
+from PIL import Image
+from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+args = ModelArguments(model_name_or_path={str(tiny_model)!r}, min_pixels=3136, max_pixels=12544, dtype="float32")
+processor = load_processor(args)
+model, _ = load_model(args, is_trainable=True, gradient_checkpointing=True)
+model.gradient_checkpointing_enable()
+for _ in range(3):
+    with warnings.catch_warnings():  # what the trainer does around each step
+        pass
+    if model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_enable()
+    processor.image_processor(images=[Image.new("RGB", (64, 48))], return_tensors="pt")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    assert proc.stderr.count("`is_gradient_checkpointing` is deprecated") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("`gradient_checkpointing_enable` is deprecated") <= 1
+    assert "Passing `min_pixels` and `max_pixels`" not in proc.stderr  # the budget lives in `size` now
