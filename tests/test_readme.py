@@ -365,7 +365,7 @@ def test_real_use_sequence_runs_as_written(workspace):
 @pytest.mark.slow
 def test_demo_runs(workspace):
     """`make demo` with step limits: every stage runs and the before/after table is written."""
-    run_case(BY_ID["demo"], workspace, timeout=1800)
+    run_case(BY_ID["demo"], workspace, timeout=2400)
     results = json.loads((workspace["runs"] / "demo_results.json").read_text())
     assert list(results) == ["untrained", "SFT", "+DPO (prior suppression)", "+GRPO (clinical reward)",
                              "exported (merged, reloaded)"]
