@@ -36,11 +36,16 @@ $(RUNS)/phantom/studies.jsonl:
 tiny: $(RUNS)/tiny-model/config.json
 phantom: $(RUNS)/phantom/studies.jsonl
 
+# Extra arguments: DEMO_ARGS for the demo (e.g. "--max-steps 2 --limit 8"), TRAIN_ARGS for every recipe run
+# below (e.g. "--max_steps 2"); the README test uses them as step limits.
+DEMO_ARGS ?=
+TRAIN_ARGS ?=
+
 demo: tiny phantom
-	$(BIN)/python -m mllm_cxr.demo --runs $(RUNS)
+	$(BIN)/python -m mllm_cxr.demo --runs $(RUNS) $(DEMO_ARGS)
 
 sft: tiny phantom
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml $(TRAIN_ARGS)
 
 bench:
 	$(BIN)/python bench/run_all.py
@@ -105,15 +110,16 @@ TINY_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(R
 
 $(RUNS)/tiny-sft/adapter_config.json: $(RUNS)/tiny-model/config.json $(RUNS)/phantom/studies.jsonl
 	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml \
-		--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --output_dir $(RUNS)/tiny-sft
+		--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --output_dir $(RUNS)/tiny-sft \
+		$(TRAIN_ARGS)
 
 $(RUNS)/pairs/prior.jsonl: $(RUNS)/phantom/studies.jsonl
 	$(BIN)/mllm-cxr pairs prior --studies $< --sections impression --out $@
 
 dpo: $(RUNS)/tiny-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
 	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/tiny/dpo.yaml \
-		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo
+		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo $(TRAIN_ARGS)
 
 grpo: $(RUNS)/tiny-sft/adapter_config.json
 	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
-		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG)))
+		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG))) $(TRAIN_ARGS)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_prep.errors import BadImageError
+from data_prep.errors import BadImageError, DataPrepError
 
 #: Side of one vision token in Qwen2.5-VL: 14-pixel patches merged 2x2.
 FACTOR = 28
@@ -47,6 +47,25 @@ _MAX_TABLE = 1 << 20
 
 
 # -- geometry --------------------------------------------------------------------------------------
+def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, *, where: str = "") -> None:
+    """Validate a pixel budget where it is parsed (prepare, recipes, generate, serve, pairs, export).
+
+    ``None`` means the processor's default. A set value must be a positive integer, ``max_pixels`` at
+    least one vision token (28 x 28 = 784 pixels), and ``min_pixels <= max_pixels``; anything else is a
+    :class:`~data_prep.errors.DataPrepError` naming the field and value.
+    """
+    src = f"{where}: " if where else ""
+    for name, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise DataPrepError(f"{src}{name} must be a positive number of pixels", field=name, value=v)
+    if max_pixels is not None and max_pixels < FACTOR * FACTOR:
+        raise DataPrepError(f"{src}max_pixels must be at least {FACTOR * FACTOR} (one {FACTOR}x{FACTOR} vision token)",
+                            field="max_pixels", value=max_pixels)
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise DataPrepError(f"{src}min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels}); lower "
+                            "min_pixels or raise max_pixels", field="min_pixels", value=min_pixels)
+
+
 def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXELS,
                  max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = FACTOR) -> tuple[int, int]:
     """Target ``(height, width)`` for a pixel budget, exactly as Qwen2.5-VL's processor computes it

@@ -28,8 +28,21 @@ from tqdm import tqdm
 
 from data_prep._util import SkipLog, summarize
 from data_prep.errors import BadImageError, DataPrepError
-from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, CachedImage, ImageCache
-from data_prep.schema import ImageRef, StudyRecord, read_records, write_records
+from data_prep.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    CachedImage,
+    ImageCache,
+    check_pixel_budget,
+)
+from data_prep.schema import (
+    ImageRef,
+    StudyRecord,
+    manifest_data_root,
+    manifest_path,
+    read_records,
+    write_records,
+)
 from data_prep.schema import link_priors as _link_priors
 
 #: CLI name -> (canonical dataset name, converter import path)
@@ -178,6 +191,10 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     t0 = time.perf_counter()
     name = dataset_name(dataset)
     out = Path(out)
+    check_pixel_budget(min_pixels, max_pixels, where="prepare")
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
+                            f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))
     if source is None:
         source = dataset_options.pop("root", None)
     if source is None:
@@ -208,6 +225,8 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
         if k not in summary and k != "out":
             summary[k] = v
     summary.update(image_stats)
+    if data_root is not None:  # where the records' image paths start (read by resolve_data_root)
+        summary.update(manifest_data_root(out, data_root))
     n_images = sum(len(r.images) for r in records)
     summary.update({
         "out": str(out), "elapsed_s": round(elapsed, 3),
@@ -221,7 +240,7 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
             for it in skips.items:
                 fh.write(json.dumps(it, ensure_ascii=False) + "\n")
         summary["skipped_file"] = str(skipped_file)
-    summary_file = stem.with_name(stem.name + ".summary.json")
+    summary_file = manifest_path(out)
     summary["summary_file"] = str(summary_file)
     summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary

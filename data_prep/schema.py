@@ -7,8 +7,11 @@ Every converter writes it, everything else reads it::
     prior{study_id, findings, impression, images} | null,
     labels{CheXpert 14 -> 1/0/-1/null} | null, meta{}
 
-Image paths are relative to a data root given at load time. Validation errors name the file,
-the line and the field (:class:`data_prep.errors.DataPrepError`).
+Image paths are relative to a data root. ``mllm-cxr prepare`` records it in the manifest next to the
+records (``<stem>.summary.json``: ``data_root``, and ``data_root_relative`` to the records' folder), and
+every consumer finds it with :func:`resolve_data_root` (an explicit ``--data-root`` wins; without a
+manifest, the records' folder) and joins image paths with :func:`image_path`. Validation errors name
+the file, the line and the field (:class:`data_prep.errors.DataPrepError`).
 """
 
 from __future__ import annotations
@@ -185,6 +188,61 @@ def validate_record(d: Any, *, file: str | None = None, line: int | None = None)
         images=_images(d.get("images"), file=file, line=line, fld="images"),
         prior=prior, labels=labels, meta=meta,
     )
+
+
+# -- where the images are --------------------------------------------------------------------------
+def manifest_path(studies: str | os.PathLike) -> Path:
+    """The manifest ``prepare`` writes next to a records file: ``data/x/studies.jsonl`` ->
+    ``data/x/studies.summary.json``."""
+    stem = Path(studies).with_suffix("")
+    return stem.with_name(stem.name + ".summary.json")
+
+
+def manifest_data_root(out: str | os.PathLike, data_root: str | os.PathLike) -> dict[str, str]:
+    """The manifest keys that record where the images of the records file ``out`` are: the absolute
+    folder and the same folder relative to ``out``'s folder (used first, so a moved tree still works)."""
+    root = Path(data_root).resolve()
+    return {"data_root": str(root), "data_root_relative": os.path.relpath(root, Path(out).resolve().parent)}
+
+
+def resolve_data_root(studies: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """The folder the image paths of ``studies`` are relative to; the one rule every consumer uses.
+
+    1. ``data_root`` when given (``--data-root`` / ``data_root:``), an override;
+    2. else the manifest next to the records (:func:`manifest_path`, written by ``mllm-cxr prepare``):
+       ``data_root_relative`` (to the records' folder) when that folder exists, else ``data_root``;
+    3. else the records file's own folder.
+
+    A manifest whose folder no longer exists is an error naming both (the images were moved).
+    """
+    if data_root:
+        return Path(data_root)
+    studies = Path(studies)
+    m = manifest_path(studies)
+    if m.is_file():
+        try:
+            info = json.loads(m.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataPrepError(f"not a readable prepare manifest ({e}); delete it or pass --data-root",
+                                file=str(m)) from None
+        if not isinstance(info, dict):
+            raise DataPrepError("not a prepare manifest (expected a JSON object); delete it or pass --data-root",
+                                file=str(m))
+        rel, recorded = info.get("data_root_relative"), info.get("data_root")
+        if isinstance(rel, str) and (studies.resolve().parent / rel).is_dir():
+            return (studies.resolve().parent / rel).resolve()
+        if isinstance(recorded, str) and recorded:
+            if Path(recorded).is_dir():
+                return Path(recorded).resolve()
+            raise DataPrepError("the images folder recorded by `mllm-cxr prepare` does not exist (moved?); "
+                                "move it back or pass --data-root (data_root: in a recipe config)",
+                                file=str(m), field="data_root", value=recorded)
+    return studies.resolve().parent
+
+
+def image_path(data_root: str | os.PathLike, path: str) -> Path:
+    """An image's file: a record's ``path`` joined to the data root (an absolute ``path`` stays as it is)."""
+    return Path(data_root) / path
 
 
 # -- IO --------------------------------------------------------------------------------------------

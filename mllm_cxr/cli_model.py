@@ -45,6 +45,7 @@ def _add_prompt_flags(p: argparse.ArgumentParser) -> None:
 # generate
 # ------------------------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> int:
+    from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
     from mllm_cxr.generate import (
         GenerationSettings,
@@ -61,7 +62,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.backend == "openai" and not args.base_url:
         raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000)")
     studies = load_split(args.studies, _split(args.split), args.limit)
-    root = Path(args.data_root) if args.data_root else Path(args.studies).resolve().parent
+    root = resolve_data_root(args.studies, args.data_root)
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
@@ -71,7 +72,8 @@ def run_generate(args: argparse.Namespace) -> int:
     model_id = args.model if args.backend != "openai" else f"{args.base_url}#{args.served_model or ''}"
     meta = {"model": model_id, "adapter": args.adapter, "backend": args.backend, "prompt": prompt.to_dict(),
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
-            "studies": str(args.studies), "split": args.split}
+            "studies": str(Path(args.studies).resolve()), "data_root": str(Path(root).resolve()),
+            "split": args.split}
     check_resume(args.out, meta, overwrite=args.overwrite)
     if args.backend == "hf":
         gen = load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
@@ -100,7 +102,7 @@ def _add_generate(sub) -> None:
                        description="Generate a report per study into a predictions JSONL (study_id, prediction, "
                                    "reference, context). Resumable: studies already in --out are skipped.")
     p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
-    p.add_argument("--data-root", default=None, help="root of the image paths (default: the studies file's folder)")
+    p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
     p.add_argument("--split", default="test", help="split to generate for (train/validate/test, or all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many studies (the first ones)")
     p.add_argument("--model", default=None, help="base model (hub id or folder), or a merged export")
@@ -242,7 +244,7 @@ def _add_export(sub) -> None:
     p.add_argument("--allow-vision-lora", action="store_true",
                    help="keep LoRA on the vision tower (vLLM drops it: the served model then differs)")
     p.add_argument("--verify-studies", default=None, help="study records: compare reloaded export vs in-memory model")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
     p.add_argument("--split", default="test", help="split of --verify-studies (or all)")
     p.add_argument("--verify-n", type=int, default=4, help="studies to verify on")
     p.add_argument("--verify-max-new-tokens", type=int, default=32)

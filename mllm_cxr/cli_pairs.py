@@ -72,6 +72,7 @@ def make_generator(args, prompt, settings, data_root):
 
 
 def _cmd_sample(args) -> int:
+    from data_prep.schema import resolve_data_root
     from mllm_cxr.config import ConfigError
     from mllm_cxr.generate import GenerationSettings, resolve_prompt
     from mllm_cxr.pairs import reward_ranked_pairs
@@ -89,7 +90,7 @@ def _cmd_sample(args) -> int:
                             max_pixels=args.max_pixels)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
                                   top_p=args.top_p, num_return_sequences=args.k, seed=args.seed)
-    data_root = Path(args.data_root) if args.data_root else Path(args.studies).resolve().parent
+    data_root = resolve_data_root(args.studies, args.data_root)
     generator = make_generator(args, prompt, settings, data_root)
     reward = args.reward_spec or args.reward
     pairs, summary = reward_ranked_pairs(_studies(args), generator, reward, margin_threshold=args.margin,
@@ -129,6 +130,6 @@ def register(subparsers) -> None:
     ps.add_argument("--max-images", type=int, default=None, help="images per prompt (default: the adapter's)")
     ps.add_argument("--context", default=None, help="prompt context fields, e.g. indication,comparison "
                                                     "(default: the adapter's)")
-    ps.add_argument("--data-root", default=None, help="root of the image paths (default: the studies file's folder)")
+    ps.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
     ps.add_argument("--keep-samples", action="store_true", help="also write all samples and scores per pair")
     ps.set_defaults(func=_cmd_sample)

@@ -27,14 +27,17 @@ class DataArguments:
     """Which study records to train/evaluate on."""
 
     studies: str = field(default="", metadata={"help": "study records (.jsonl/.parquet) from `mllm-cxr prepare`"})
-    data_root: str | None = field(default=None, metadata={"help": "root of the image paths (default: its folder)"})
+    data_root: str | None = field(default=None, metadata={"help": "root of the image paths (default: the one "
+                                                              "`prepare` recorded, else the studies file's folder)"})
     train_split: str = "train"
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
 
     def root(self) -> Path:
-        return Path(self.data_root) if self.data_root else Path(self.studies).resolve().parent
+        from data_prep.schema import resolve_data_root
+
+        return resolve_data_root(self.studies, self.data_root)
 
 
 _UNKNOWN_RE = re.compile(r"'--([^']+)'")

@@ -1,6 +1,7 @@
 """Study records -> the datasets TRL's trainers consume (SFT, DPO, GRPO).
 
-Images stay on disk: the ``images`` column holds file paths typed as ``datasets.Image`` and is
+Images stay on disk: the ``images`` column holds file paths (the data root from
+:func:`data_prep.schema.resolve_data_root` joined with each record's path) typed as ``datasets.Image``,
 decoded lazily, so a 200k-study dataset does not sit in memory. DICOM must be converted once by
 ``mllm-cxr prepare ... --image-cache DIR`` (the converter resizes to the pixel budget and writes PNGs).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import BadImageError, DataPrepError
-from data_prep.schema import StudyRecord, read_records
+from data_prep.schema import StudyRecord, image_path, read_records
 from mllm_cxr.prompts import PromptConfig, build_messages, has_target, target_text
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ DECODABLE = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 def _image_paths(study: StudyRecord, refs, data_root: Path, check: bool) -> list[str]:
     paths = []
     for r in refs:
-        p = (data_root / r.path).resolve()
+        p = image_path(data_root, r.path).resolve()
         if p.suffix.lower() not in DECODABLE:
             raise BadImageError("trainers read PNG/JPG; convert DICOM once with `mllm-cxr prepare <dataset> "
                                 "--image-cache DIR`", file=str(p), field="images.path", value=r.path)

@@ -27,6 +27,7 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     import torch
 
     from data_prep.phantom import finding_scores
+    from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
     from mllm_cxr.generate import GenerationSettings, HFGenerator
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
@@ -50,8 +51,10 @@ def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phanto
     processor = load_processor(margs)
     model, _ = load_model(margs, is_trainable=False)
     model.eval()
-    studies = load_split(Path(phantom_dir) / "studies.jsonl", split, limit)
-    gen = HFGenerator(model, processor, prompt, phantom_dir, GenerationSettings(max_new_tokens=max_new_tokens))
+    studies_file = Path(phantom_dir) / "studies.jsonl"
+    studies = load_split(studies_file, split, limit)
+    gen = HFGenerator(model, processor, prompt, resolve_data_root(studies_file),
+                      GenerationSettings(max_new_tokens=max_new_tokens))
     torch.manual_seed(0)
     preds = []
     for i in range(0, len(studies), 8):
@@ -66,10 +69,14 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
 
 
+#: Extra recipe flags for every training stage (``--max-steps N`` sets ``--max_steps N``).
+_RECIPE_EXTRA: list[str] = []
+
+
 def _launch(recipe: str, config: str, *extra: str) -> None:
     accel = str(Path(sys.executable).parent / "accelerate")
     _run([accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-          str(REPO / "recipes" / recipe), "--config", config, *extra])
+          str(REPO / "recipes" / recipe), "--config", config, *extra, *_RECIPE_EXTRA])
 
 
 def _cli(*args: str) -> None:
@@ -141,7 +148,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=64, help="held-out studies to score after each stage")
     ap.add_argument("--stages", default="sft,dpo,grpo,export",
                     help="comma-separated stages after the untrained baseline (sft,dpo,grpo,export)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop every training stage after this many optimizer steps (a quick check, not the demo)")
     args = ap.parse_args(argv)
+    _RECIPE_EXTRA[:] = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     runs = Path(args.runs).resolve()
     model, phantom = runs / "tiny-model", runs / "phantom"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]

@@ -339,7 +339,9 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
         from mllm_cxr.data import load_split
 
         studies = load_split(verify_studies, split, n_verify)
-        root = Path(data_root) if data_root else Path(verify_studies).resolve().parent
+        from data_prep.schema import resolve_data_root
+
+        root = resolve_data_root(verify_studies, data_root)
 
     before = None
     merged_model = None

@@ -10,10 +10,11 @@ All backends take the prompt from :mod:`mllm_cxr.prompts` and the same :class:`G
   of the same messages, images inlined as PNG data URLs, so the server's chat template renders the
   same text.
 
-Output is a predictions JSONL (``study_id, prediction, reference, context``), written as it goes and
-resumable: studies already in the output file are skipped on a re-run, and a line cut short by a
+Output is a predictions JSONL (``study_id, prediction, reference, context, images``: ``images`` are
+the absolute paths of the prompt's image files), written as it goes and resumable: studies already in the output file are skipped on a re-run, and a line cut short by a
 killed run is dropped and generated again. A side file ``<out>.meta.json`` records the model,
-adapter, prompt and generation settings; resuming with different ones is refused (``overwrite=True``
+adapter, prompt and generation settings, and where the inputs are (``studies``: the records file and
+``data_root``: the folder their image paths start from, both absolute); resuming with different ones is refused (``overwrite=True``
 starts over).
 
 Prompt settings follow the adapter: :func:`resolve_prompt` reads the ``mllm_cxr_config.json`` that the
@@ -148,6 +149,11 @@ class PromptSettings:
     min_pixels: int | None = None
     max_pixels: int | None = None
     source: str = "defaults"
+
+    def __post_init__(self) -> None:
+        from data_prep.images import check_pixel_budget
+
+        check_pixel_budget(self.min_pixels, self.max_pixels, where=f"pixel budget ({self.source})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": dataclasses.asdict(self.prompt), "min_pixels": self.min_pixels,
@@ -451,6 +457,14 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
     mp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
+def prompt_image_paths(study: StudyRecord, generator) -> list[str]:
+    """The absolute files of the images in the study's prompt (recorded in each prediction row)."""
+    from data_prep.schema import image_path
+
+    _, refs = build_messages(study, generator.cfg)
+    return [str(image_path(generator.data_root, r.path).resolve()) for r in refs]
+
+
 def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: str | Path, *,
                          batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
     """Generate for every study not yet in ``out_path`` and append one JSON line per study.
@@ -474,7 +488,7 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
             for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
                 row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
-                       "context": study_context(s)}
+                       "context": study_context(s), "images": prompt_image_paths(s, generator)}
                 if len(preds) > 1:
                     row["samples"] = preds
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")

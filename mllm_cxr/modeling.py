@@ -51,6 +51,9 @@ class ModelArguments(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from data_prep.images import check_pixel_budget
+
+        check_pixel_budget(self.min_pixels, self.max_pixels, where="model config")
         if self.load_in_4bit and self.use_peft and not self.freeze_projector:
             from mllm_cxr.config import ConfigError
 
@@ -60,6 +63,41 @@ class ModelArguments(ModelConfig):
     def target_module_names(self) -> list[str]:
         t = self.lora_target_modules or DEFAULT_LORA_TARGETS
         return [t] if isinstance(t, str) else list(t)  # ModelConfig turns a one-item list into a string
+
+
+#: Library deprecation warnings that fire on every training or generation step (TRL toggles gradient
+#: checkpointing around each rollout): shown once per process. A ``once`` filter cannot do it: every
+#: ``warnings.catch_warnings()`` block (the trainer has many) clears Python's once-registry.
+REPEATING_WARNINGS = (
+    r"`is_gradient_checkpointing` is deprecated",
+    r"`gradient_checkpointing_(enable|disable)` is deprecated",
+    r"`gradient_checkpointing(_kwargs)?` is deprecated",
+    r"Passing `min_pixels` and `max_pixels` to a processor call is deprecated",
+)
+_SHOWN: set[tuple[str, type]] = set()
+
+
+def show_repeating_warnings_once() -> None:
+    """Wrap ``warnings.showwarning`` so that :data:`REPEATING_WARNINGS` print once per process (idempotent;
+    every model entry point calls it). Other warnings are untouched."""
+    import re
+    import warnings
+
+    if getattr(warnings.showwarning, "_mllm_cxr_once", False):
+        return
+    inner = warnings.showwarning
+    patterns = [re.compile(p) for p in REPEATING_WARNINGS]
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if any(p.match(text) for p in patterns):
+            if (text, category) in _SHOWN:
+                return
+            _SHOWN.add((text, category))
+        inner(message, category, filename, lineno, file, line)
+
+    showwarning._mllm_cxr_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 def resolve_dtype(name: str | None):
@@ -87,6 +125,7 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
     """The model's processor with the configured pixel budget; right padding for training."""
     from transformers import AutoProcessor
 
+    show_repeating_warnings_once()
     kw = {}
     if args.min_pixels is not None:
         kw["min_pixels"] = args.min_pixels
@@ -94,15 +133,20 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
         kw["max_pixels"] = args.max_pixels
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust_remote_code)
     ip = getattr(processor, "image_processor", None)
+    if ip is not None:
+        # a budget kept as attributes is passed to every processor call (a FutureWarning per image batch):
+        # fold it into ``size`` once instead
+        for k in ("min_pixels", "max_pixels"):
+            if getattr(ip, k, None) is not None:
+                kw.setdefault(k, getattr(ip, k))
+                setattr(ip, k, None)
     if ip is not None and kw:
         # transformers 5 keeps the budget in ``size`` (shortest_edge = min, longest_edge = max pixels)
         size = dict(getattr(ip, "size", None) or {})
         if "min_pixels" in kw:
             size["shortest_edge"] = kw["min_pixels"]
-            ip.min_pixels = kw["min_pixels"]
         if "max_pixels" in kw:
             size["longest_edge"] = kw["max_pixels"]
-            ip.max_pixels = kw["max_pixels"]
         ip.size = size
     return processor
 
@@ -181,6 +225,7 @@ def load_model(args: ModelArguments, *, is_trainable: bool = True, gradient_chec
     ``peft_config`` is the LoraConfig and ``model`` the plain base model; when ``adapter_path`` is set,
     the adapter is loaded here (trainable when ``is_trainable``) and ``peft_config`` is ``None``.
     """
+    show_repeating_warnings_once()
     model = load_base_model(args, trust_remote_code=trust_remote_code)
     if args.load_in_4bit and is_trainable:
         from peft import prepare_model_for_kbit_training

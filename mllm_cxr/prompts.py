@@ -127,8 +127,9 @@ def build_messages(study: StudyRecord, cfg: PromptConfig | None = None) -> tuple
 def load_images(refs: Sequence[ImageRef], data_root: str | Path):
     """Open the study's images as RGB PIL images (via data_prep's loader: DICOM/PNG/JPG)."""
     from data_prep.images import load_image
+    from data_prep.schema import image_path
 
-    return [load_image(Path(data_root) / r.path).convert("RGB") for r in refs]
+    return [load_image(image_path(data_root, r.path)).convert("RGB") for r in refs]
 
 
 def to_openai_messages(messages: list[dict[str, Any]], images) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@
 
 ``--pred``: JSONL (or a JSON list) with ``study_id`` and ``prediction`` (or ``text``). ``--ref``: JSONL
 with ``study_id`` and the reference text (``reference``, ``findings`` or ``impression``; study records
-from ``mllm-cxr prepare`` work as they are). Records are joined on ``study_id``; the other fields of
+from ``mllm-cxr prepare`` work as they are: with the default ``--ref-field auto`` the sections scored are
+those the predictions were generated for, read from ``<pred>.meta.json``, e.g. IMPRESSION only). Records are joined on ``study_id``; the other fields of
 the reference records (``comparison``, ``prior``, ``labels``...) and of the prediction records go to
 the scorers as context columns. A missing id or field stops with an error naming the file, line and
 field, unless ``--skip-missing`` (then such records are skipped and counted in the output).
@@ -81,6 +82,22 @@ def choose_ref_field(path: str, rows: Sequence[tuple[int, dict]], ref_field: str
                       "record (or name it with --ref-field, e.g. findings+impression)")
 
 
+def predicted_sections(pred: str | os.PathLike) -> str | None:
+    """The report sections a predictions file was generated for, as a reference field
+    (``impression``, ``findings+impression``), from the ``<pred>.meta.json`` that ``mllm-cxr generate``
+    writes; None without one."""
+    meta = Path(pred).with_name(Path(pred).name + ".meta.json")
+    if not meta.is_file():
+        return None
+    try:
+        sections = json.loads(meta.read_text(encoding="utf-8"))["prompt"]["prompt"]["sections"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(sections, list) or not sections or not all(s in ("findings", "impression") for s in sections):
+        return None
+    return "+".join(sections)
+
+
 def _ref_text(rec: dict, field: str) -> str | None:
     parts = field.split("+")
     vals = [rec.get(p) for p in parts]
@@ -140,7 +157,11 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
     from reward.trl import RewardFunction, select_context
 
     pred_rows, ref_rows = read_records(pred, "prediction"), read_records(ref, "reference")
-    field = choose_ref_field(ref, ref_rows, ref_field)
+    sections = predicted_sections(pred) if ref_field == "auto" else None
+    if sections and not all(rec.get("reference") is not None for _, rec in ref_rows):
+        field = sections  # study records as references: score the sections the predictions were written for
+    else:
+        field = choose_ref_field(ref, ref_rows, ref_field)
     refs: dict[str, tuple[int, dict]] = {}
     for no, rec in ref_rows:
         sid = _study_id(ref, no, rec)
@@ -267,7 +288,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-sample", default=None, metavar="JSONL", help="also write per-study scores here")
     p.add_argument("--ref-field", default="auto",
                    help="reference field: reference, findings, impression, findings+impression; default auto "
-                        "(the first of reference/findings/impression present in every record)")
+                        "(the sections `generate` wrote the predictions for, from <pred>.meta.json; else the first "
+                        "of reference/findings/impression present in every record)")
     p.add_argument("--pred-field", default="auto", help="prediction field (default: prediction, else text)")
     p.add_argument("--skip-missing", action="store_true",
                    help="skip (and count) predictions without a reference or a text field instead of stopping")
