@@ -65,16 +65,21 @@ def finish_run(trainer, training_args, processor) -> dict:
     return metrics
 
 
-def run_recipe(main) -> None:
-    """Run a recipe's main; user errors print one line and exit 2 (``MLLM_CXR_DEBUG=1`` for the trace)."""
-    import os
+def run_recipe(main, argv: list[str] | None = None) -> None:
+    """Run a recipe's main through the one top-level handler (:func:`cxr_io.handle`): bad input prints one
+    line and exits 2, Ctrl-C one line and 130; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
 
-    from mllm_cxr.errors import USER_ERRORS
+    Under ``accelerate launch`` the launcher adds its own ``CalledProcessError`` traceback after any
+    non-zero exit of a single-process (or DeepSpeed) run; ``accelerate launch -q`` (``--quiet``) leaves
+    only our line (the launcher then exits 1).
+    """
+    from cxr_io import debug_requested, handle
 
-    try:
-        main()
-    except USER_ERRORS as e:
-        if os.environ.get("MLLM_CXR_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
+    args = [a for a in args if a != "--debug"]
+    prog = Path(sys.argv[0]).name if argv is None and sys.argv and sys.argv[0] else "recipe"
+    code = handle(lambda: main(args), prog=prog, debug=debug)
+    if code:
+        sys.stdout.flush()
+        raise SystemExit(code)

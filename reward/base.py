@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cxr_io import InputError
 
-class RewardError(ValueError):
+
+class RewardError(InputError):
     """Bad input to a scorer or a reward spec (names the scorer, field and value)."""
 
 
