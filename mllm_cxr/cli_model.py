@@ -159,9 +159,13 @@ def _metric_kwargs(value: str | None) -> dict:
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
     from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
+    from reward.base import eval_group
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    named = bool(args.metrics) and args.metrics.strip() != "all"
+    metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
+               else list(METRIC_GROUPS))
     result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
+                      strict=named,
                       uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
                       compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)
     print(summary_line(result, args.out))
@@ -177,8 +181,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
-    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default all; "
-                                                   "those whose model is missing are listed as skipped)")
+    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their "
+                                                   "score names, e.g. chexpert_f1); a named metric that cannot run is "
+                                                   "an error. Default all: those whose model is missing are listed "
+                                                   "as skipped with the reason")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
