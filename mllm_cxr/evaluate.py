@@ -695,12 +695,13 @@ def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, stric
     if out.exists() and not out.is_dir():
         raise DataPrepError("--out is an existing file; eval writes a folder (metrics.json, metrics.md, ...)",
                             file=str(out))
-    make_parent(out / "metrics.json")
+    make_parent(out)
     result, extras = evaluate_predictions(pred, **kw)
     if strict and result["skipped_metrics"]:
         raise RewardError("metric(s) asked for by name could not run: " + "; ".join(
             f"{k}: {' '.join(str(v).split())}" for k, v in result["skipped_metrics"].items())
             + " (install/configure them, or leave --metrics out to skip what cannot run)")
+    out.mkdir(exist_ok=True)
     files = ["metrics.json", "metrics.md", "per_study.jsonl"]
     if plots:
         files += write_plots(result, extras, out)
