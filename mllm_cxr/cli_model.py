@@ -15,6 +15,7 @@ import json
 import shlex
 from pathlib import Path
 
+from cxr_io import check_output
 from mllm_cxr.config import ConfigError
 
 
@@ -53,6 +54,8 @@ def run_generate(args: argparse.Namespace) -> int:
         check_resume,
         generate_predictions,
         load_hf_generator,
+        meta_path,
+        part_path,
         resolve_prompt,
     )
 
@@ -72,6 +75,8 @@ def run_generate(args: argparse.Namespace) -> int:
     meta = {"model": model_id, "adapter": args.adapter, "backend": args.backend, "prompt": prompt.to_dict(),
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
             "studies": str(args.studies), "split": args.split}
+    for o in (args.out, meta_path(args.out), part_path(args.out)):  # before --overwrite deletes anything
+        check_output(o, [args.studies, args.adapter, args.model], flag="--out")
     check_resume(args.out, meta, overwrite=args.overwrite)
     if args.backend == "hf":
         gen = load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
@@ -90,7 +95,8 @@ def run_generate(args: argparse.Namespace) -> int:
                               api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
     s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet)
     rate = f"{s['studies_per_s']} studies/s" if s["studies_per_s"] else "nothing to do"
-    print(f"generated {s['generated']} studies ({s['skipped_done']} already done) with the {args.backend} backend "
+    no_img = f", {s['skipped_no_images']} skipped: no images" if s["skipped_no_images"] else ""
+    print(f"generated {s['generated']} studies ({s['skipped_done']} already done{no_img}) with the {args.backend} backend "
           f"in {s['seconds']} s ({rate}); {s['empty_predictions']} empty; prompt from {prompt.source} -> {s['out']}")
     return 0
 
