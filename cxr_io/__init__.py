@@ -138,6 +138,30 @@ def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = 
         raise error("JSON nested too deeply", file=path) from None
 
 
+def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError] = InputError) -> Any:
+    """A YAML file (``yaml.safe_load``): missing, folder, not UTF-8 or invalid YAML raise ``error`` naming
+    the file (and line, for a syntax error). PyYAML is imported here only (a core dependency)."""
+    import yaml
+
+    fh = open_text_checked(path, role, error)
+    with fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError as e:
+            raise error(_decode_hint(e), file=path) from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise error(f"not valid YAML ({' '.join(str(getattr(e, 'problem', None) or e).split())})", file=path,
+                    line=line) from None
+    except RecursionError:
+        raise error("YAML nested too deeply", file=path) from None
+
+
 def iter_csv_rows(path: PathLike, *, required: Iterable[str] = (), role: str = "CSV", encoding: str = "utf-8-sig",
                   error: type[InputError] = InputError) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line number, row)`` of a CSV with a header; quotes must balance (an unclosed quote is an error
@@ -268,33 +292,77 @@ def write_jsonl(path: PathLike, rows: Iterable[Any], *, inputs: Iterable[PathLik
     return n
 
 
+def begin_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
+              inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Check ``path`` as an output folder and make a temporary folder beside it to fill (see
+    :func:`atomic_dir`); finish with :func:`commit_dir` or :func:`abort_dir`."""
+    p = Path(path)
+    for i in inputs:
+        if i is not None and str(i) and (_same_path(p, Path(i)) or Path(i).resolve().is_relative_to(p.resolve())):
+            raise InputError(f"{flag} is (or contains) the input {i}; choose another output folder", file=p)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{flag} is an existing file; give a folder path", file=p)
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise InputError(f"{flag} exists and is not empty; choose a new folder or pass --overwrite", file=p)
+    make_parent(p, flag=flag)
+    return Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+
+
+def commit_dir(tmp: PathLike, path: PathLike) -> None:
+    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now)."""
+    p, t = Path(path), Path(tmp)
+    if p.exists():
+        old = p.with_name(f".{p.name}.old-{os.getpid()}")
+        os.replace(p, old)
+        os.replace(t, p)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(t, p)
+
+
+def abort_dir(tmp: PathLike) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
                inputs: Iterable[PathLike | None] = ()):
     """A temporary folder beside ``path`` to fill; on success it becomes ``path`` (a non-empty ``path``
     is refused unless ``overwrite``), on failure it is removed, so a failed run never blocks a rerun."""
-    p = Path(path)
-    for i in inputs:
-        if i is not None and str(i) and _same_path(p, Path(i)):
-            raise InputError(f"{flag} is the input {i}; choose another output folder", file=p)
-    if p.exists() and not p.is_dir():
-        raise InputError(f"{flag} is an existing file; give a folder path", file=p)
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise InputError(f"{flag} is not empty; choose a new folder or pass --overwrite", file=p)
-    make_parent(p, flag=flag)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    tmp = begin_dir(path, overwrite=overwrite, flag=flag, inputs=inputs)
     try:
         yield tmp
-        if p.exists():
-            old = p.with_name(f".{p.name}.old-{os.getpid()}")
-            os.replace(p, old)
-            os.replace(tmp, p)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, p)
+        commit_dir(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        abort_dir(tmp)
         raise
+
+
+def check_safetensors(path: PathLike, *, role: str = "weights") -> Path:
+    """A ``.safetensors`` file that exists and has a readable header (8-byte length + JSON), else
+    :class:`InputError` naming it: catches zero-byte, truncated and non-safetensors files up front."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{role} file not found", file=p)
+    size = p.stat().st_size
+    problem = None
+    if size < 8:
+        problem = "the file is empty" if size == 0 else f"the file has only {size} bytes"
+    else:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                problem = "the header length does not fit the file (truncated or not safetensors)"
+            else:
+                try:
+                    header = json.loads(fh.read(n).decode("utf-8"))
+                    if not isinstance(header, dict):
+                        problem = "the header is not a JSON object"
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    problem = "the header is not valid JSON (not a safetensors file)"
+    if problem:
+        raise InputError(f"unreadable safetensors {role}: {problem}; re-save or re-copy it", file=p)
+    return p
 
 
 # ------------------------------------------------------------------------------------------------

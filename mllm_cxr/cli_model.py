@@ -270,11 +270,64 @@ def _adapters(values: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _adapter_keys(adapter_dir: str) -> dict[str, None]:
+    """The tensor names of an adapter (a readable safetensors header is checked; no tensor is loaded)."""
+    from mllm_cxr.export import read_adapter_weights
+
+    st = Path(adapter_dir) / "adapter_model.safetensors"
+    if not st.is_file():
+        return dict.fromkeys(read_adapter_weights(adapter_dir))
+    from safetensors import safe_open
+
+    from cxr_io import check_safetensors
+
+    check_safetensors(st, role="adapter weights")
+    with safe_open(str(st), framework="pt") as f:
+        return dict.fromkeys(f.keys())
+
+
+def check_servable(adapters: dict[str, str], *, backend: str, max_lora_rank: int | None) -> None:
+    """What ``serve`` checks before anything starts (``--dry-run`` included): readable adapter weights and,
+    for vLLM, the adapter types ``export`` refuses and a ``--max-lora-rank`` that holds every adapter."""
+    from mllm_cxr.export import VLLM_MAX_LORA_RANKS, adapter_rank, check_vllm_compatible, inspect_adapter
+
+    for name, d in adapters.items():
+        keys = _adapter_keys(d)
+        if backend != "vllm":
+            continue
+        check_vllm_compatible(inspect_adapter(d, keys))
+        rank = adapter_rank(d)
+        if max_lora_rank is not None and max_lora_rank < rank:
+            raise ConfigError(f"--max-lora-rank {max_lora_rank} is below the rank {rank} of adapter {name} ({d}); "
+                              "leave it out (the adapters' rank is used) or raise it")
+    if backend == "vllm" and max_lora_rank is not None and max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        raise ConfigError(f"--max-lora-rank {max_lora_rank}: vLLM accepts "
+                          f"{', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); stop the "
+                              "other server or pick another --port") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from mllm_cxr.generate import resolve_prompt
     from mllm_cxr.serve import ChatServer, build_vllm_command, run_vllm
 
     adapters = _adapters(args.adapter)
+    check_servable(adapters, backend=args.backend, max_lora_rank=args.max_lora_rank)
+    try:
+        extra_args = shlex.split(args.vllm_args or "")
+    except ValueError as e:
+        raise ConfigError(f"--vllm-args {args.vllm_args!r}: {e}; balance the quotes") from None
+    if not args.dry_run:
+        _check_port(args.host, args.port)
     first = next(iter(adapters.values()), None)
     prompt = resolve_prompt(first, args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     max_images = args.max_images or prompt.prompt.max_images
@@ -284,7 +337,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                  port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
                                  gpu_memory_utilization=args.gpu_memory_utilization,
                                  tensor_parallel_size=args.tensor_parallel_size,
-                                 served_model_name=args.served_model_name, extra=shlex.split(args.vllm_args or ""))
+                                 served_model_name=args.served_model_name, extra=extra_args)
         return run_vllm(cmd, dry_run=args.dry_run)
     if len(adapters) > 1:
         raise ConfigError("--backend hf serves one adapter; give a single --adapter")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_io import InputError
+from cxr_io import InputError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,19 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
+                "(or resume_from_checkpoint) such a run is refused"})
 
     def root(self) -> Path:
         return Path(self.data_root) if self.data_root else Path(self.studies).resolve().parent
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    data = read_yaml(p, role="recipe config", error=ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe config must be a mapping of keys to values")
     return data

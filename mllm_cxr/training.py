@@ -23,11 +23,33 @@ def start_run(training_args, *configs) -> None:
     setup_logging()
     adapt_to_hardware(training_args)
     out = Path(training_args.output_dir)
+    check_output_dir(out, overwrite=any(getattr(c, "overwrite_output_dir", False) for c in configs),
+                     resume=training_args.resume_from_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     record = {type(c).__name__: dataclasses.asdict(c) for c in configs}
     if _is_main(training_args):
         (out / "mllm_cxr_config.json").write_text(json.dumps(record, indent=2, default=str))
     training_args._mllm_cxr_t0 = time.perf_counter()
+
+
+#: Files whose presence means ``output_dir`` holds a finished run (adapter or full model).
+FINISHED_MARKERS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+                    "model.safetensors.index.json")
+
+
+def check_output_dir(out: Path, *, overwrite: bool, resume) -> None:
+    """Refuse to train over a finished adapter unless ``overwrite_output_dir`` or ``resume_from_checkpoint``."""
+    from cxr_io import make_parent
+    from mllm_cxr.config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file; give a folder")
+    make_parent(out, flag="output_dir")
+    done = [m for m in FINISHED_MARKERS if (out / m).is_file()]
+    if done and not overwrite and not resume:
+        raise ConfigError(f"output_dir {out} already holds a finished run ({done[0]}); pass --overwrite_output_dir "
+                          "true to replace it, --resume_from_checkpoint to continue it, or choose another "
+                          "--output_dir")
 
 
 def _is_main(training_args) -> bool:

@@ -28,8 +28,24 @@ from mllm_cxr.training import finish_run, run_recipe, start_run
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, PairsArguments, ClinicalDPOConfig)
 
 
+def check_loss_type(args) -> None:
+    """An unknown ``loss_type`` is a config error now, not a crash at the first training step."""
+    import dataclasses
+    import re
+
+    from mllm_cxr.config import ConfigError
+
+    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(args) if f.name == "loss_type")
+    known = re.findall(r"`'(\w+)'`", help_text)  # the loss types this TRL version documents
+    values = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type or [])
+    unknown = [v for v in values if v not in known]
+    if known and unknown:
+        raise ConfigError(f"loss_type: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+
+
 def main(argv=None) -> None:
     data_args, model_args, prompt_cfg, pairs_args, args = parse_recipe_args(CONFIG_CLASSES, argv)
+    check_loss_type(args)
     start_run(args, data_args, model_args, prompt_cfg, pairs_args)
     check_adapter_prompt(model_args, prompt_cfg)
     train = load_pair_dataset(pairs_args, data_args, prompt_cfg)

@@ -49,8 +49,8 @@ from re import _parser as _sre_parser  # the stdlib regex parser (used to index 
 from typing import Any
 
 import numpy as np
-import yaml
 
+from cxr_io import read_yaml
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 
@@ -262,10 +262,7 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path) if path else RULES_PATH
     if not p.is_file():
         raise FileNotFoundError(f"chexpert rules file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RewardError(f"{p}: not valid YAML ({e})") from e
+    data = read_yaml(p, role="chexpert rules", error=RewardError)
     if not isinstance(data, dict) or "observations" not in data:
         raise RewardError(f"{p}: field 'observations' missing (not a chexpert rules file)")
     return data
