@@ -65,7 +65,31 @@ class InputError(ValueError):
 # ------------------------------------------------------------------------------------------------
 def _decode_hint(e: UnicodeDecodeError) -> str:
     bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, bytes | bytearray) else "?"
-    return f"not UTF-8 text (byte 0x{bad} at offset {e.start}); re-save the file as UTF-8"
+    return f"not UTF-8 text (byte 0x{bad}); re-save the file as UTF-8"
+
+
+def first_bad_utf8_line(path: PathLike) -> tuple[int | None, str]:
+    """``(line number, hint)`` of the first line that is not UTF-8 (decoders read ahead, so the error they
+    raise does not know its line); ``(None, hint)`` if the file cannot be re-read."""
+    p = Path(path)
+    try:
+        fh = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
+        with fh:
+            for no, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return no, f"not UTF-8 text (byte 0x{raw[e.start:e.start + 1].hex()} at column {e.start + 1}); " \
+                               "re-save the file as UTF-8"
+    except (OSError, EOFError, zlib.error):
+        pass
+    return None, "not UTF-8 text; re-save the file as UTF-8"
+
+
+def not_utf8(path: PathLike, error: type[InputError] = None) -> InputError:
+    """The error for a file that is not UTF-8, naming its first bad line."""
+    line, hint = first_bad_utf8_line(path)
+    return (error or InputError)(hint, file=path, line=line)
 
 
 def open_text_checked(path: PathLike, role: str = "input", error: type[InputError] = InputError) -> io.TextIOBase:
@@ -97,8 +121,8 @@ def read_jsonl(path: PathLike, *, role: str = "input", objects: bool = True,
         while True:
             try:
                 raw = fh.readline()
-            except UnicodeDecodeError as e:
-                raise error(_decode_hint(e), file=p, line=lineno + 1) from None
+            except UnicodeDecodeError:
+                raise not_utf8(p, error) from None
             except (EOFError, OSError, zlib.error) as e:
                 raise error(f"cannot read {role}: corrupt or truncated ({e}); re-download or re-create it",
                                  file=p, line=lineno + 1) from None
@@ -126,8 +150,8 @@ def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = 
     with fh:
         try:
             text = fh.read()
-        except UnicodeDecodeError as e:
-            raise error(_decode_hint(e), file=path) from None
+        except UnicodeDecodeError:
+            raise not_utf8(path, error) from None
         except (EOFError, OSError, zlib.error) as e:
             raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
     try:
@@ -147,8 +171,8 @@ def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError
     with fh:
         try:
             text = fh.read()
-        except UnicodeDecodeError as e:
-            raise error(_decode_hint(e), file=path) from None
+        except UnicodeDecodeError:
+            raise not_utf8(path, error) from None
         except (EOFError, OSError, zlib.error) as e:
             raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
     try:
@@ -199,8 +223,8 @@ def iter_csv_rows(path: PathLike, *, required: Iterable[str] = (), role: str = "
             what = ("a quote opened here is never closed" if "end of data" in str(e)
                     else f"malformed CSV ({e})")
             raise error(f"{what}; fix the quoting of this row", file=p, line=start) from None
-        except UnicodeDecodeError as e:
-            raise error(_decode_hint(e), file=p, line=start) from None
+        except UnicodeDecodeError:
+            raise not_utf8(p, error) from None
         except (EOFError, OSError, zlib.error) as e:
             raise error(f"cannot read {role}: corrupt or truncated ({e})", file=p, line=start) from None
 

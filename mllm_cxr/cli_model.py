@@ -63,6 +63,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
     if args.backend == "openai" and not args.base_url:
         raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000)")
+    if args.backend != "openai":
+        from mllm_cxr.modeling import check_adapter_dir, check_model_ref
+
+        check_model_ref(args.model, field="--model")
+        if args.adapter:
+            check_adapter_dir(args.adapter, field="--adapter")
     studies = load_split(args.studies, _split(args.split), args.limit)
     root = Path(args.data_root) if args.data_root else Path(args.studies).resolve().parent
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
@@ -318,8 +324,10 @@ def _check_port(host: str, port: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from mllm_cxr.generate import resolve_prompt
+    from mllm_cxr.modeling import check_model_ref
     from mllm_cxr.serve import ChatServer, build_vllm_command, run_vllm
 
+    check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)
     check_servable(adapters, backend=args.backend, max_lora_rank=args.max_lora_rank)
     try:

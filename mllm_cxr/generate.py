@@ -174,9 +174,11 @@ def resolve_prompt(adapter: str | Path | None = None, model: str | Path | None =
     source = "defaults"
     if path is not None:
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a readable run config ({e})") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path}: not a run config (expected a JSON object)")
         known = {f.name for f in dataclasses.fields(PromptConfig)}
         fields = {k: v for k, v in (saved.get("PromptConfig") or {}).items() if k in known}
         margs = saved.get("ModelArguments") or {}
