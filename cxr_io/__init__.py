@@ -436,7 +436,8 @@ def describe_error(e: BaseException) -> str | None:
 
 
 def _print_err(prog: str, text: str) -> None:
-    print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
+    one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
 
 
 def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cxr_io import write_jsonl, write_text_atomic
+from cxr_io import check_output, write_jsonl, write_text_atomic
 from data_prep._util import SkipLog, summarize
 from data_prep.errors import BadImageError, DataPrepError
 from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, CachedImage, ImageCache
@@ -238,6 +238,9 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
         if name != "phantom":
             raise DataPrepError(f"prepare {name} needs the dataset location (source=...)", field="source")
         source = out.parent
+    inputs = [v for v in (source, *dataset_options.values())
+              if isinstance(v, str | os.PathLike) and Path(v).is_file()]
+    check_output(out, inputs)  # before any work: --out is not an input and can be created
     if image_cache is not None:
         cache = ImageCache(image_cache, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget early
     skips = SkipLog()
@@ -259,7 +262,7 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     if skip_bad:
         drop_imageless(records, skips)
     _link_priors(records)
-    write_records(records, out, inputs=[source] if Path(str(source)).is_file() else [])
+    write_records(records, out, inputs=inputs)
     elapsed = time.perf_counter() - t0
     summary = summarize(DATASETS[name][0], records, skips, data_root=data_root,
                         priors_linked=sum(1 for r in records if r.prior is not None))

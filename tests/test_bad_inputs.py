@@ -171,6 +171,20 @@ def _(e):
     return "cli", ["prepare", "chexpert-plus", str(f.parent), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [f]
 
 
+@case("prepare-out-is-the-source-csv", "is the input file", "never overwrites an input")
+def _(e):
+    root = make_chexpert_plus(e.tmp / "cxp")
+    csv_path = root / "df_chexpert_plus_240401.csv"
+    return "cli", ["prepare", "chexpert-plus", str(csv_path), "--out", str(csv_path), "--quiet"], [csv_path]
+
+
+@case("prepare-out-is-the-splits-csv", "is the input file")
+def _(e):
+    f = raw(e.tmp / "splits.csv", "id,split\n")
+    return "cli", ["prepare", "iu-xray", str(e.tmp / "missing.tgz"), "--splits-csv", str(f), "--out", str(f),
+                   "--quiet"], [f]
+
+
 @case("prepare-mimic-zero-byte-jpg", "image file is empty", ".jpg")
 def _(e):
     root = make_mimic(e.tmp / "mimic")
@@ -885,6 +899,7 @@ def test_bad_input(c: Case, tmp_path, adapter_free_env, monkeypatch):
         lines = [x for x in err.splitlines() if "error:" in x]
         assert len(lines) == 1, err[-2000:]  # one line ...
         text = lines[0]
+        assert err.strip().splitlines()[-1] == text  # ... and the last thing printed
     else:
         text = out
     for w in c.words:  # ... naming the file/field/value and what to do

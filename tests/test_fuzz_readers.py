@@ -183,3 +183,17 @@ def test_our_error_is_the_base_of_every_user_error():
         assert issubclass(cls, InputError), cls
     with pytest.raises(InputError, match=r"x.jsonl:2: not UTF-8"):
         list(read_jsonl(_file(b'{"a": 1}\n{"b": "\xff"}\n', "x.jsonl")))
+
+
+def test_cxr_io_is_a_leaf_and_the_packages_keep_their_import_rules():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, cxr_io; assert not {'data_prep', 'reward', 'mllm_cxr', 'yaml'} & set(sys.modules), 'leaf';"
+            "import data_prep.cli, data_prep.prepare, data_prep.schema; assert 'torch' not in sys.modules, 'torch';"
+            "import reward.cli_score, reward.cli_label, reward.trl; assert 'mllm_cxr' not in sys.modules, 'mllm_cxr'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
