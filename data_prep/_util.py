@@ -13,11 +13,13 @@ import io
 import math
 import os
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cxr_io import not_utf8
 from data_prep.errors import DataPrepError, UnknownLayoutError
 from data_prep.schema import SPLITS, StudyRecord
 
@@ -59,18 +61,21 @@ def iter_csv(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[
         raise DataPrepError(f"cannot open CSV ({e.strerror or e})", file=str(path)) from None
     with fh:
         reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise UnknownLayoutError(
-                f"CSV lacks column(s) {missing}; expected {sorted(required)}, found {header[:40]}",
-                file=str(path))
-        start = reader.line_num + 1
+        start = 1
         try:
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise UnknownLayoutError(
+                    f"CSV lacks column(s) {missing}; expected {sorted(required)}, found {header[:40]}",
+                    file=str(path))
+            start = reader.line_num + 1
             for row in reader:
                 yield start, row
                 start = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as e:
+        except UnicodeDecodeError:
+            raise not_utf8(path, DataPrepError) from None
+        except (csv.Error, EOFError, OSError, zlib.error) as e:
             raise DataPrepError(f"unreadable CSV ({e})", file=str(path), line=start) from None
 
 

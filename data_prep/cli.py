@@ -115,17 +115,13 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m data_prep.cli prepare ...``) for users of data_prep alone."""
-    from data_prep.errors import DataPrepError
+    from cxr_io import debug_requested, handle
 
     parser = argparse.ArgumentParser(prog="data_prep")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (DataPrepError, FileNotFoundError) as e:
-        print(f"error: {e}")
-        return 2
-
+    return handle(lambda: args.func(args), prog="data_prep", debug=args.debug or debug_requested([]))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -161,6 +161,23 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return h, w
 
 
+def check_image(path: str | os.PathLike) -> None:
+    """Decode ``path`` once (cheaply: JPEG at reduced scale) so a zero-byte, truncated or garbage file is
+    found at ``prepare`` time, never in the middle of training. Raises :class:`BadImageError`."""
+    p = Path(path)
+    _check_file(p)
+    if is_dicom(p):
+        _read_dicom(p, stop_before_pixels=True)
+        return
+    try:
+        with Image.open(p) as im:
+            if im.format == "JPEG":
+                im.draft("L", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise bad_image("unreadable or corrupt image", p, e) from None
+
+
 def _minmax_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     a = arr.astype(np.float64, copy=False)
     lo = float(np.min(a)) if lo is None else float(lo)

@@ -27,6 +27,7 @@ import os
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,14 @@ def iter_reports(source: str | os.PathLike) -> Iterator[dict[str, Any]]:
         except (tarfile.TarError, OSError) as e:
             raise UnknownLayoutError(f"not a readable tar archive ({e}); expected {_EXPECTED}", file=str(src)) from None
         with tf:
-            for m in tf:
-                if m.isfile() and m.name.endswith(".xml"):
-                    fh = tf.extractfile(m)
-                    if fh is not None:
-                        yield _parse_report(fh.read(), m.name, str(src))
+            try:
+                for m in tf:
+                    if m.isfile() and m.name.endswith(".xml"):
+                        fh = tf.extractfile(m)
+                        if fh is not None:
+                            yield _parse_report(fh.read(), m.name, str(src))
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                raise DataPrepError(f"corrupt or truncated archive ({e}); re-download it", file=str(src)) from None
         return
     folder = src / "ecgen-radiology" if (src / "ecgen-radiology").is_dir() else src
     for p in sorted(folder.glob("*.xml")):

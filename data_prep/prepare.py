@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cxr_io import check_output, write_jsonl, write_text_atomic
 from data_prep._util import SkipLog, summarize
 from data_prep.errors import BadImageError, DataPrepError
 from data_prep.images import (
@@ -175,6 +176,59 @@ def cache_images(records: list[StudyRecord], data_root: Path, cache: ImageCache,
     }
 
 
+def verify_images(records: list[StudyRecord], data_root: Path, *, skip_bad: bool, skips: SkipLog,
+                  workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Decode-check every image of ``records`` (when no image cache is asked for): a zero-byte, truncated
+    or garbage file stops here (or, with ``skip_bad``, is dropped and counted), never mid-training."""
+    from data_prep.images import check_image
+
+    sources = sorted({im.path for r in records for im in r.images})
+    bad: dict[str, BadImageError] = {}
+
+    def work(rel: str) -> tuple[str, BadImageError | None]:
+        if not (data_root / rel).exists():  # existence is the converter's check (and its --no-check-images)
+            return rel, None
+        try:
+            check_image(data_root / rel)
+            return rel, None
+        except BadImageError as e:
+            return rel, e
+
+    with tqdm(total=len(sources), desc="check images", unit="img", disable=not progress) as bar:
+        for rel, err in pool_map(work, sources, workers):
+            bar.update(1)
+            if err is not None:
+                if not skip_bad:
+                    raise err
+                bad[rel] = err
+                skips.add(f"bad image: {_reason(err)}", rel, kind="image")
+    if bad:
+        for r in records:
+            r.images = [im for im in r.images if im.path not in bad]
+            if r.prior is not None:
+                r.prior.images = [im for im in r.prior.images if im.path not in bad]
+    return {"images_checked": len(sources), "images_failed": len(bad)}
+
+
+def pool_map(fn, items, workers: int):
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(fn, items)
+    else:
+        yield from map(fn, items)
+
+
+def drop_imageless(records: list[StudyRecord], skips: SkipLog) -> int:
+    """With ``--skip-bad``: remove (and count) studies left with no image at all."""
+    kept = [r for r in records if r.images]
+    for r in records:
+        if not r.images:
+            skips.add("no images", r.study_id)
+    n = len(records) - len(kept)
+    records[:] = kept
+    return n
+
+
 def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike | None = None,
             image_cache: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
             min_pixels: int = DEFAULT_MIN_PIXELS, skip_bad: bool = False, workers: int = 1,
@@ -201,6 +255,9 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
         if name != "phantom":
             raise DataPrepError(f"prepare {name} needs the dataset location (source=...)", field="source")
         source = out.parent
+    inputs = [v for v in (source, *dataset_options.values())
+              if isinstance(v, str | os.PathLike) and Path(v).is_file()]
+    check_output(out, inputs)  # before any work: --out is not an input and can be created
     if image_cache is not None:
         cache = ImageCache(image_cache, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget early
     skips = SkipLog()
@@ -216,8 +273,13 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
                                    workers=workers, progress=progress)
         image_stats["source_root"] = str(data_root)  # what meta.source_images are relative to
         data_root = str(cache.root)
+    elif data_root is not None and dataset_options.get("check_images", True):
+        image_stats = verify_images(records, Path(data_root), skip_bad=skip_bad, skips=skips, workers=workers,
+                                    progress=progress)
+    if skip_bad:
+        drop_imageless(records, skips)
     _link_priors(records)
-    write_records(records, out)
+    write_records(records, out, inputs=inputs)
     elapsed = time.perf_counter() - t0
     summary = summarize(DATASETS[name][0], records, skips, data_root=data_root,
                         priors_linked=sum(1 for r in records if r.prior is not None))
@@ -236,13 +298,11 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     stem = out.with_suffix("")
     if len(skips):
         skipped_file = stem.with_name(stem.name + ".skipped.jsonl")
-        with open(skipped_file, "w", encoding="utf-8") as fh:
-            for it in skips.items:
-                fh.write(json.dumps(it, ensure_ascii=False) + "\n")
+        write_jsonl(skipped_file, skips.items)
         summary["skipped_file"] = str(skipped_file)
     summary_file = manifest_path(out)
     summary["summary_file"] = str(summary_file)
-    summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(summary_file, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 

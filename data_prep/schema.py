@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_io import atomic_write, check_output, read_jsonl, write_jsonl
 from data_prep.errors import DataPrepError
 from reward.constants import CHEXPERT_LABELS
 
@@ -263,16 +264,9 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """``(line number, decoded value)`` for each non-blank line; bad JSON raises :class:`DataPrepError`
-    naming the file, line and column."""
-    with open(path, encoding="utf-8") as fh:
-        for i, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield i, json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataPrepError(f"not valid JSON ({e.msg}, column {e.colno})", file=str(path), line=i) from None
+    """``(line number, decoded value)`` for each non-blank line; bad JSON, non-UTF-8 text or a corrupt
+    ``.gz`` raises :class:`DataPrepError` naming the file, line and column (:func:`cxr_io.read_jsonl`)."""
+    yield from read_jsonl(path, role="study records", objects=False, error=DataPrepError)
 
 
 def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:
@@ -280,10 +274,11 @@ def read_records(path: str | os.PathLike, split: str | None = None) -> list[Stud
     return [r for r in recs if split is None or r.split == split]
 
 
-def write_records(records: Iterable[StudyRecord], path: str | os.PathLike) -> int:
-    """Write records as JSONL (or Parquet for a ``.parquet`` path); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_records(records: Iterable[StudyRecord], path: str | os.PathLike,
+                  inputs: Iterable[str | os.PathLike | None] = ()) -> int:
+    """Write records as JSONL (or Parquet for a ``.parquet`` path), atomically; returns the count.
+    ``path`` equal to one of ``inputs`` is refused."""
+    path = check_output(path, inputs)
     records = list(records)
     if path.suffix == ".parquet":
         import pyarrow as pa
@@ -295,14 +290,10 @@ def write_records(records: Iterable[StudyRecord], path: str | os.PathLike) -> in
             d["meta"] = json.dumps(d["meta"], ensure_ascii=False)
             d["labels"] = None if d["labels"] is None else json.dumps(d["labels"])
             rows.append(d)
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        with atomic_write(path, "wb", inputs=inputs) as fh:
+            pq.write_table(pa.Table.from_pylist(rows), fh)
         return len(records)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(r.to_json() + "\n")
-    os.replace(tmp, path)
-    return len(records)
+    return write_jsonl(path, (r.to_json() for r in records), inputs=inputs)
 
 
 def link_priors(records: list[StudyRecord]) -> int:

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mllm_cxr.errors import USER_ERRORS
+    """Run one verb. Bad input (ours or a common OS/decode error): one line on stderr, exit 2;
+    Ctrl-C: one line, exit 130; ``--debug`` (or ``MLLM_CXR_DEBUG=1``) shows the traceback instead."""
+    from cxr_io import debug_requested, handle
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,14 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        if args.debug:
-            raise
-        print(f"mllm-cxr {args.verb}: error: {e}", file=sys.stderr)
-        return 2
-
+    debug = args.debug or debug_requested([])
+    return handle(lambda: args.func(args), prog=f"mllm-cxr {args.verb}", debug=debug)
 
 if __name__ == "__main__":
     raise SystemExit(main())

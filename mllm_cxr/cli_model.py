@@ -15,6 +15,7 @@ import json
 import shlex
 from pathlib import Path
 
+from cxr_io import check_output
 from mllm_cxr.config import ConfigError
 
 
@@ -54,6 +55,8 @@ def run_generate(args: argparse.Namespace) -> int:
         check_resume,
         generate_predictions,
         load_hf_generator,
+        meta_path,
+        part_path,
         resolve_prompt,
     )
 
@@ -61,6 +64,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
     if args.backend == "openai" and not args.base_url:
         raise ConfigError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000)")
+    if args.backend != "openai":
+        from mllm_cxr.modeling import check_adapter_dir, check_model_ref
+
+        check_model_ref(args.model, field="--model")
+        if args.adapter:
+            check_adapter_dir(args.adapter, field="--adapter")
     studies = load_split(args.studies, _split(args.split), args.limit)
     root = resolve_data_root(args.studies, args.data_root)
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
@@ -74,6 +83,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
             "studies": str(Path(args.studies).resolve()), "data_root": str(Path(root).resolve()),
             "split": args.split}
+    for o in (args.out, meta_path(args.out), part_path(args.out)):  # before --overwrite deletes anything
+        check_output(o, [args.studies, args.adapter, args.model], flag="--out")
     check_resume(args.out, meta, overwrite=args.overwrite)
     if args.backend == "hf":
         gen = load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
@@ -92,7 +103,8 @@ def run_generate(args: argparse.Namespace) -> int:
                               api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
     s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet)
     rate = f"{s['studies_per_s']} studies/s" if s["studies_per_s"] else "nothing to do"
-    print(f"generated {s['generated']} studies ({s['skipped_done']} already done) with the {args.backend} backend "
+    no_img = f", {s['skipped_no_images']} skipped: no images" if s["skipped_no_images"] else ""
+    print(f"generated {s['generated']} studies ({s['skipped_done']} already done{no_img}) with the {args.backend} backend "
           f"in {s['seconds']} s ({rate}); {s['empty_predictions']} empty; prompt from {prompt.source} -> {s['out']}")
     return 0
 
@@ -161,13 +173,17 @@ def _metric_kwargs(value: str | None) -> dict:
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
     from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
+    from reward.base import eval_group
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    named = bool(args.metrics) and args.metrics.strip() != "all"
+    metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
+               else list(METRIC_GROUPS))
     if args.html:  # bad report options fail before the evaluation runs
         from mllm_cxr.report_html import options_from_args
 
         options_from_args(args)
     result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
+                      strict=named,
                       uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
                       compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)
     print(summary_line(result, args.out))
@@ -189,8 +205,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
-    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default all; "
-                                                   "those whose model is missing are listed as skipped)")
+    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their "
+                                                   "score names, e.g. chexpert_f1); a named metric that cannot run is "
+                                                   "an error. Default all: those whose model is missing are listed "
+                                                   "as skipped with the reason")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
@@ -275,11 +293,66 @@ def _adapters(values: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _adapter_keys(adapter_dir: str) -> dict[str, None]:
+    """The tensor names of an adapter (a readable safetensors header is checked; no tensor is loaded)."""
+    from mllm_cxr.export import read_adapter_weights
+
+    st = Path(adapter_dir) / "adapter_model.safetensors"
+    if not st.is_file():
+        return dict.fromkeys(read_adapter_weights(adapter_dir))
+    from safetensors import safe_open
+
+    from cxr_io import check_safetensors
+
+    check_safetensors(st, role="adapter weights")
+    with safe_open(str(st), framework="pt") as f:
+        return dict.fromkeys(f.keys())
+
+
+def check_servable(adapters: dict[str, str], *, backend: str, max_lora_rank: int | None) -> None:
+    """What ``serve`` checks before anything starts (``--dry-run`` included): readable adapter weights and,
+    for vLLM, the adapter types ``export`` refuses and a ``--max-lora-rank`` that holds every adapter."""
+    from mllm_cxr.export import VLLM_MAX_LORA_RANKS, adapter_rank, check_vllm_compatible, inspect_adapter
+
+    for name, d in adapters.items():
+        keys = _adapter_keys(d)
+        if backend != "vllm":
+            continue
+        check_vllm_compatible(inspect_adapter(d, keys))
+        rank = adapter_rank(d)
+        if max_lora_rank is not None and max_lora_rank < rank:
+            raise ConfigError(f"--max-lora-rank {max_lora_rank} is below the rank {rank} of adapter {name} ({d}); "
+                              "leave it out (the adapters' rank is used) or raise it")
+    if backend == "vllm" and max_lora_rank is not None and max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        raise ConfigError(f"--max-lora-rank {max_lora_rank}: vLLM accepts "
+                          f"{', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); stop the "
+                              "other server or pick another --port") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from mllm_cxr.generate import resolve_prompt
+    from mllm_cxr.modeling import check_model_ref
     from mllm_cxr.serve import ChatServer, build_vllm_command, run_vllm
 
+    check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)
+    check_servable(adapters, backend=args.backend, max_lora_rank=args.max_lora_rank)
+    try:
+        extra_args = shlex.split(args.vllm_args or "")
+    except ValueError as e:
+        raise ConfigError(f"--vllm-args {args.vllm_args!r}: {e}; balance the quotes") from None
+    if not args.dry_run:
+        _check_port(args.host, args.port)
     first = next(iter(adapters.values()), None)
     prompt = resolve_prompt(first, args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     max_images = args.max_images or prompt.prompt.max_images
@@ -289,7 +362,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                  port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
                                  gpu_memory_utilization=args.gpu_memory_utilization,
                                  tensor_parallel_size=args.tensor_parallel_size,
-                                 served_model_name=args.served_model_name, extra=shlex.split(args.vllm_args or ""))
+                                 served_model_name=args.served_model_name, extra=extra_args)
         return run_vllm(cmd, dry_run=args.dry_run)
     if len(adapters) > 1:
         raise ConfigError("--backend hf serves one adapter; give a single --adapter")

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cxr_io import check_output, write_text_atomic
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
@@ -30,6 +32,17 @@ def _sections(args) -> list[str]:
     return [x.strip() for x in (args.sections or "findings,impression").split(",") if x.strip()]
 
 
+def _inputs(args) -> list:
+    return [args.studies, getattr(args, "reward_spec", None), getattr(args, "adapter", None)]
+
+
+def _check_outputs(args) -> None:
+    """Before any work: --out / --summary-json must not be an input (nor lie under a file)."""
+    check_output(args.out, _inputs(args))
+    if args.summary_json:
+        check_output(args.summary_json, [*_inputs(args), args.out], flag="--summary-json")
+
+
 def _studies(args):
     from mllm_cxr.data import load_split
 
@@ -40,11 +53,11 @@ def _studies(args):
 def _finish(pairs: list[dict[str, Any]], summary: dict[str, Any], args) -> int:
     from mllm_cxr.pairs import write_pairs
 
-    write_pairs(pairs, args.out)
+    write_pairs(pairs, args.out, inputs=_inputs(args))
     summary = {**summary, "out": str(args.out)}
     if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+        write_text_atomic(args.summary_json, json.dumps(summary, indent=2), inputs=[*_inputs(args), args.out],
+                          flag="--summary-json")
     skipped = ", ".join(f"{k[len('skipped_'):]} {v}" for k, v in summary.items() if k.startswith("skipped_") and v)
     print(f"pairs {summary['source']}: {summary['pairs']} pairs from {summary['studies']} studies"
           + (f" (skipped: {skipped})" if skipped else "")
@@ -57,6 +70,7 @@ def _cmd_prior(args) -> int:
     from mllm_cxr.pairs import prior_suppression_pairs
     from mllm_cxr.prompts import PromptConfig
 
+    _check_outputs(args)
     cfg = PromptConfig(sections=_sections(args))
     pairs, summary = prior_suppression_pairs(_studies(args), cfg, progress=True)
     return _finish(pairs, summary, args)
@@ -77,6 +91,7 @@ def _cmd_sample(args) -> int:
     from mllm_cxr.generate import GenerationSettings, resolve_prompt
     from mllm_cxr.pairs import reward_ranked_pairs
 
+    _check_outputs(args)
     args.sections = _sections(args)
     if args.k < 2:
         raise ConfigError(f"--k must be at least 2 (best and worst of k samples), got {args.k}")

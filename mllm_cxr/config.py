@@ -15,10 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_io import InputError, read_yaml
+
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad recipe config: names the file, the key and the value."""
 
 
@@ -33,6 +35,9 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
+                "(or resume_from_checkpoint) such a run is refused"})
 
     def root(self) -> Path:
         from data_prep.schema import resolve_data_root
@@ -54,6 +59,17 @@ def _with_hints(message: str, known: set[str]) -> str:
     return message + (f" -- unknown key(s) {', '.join(hints)}" if hints else "")
 
 
+def _load_yaml(path: str) -> dict:
+    """The config file as a mapping, or a ConfigError naming the file (missing, not UTF-8, not YAML, not a mapping)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    data = read_yaml(p, role="recipe config", error=ConfigError) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe config must be a mapping of keys to values")
+    return data
+
+
 def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse ``--config FILE.yaml`` plus overriding ``--flags`` into the dataclasses (in order).
 
@@ -71,8 +87,7 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> 
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a file path")
         cfg_path = argv[i + 1]
-        if not Path(cfg_path).is_file():
-            raise ConfigError(f"{cfg_path}: config file not found")
+        _load_yaml(cfg_path)  # readable UTF-8 YAML holding a mapping (TRL's own reader gives raw errors)
     where = cfg_path or "command line"
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     parser = TrlParser(dataclass_types)

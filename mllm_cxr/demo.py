@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     adapter = None
     if "sft" in stages:
         _launch("sft.py", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", studies,
-                "--model_name_or_path", str(model), "--output_dir", str(runs / "tiny-sft"))
+                "--model_name_or_path", str(model), "--output_dir", str(runs / "tiny-sft"), "--overwrite_output_dir", "true")
         adapter = runs / "tiny-sft"
         results["SFT"] = stage_metrics(runs, "sft", model, adapter, phantom, args.limit)
         print_table(results)
@@ -175,14 +175,14 @@ def main(argv=None) -> int:
              "--sections", "impression")
         _launch("dpo.py", str(REPO / "recipes/configs/tiny/dpo.yaml"), "--studies", studies,
                 "--pairs", str(runs / "pairs" / "prior.jsonl"), "--model_name_or_path", str(model),
-                "--adapter_path", str(adapter), "--output_dir", str(runs / "tiny-dpo"))
+                "--adapter_path", str(adapter), "--output_dir", str(runs / "tiny-dpo"), "--overwrite_output_dir", "true")
         adapter = runs / "tiny-dpo"
         results["+DPO (prior suppression)"] = stage_metrics(runs, "dpo", model, adapter, phantom, args.limit)
         print_table(results)
     if "grpo" in stages and adapter is not None:
         _launch("grpo.py", str(REPO / "recipes/configs/tiny/grpo.yaml"), "--studies", studies,
                 "--model_name_or_path", str(model), "--adapter_path", str(adapter),
-                "--output_dir", str(runs / "tiny-grpo"))
+                "--output_dir", str(runs / "tiny-grpo"), "--overwrite_output_dir", "true")
         adapter = runs / "tiny-grpo"
         results["+GRPO (clinical reward)"] = stage_metrics(runs, "grpo", model, adapter, phantom, args.limit)
         print_table(results)

@@ -162,3 +162,18 @@ def check_adapter_prompt(model_args, prompt_cfg) -> list[str]:
         logging.getLogger(__name__).warning("the prompt differs from the one adapter %s was trained with (%s); set "
                                             "the same keys in this config", model_args.adapter_path, "; ".join(diffs))
     return diffs
+
+
+def check_loss_type(args) -> None:
+    """An unknown ``loss_type`` is a config error now, not a crash at the first training step."""
+    import dataclasses
+    import re
+
+    from mllm_cxr.config import ConfigError
+
+    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(args) if f.name == "loss_type")
+    known = re.findall(r"`'(\w+)'`", help_text)  # the loss types this TRL version documents
+    values = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type or [])
+    unknown = [v for v in values if v not in known]
+    if known and unknown:
+        raise ConfigError(f"loss_type: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")

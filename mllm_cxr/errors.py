@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from cxr_io import InputError
 from data_prep.errors import DataPrepError
 from mllm_cxr.config import ConfigError
 from reward.base import RewardError
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """An adapter or checkpoint that cannot be exported as asked."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataPrepError, ConfigError, RewardError, ExportError,
+#: Every one of ours derives from :class:`cxr_io.InputError` (the listed subclasses are kept for readers).
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, DataPrepError, ConfigError, RewardError, ExportError,
                                                 FileNotFoundError, ImportError)

@@ -60,8 +60,9 @@ from typing import Any
 
 import numpy as np
 
+from cxr_io import make_parent, read_jsonl, write_jsonl, write_text_atomic
 from data_prep.errors import DataPrepError
-from reward.base import MissingBackendError, RewardError, get_scorer
+from reward.base import MissingBackendError, RewardError, eval_group, get_scorer
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 
 log = logging.getLogger(__name__)
@@ -96,46 +97,41 @@ def read_prediction_file(path: str | Path) -> Predictions:
     :class:`DataPrepError` naming the file, line, field and value.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"predictions file not found: {p}")
     ids, hyps, refs, ctxs, seen = [], [], [], [], {}
     skipped = {"empty_reference": 0}
     n_rows = 0
-    with open(p, encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            n_rows += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataPrepError(f"not valid JSON ({e.msg}); a cut last line comes from a killed "
-                                    "`mllm-cxr generate`: run it again to finish the file", file=str(p), line=no) from None
-            if not isinstance(row, dict):
-                raise DataPrepError("expected a JSON object", file=str(p), line=no, value=type(row).__name__)
-            sid = row.get("study_id")
-            if sid is None or (isinstance(sid, str) and not sid.strip()):
-                raise DataPrepError("missing study id", file=str(p), line=no, field="study_id", value=sid)
-            sid = str(sid)
-            if sid in seen:
-                raise DataPrepError(f"study repeats line {seen[sid]}", file=str(p), line=no, field="study_id",
-                                    value=sid)
-            seen[sid] = no
-            for k in ("prediction", "reference"):
-                if not isinstance(row.get(k), str):
-                    raise DataPrepError("expected a string", file=str(p), line=no, field=k,
-                                        value=None if row.get(k) is None else type(row.get(k)).__name__)
-            ctx = row.get("context") or {}
-            if not isinstance(ctx, dict):
-                raise DataPrepError("expected a JSON object", file=str(p), line=no, field="context",
-                                    value=type(ctx).__name__)
-            if not row["reference"].strip():
-                skipped["empty_reference"] += 1
-                continue
-            ids.append(sid)
-            hyps.append(row["prediction"])
-            refs.append(row["reference"])
-            ctxs.append(ctx)
+    try:
+        rows = list(read_jsonl(p, role="predictions", error=DataPrepError))
+    except DataPrepError as e:
+        if "not valid JSON" in str(e):
+            raise DataPrepError(f"{e}; a cut last line comes from a killed `mllm-cxr generate`: run it again "
+                                "to finish the file") from None
+        raise
+    for no, row in rows:
+        n_rows += 1
+        sid = row.get("study_id")
+        if sid is None or (isinstance(sid, str) and not sid.strip()):
+            raise DataPrepError("missing study id", file=str(p), line=no, field="study_id", value=sid)
+        sid = str(sid)
+        if sid in seen:
+            raise DataPrepError(f"study repeats line {seen[sid]}", file=str(p), line=no, field="study_id",
+                                value=sid)
+        seen[sid] = no
+        for k in ("prediction", "reference"):
+            if not isinstance(row.get(k), str):
+                raise DataPrepError("expected a string", file=str(p), line=no, field=k,
+                                    value=None if row.get(k) is None else type(row.get(k)).__name__)
+        ctx = row.get("context") or {}
+        if not isinstance(ctx, dict):
+            raise DataPrepError("expected a JSON object", file=str(p), line=no, field="context",
+                                value=type(ctx).__name__)
+        if not row["reference"].strip():
+            skipped["empty_reference"] += 1
+            continue
+        ids.append(sid)
+        hyps.append(row["prediction"])
+        refs.append(row["reference"])
+        ctxs.append(ctx)
     if not ids:
         raise DataPrepError("no row with a non-empty reference to evaluate", file=str(p), field="reference")
     return Predictions(str(p), ids, hyps, refs, ctxs, n_rows, skipped)
@@ -362,10 +358,11 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
     """Run the metric groups on ``preds``; returns (groups, skipped {name: reason})."""
     from tqdm.auto import tqdm
 
+    metrics = [eval_group(m) or m for m in metrics]  # one vocabulary: score/reward-spec names work too
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
     if unknown:
         raise RewardError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_GROUPS)}")
-    kw_all = metric_kwargs or {}
+    kw_all = {eval_group(k) or k: v for k, v in (metric_kwargs or {}).items()}
     bad = sorted(set(kw_all) - set(METRIC_GROUPS))
     if bad:
         raise RewardError(f"metric kwargs for unknown metric(s) {bad}; known: {', '.join(METRIC_GROUPS)}")
@@ -632,7 +629,7 @@ def metrics_table(result: dict[str, Any]) -> str:
     skipped = result.get("skipped_metrics") or {}
     if skipped:
         lines.append("\nSkipped (not installed or not configured):")
-        lines += [f"- {k}: {_short(v)}" for k, v in skipped.items()]
+        lines += [f"- {k}: {' '.join(str(v).split())}" for k, v in skipped.items()]  # the full reason
     return "\n".join(lines)
 
 
@@ -769,17 +766,27 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
 def write_per_study(extras: dict[str, Any], path: Path) -> None:
     p = extras["pred"]
     cols = {k: v for g in extras["groups"].values() for k, v in g.per_study.items()}
-    with open(path, "w", encoding="utf-8") as fh:
-        for i, sid in enumerate(p.ids):
-            row = {"study_id": sid, **{k: float(v[i]) for k, v in cols.items()}}
-            fh.write(json.dumps(row) + "\n")
+    write_jsonl(path, ({"study_id": sid, **{k: float(v[i]) for k, v in cols.items()}} for i, sid in enumerate(p.ids)))
 
 
-def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, **kw: Any) -> dict[str, Any]:
-    """:func:`evaluate_predictions` + ``metrics.json``, ``metrics.md``, plots and ``per_study.jsonl`` in ``out_dir``."""
+def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, strict: bool = False,
+             **kw: Any) -> dict[str, Any]:
+    """:func:`evaluate_predictions` + ``metrics.json``, ``metrics.md``, plots and ``per_study.jsonl`` in ``out_dir``.
+
+    ``strict`` (metrics named by the user): a metric that cannot run is an error and nothing is written;
+    otherwise (the default "all" list) it is listed under ``skipped_metrics`` with its full reason.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataPrepError("--out is an existing file; eval writes a folder (metrics.json, metrics.md, ...)",
+                            file=str(out))
+    make_parent(out)
     result, extras = evaluate_predictions(pred, **kw)
+    if strict and result["skipped_metrics"]:
+        raise RewardError("metric(s) asked for by name could not run: " + "; ".join(
+            f"{k}: {' '.join(str(v).split())}" for k, v in result["skipped_metrics"].items())
+            + " (install/configure them, or leave --metrics out to skip what cannot run)")
+    out.mkdir(exist_ok=True)
     files = ["metrics.json", "metrics.md", "per_study.jsonl"]
     if plots:
         files += write_plots(result, extras, out)
@@ -788,8 +795,8 @@ def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, **kw:
         write_per_study({"pred": extras["other"], "groups": extras["other_groups"]}, out / "per_study_compare.jsonl")
         files.append("per_study_compare.jsonl")
     result["files"] = files
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (out / "metrics.md").write_text(markdown_report(result))
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "metrics.md", markdown_report(result))
     return result
 
 

@@ -40,12 +40,12 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_io import abort_dir, begin_dir, check_safetensors, commit_dir
 from mllm_cxr.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def read_adapter_weights(adapter_dir: str | Path) -> dict[str, Any]:
     if st.is_file():
         from safetensors.torch import load_file
 
+        check_safetensors(st, role="adapter weights")
         return load_file(str(st))
     if binf.is_file():
         import torch
@@ -323,6 +324,8 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     src, dst = Path(adapter), Path(out)
     if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
         raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
+    if dst.exists() and not dst.is_dir():
+        raise ExportError(f"--out {dst} is an existing file; give a folder path")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ExportError(f"output folder {dst} exists and is not empty (pass --overwrite to replace it)")
     read_adapter_config(src)  # first: "not an adapter folder" before "no weights"
@@ -363,9 +366,24 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    if dst.exists():  # everything checked: replace the old export (overwrite, or an empty folder)
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
+    # everything checked: write into a temporary folder beside --out, put it in place only when the export
+    # (and its verification) succeeded; a failure removes it, so nothing partial blocks the rerun
+    final, dst = dst, begin_dir(dst, overwrite=True)
+    try:
+        summary = _write_export(dst, final, base, src, merge, merged_model, rep, tensors, allow_vision_lora, prompt,
+                                dtype, max_new_tokens, before, studies, root, verify_max_new_tokens, merge_atol,
+                                metrics, warnings, name)
+    except BaseException:
+        abort_dir(dst)
+        raise
+    commit_dir(dst, final)
+    return summary
+
+
+def _write_export(dst: Path, final: Path, base, src: Path, merge: bool, merged_model, rep, tensors,
+                  allow_vision_lora: bool, prompt, dtype, max_new_tokens, before, studies, root,
+                  verify_max_new_tokens, merge_atol, metrics, warnings, name) -> dict[str, Any]:
+    """The files of an export, written into ``dst`` (the temporary folder that becomes ``final``)."""
     if merge:
         merged_model.save_pretrained(dst, safe_serialization=True)
         del merged_model
@@ -391,12 +409,12 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     metrics_data = _read_metrics(metrics) if metrics else None
     write_model_card(dst, base=str(base), adapter=str(src), report=rep, merged=merge, prompt=prompt,
                      adapter_cfg=adapter_cfg, metrics=metrics_data, verification=verification,
-                     warnings=warnings, name=name or dst.name)
-    summary = {"out": str(dst), "merged": merge, "adapter": dataclasses.asdict(rep), "warnings": warnings,
+                     warnings=warnings, name=name or final.name, shown=final)
+    summary = {"out": str(final), "merged": merge, "adapter": dataclasses.asdict(rep), "warnings": warnings,
                "verification": dataclasses.asdict(verification) if verification else None,
                "files": sorted(p.name for p in dst.iterdir())}
     if verification is not None and not verification.ok:
-        raise ExportError(f"{dst}: {verification.line()}")
+        raise ExportError(f"{final}: {verification.line()}")
     return summary
 
 
@@ -443,8 +461,10 @@ def _read_metrics(path: str | Path) -> dict[str, Any]:
 
 def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterReport, merged: bool, prompt,
                      adapter_cfg: dict[str, Any] | None, metrics: dict[str, Any] | None,
-                     verification: Verification | None, warnings: list[str], name: str) -> Path:
+                     verification: Verification | None, warnings: list[str], name: str,
+                     shown: Path | None = None) -> Path:
     """``README.md``: what the export is, how to serve and load it, and the evaluation table."""
+    where = shown or out  # the path users will see (the export is written in a temporary folder first)
     from mllm_cxr.serve import build_vllm_command, command_line
 
     lines = ["---", f"base_model: {base}", "library_name: " + ("transformers" if merged else "peft"),
@@ -465,17 +485,17 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
               "saved here; `mllm_cxr_config.json` holds these settings for `mllm-cxr generate`.", ""]
     lines += ["## Use", "", "```bash"]
     if merged:
-        cmd = build_vllm_command(str(out), None, max_images=p.max_images, min_pixels=prompt.min_pixels,
+        cmd = build_vllm_command(str(where), None, max_images=p.max_images, min_pixels=prompt.min_pixels,
                                  max_pixels=prompt.max_pixels)
         lines += [command_line(cmd),
-                  f"mllm-cxr generate --backend hf --model {out} --studies studies.jsonl --out pred.jsonl"]
+                  f"mllm-cxr generate --backend hf --model {where} --studies studies.jsonl --out pred.jsonl"]
     else:
-        cmd = build_vllm_command(base, {"cxr": str(out)}, max_images=p.max_images, min_pixels=prompt.min_pixels,
-                                 max_pixels=prompt.max_pixels)
+        cmd = build_vllm_command(base, {"cxr": str(where)}, max_images=p.max_images, min_pixels=prompt.min_pixels,
+                                 max_pixels=prompt.max_pixels, max_lora_rank=vllm_max_lora_rank(report.rank))
         lines += [command_line(cmd),
                   "mllm-cxr generate --backend openai --base-url http://127.0.0.1:8000 --served-model cxr "
-                  f"--adapter {out} --studies studies.jsonl --out pred.jsonl",
-                  f"mllm-cxr generate --backend hf --model {base} --adapter {out} --studies studies.jsonl "
+                  f"--adapter {where} --studies studies.jsonl --out pred.jsonl",
+                  f"mllm-cxr generate --backend hf --model {base} --adapter {where} --studies studies.jsonl "
                   "--out pred.jsonl"]
     lines += ["```", ""]
     if not merged and adapter_cfg is not None:

@@ -27,12 +27,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr_io import make_parent, read_jsonl, write_text_atomic
 from data_prep.schema import StudyRecord
 from mllm_cxr.config import ConfigError
 from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
@@ -107,7 +110,7 @@ def done_ids(out_path: Path) -> set[str]:
     if not out_path.exists():
         return ids
     good = []
-    with open(out_path, encoding="utf-8") as fh:
+    with open(out_path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
                 d = json.loads(line)
@@ -116,9 +119,15 @@ def done_ids(out_path: Path) -> set[str]:
             if isinstance(d, dict) and "study_id" in d and d["study_id"] not in ids:
                 ids.add(d["study_id"])
                 good.append(line if line.endswith("\n") else line + "\n")
-    with open(out_path, "w", encoding="utf-8") as fh:  # rewrite without the broken tail
+    with open(out_path, "w", encoding="utf-8") as fh:  # rewrite without the broken tail (the .part file only)
         fh.writelines(good)
     return ids
+
+
+def part_path(out_path: str | Path) -> Path:
+    """Where a run writes until it finishes (then renamed to ``out_path``); a killed run resumes from it."""
+    p = Path(out_path)
+    return p.with_name(p.name + ".part")
 
 
 def batched(items: Sequence, n: int) -> Iterator[Sequence]:
@@ -171,9 +180,11 @@ def resolve_prompt(adapter: str | Path | None = None, model: str | Path | None =
     source = "defaults"
     if path is not None:
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a readable run config ({e})") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path}: not a run config (expected a JSON object)")
         known = {f.name for f in dataclasses.fields(PromptConfig)}
         fields = {k: v for k, v in (saved.get("PromptConfig") or {}).items() if k in known}
         margs = saved.get("ModelArguments") or {}
@@ -441,10 +452,10 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
     """Refuse to continue a predictions file written with other settings; ``overwrite`` deletes it."""
     out, mp = Path(out_path), meta_path(out_path)
     if overwrite:
-        for p in (out, mp):
+        for p in (out, mp, part_path(out)):
             if p.exists():
                 p.unlink()
-    elif mp.exists() and out.exists():
+    elif mp.exists() and (out.exists() or part_path(out).exists()):
         try:
             old = json.loads(mp.read_text())
         except (OSError, json.JSONDecodeError):
@@ -453,8 +464,8 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
         if diffs:
             raise GenerationError(f"{out} was generated with other settings ({'; '.join(diffs)}): use another "
                                   "--out, or --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    mp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    make_parent(out)
+    write_text_atomic(mp, json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def prompt_image_paths(study: StudyRecord, generator) -> list[str]:
@@ -477,13 +488,17 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
     if batch_size < 1:
         raise ConfigError(f"generation: batch_size must be >= 1, got {batch_size}")
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    finished = done_ids(out)
-    todo = list({s.study_id: s for s in studies if s.study_id not in finished}.values())  # unique ids
+    make_parent(out)
+    part = part_path(out)
+    if not part.exists() and out.exists():  # continue a finished file: the old one stays until we finish
+        shutil.copyfile(out, part)
+    finished = done_ids(part)
+    no_images = [s for s in studies if not s.images]  # nothing to look at: skipped and counted, never "reported"
+    todo = list({s.study_id: s for s in studies if s.study_id not in finished and s.images}.values())  # unique ids
     t0 = time.perf_counter()
     n_empty = 0
-    with open(out, "a", encoding="utf-8") as fh, tqdm(total=len(todo), disable=not progress,
-                                                     desc="generate", unit="study") as bar:
+    with open(part, "a", encoding="utf-8") as fh, tqdm(total=len(todo), disable=not progress,
+                                                      desc="generate", unit="study") as bar:
         for chunk in batched(todo, batch_size):
             for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
@@ -494,21 +509,15 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(len(chunk))
+    os.replace(part, out)
     dt = time.perf_counter() - t0
     return {"generated": len(todo), "skipped_done": len(finished & {s.study_id for s in studies}),
-            "empty_predictions": n_empty, "seconds": round(dt, 2),
+            "skipped_no_images": len(no_images), "empty_predictions": n_empty, "seconds": round(dt, 2),
             "studies_per_s": round(len(todo) / dt, 3) if dt > 0 and todo else None, "out": str(out)}
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    from data_prep.errors import DataPrepError
+    """The rows of a predictions JSONL (errors name ``file:line``: :func:`cxr_io.read_jsonl`)."""
+    from data_prep.errors import DataPrepError
 
-                    raise DataPrepError("not valid JSON", file=str(path), line=i) from None
-    return rows
+    return [row for _, row in read_jsonl(path, role="predictions", error=DataPrepError)]

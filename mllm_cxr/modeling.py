@@ -54,6 +54,12 @@ class ModelArguments(ModelConfig):
         from data_prep.images import check_pixel_budget
 
         check_pixel_budget(self.min_pixels, self.max_pixels, where="model config")
+        if self.load_in_4bit and not self.use_peft:
+            from mllm_cxr.config import ConfigError
+
+            raise ConfigError("load_in_4bit: true needs use_peft: true (QLoRA trains LoRA adapters on frozen 4-bit "
+                              "weights; 4-bit weights cannot be fully fine-tuned): set use_peft: true or "
+                              "load_in_4bit: false")
         if self.load_in_4bit and self.use_peft and not self.freeze_projector:
             from mllm_cxr.config import ConfigError
 
@@ -121,6 +127,44 @@ def resolve_dtype(name: str | None):
         raise ValueError(f"model.dtype: unknown dtype {name!r} (hardware, auto, bfloat16, float16, float32)") from None
 
 
+def check_model_ref(name: str | Path, *, field: str = "model_name_or_path") -> None:
+    """A base model given as a local path must be a model folder; a missing one that looks like a path (``./x``,
+    ``/x``, ``~/x``, ``a/b/c``, or ``runs/x`` where ``runs/`` exists here) is an error naming it, instead of
+    being sent to the hub as a model id."""
+    from mllm_cxr.config import ConfigError
+
+    text = str(name)
+    p = Path(text).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"{field}: {text} is a file; give the model folder (with config.json) or a hub id")
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{field}: {text} has no config.json (not a model folder); give the folder that holds "
+                              "the model's config.json and weights")
+        return
+    parts = text.replace("\\", "/").split("/")
+    looks_local = (text.startswith((".", "/", "~")) or len(parts) > 2
+                   or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir()))
+    if looks_local:
+        raise ConfigError(f"{field}: model folder {text} not found (it is a path, not a hub id like "
+                          "'Qwen/Qwen2.5-VL-3B-Instruct'); check the path")
+
+
+def check_adapter_dir(path: str | Path, *, field: str = "adapter_path") -> Path:
+    """A LoRA adapter folder: exists, has adapter_config.json and readable adapter weights."""
+    from cxr_io import check_safetensors
+    from mllm_cxr.config import ConfigError
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"{field}: adapter folder {p} not found; check the path (a recipe's output_dir)")
+    if not (p / "adapter_config.json").is_file():
+        raise ConfigError(f"{field}: no adapter_config.json in {p} (not a LoRA adapter folder)")
+    if (p / "adapter_model.safetensors").exists():
+        check_safetensors(p / "adapter_model.safetensors", role="adapter weights")
+    return p
+
+
 def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
     """The model's processor with the configured pixel budget; right padding for training."""
     from transformers import AutoProcessor
@@ -131,6 +175,7 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
         kw["min_pixels"] = args.min_pixels
     if args.max_pixels is not None:
         kw["max_pixels"] = args.max_pixels
+    check_model_ref(args.model_name_or_path)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust_remote_code)
     ip = getattr(processor, "image_processor", None)
     if ip is not None:
@@ -180,6 +225,7 @@ def load_base_model(args: ModelArguments, *, trust_remote_code: bool = False):
     q = quantization_config(args)
     if q is not None:
         kw["quantization_config"] = q
+    check_model_ref(args.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(args.model_name_or_path, **kw)
     if not args.use_peft:
         for name, p in model.named_parameters():
@@ -234,9 +280,7 @@ def load_model(args: ModelArguments, *, is_trainable: bool = True, gradient_chec
     if args.adapter_path:
         from peft import PeftModel
 
-        path = Path(args.adapter_path)
-        if not (path / "adapter_config.json").exists():
-            raise FileNotFoundError(f"model.adapter_path: no adapter_config.json in {path}")
+        path = check_adapter_dir(args.adapter_path)
         model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
         return model, None
     return model, (lora_config(args) if is_trainable else None)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr_io import write_jsonl
 from data_prep.errors import DataPrepError
 from data_prep.schema import StudyRecord, comparison_is_empty, iter_jsonl
 from mllm_cxr.prompts import PromptConfig, build_messages, target_text, target_text_from
@@ -268,18 +269,18 @@ def _pair(study_id: str, chosen: str, rejected: str, chosen_score: float, reject
             "source": source}
 
 
-def write_pairs(pairs: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
-    """Write pairs as JSONL (one pair per line, keys in :data:`PAIR_KEYS` order first); returns the count."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(p, "w", encoding="utf-8") as fh:
+def write_pairs(pairs: Iterable[dict[str, Any]], path: str | os.PathLike,
+                inputs: Iterable[str | os.PathLike | None] = ()) -> int:
+    """Write pairs as JSONL (one pair per line, keys in :data:`PAIR_KEYS` order first), atomically; a
+    ``path`` equal to one of ``inputs`` is refused. Returns the count."""
+
+    def rows():
         for pair in pairs:
             row = {k: pair[k] for k in PAIR_KEYS if k in pair}
             row.update({k: v for k, v in pair.items() if k not in row})
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+            yield row
+
+    return write_jsonl(path, rows(), inputs=inputs)
 
 
 def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -164,8 +164,8 @@ class ChatServer:
         self.processor.tokenizer.padding_side = "left"
         from mllm_cxr.generate import place_model
 
-        model, _ = load_model(margs, is_trainable=False)
-        self.model = place_model(model).eval()
+        loaded, _ = load_model(margs, is_trainable=False)
+        self.model = place_model(loaded).eval()
         self.name = served_model_name or (Path(adapter).name if adapter else str(model))
         self.max_images, self.max_tokens_limit = max_images, max_tokens_limit
         self._lock = threading.Lock()
@@ -187,10 +187,9 @@ class ChatServer:
         return self
 
     def serve_forever(self) -> None:
+        """Serve until stopped; Ctrl-C closes the socket and propagates (the CLI prints one line, exit 130)."""
         try:
             self.httpd.serve_forever()
-        except KeyboardInterrupt:
-            pass
         finally:
             self.httpd.server_close()
 

@@ -124,6 +124,26 @@ def write_model_card(trainer, model_args, *, stage: str, dataset: str | None) ->
     return path
 
 
+#: Files whose presence means ``output_dir`` holds a finished run (adapter or full model).
+FINISHED_MARKERS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+                    "model.safetensors.index.json")
+
+
+def check_output_dir(out: Path, *, overwrite: bool, resume) -> None:
+    """Refuse to train over a finished adapter unless ``overwrite_output_dir`` or ``resume_from_checkpoint``."""
+    from cxr_io import make_parent
+    from mllm_cxr.config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file; give a folder")
+    make_parent(out, flag="output_dir")
+    done = [m for m in FINISHED_MARKERS if (out / m).is_file()]
+    if done and not overwrite and not resume:
+        raise ConfigError(f"output_dir {out} already holds a finished run ({done[0]}); pass --overwrite_output_dir "
+                          "true to replace it, --resume_from_checkpoint to continue it, or choose another "
+                          "--output_dir")
+
+
 def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
                  datasets: Callable[..., dict[str, Any]],
                  trainer: Callable[..., Any],
@@ -149,6 +169,8 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     model_args = next((c for c in configs if hasattr(c, "model_name_or_path")), None)
     setup_logging(args.get_process_log_level())
     adapt_to_hardware(args)
+    check_output_dir(Path(args.output_dir), overwrite=any(getattr(c, "overwrite_output_dir", False) for c in configs),
+                     resume=args.resume_from_checkpoint)
     t0 = time.perf_counter()
     data = datasets(*configs)
     if dry_run:
@@ -184,16 +206,21 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     return metrics
 
 
-def run_recipe(main) -> None:
-    """Run a recipe's main; user errors print one line and exit 2 (``MLLM_CXR_DEBUG=1`` for the trace)."""
-    import os
+def run_recipe(main, argv: list[str] | None = None) -> None:
+    """Run a recipe's main through the one top-level handler (:func:`cxr_io.handle`): bad input prints one
+    line and exits 2, Ctrl-C one line and 130; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
 
-    from mllm_cxr.errors import USER_ERRORS
+    Under ``accelerate launch`` the launcher adds its own ``CalledProcessError`` traceback after any
+    non-zero exit of a single-process (or DeepSpeed) run; ``accelerate launch -q`` (``--quiet``) leaves
+    only our line (the launcher then exits 1).
+    """
+    from cxr_io import debug_requested, handle
 
-    try:
-        main()
-    except USER_ERRORS as e:
-        if os.environ.get("MLLM_CXR_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
+    args = [a for a in args if a != "--debug"]
+    prog = Path(sys.argv[0]).name if argv is None and sys.argv and sys.argv[0] else "recipe"
+    code = handle(lambda: main(args), prog=prog, debug=debug)
+    if code:
+        sys.stdout.flush()
+        raise SystemExit(code)

@@ -18,6 +18,7 @@ from mllm_cxr.dpo import (
     ClinicalDPOTrainer,
     PairsArguments,
     check_adapter_prompt,
+    check_loss_type,
     load_pair_dataset,
 )
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
@@ -29,6 +30,7 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, PairsArguments, C
 
 
 def datasets(data_args, model_args, prompt_cfg, pairs_args, args) -> dict:
+    check_loss_type(args)
     check_adapter_prompt(model_args, prompt_cfg)
     return {"train": load_pair_dataset(pairs_args, data_args, prompt_cfg), "eval": None}
 

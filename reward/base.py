@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cxr_io import InputError
 
-class RewardError(ValueError):
+
+class RewardError(InputError):
     """Bad input to a scorer or a reward spec (names the scorer, field and value)."""
 
 
@@ -103,11 +105,47 @@ def available_scorers() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REGISTRY.items())}
 
 
+#: The one metric vocabulary of ``score``, ``eval`` and reward specs: canonical scorer name -> the
+#: ``eval`` table group it feeds (None: no eval group) and the other names users may write for it.
+METRIC_VOCABULARY: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "bleu": ("bleu", ("bleu4", "bleu-4")),
+    "rouge_l": ("rouge_l", ("rougel", "rouge-l")),
+    "rouge": (None, ()),
+    "radgraph_f1": ("radgraph", ("radgraph", "radgraph-f1")),
+    "green": ("green", ()),
+    "ratescore": ("ratescore", ("rate_score", "rate-score")),
+    "chexpert_f1": ("chexpert", ("chexpert", "f1_chexpert", "f1-chexpert", "chexpert-f1")),
+    "chexbert_f1": ("chexbert", ("chexbert", "f1_chexbert", "f1-chexbert", "chexbert-f1")),
+    "prior_penalty": ("prior", ("prior", "prior_rate", "prior-penalty")),
+    "temporal_f1": (None, ("temporal", "temporal-f1")),
+    "length": ("length", ("words",)),  # eval only: report lengths (no per-sample scorer)
+}
+_ALIAS = {a: canon for canon, (_, aliases) in METRIC_VOCABULARY.items() for a in (canon, *aliases)}
+_ALIAS.update({g: canon for canon, (g, _) in METRIC_VOCABULARY.items() if g})
+
+
+def canonical_metric(name: str) -> str:
+    """The canonical name of a metric written any accepted way (``"chexpert"`` -> ``"chexpert_f1"``);
+    a name outside the vocabulary comes back unchanged (a scorer registered by a user)."""
+    key = str(name).strip()
+    return _ALIAS.get(key, _ALIAS.get(key.lower(), key))
+
+
+def eval_group(name: str) -> str | None:
+    """The ``eval`` group of a metric name or alias (``"chexpert_f1"`` -> ``"chexpert"``), else None."""
+    entry = METRIC_VOCABULARY.get(canonical_metric(name))
+    return entry[0] if entry else None
+
+
 def get_scorer(name: str, **kwargs: Any) -> Scorer:
     """A scorer instance by registry name; instances are cached per (name, kwargs) in this process."""
     _load_builtin()
+    if name not in _REGISTRY and canonical_metric(name) in _REGISTRY:
+        name = canonical_metric(name)
     if name not in _REGISTRY:
-        raise RewardError(f"unknown scorer '{name}'; known: {', '.join(sorted(_REGISTRY))}")
+        raise RewardError(f"unknown scorer '{name}'; known: {', '.join(sorted(_REGISTRY))} "
+                          "(aliases: " + ", ".join(sorted(a for a, c in _ALIAS.items() if a != c and c in _REGISTRY))
+                          + ")")
     key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
         _CACHE[key] = _REGISTRY[name][0](**kwargs)

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from cxr_io import read_yaml
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 from reward.text import find_sections, split_sentences
@@ -371,10 +371,7 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path) if path else RULES_PATH
     if not p.is_file():
         raise FileNotFoundError(f"chexpert rules file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RewardError(f"{p}: not valid YAML ({e})") from e
+    data = read_yaml(p, role="chexpert rules", error=RewardError)
     if not isinstance(data, dict) or "observations" not in data:
         raise RewardError(f"{p}: field 'observations' missing (not a chexpert rules file)")
     return data

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxr_io import atomic_write, check_output, iter_csv_rows, read_jsonl
 from reward.base import RewardError
 from reward.constants import CHEXPERT_LABELS
 
@@ -25,36 +25,23 @@ def _fmt(v: float | None) -> str:
 
 
 def _read_rows(path: Path, text_col: str, id_col: str | None) -> Iterator[tuple[str, str]]:
-    """(id, text) per record; a missing column or a bad line raises RewardError naming the file."""
+    """(id, text) per record; a missing column, an unclosed quote, non-UTF-8 text or a bad line raises
+    RewardError naming the file and line (the readers of :mod:`cxr_io`)."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            for col in (text_col, id_col):
-                if col is not None and col not in cols:
-                    raise RewardError(f"{path}: column {col!r} not found (columns: {', '.join(cols) or 'none'})")
-            for row in reader:
-                text = row.get(text_col)
-                yield (row[id_col] if id_col else (text or "")), (text or "")
+    if suffix in (".csv", ".gz") and path.name.lower().endswith((".csv", ".csv.gz")):
+        required = [c for c in (text_col, id_col) if c is not None]
+        for _, row in iter_csv_rows(path, required=required, role="input CSV", error=RewardError):
+            text = row.get(text_col) or ""
+            yield (row[id_col] if id_col else text), text
     elif suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RewardError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise RewardError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                for col in (text_col, id_col):
-                    if col is not None and col not in obj:
-                        raise RewardError(f"{path}:{lineno}: column {col!r} not found "
-                                          f"(keys: {', '.join(map(str, obj)) or 'none'})")
-                text = obj.get(text_col)
-                text = "" if text is None else str(text)
-                yield (str(obj[id_col]) if id_col else text), text
+        for lineno, obj in read_jsonl(path, role="input", error=RewardError):
+            for col in (text_col, id_col):
+                if col is not None and col not in obj:
+                    raise RewardError(f"{path}:{lineno}: column {col!r} not found "
+                                      f"(keys: {', '.join(map(str, obj)) or 'none'})")
+            text = obj.get(text_col)
+            text = "" if text is None else str(text)
+            yield (str(obj[id_col]) if id_col else text), text
     else:
         raise RewardError(f"{path}: unsupported input type {suffix or '(none)'!r}; use .csv or .jsonl")
 
@@ -69,14 +56,13 @@ def label_file(input_path: str | Path, text_column: str, out_path: str | Path, i
 
     src, out = Path(input_path), Path(out_path)
     if not src.is_file():
-        raise FileNotFoundError(f"input file not found: {src}")
+        raise RewardError(f"{src}: input file not found; check --input")
+    check_output(out, [src, rules_path])
     labeler = ChexpertRulesLabeler(rules_path=rules_path, sections=sections)
     t0 = time.perf_counter()
     n = empty = 0
     positives = dict.fromkeys(CHEXPERT_LABELS, 0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(out, inputs=[src, rules_path], newline="") as f:
         w = csv.writer(f)
         w.writerow([id_column or "Reports", *CHEXPERT_LABELS])
         for rid, text in tqdm(_read_rows(src, text_column, id_column), desc="labelling", unit="report",
@@ -87,7 +73,6 @@ def label_file(input_path: str | Path, text_column: str, out_path: str | Path, i
             for k, v in lab.items():
                 positives[k] += v == 1.0
             w.writerow([rid, *(_fmt(lab[k]) for k in CHEXPERT_LABELS)])
-    tmp.replace(out)
     return {"reports": n, "empty": empty, "positives": positives, "out": str(out),
             "elapsed_s": round(time.perf_counter() - t0, 3)}
 

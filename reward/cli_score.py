@@ -12,8 +12,10 @@ the scorers as context columns. A missing id or field stops with an error naming
 field, unless ``--skip-missing`` (then such records are skipped and counted in the output).
 
 The output JSON has, per metric, the mean of the per-sample scores, the scorer's corpus-level values
-and the number of samples that failed; metrics that could not run (a model or package that is not
-installed: :class:`MissingBackendError`) are listed under ``skipped_metrics`` with the reason.
+and the number of samples that failed. A metric named in ``--metrics``/``--spec`` that cannot run (a
+model or package that is not installed: :class:`MissingBackendError`) is an error (exit 2); only
+``--metrics all`` skips such metrics, listing each under ``skipped_metrics`` with its full reason.
+Metric names are those of :data:`reward.base.METRIC_VOCABULARY` (aliases accepted), as in ``eval``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reward.base import MissingBackendError, RewardError, get_scorer
+from cxr_io import check_output, read_json, read_jsonl, write_jsonl, write_text_atomic
+from reward.base import METRIC_VOCABULARY, MissingBackendError, RewardError, canonical_metric, get_scorer
 
 PRED_FIELDS: tuple[str, ...] = ("prediction", "text")
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
@@ -36,30 +39,21 @@ _NOT_CONTEXT = frozenset({"study_id", "prediction", "text", "reference"})
 
 
 def read_records(path: str | os.PathLike, role: str) -> list[tuple[int, dict]]:
-    """``(line number, record)`` pairs of a JSONL file (or of a JSON list, numbered by item)."""
+    """``(line number, record)`` pairs of a JSONL file (or of a JSON list, numbered by item); every
+    problem (missing file, not UTF-8, bad JSON, not an object) is a RewardError naming ``file:line``."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{role} file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RewardError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        rows = list(enumerate(items, start=1))
-    else:
-        rows = []
-        for no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((no, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise RewardError(f"{p} line {no}: not valid JSON ({e.msg})") from None
-    for no, rec in rows:
-        if not isinstance(rec, dict):
-            raise RewardError(f"{p} line {no}: expected a JSON object, got {type(rec).__name__}")
-    return rows
+        raise RewardError(f"{p}: {role} file not found; check the path")
+    with p.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):
+        items = read_json(p, role=role, error=RewardError)
+        rows = list(enumerate(items, start=1)) if isinstance(items, list) else [(1, items)]
+        for no, rec in rows:
+            if not isinstance(rec, dict):
+                raise RewardError(f"{p}:{no}: expected a JSON object, got {type(rec).__name__}")
+        return rows
+    return list(read_jsonl(p, role=role, error=RewardError))
 
 
 def _study_id(path: str, no: int, rec: dict) -> str:
@@ -135,10 +129,16 @@ def _jsonable(x: Any) -> Any:
 def parse_metrics(metrics: str | None, spec: str | None) -> list[dict[str, Any]]:
     """Metric entries ``{"name", "kwargs", "alias"}`` from ``--metrics a,b`` and/or a ``--spec`` file."""
     entries: list[dict[str, Any]] = []
-    if metrics:
+    if metrics and metrics.strip() == "all":
+        from reward.base import available_scorers
+
+        known = available_scorers()
+        entries += [{"name": n, "kwargs": {}, "alias": None, "optional": True} for n in METRIC_VOCABULARY
+                    if n in known and n != "rouge"]
+    elif metrics:
         for m in metrics.split(","):
             if m.strip():
-                entries.append({"name": m.strip(), "kwargs": {}, "alias": None})
+                entries.append({"name": canonical_metric(m.strip()), "kwargs": {}, "alias": None})
     if spec:
         from reward.trl import load_reward_spec
 
@@ -239,7 +239,15 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
                 scores, n_err = fn.score_texts(hyps, refs_in, context)
                 corpus = {}
         except MissingBackendError as e:
+            if not entry.get("optional"):  # asked for by name: it must run
+                raise MissingBackendError(f"metric '{name}' was asked for but cannot run: {e} (install or "
+                                          "configure it, or use --metrics all to skip what cannot run)") from None
             summary["skipped_metrics"][name] = f"MissingBackendError: {e}"
+            continue
+        except (RewardError, OSError, ImportError) as e:  # a model-backed metric of "all" that is not configured
+            if not entry.get("optional"):
+                raise
+            summary["skipped_metrics"][name] = f"{type(e).__name__}: {e}"
             continue
         summary["metrics"][name] = {
             "scorer": entry["name"], "kwargs": _jsonable(entry.get("kwargs", {})),
@@ -253,18 +261,17 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
 
 def run_score(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics, args.spec)
+    check_output(args.out, [args.pred, args.ref, args.spec], flag="--out")
+    if args.per_sample:
+        check_output(args.per_sample, [args.pred, args.ref, args.spec, args.out], flag="--per-sample")
     summary, per_sample = score_files(args.pred, args.ref, metrics, ref_field=args.ref_field,
                                       pred_field=args.pred_field, skip_missing=args.skip_missing,
                                       progress=not args.quiet)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                      inputs=[args.pred, args.ref, args.spec])
     if args.per_sample:
-        ps = Path(args.per_sample)
-        ps.parent.mkdir(parents=True, exist_ok=True)
-        with ps.open("w", encoding="utf-8") as f:
-            for row in per_sample:
-                f.write(json.dumps(row) + "\n")
+        write_jsonl(args.per_sample, per_sample, inputs=[args.pred, args.ref, args.spec], flag="--per-sample")
     means = ", ".join(f"{k}={v['mean']:.4f}" for k, v in summary["metrics"].items())
     skipped = summary["skipped_metrics"]
     print(f"scored {summary['n']} studies: {means or 'no metric ran'}"
@@ -281,7 +288,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", required=True,
                    help="references: JSONL with study_id and reference/findings/impression (study records work)")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated scorer names, e.g. chexpert_f1,bleu,rouge_l,prior_penalty")
+                   help="comma-separated scorer names (or aliases, e.g. chexpert = chexpert_f1), e.g. "
+                        "chexpert_f1,bleu,rouge_l,prior_penalty; a named metric that cannot run is an error. "
+                        "'all': every built-in metric, those that cannot run listed as skipped")
     p.add_argument("--spec", default=None,
                    help="YAML list of metrics with kwargs ({name, kwargs, alias}), in addition to --metrics")
     p.add_argument("--out", required=True, help="metrics JSON to write")

@@ -284,13 +284,9 @@ def load_reward_spec(spec: str | os.PathLike | Mapping | Sequence) -> list[dict[
         path = os.fspath(spec)
         if not os.path.exists(path):
             raise FileNotFoundError(f"reward spec file not found: {path}")
-        import yaml
+        from cxr_io import read_yaml
 
-        with open(path, encoding="utf-8") as f:
-            try:
-                spec = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise RewardError(f"{path}: not valid YAML ({e})") from e
+        spec = read_yaml(path, role="reward spec", error=RewardError)
         where = path
     if isinstance(spec, Mapping):
         if "rewards" in spec:

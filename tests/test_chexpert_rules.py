@@ -85,7 +85,7 @@ def test_cli_jsonl_with_ids_and_errors(tmp_path):
         label_file(src, "report", out, progress=False)
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n")
-    with pytest.raises(RewardError, match=r"bad\.csv: column 'report' not found"):
+    with pytest.raises(RewardError, match=r"bad\.csv:1: column\(s\) 'report' not found"):
         label_file(bad, "report", out, progress=False)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "ok"}\n{oops\n')

@@ -59,22 +59,41 @@ def _main(argv):
     return main(argv)
 
 
-def test_score_writes_metrics_and_skips_missing_backends(files, tmp_path, capsys):
+def test_score_writes_metrics_and_refuses_a_named_metric_that_cannot_run(files, tmp_path, capsys):
     pred, ref = files
     out, per = tmp_path / "m.json", tmp_path / "per.jsonl"
     rc = _main(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "_test_exact,prior_penalty,_test_no_model",
+                "--out", str(out), "--per-sample", str(per), "--quiet"])
+    assert rc == 2 and not out.exists() and not per.exists()
+    err = capsys.readouterr().err
+    assert "'_test_no_model' was asked for but cannot run" in err and "needs weights: pass model_dir=" in err
+    rc = _main(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "_test_exact,prior",
                 "--out", str(out), "--per-sample", str(per), "--quiet"])
     assert rc == 0
     m = json.loads(out.read_text())
     assert m["n"] == 2 and m["ref_field"] == "findings" and m["n_references_without_prediction"] == 1
     assert m["metrics"]["_test_exact"]["mean"] == 0.5
     assert m["metrics"]["_test_exact"]["corpus"] == {"accuracy": 0.5}
-    assert m["metrics"]["prior_penalty"]["mean"] == -0.5  # study a had no prior; b had one
-    assert "MissingBackendError" in m["skipped_metrics"]["_test_no_model"]
+    assert m["metrics"]["prior_penalty"]["mean"] == -0.5  # alias "prior"; study a had no prior; b had one
+    assert m["skipped_metrics"] == {}
     rows = [json.loads(x) for x in per.read_text().splitlines()]
     assert rows == [{"study_id": "a", "_test_exact": 0.0, "prior_penalty": -1.0},
                     {"study_id": "b", "_test_exact": 1.0, "prior_penalty": 0.0}]
     assert "scored 2 studies" in capsys.readouterr().out
+
+
+def test_score_all_lists_each_skip_with_its_full_reason(files, tmp_path):
+    pred, ref = files
+    out = tmp_path / "m.json"
+    assert _main(["score", "--pred", str(pred), "--ref", str(ref), "--metrics", "all", "--out", str(out),
+                  "--quiet"]) == 0
+    m = json.loads(out.read_text())
+    assert {"bleu", "rouge_l", "chexpert_f1", "prior_penalty"} <= set(m["metrics"])
+    assert set(m["metrics"]).isdisjoint(m["skipped_metrics"])
+    for name, reason in m["skipped_metrics"].items():  # e.g. radgraph_f1 / green / chexbert_f1 without models
+        assert reason.split(":")[0].endswith("Error") and len(reason) > 40, (name, reason)
+    if "radgraph_f1" in m["skipped_metrics"]:  # the whole reason, not cut at the environment variable's name
+        assert "MLLM_CXR_RADGRAPH_DIR" in m["skipped_metrics"]["radgraph_f1"]
 
 
 def test_ref_field_choice(files):
@@ -112,7 +131,7 @@ def test_bad_reference_field_and_json(files, tmp_path):
         score_files(pred, ref, [{"name": "_test_exact"}], ref_field="reference", progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"study_id": "a", "prediction": "x"}\n{oops\n')
-    with pytest.raises(RewardError, match=r"bad.jsonl line 2: not valid JSON"):
+    with pytest.raises(RewardError, match=r"bad.jsonl:2: not valid JSON"):
         score_files(bad, ref, [{"name": "_test_exact"}], progress=False)
     noref = _write(tmp_path / "noref.jsonl", [{"study_id": "a", "text": "x"}])
     with pytest.raises(RewardError, match=r"noref.jsonl line 1: no reference field"):

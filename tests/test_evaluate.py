@@ -201,14 +201,20 @@ def test_cli_writes_json_markdown_and_plots(files, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["eval", "--pred", str(swapped), "--out", str(out), "--compare", str(perfect), "--n-boot", "50",
                "--metrics", "bleu,rouge_l,chexpert,prior,length,radgraph", "--quiet"])
+    assert rc == 2 and not out.exists()  # radgraph was asked for by name and has no model here
+    assert "radgraph: RewardError" in capsys.readouterr().err
+    rc = main(["eval", "--pred", str(swapped), "--out", str(out), "--compare", str(perfect), "--n-boot", "50",
+               "--metrics", "bleu,rouge_l,chexpert_f1,prior_penalty,length", "--quiet"])  # score names work too
     assert rc == 0
     line = capsys.readouterr().out
-    assert line.startswith(f"evaluated {len(REPORTS)} studies") and "skipped radgraph" in line
+    assert line.startswith(f"evaluated {len(REPORTS)} studies")
     res = json.loads((out / "metrics.json").read_text())
-    assert res["compare"]["n_common"] == len(REPORTS)
+    assert res["compare"]["n_common"] == len(REPORTS) and "chexpert" in res["details"]
     md = (out / "metrics.md").read_text()
     assert "| F1-CheXpert micro (5) |" in md and "Paired comparison" in md and "uncertain=positive" in md
-    assert "radgraph:" in md  # skipped, with its reason
+    res = run_eval(swapped, tmp_path / "all", metrics=("bleu", "radgraph"), n_boot=0, plots=False, progress=False)
+    md = (tmp_path / "all" / "metrics.md").read_text()
+    assert "radgraph:" in md and "MLLM_CXR_RADGRAPH_DIR" in md  # skipped, with its full reason
     for png in ("per_finding_f1.png", "length_distribution.png", "metrics.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     rows = [json.loads(x) for x in (out / "per_study.jsonl").read_text().splitlines()]

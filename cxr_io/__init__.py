@@ -1,0 +1,469 @@
+"""The bottom of the import graph: our one input-error type, JSONL/CSV readers and atomic writers.
+
+Imported by ``data_prep``, ``reward`` and ``mllm_cxr`` alike, it imports nothing from them (and only the
+standard library), so ``reward`` never needs ``mllm_cxr`` and ``data_prep`` never needs torch:
+
+    data_prep ─┐
+    reward ────┼─> cxr_io   (stdlib only)
+    mllm_cxr ──┘
+
+- :class:`InputError`: the base of every "your input is wrong" exception (DataPrepError, RewardError,
+  ConfigError, ExportError, ...). Command lines turn it into one line and exit code 2.
+- :func:`read_jsonl` / :func:`write_jsonl`: one reader and one writer of JSON-lines files; every read
+  error names ``file:line`` and what to do.
+- :func:`iter_csv_rows`: CSV rows with a field-size limit large enough for any report, and unbalanced
+  quotes detected (``strict``) instead of silently merging the rest of the file into one field.
+- :func:`atomic_write` / :func:`atomic_dir`: outputs go to a temporary name beside the target and are
+  renamed on success; an output that is one of the inputs is refused (:func:`check_output`).
+- :func:`describe_error` and :func:`run_cli`: the one top-level handler every CLI and recipe uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+# Report columns can be long (CheXpert Plus "report" holds whole reports; a note can exceed 131,072 chars).
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+PathLike = str | os.PathLike
+
+
+class InputError(ValueError):
+    """Bad input from the user: a file, field or value that is wrong, with what to do about it.
+
+    ``file``/``line``/``field``/``value`` are kept as attributes; the message names them.
+    """
+
+    def __init__(self, message: str, *, file: PathLike | None = None, line: int | None = None,
+                 field: str | None = None, value: object = None):
+        self.file, self.line, self.field, self.value = (None if file is None else str(file)), line, field, value
+        where = []
+        if file is not None:
+            where.append(str(file) + (f":{line}" if line is not None else ""))
+        if field is not None:
+            where.append(f"field '{field}'")
+        if value is not None:
+            v = repr(value)
+            where.append(f"value {v[:80] + '...' if len(v) > 80 else v}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+def _decode_hint(e: UnicodeDecodeError) -> str:
+    bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, bytes | bytearray) else "?"
+    return f"not UTF-8 text (byte 0x{bad}); re-save the file as UTF-8"
+
+
+def first_bad_utf8_line(path: PathLike) -> tuple[int | None, str]:
+    """``(line number, hint)`` of the first line that is not UTF-8 (decoders read ahead, so the error they
+    raise does not know its line); ``(None, hint)`` if the file cannot be re-read."""
+    p = Path(path)
+    try:
+        fh = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
+        with fh:
+            for no, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return no, f"not UTF-8 text (byte 0x{raw[e.start:e.start + 1].hex()} at column {e.start + 1}); " \
+                               "re-save the file as UTF-8"
+    except (OSError, EOFError, zlib.error):
+        pass
+    return None, "not UTF-8 text; re-save the file as UTF-8"
+
+
+def not_utf8(path: PathLike, error: type[InputError] = None) -> InputError:
+    """The error for a file that is not UTF-8, naming its first bad line."""
+    line, hint = first_bad_utf8_line(path)
+    return (error or InputError)(hint, file=path, line=line)
+
+
+def open_text_checked(path: PathLike, role: str = "input", error: type[InputError] = InputError) -> io.TextIOBase:
+    """Open a UTF-8 text file (``.gz`` decompressed) or raise :class:`InputError` saying why it cannot be."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{role} file not found; check the path", file=p)
+    if p.is_dir():
+        raise error(f"{role} is a folder, expected a file", file=p)
+    try:
+        if p.suffix == ".gz":
+            return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", newline="")
+        return open(p, encoding="utf-8", newline="")
+    except OSError as e:
+        raise error(f"cannot open {role} ({e.strerror or e})", file=p) from None
+
+
+def read_jsonl(path: PathLike, *, role: str = "input", objects: bool = True,
+               error: type[InputError] = InputError) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line of a JSONL file (``.gz`` too).
+
+    Anything wrong (missing file, folder, not UTF-8, corrupt gzip, invalid JSON, a value that is not
+    an object when ``objects``) raises :class:`InputError` naming ``file:line``.
+    """
+    p = Path(path)
+    fh = open_text_checked(p, role, error)
+    lineno = 0
+    with fh:
+        while True:
+            try:
+                raw = fh.readline()
+            except UnicodeDecodeError:
+                raise not_utf8(p, error) from None
+            except (EOFError, OSError, zlib.error) as e:
+                raise error(f"cannot read {role}: corrupt or truncated ({e}); re-download or re-create it",
+                                 file=p, line=lineno + 1) from None
+            if not raw:
+                return
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise error(f"not valid JSON ({e.msg}, column {e.colno}); fix or remove the line",
+                                 file=p, line=lineno) from None
+            except RecursionError:
+                raise error("JSON nested too deeply", file=p, line=lineno) from None
+            if objects and not isinstance(value, dict):
+                raise error(f"expected a JSON object per line, got {type(value).__name__}",
+                                 file=p, line=lineno)
+            yield lineno, value
+
+
+def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = InputError) -> Any:
+    """A whole JSON file, with the same errors as :func:`read_jsonl`."""
+    fh = open_text_checked(path, role, error)
+    with fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError:
+            raise not_utf8(path, error) from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"not valid JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+    except RecursionError:
+        raise error("JSON nested too deeply", file=path) from None
+
+
+def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError] = InputError) -> Any:
+    """A YAML file (``yaml.safe_load``): missing, folder, not UTF-8 or invalid YAML raise ``error`` naming
+    the file (and line, for a syntax error). PyYAML is imported here only (a core dependency)."""
+    import yaml
+
+    fh = open_text_checked(path, role, error)
+    with fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError:
+            raise not_utf8(path, error) from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise error(f"not valid YAML ({' '.join(str(getattr(e, 'problem', None) or e).split())})", file=path,
+                    line=line) from None
+    except RecursionError:
+        raise error("YAML nested too deeply", file=path) from None
+
+
+def iter_csv_rows(path: PathLike, *, required: Iterable[str] = (), role: str = "CSV", encoding: str = "utf-8-sig",
+                  error: type[InputError] = InputError) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a CSV with a header; quotes must balance (an unclosed quote is an error
+    naming the line where it opened, not a silent merge of the rest of the file)."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{role} file not found; check the path", file=p)
+    if p.is_dir():
+        raise error(f"{role} is a folder, expected a file", file=p)
+    try:
+        fh = (io.TextIOWrapper(gzip.open(p, "rb"), encoding=encoding, newline="") if p.suffix == ".gz"
+              else open(p, encoding=encoding, newline=""))
+    except OSError as e:
+        raise error(f"cannot open {role} ({e.strerror or e})", file=p) from None
+    with fh:
+        reader = csv.reader(fh, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise error(f"{role} is empty; expected a header row", file=p)
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise error(f"column(s) {', '.join(map(repr, missing))} not found "
+                                 f"(columns: {', '.join(header[:40]) or 'none'})", file=p, line=1)
+            start = reader.line_num + 1
+            for values in reader:
+                if values:
+                    if len(values) > len(header):
+                        raise error(f"{len(values)} fields but the header has {len(header)}; "
+                                         "quote fields that contain commas", file=p, line=start)
+                    yield start, dict(zip(header, values + [""] * (len(header) - len(values))))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            what = ("a quote opened here is never closed" if "end of data" in str(e)
+                    else f"malformed CSV ({e})")
+            raise error(f"{what}; fix the quoting of this row", file=p, line=start) from None
+        except UnicodeDecodeError:
+            raise not_utf8(p, error) from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise error(f"cannot read {role}: corrupt or truncated ({e})", file=p, line=start) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output(out: PathLike, inputs: Iterable[PathLike | None] = (), *, flag: str = "--out") -> Path:
+    """Refuse an output that is one of the inputs, or that lies under a file; create its folder."""
+    o = Path(out)
+    for i in inputs:
+        if i is None or str(i) == "":
+            continue
+        ip = Path(i)
+        if _same_path(o, ip):
+            raise InputError(f"{flag} is the input file {ip}; choose another output path "
+                             "(an output never overwrites an input)", file=o)
+    make_parent(o, flag=flag)
+    return o
+
+
+def make_parent(path: PathLike, *, flag: str = "--out") -> None:
+    """Create ``path``'s folder; a parent that is a file is an error naming it."""
+    parent = Path(path).parent
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{flag}: {p} is a file, so {path} cannot be created under it; choose another "
+                                 "output path", file=path)
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{flag}: cannot create the folder {parent} ({e.strerror or e})", file=path) from None
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "w", *, inputs: Iterable[PathLike | None] = (),
+                 flag: str = "--out", encoding: str | None = "utf-8", newline: str | None = None):
+    """Open a temporary file beside ``path``; on success it replaces ``path`` (``os.replace``), on
+    any exception it is removed and ``path`` is left as it was."""
+    p = check_output(path, inputs, flag=flag)
+    if p.is_dir():
+        raise InputError(f"{flag} is a folder; give a file name", file=p)
+    tmp = _tmp_name(p)
+    kw = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+    try:
+        fh = open(tmp, mode, **kw)
+    except OSError as e:
+        raise InputError(f"{flag}: cannot write ({e.strerror or e})", file=p) from None
+    try:
+        with fh:
+            yield fh
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str, *, inputs: Iterable[PathLike | None] = (),
+                      flag: str = "--out") -> Path:
+    with atomic_write(path, inputs=inputs, flag=flag) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_jsonl(path: PathLike, rows: Iterable[Any], *, inputs: Iterable[PathLike | None] = (),
+                flag: str = "--out", ensure_ascii: bool = False) -> int:
+    """Write one JSON value per line, atomically; returns the number of lines."""
+    n = 0
+    with atomic_write(path, inputs=inputs, flag=flag) as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=ensure_ascii)) + "\n")
+            n += 1
+    return n
+
+
+def begin_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
+              inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Check ``path`` as an output folder and make a temporary folder beside it to fill (see
+    :func:`atomic_dir`); finish with :func:`commit_dir` or :func:`abort_dir`."""
+    p = Path(path)
+    for i in inputs:
+        if i is not None and str(i) and (_same_path(p, Path(i)) or Path(i).resolve().is_relative_to(p.resolve())):
+            raise InputError(f"{flag} is (or contains) the input {i}; choose another output folder", file=p)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{flag} is an existing file; give a folder path", file=p)
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise InputError(f"{flag} exists and is not empty; choose a new folder or pass --overwrite", file=p)
+    make_parent(p, flag=flag)
+    return Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+
+
+def commit_dir(tmp: PathLike, path: PathLike) -> None:
+    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now)."""
+    p, t = Path(path), Path(tmp)
+    if p.exists():
+        old = p.with_name(f".{p.name}.old-{os.getpid()}")
+        os.replace(p, old)
+        os.replace(t, p)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(t, p)
+
+
+def abort_dir(tmp: PathLike) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
+               inputs: Iterable[PathLike | None] = ()):
+    """A temporary folder beside ``path`` to fill; on success it becomes ``path`` (a non-empty ``path``
+    is refused unless ``overwrite``), on failure it is removed, so a failed run never blocks a rerun."""
+    tmp = begin_dir(path, overwrite=overwrite, flag=flag, inputs=inputs)
+    try:
+        yield tmp
+        commit_dir(tmp, path)
+    except BaseException:
+        abort_dir(tmp)
+        raise
+
+
+def check_safetensors(path: PathLike, *, role: str = "weights") -> Path:
+    """A ``.safetensors`` file that exists and has a readable header (8-byte length + JSON), else
+    :class:`InputError` naming it: catches zero-byte, truncated and non-safetensors files up front."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{role} file not found", file=p)
+    size = p.stat().st_size
+    problem = None
+    if size < 8:
+        problem = "the file is empty" if size == 0 else f"the file has only {size} bytes"
+    else:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                problem = "the header length does not fit the file (truncated or not safetensors)"
+            else:
+                try:
+                    header = json.loads(fh.read(n).decode("utf-8"))
+                    if not isinstance(header, dict):
+                        problem = "the header is not a JSON object"
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    problem = "the header is not valid JSON (not a safetensors file)"
+    if problem:
+        raise InputError(f"unreadable safetensors {role}: {problem}; re-save or re-copy it", file=p)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# The one top-level handler
+# ------------------------------------------------------------------------------------------------
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__
+
+
+def describe_error(e: BaseException) -> str | None:
+    """One line for an error that is the user's input (ours, or a common OS/decode/format error);
+    ``None`` for anything else (a bug: the caller shows the traceback)."""
+    if isinstance(e, InputError):
+        return str(e)
+    name, mod = type(e).__name__, type(e).__module__ or ""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else name
+    if isinstance(e, UnicodeDecodeError):
+        return f"{_decode_hint(e)}"
+    if isinstance(e, gzip.BadGzipFile | zlib.error | EOFError) or name in ("ReadError", "CompressionError") \
+            and mod.startswith("tarfile"):
+        return f"corrupt or truncated archive ({msg}); re-download or re-create it"
+    if mod.startswith("yaml"):
+        return f"not valid YAML: {' '.join(str(e).split())}"
+    if name in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall") or "safetensor" in mod.lower():
+        return f"unreadable safetensors file ({msg}); the file is empty, truncated or not safetensors"
+    if name in ("HFValidationError", "RepositoryNotFoundError", "LocalEntryNotFoundError", "GatedRepoError",
+                "OfflineModeIsEnabled"):
+        return (f"{msg}; if this is a local folder, check the path (it does not exist), otherwise the hub "
+                "id cannot be reached from this machine")
+    if isinstance(e, FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError | FileExistsError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return f"{e.strerror or msg}{where}" if e.strerror else msg
+    if isinstance(e, OSError):
+        low = msg.lower()
+        if "address already in use" in low:
+            return f"{msg}; the port is taken: stop the other server or pick another --port"
+        if e.errno is not None or "not a valid model identifier" in low or "does not appear to have" in low \
+                or "local folder" in low or "can't load" in low:
+            return msg
+    if isinstance(e, ImportError):
+        return f"{msg}; install the missing package"
+    return None
+
+
+def _print_err(prog: str, text: str) -> None:
+    one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
+
+
+def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> int:
+    """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130; with ``debug``
+    every error is re-raised with its traceback."""
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted (Ctrl-C); outputs being written were not replaced", file=sys.stderr,
+              flush=True)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - classified below, re-raised when not the user's input
+        if debug:
+            raise
+        for link in _chain(e):
+            text = describe_error(link)
+            if text is not None:
+                _print_err(prog, text)
+                return 2
+        raise
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    """``--debug`` in the arguments or ``MLLM_CXR_DEBUG=1`` in the environment."""
+    return bool(os.environ.get("MLLM_CXR_DEBUG")) or "--debug" in (sys.argv[1:] if argv is None else argv)

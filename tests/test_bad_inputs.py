@@ -1,0 +1,988 @@
+"""Every bad input ends in one clear line (file/field/value + what to do), exit code 2, no traceback, and
+leaves its input files unchanged. One table, run in-process (``main(argv)``) except for the launcher and
+Ctrl-C rows at the end, which need a real process.
+
+Each row builds its inputs in a fresh folder and gives the runner, the arguments, the words the error
+line must contain and the input files to hash before and after. Rows with ``rc=0`` are bad inputs the
+tool handles by a counted skip (the words are then looked for in stdout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+from tests.test_converters import make_chexpert_plus, make_mimic
+
+BAD_UTF8 = b'{"study_id": "a", "findings": "caf\xe9 \xff"}\n'
+LANG_KEY = "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_{}.weight"
+VIS_KEY = "base_model.model.model.visual.blocks.0.attn.qkv.lora_{}.weight"
+
+
+# ------------------------------------------------------------------------------------------------
+# Input builders
+# ------------------------------------------------------------------------------------------------
+def jl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def raw(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def fake_adapter(d: Path, *, rank: int = 8, vision: bool = False, weights: bytes | None = None, **cfg) -> Path:
+    """A LoRA adapter folder (config + safetensors with LoRA keys of the right shapes, no model needed)."""
+    import torch
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    conf = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj"], "bias": "none",
+            "base_model_name_or_path": "tiny", **cfg}
+    (d / "adapter_config.json").write_text(json.dumps(conf))
+    if weights is not None:
+        (d / "adapter_model.safetensors").write_bytes(weights)
+        return d
+    t = {LANG_KEY.format("A"): torch.zeros(rank, 16), LANG_KEY.format("B"): torch.zeros(16, rank)}
+    if vision:
+        t.update({VIS_KEY.format("A"): torch.zeros(rank, 16), VIS_KEY.format("B"): torch.zeros(48, rank)})
+    save_file(t, str(d / "adapter_model.safetensors"))
+    return d
+
+
+def studies_copy(env, name: str = "studies.jsonl") -> Path:
+    """The phantom studies file copied into the row's folder (its images stay where they are)."""
+    dst = env.tmp / name
+    shutil.copyfile(env.phantom / "studies.jsonl", dst)
+    return dst
+
+
+def preds(path: Path, n: int = 3, **extra) -> Path:
+    return jl(path, [{"study_id": f"s{i}", "prediction": "No effusion.", "reference": "Small effusion.",
+                      "context": {"has_prior": False}, **extra} for i in range(n)])
+
+
+def recipe_yaml(env, **keys) -> Path:
+    base = {"studies": str(env.phantom / "studies.jsonl"), "model_name_or_path": str(env.tiny),
+            "output_dir": str(env.tmp / "run"), "max_steps": 1, "report_to": "none", "use_cpu": True}
+    base.update(keys)
+    import yaml
+
+    return raw(env.tmp / "cfg.yaml", yaml.safe_dump(base))
+
+
+# ------------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Env:
+    tmp: Path
+    phantom: Path
+    tiny: Path
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    build: Callable[[Env], tuple[str, list[str], list[Path]]]  # -> (runner, argv, input files)
+    words: tuple[str, ...]
+    rc: int = 2
+    after: Callable[[Env], None] | None = None  # extra check (e.g. nothing partial left behind)
+
+
+CASES: list[Case] = []
+
+
+def case(id_: str, *words: str, rc: int = 2, after=None):
+    def deco(fn):
+        CASES.append(Case(id_, fn, tuple(words), rc, after))
+        return fn
+    return deco
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+@case("prepare-out-under-a-file", "is a file", "choose another output path")
+def _(e):
+    f = raw(e.tmp / "afile", "x")
+    return "cli", ["prepare", "phantom", "--n", "4", "--root", str(e.tmp / "ph"), "--out", str(f / "s.jsonl"),
+                   "--quiet"], [f]
+
+
+@case("prepare-iu-garbage-tgz", "not a readable tar archive", "NLMCXR_reports.tgz")
+def _(e):
+    f = raw(e.tmp / "NLMCXR_reports.tgz", os.urandom(2000))
+    return "cli", ["prepare", "iu-xray", str(f), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [f]
+
+
+@case("prepare-iu-truncated-tgz", "corrupt or truncated archive", "re-download")
+def _(e):
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for i in range(30):
+            data = (f"<eCitation><MedlineCitation>{'x' * 3000}{i}</MedlineCitation></eCitation>").encode()
+            info = tarfile.TarInfo(f"ecgen-radiology/{i}.xml")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    f = raw(e.tmp / "NLMCXR_reports.tgz", buf.getvalue()[: len(buf.getvalue()) // 2])
+    return "cli", ["prepare", "iu-xray", str(f), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [f]
+
+
+@case("prepare-iu-annotation-not-utf8", "annotation.json", "unreadable annotation")
+def _(e):
+    f = raw(e.tmp / "annotation.json", b'{"train": ["\xff\xfe"]}')
+    return "cli", ["prepare", "iu-xray", str(f), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [f]
+
+
+@case("prepare-chexpert-csv-not-utf8", "df_chexpert_plus_240401.csv", "utf-8")
+def _(e):
+    root = make_chexpert_plus(e.tmp / "cxp")
+    csv_path = root / "df_chexpert_plus_240401.csv"
+    csv_path.write_bytes(csv_path.read_bytes() + b"\n\xff\xfe,\xff\n")
+    return "cli", ["prepare", "chexpert-plus", str(root), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [csv_path]
+
+
+@case("prepare-chexpert-csv-missing-columns", "lacks column", "path_to_image")
+def _(e):
+    f = raw(e.tmp / "cxp" / "df_chexpert_plus_240401.csv", "a,b\n1,2\n")
+    return "cli", ["prepare", "chexpert-plus", str(f.parent), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [f]
+
+
+@case("prepare-out-is-the-source-csv", "is the input file", "never overwrites an input")
+def _(e):
+    root = make_chexpert_plus(e.tmp / "cxp")
+    csv_path = root / "df_chexpert_plus_240401.csv"
+    return "cli", ["prepare", "chexpert-plus", str(csv_path), "--out", str(csv_path), "--quiet"], [csv_path]
+
+
+@case("prepare-out-is-the-splits-csv", "is the input file")
+def _(e):
+    f = raw(e.tmp / "splits.csv", "id,split\n")
+    return "cli", ["prepare", "iu-xray", str(e.tmp / "missing.tgz"), "--splits-csv", str(f), "--out", str(f),
+                   "--quiet"], [f]
+
+
+@case("prepare-mimic-zero-byte-jpg", "image file is empty", ".jpg")
+def _(e):
+    root = make_mimic(e.tmp / "mimic")
+    jpg = next(root.glob("files/**/*.jpg"))
+    jpg.write_bytes(b"")
+    return "cli", ["prepare", "mimic-cxr", str(root), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [jpg]
+
+
+@case("prepare-mimic-garbage-jpg", "unreadable or corrupt image", ".jpg")
+def _(e):
+    root = make_mimic(e.tmp / "mimic")
+    jpg = next(root.glob("files/**/*.jpg"))
+    jpg.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all" * 4)
+    return "cli", ["prepare", "mimic-cxr", str(root), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [jpg]
+
+
+def _skip_bad_counts(e):
+    recs = [json.loads(x) for x in (e.tmp / "o.jsonl").read_text().splitlines()]
+    assert recs and all(r["images"] for r in recs)  # nothing left without images
+    summary = json.loads((e.tmp / "o.summary.json").read_text())
+    assert summary["skipped"]["by_reason"]["no images"]["count"] == 1  # d3a was the study's only image
+    assert any(k.startswith("bad image") for k in summary["skipped"]["by_reason"])
+
+
+@case("prepare-skip-bad-counts-bad-images-and-imageless-studies", "skipped", rc=0, after=_skip_bad_counts)
+def _(e):
+    root = make_mimic(e.tmp / "mimic")
+    bad = [next(root.glob("files/**/d3a.jpg")), next(root.glob("files/**/d1b.jpg"))]
+    for b in bad:
+        b.write_bytes(b"garbage")
+    return "cli", ["prepare", "mimic-cxr", str(root), "--out", str(e.tmp / "o.jsonl"), "--skip-bad", "--quiet"], bad
+
+
+@case("prepare-standalone-data-prep-cli", "is a file")
+def _(e):
+    f = raw(e.tmp / "afile", "x")
+    return "data_prep", ["prepare", "phantom", "--n", "4", "--root", str(e.tmp / "ph"),
+                         "--out", str(f / "s.jsonl"), "--quiet"], [f]
+
+
+# -- label -----------------------------------------------------------------------------------------
+@case("label-input-missing", "not found", "--input")
+def _(e):
+    return "cli", ["label", "--input", str(e.tmp / "nope.csv"), "--text-column", "r", "--out", str(e.tmp / "o.csv"),
+                   "--quiet"], []
+
+
+@case("label-csv-not-utf8", "reports.csv:2", "not UTF-8", "re-save")
+def _(e):
+    f = raw(e.tmp / "reports.csv", b"id,report\n1,caf\xe9\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-unclosed-quote", "reports.csv:3", "quote opened here is never closed")
+def _(e):
+    f = raw(e.tmp / "reports.csv", 'id,report\n1,"fine"\n2,"unclosed\n3,third\n4,fourth\n')
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-stray-quote", "reports.csv:2", "malformed CSV")
+def _(e):
+    f = raw(e.tmp / "reports.csv", 'id,report\n1,"closed" then more\n')
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-missing-column", "column(s) 'report' not found", "columns: id, text")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,text\n1,x\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-extra-fields", "reports.csv:2", "quote fields that contain commas")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,no effusion, no pneumothorax\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-empty-file", "reports.csv", "empty")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-csv-gz-corrupt", "reports.csv.gz", "corrupt or truncated")
+def _(e):
+    body = b"id,report\n" + b"".join(b"%d,%s\n" % (i, os.urandom(16).hex().encode()) for i in range(2000))
+    data = gzip.compress(body)
+    f = raw(e.tmp / "reports.csv.gz", data[: len(data) // 2])
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-jsonl-bad-json", "reports.jsonl:2", "not valid JSON")
+def _(e):
+    f = jl(e.tmp / "reports.jsonl", [{"report": "ok"}, "{not json"])
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-jsonl-not-object", "reports.jsonl:1", "expected a JSON object")
+def _(e):
+    f = jl(e.tmp / "reports.jsonl", ["[1, 2]"])
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-jsonl-not-utf8", "reports.jsonl:1", "not UTF-8")
+def _(e):
+    f = raw(e.tmp / "reports.jsonl", BAD_UTF8)
+    return "cli", ["label", "--input", str(f), "--text-column", "findings", "--out", str(e.tmp / "o.csv"),
+                   "--quiet"], [f]
+
+
+@case("label-unsupported-suffix", "unsupported input type", ".txt")
+def _(e):
+    f = raw(e.tmp / "reports.txt", "x")
+    return "cli", ["label", "--input", str(f), "--text-column", "r", "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+@case("label-out-is-the-input", "is the input file", "an output never overwrites an input")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,No effusion.\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(f), "--quiet"], [f]
+
+
+@case("label-out-under-a-file", "is a file")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,No effusion.\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(f / "o.csv"), "--quiet"], [f]
+
+
+@case("label-rules-bad-yaml", "rules.yaml", "not valid YAML")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,No effusion.\n")
+    r = raw(e.tmp / "rules.yaml", "observations: [unclosed\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--rules", str(r),
+                   "--out", str(e.tmp / "o.csv"), "--quiet"], [f, r]
+
+
+@case("label-rules-not-utf8", "rules.yaml", "not UTF-8")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,No effusion.\n")
+    r = raw(e.tmp / "rules.yaml", b"observations: \xff\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--rules", str(r),
+                   "--out", str(e.tmp / "o.csv"), "--quiet"], [f, r]
+
+
+def _long_report_labelled(e):
+    rows = (e.tmp / "o.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("1,")
+
+
+@case("label-report-over-131072-chars", "label: 2 reports", rc=0, after=_long_report_labelled)
+def _(e):
+    long = "Small left pleural effusion. " * 6000  # ~174,000 characters, over csv's default field limit
+    f = raw(e.tmp / "reports.csv", f'id,report\n1,"{long}"\n2,No effusion.\n')
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--id-column", "id",
+                   "--out", str(e.tmp / "o.csv"), "--quiet"], [f]
+
+
+# -- score -----------------------------------------------------------------------------------------
+def _score_files(e):
+    return (jl(e.tmp / "pred.jsonl", [{"study_id": "a", "prediction": "No effusion."}]),
+            jl(e.tmp / "ref.jsonl", [{"study_id": "a", "findings": "Small effusion."}]))
+
+
+@case("score-pred-not-utf8", "pred.jsonl:1", "not UTF-8")
+def _(e):
+    p, r = _score_files(e)
+    raw(p, BAD_UTF8)
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+@case("score-ref-bad-json", "ref.jsonl:2", "not valid JSON")
+def _(e):
+    p, r = _score_files(e)
+    jl(r, [{"study_id": "a", "findings": "x"}, '{"study_id": '])
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+@case("score-ref-missing", "ref.jsonl", "not found")
+def _(e):
+    p, r = _score_files(e)
+    r.unlink()
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p]
+
+
+@case("score-json-list-with-a-non-object", "pred.json:2", "expected a JSON object")
+def _(e):
+    _, r = _score_files(e)
+    p = raw(e.tmp / "pred.json", json.dumps([{"study_id": "a", "prediction": "x"}, 7]))
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+@case("score-pred-gz-corrupt", "pred.jsonl.gz", "corrupt or truncated")
+def _(e):
+    _, r = _score_files(e)
+    body = b"".join(b'{"study_id": "%d", "prediction": "%s"}\n' % (i, os.urandom(16).hex().encode())
+                    for i in range(2000))
+    data = gzip.compress(body)
+    p = raw(e.tmp / "pred.jsonl.gz", data[: len(data) // 2])
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+@case("score-unknown-metric", "unknown scorer 'blue'", "known:")
+def _(e):
+    p, r = _score_files(e)
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "blue", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+@case("score-named-metric-cannot-run", "radgraph_f1", "needs model_dir", "MLLM_CXR_RADGRAPH_DIR")
+def _(e):
+    p, r = _score_files(e)
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu,radgraph",
+                   "--out", str(e.tmp / "m.json"), "--quiet"], [p, r]
+
+
+@case("score-out-is-the-pred-file", "is the input file")
+def _(e):
+    p, r = _score_files(e)
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(p), "--quiet"], [p, r]
+
+
+@case("score-per-sample-is-the-ref-file", "--per-sample", "is the input file")
+def _(e):
+    p, r = _score_files(e)
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--per-sample", str(r), "--quiet"], [p, r]
+
+
+@case("score-spec-bad-yaml", "spec.yaml", "not valid YAML")
+def _(e):
+    p, r = _score_files(e)
+    s = raw(e.tmp / "spec.yaml", "rewards:\n  - name: bleu\n   weight: [1\n")
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--spec", str(s), "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r, s]
+
+
+@case("score-spec-not-utf8", "spec.yaml", "not UTF-8")
+def _(e):
+    p, r = _score_files(e)
+    s = raw(e.tmp / "spec.yaml", b"rewards:\n  - name: bl\xffeu\n")
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--spec", str(s), "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r, s]
+
+
+@case("score-no-reference-field", "ref.jsonl", "no reference field", "--ref-field")
+def _(e):
+    p, r = _score_files(e)
+    jl(r, [{"study_id": "a", "text": "x"}])
+    return "cli", ["score", "--pred", str(p), "--ref", str(r), "--metrics", "bleu", "--out", str(e.tmp / "m.json"),
+                   "--quiet"], [p, r]
+
+
+# -- generate --------------------------------------------------------------------------------------
+@case("generate-out-is-the-studies-file-with-overwrite", "is the input file", "never overwrites an input")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--out", str(s), "--overwrite", "--quiet"], [s]
+
+
+@case("generate-out-is-the-studies-file", "is the input file")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--out", str(s), "--quiet"], [s]
+
+
+@case("generate-studies-not-utf8", "studies.jsonl:1", "not UTF-8")
+def _(e):
+    s = raw(e.tmp / "studies.jsonl", BAD_UTF8)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--quiet"], [s]
+
+
+@case("generate-studies-bad-json", "studies.jsonl:2", "not valid JSON")
+def _(e):
+    s = studies_copy(e)
+    lines = s.read_text().splitlines()
+    s.write_text("\n".join([lines[0], lines[1][: len(lines[1]) // 2], *lines[2:]]) + "\n")
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--quiet"], [s]
+
+
+@case("generate-studies-gz-corrupt", "studies.jsonl.gz", "corrupt or truncated")
+def _(e):
+    data = gzip.compress((e.phantom / "studies.jsonl").read_bytes())
+    s = raw(e.tmp / "studies.jsonl.gz", data[: len(data) // 2])
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--quiet"], [s]
+
+
+@case("generate-mistyped-local-model-path", "model folder", "not found", "check the path")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom),
+                   "--model", str(e.tiny) + "-typo", "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s]
+
+
+@case("generate-model-folder-without-config", "no config.json", "not a model folder")
+def _(e):
+    s = studies_copy(e)
+    (e.tmp / "empty-model").mkdir()
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom),
+                   "--model", str(e.tmp / "empty-model"), "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s]
+
+
+@case("generate-zero-byte-adapter-safetensors", "adapter_model.safetensors", "the file is empty")
+def _(e):
+    s = studies_copy(e)
+    a = fake_adapter(e.tmp / "adapter", weights=b"")
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--adapter", str(a), "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s, a / "adapter_config.json"]
+
+
+@case("generate-adapter-folder-missing", "adapter folder", "not found")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--adapter", str(e.tmp / "nope"), "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s]
+
+
+@case("generate-openai-without-base-url", "--base-url")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--backend", "openai", "--out", str(e.tmp / "p.jsonl"),
+                   "--quiet"], [s]
+
+
+@case("generate-split-with-no-studies", "no studies with split", "field 'split'")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--split", "tset", "--model", str(e.tiny),
+                   "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s]
+
+
+@case("generate-out-under-a-file", "is a file")
+def _(e):
+    s = studies_copy(e)
+    f = raw(e.tmp / "afile", "x")
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--out", str(f / "p.jsonl"), "--quiet"], [s, f]
+
+
+def _no_image_skipped(e):
+    rows = [json.loads(x) for x in (e.tmp / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["study_id"] != "noimg"
+    assert not (e.tmp / "p.jsonl.part").exists()
+
+
+@case("generate-study-without-images-is-skipped-and-counted", "1 skipped: no images", rc=0, after=_no_image_skipped)
+def _(e):
+    recs = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()]
+    test = [r for r in recs if r["split"] == "test"][:1]
+    s = jl(e.tmp / "studies.jsonl", [*test, {**test[0], "study_id": "noimg", "images": []}])
+    return "cli", ["generate", "--studies", str(s), "--data-root", str(e.phantom), "--model", str(e.tiny),
+                   "--max-new-tokens", "4", "--out", str(e.tmp / "p.jsonl"), "--quiet"], [s]
+
+
+# -- eval ------------------------------------------------------------------------------------------
+@case("eval-pred-missing", "pred.jsonl", "not found")
+def _(e):
+    return "cli", ["eval", "--pred", str(e.tmp / "pred.jsonl"), "--out", str(e.tmp / "ev"), "--quiet"], []
+
+
+@case("eval-pred-not-utf8", "pred.jsonl:1", "not UTF-8")
+def _(e):
+    p = raw(e.tmp / "pred.jsonl", BAD_UTF8)
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--quiet"], [p]
+
+
+@case("eval-pred-cut-last-line", "pred.jsonl:3", "not valid JSON", "run it again")
+def _(e):
+    p = preds(e.tmp / "pred.jsonl")
+    p.write_text(p.read_text()[:-20])
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--quiet"], [p]
+
+
+@case("eval-pred-missing-field", "pred.jsonl:1", "field 'prediction'")
+def _(e):
+    p = jl(e.tmp / "pred.jsonl", [{"study_id": "a", "reference": "x"}])
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--quiet"], [p]
+
+
+@case("eval-unknown-metric", "unknown metric", "known:")
+def _(e):
+    p = preds(e.tmp / "pred.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--metrics", "bleu,nope", "--quiet"], [p]
+
+
+@case("eval-named-metric-cannot-run", "radgraph", "could not run", "MLLM_CXR_RADGRAPH_DIR",
+      after=lambda e: not (e.tmp / "ev").exists() or pytest.fail("eval wrote output for a failed run"))
+def _(e):
+    p = preds(e.tmp / "pred.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--metrics", "bleu,radgraph_f1",
+                   "--n-boot", "0", "--no-plots", "--quiet"], [p]
+
+
+@case("eval-out-is-a-file", "existing file", "writes a folder")
+def _(e):
+    p = preds(e.tmp / "pred.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(p), "--quiet"], [p]
+
+
+@case("eval-metric-kwargs-bad-json", "--metric-kwargs", "not valid JSON")
+def _(e):
+    p = preds(e.tmp / "pred.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev"), "--metric-kwargs", "{radgraph:",
+                   "--quiet"], [p]
+
+
+# -- export ----------------------------------------------------------------------------------------
+@case("export-adapter-without-config", "no adapter_config.json")
+def _(e):
+    (e.tmp / "ad").mkdir()
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(e.tmp / "ad"), "--out", str(e.tmp / "ex")], []
+
+
+@case("export-zero-byte-safetensors", "adapter_model.safetensors", "the file is empty",
+      after=lambda e: not (e.tmp / "ex").exists() or pytest.fail("partial export left behind"))
+def _(e):
+    a = fake_adapter(e.tmp / "ad", weights=b"")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "ex")], [a]
+
+
+@case("export-garbage-safetensors", "adapter_model.safetensors", "header")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", weights=(10**9).to_bytes(8, "little") + b"{}")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "ex")], [a]
+
+
+@case("export-out-is-a-file", "existing file", "folder")
+def _(e):
+    a = fake_adapter(e.tmp / "ad")
+    f = raw(e.tmp / "ex", "x")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(f)], [a, f]
+
+
+@case("export-out-not-empty", "not empty", "--overwrite")
+def _(e):
+    a = fake_adapter(e.tmp / "ad")
+    keep = raw(e.tmp / "ex" / "keep.txt", "mine")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "ex")], [a, keep]
+
+
+@case("export-out-is-the-adapter", "is (or contains) the adapter")
+def _(e):
+    a = fake_adapter(e.tmp / "ad")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(a), "--overwrite"], [a]
+
+
+@case("export-vision-lora-refused", "vision-tower", "--allow-vision-lora")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", vision=True)
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "ex")], [a]
+
+
+def _no_partial_export(e):
+    assert not (e.tmp / "ex").exists(), "a failed export left its folder behind"
+    assert not [p for p in e.tmp.iterdir() if p.name.startswith(".ex.tmp-")], "temporary folder left behind"
+
+
+@case("export-failure-late-leaves-nothing-partial", "metrics.json", "not valid JSON", after=_no_partial_export)
+def _(e):
+    a = fake_adapter(e.tmp / "ad")
+    m = raw(e.tmp / "ev" / "metrics.json", "{broken")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "ex"),
+                   "--metrics", str(e.tmp / "ev")], [a, m]
+
+
+# -- serve -----------------------------------------------------------------------------------------
+@case("serve-dry-run-rank-below-adapter", "--max-lora-rank 8", "below the rank 16")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", rank=16)
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--max-lora-rank", "8", "--dry-run"], [a]
+
+
+@case("serve-dry-run-rank-vllm-does-not-accept", "--max-lora-rank 12", "vLLM accepts")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", rank=8)
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--max-lora-rank", "12", "--dry-run"], [a]
+
+
+@case("serve-dry-run-adapter-export-refuses", "cannot be served by vLLM", "modules_to_save", "--merge")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", modules_to_save=["merger"])
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--dry-run"], [a]
+
+
+@case("serve-dry-run-vision-lora", "vision-tower")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", vision=True)
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--dry-run"], [a]
+
+
+@case("serve-dry-run-zero-byte-safetensors", "adapter_model.safetensors", "the file is empty")
+def _(e):
+    a = fake_adapter(e.tmp / "ad", weights=b"")
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--dry-run"], [a]
+
+
+@case("serve-unbalanced-vllm-args", "--vllm-args", "balance the quotes")
+def _(e):
+    a = fake_adapter(e.tmp / "ad")
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(a), "--vllm-args", "--foo 'bar",
+                   "--dry-run"], [a]
+
+
+@case("serve-adapter-folder-missing", "no adapter_config.json")
+def _(e):
+    return "cli", ["serve", "--model", str(e.tiny), "--adapter", str(e.tmp / "nope"), "--dry-run"], []
+
+
+@case("serve-mistyped-model-path", "model folder", "not found")
+def _(e):
+    return "cli", ["serve", "--model", str(e.tmp / "models" / "tiny"), "--dry-run"], []
+
+
+@case("serve-port-in-use", "--port", "stop the other server or pick another --port")
+def _(e):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    e.hold = sock  # closed by the test after the run
+    return "cli", ["serve", "--backend", "hf", "--model", str(e.tiny), "--port", str(sock.getsockname()[1])], []
+
+
+# -- pairs -----------------------------------------------------------------------------------------
+@case("pairs-out-is-the-studies-file", "is the input file")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["pairs", "prior", "--studies", str(s), "--out", str(s)], [s]
+
+
+@case("pairs-studies-not-utf8", "studies.jsonl:1", "not UTF-8")
+def _(e):
+    s = raw(e.tmp / "studies.jsonl", BAD_UTF8)
+    return "cli", ["pairs", "prior", "--studies", str(s), "--out", str(e.tmp / "pairs.jsonl")], [s]
+
+
+@case("pairs-summary-json-under-a-file", "--summary-json", "is a file")
+def _(e):
+    s = studies_copy(e)
+    f = raw(e.tmp / "afile", "x")
+    return "cli", ["pairs", "prior", "--studies", str(s), "--out", str(e.tmp / "pairs.jsonl"),
+                   "--summary-json", str(f / "s.json")], [s, f]
+
+
+@case("pairs-sample-k-below-2", "--k must be at least 2")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["pairs", "sample", "--studies", str(s), "--model", str(e.tiny), "--k", "1",
+                   "--out", str(e.tmp / "pairs.jsonl")], [s]
+
+
+# -- recipes (in-process through run_recipe) -------------------------------------------------------
+@case("sft-config-missing", "config file not found")
+def _(e):
+    return "sft", ["--config", str(e.tmp / "nope.yaml")], []
+
+
+@case("sft-config-not-utf8", "cfg.yaml", "not UTF-8")
+def _(e):
+    c = raw(e.tmp / "cfg.yaml", b"learning_rate: 1e-4\noutput_dir: caf\xe9\n")
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-config-bad-yaml", "cfg.yaml:2", "not valid YAML")
+def _(e):
+    c = raw(e.tmp / "cfg.yaml", "learning_rate: 1e-4\n  bad: [indent\n")
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-config-unknown-key", "unknown config key", "did you mean 'learning_rate'")
+def _(e):
+    c = recipe_yaml(e, learnin_rate=1e-4)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-finished-adapter-in-output-dir", "already holds a finished run", "--overwrite_output_dir")
+def _(e):
+    a = fake_adapter(e.tmp / "run")
+    c = recipe_yaml(e)
+    return "sft", ["--config", str(c)], [c, a / "adapter_model.safetensors", a / "adapter_config.json"]
+
+
+@case("sft-output-dir-is-a-file", "output_dir", "is a file")
+def _(e):
+    f = raw(e.tmp / "run", "x")
+    c = recipe_yaml(e)
+    return "sft", ["--config", str(c)], [c, f]
+
+
+@case("sft-4bit-without-peft", "load_in_4bit", "use_peft")
+def _(e):
+    c = recipe_yaml(e, load_in_4bit=True, use_peft=False)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-mistyped-model-path", "model folder", "not found", "check the path")
+def _(e):
+    c = recipe_yaml(e, model_name_or_path=str(e.tiny) + "-typo")
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-studies-not-utf8", "studies.jsonl:1", "not UTF-8")
+def _(e):
+    s = raw(e.tmp / "studies.jsonl", BAD_UTF8)
+    c = recipe_yaml(e, studies=str(s))
+    return "sft", ["--config", str(c)], [c, s]
+
+
+@case("dpo-unknown-loss-type", "loss_type", "'sigmod'", "known: sigmoid")
+def _(e):
+    c = recipe_yaml(e, loss_type=["sigmod"], pairs=str(e.tmp / "pairs.jsonl"))
+    return "dpo", ["--config", str(c)], [c]
+
+
+@case("dpo-adapter-zero-byte-safetensors", "adapter_model.safetensors", "the file is empty")
+def _(e):
+    pairs = jl(e.tmp / "pairs.jsonl", [])
+    recs = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()]
+    jl(pairs, [{"study_id": r["study_id"], "chosen": "No effusion.", "rejected": "Effusion, unchanged."}
+               for r in recs if r["split"] == "train"][:4])
+    a = fake_adapter(e.tmp / "sft", weights=b"")
+    c = recipe_yaml(e, pairs=str(pairs), adapter_path=str(a))
+    return "dpo", ["--config", str(c)], [c, pairs, a / "adapter_config.json"]
+
+
+@case("grpo-unknown-reward", "unknown scorer 'chexpert_f2'")
+def _(e):
+    c = recipe_yaml(e, reward_spec="chexpert_f2", max_train_studies=4)
+    return "grpo", ["--config", str(c)], [c]
+
+
+@case("grpo-reward-spec-bad-yaml", "rewards.yaml", "not valid YAML")
+def _(e):
+    r = raw(e.tmp / "rewards.yaml", "rewards:\n - name: [chexpert_f1\n")
+    c = recipe_yaml(e, reward_spec=str(r), max_train_studies=4)
+    return "grpo", ["--config", str(c)], [c, r]
+
+
+# ------------------------------------------------------------------------------------------------
+# Running a row
+# ------------------------------------------------------------------------------------------------
+def _recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"_recipe_{name}", REPO / "recipes" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_in_process(runner: str, argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        if runner == "cli":
+            from mllm_cxr.cli import main
+
+            rc = main(argv)
+        elif runner == "data_prep":
+            from data_prep.cli import main
+
+            rc = main(argv)
+        else:
+            from mllm_cxr.training import run_recipe
+
+            try:
+                run_recipe(_recipe(runner).main, argv)
+                rc = 0
+            except SystemExit as e:
+                rc = int(e.code or 0)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def digest(paths: list[Path]) -> dict[str, str]:
+    files = []
+    for p in paths:
+        files += sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "absent" for f in files}
+
+
+@pytest.fixture(scope="module")
+def adapter_free_env(phantom_dir, tiny_model_dir):
+    return phantom_dir, tiny_model_dir
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 60, len(CASES)
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_bad_input(c: Case, tmp_path, adapter_free_env, monkeypatch):
+    phantom, tiny = adapter_free_env
+    monkeypatch.delenv("MLLM_CXR_DEBUG", raising=False)
+    monkeypatch.delenv("MLLM_CXR_RADGRAPH_DIR", raising=False)
+    env = Env(tmp_path, phantom, tiny)
+    runner, argv, inputs = c.build(env)
+    before = digest(inputs)
+    try:
+        rc, out, err = run_in_process(runner, argv)
+    finally:
+        if getattr(env, "hold", None) is not None:
+            env.hold.close()
+    assert "Traceback" not in out + err
+    assert rc == c.rc, (rc, err[-2000:])
+    if c.rc == 2:
+        lines = [x for x in err.splitlines() if "error:" in x]
+        assert len(lines) == 1, err[-2000:]  # one line ...
+        text = lines[0]
+        assert err.strip().splitlines()[-1] == text  # ... and the last thing printed
+    else:
+        text = out
+    for w in c.words:  # ... naming the file/field/value and what to do
+        assert w.lower() in text.lower(), (w, text)
+    assert digest(inputs) == before, "an input file changed"
+    if c.after is not None:
+        c.after(env)
+
+
+# ------------------------------------------------------------------------------------------------
+# Real processes: --debug, accelerate launch, Ctrl-C
+# ------------------------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MLLM_CXR_DEBUG", None)
+    return env
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = raw(tmp_path / "pred.jsonl", BAD_UTF8)
+    args = [sys.executable, "-m", "mllm_cxr.cli", "eval", "--pred", str(p), "--out", str(tmp_path / "ev")]
+    plain = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "not UTF-8" in plain.stderr
+    debug = subprocess.run(args[:3] + ["--debug"] + args[3:], capture_output=True, text=True, env=_env(),
+                           timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_recipe_error_under_accelerate_launch_is_one_line(tmp_path, phantom_dir):
+    """``accelerate launch -q``: the recipe's line is all there is (accelerate adds no traceback)."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed next to this python")
+    cfg = raw(tmp_path / "cfg.yaml", f"studies: {phantom_dir / 'studies.jsonl'}\nlearnin_rate: 1e-4\n")
+    base = [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml")]
+    quiet = subprocess.run([*base, "-q", str(REPO / "recipes/sft.py"), "--config", str(cfg)], capture_output=True,
+                           text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert quiet.returncode != 0
+    assert "Traceback" not in quiet.stderr, quiet.stderr[-3000:]
+    errors = [x for x in quiet.stderr.splitlines() if "error:" in x]
+    assert len(errors) == 1 and "unknown config key(s) 'learnin_rate'" in errors[0], quiet.stderr[-3000:]
+    # without -q the recipe exits 2 as well; accelerate then adds its CalledProcessError after our line
+    loud = subprocess.run([*base, str(REPO / "recipes/sft.py"), "--config", str(cfg)], capture_output=True,
+                          text=True, env=_env(), timeout=600, cwd=tmp_path)
+    assert "returned non-zero exit status 2" in loud.stderr
+    assert loud.stderr.index("unknown config key(s)") < loud.stderr.index("Traceback")
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mllm_cxr.cli", "serve", "--backend", "hf", "--model",
+                             str(tiny_model_dir), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.time() + 240
+        line = ""
+        while time.time() < deadline and "serving" not in line:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "serving" in line, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert [x for x in err.splitlines() if "interrupted" in x] == ["mllm-cxr serve: interrupted (Ctrl-C); outputs "
+                                                                   "being written were not replaced"]
+
+
+def test_image_validation_happens_at_prepare_not_in_training(tmp_path):
+    """A corrupt PNG is caught by ``prepare`` (decode check), never handed to a trainer."""
+    from data_prep.prepare import prepare
+
+    root = make_mimic(tmp_path / "mimic")
+    jpg = next(root.glob("files/**/d5a.jpg"))
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(jpg, format="JPEG")
+    jpg.write_bytes(jpg.read_bytes()[:60])  # truncated JPEG: the header opens, the pixels do not
+    s = prepare("mimic-cxr", source=root, out=tmp_path / "o.jsonl", skip_bad=True, progress=False)
+    reasons = s["skipped"]["by_reason"]
+    assert reasons["bad image: unreadable or corrupt image"]["examples"] == [str(jpg.relative_to(root))]
+    assert reasons["no images"]["count"] == 1 and s["images_failed"] == 1
