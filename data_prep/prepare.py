@@ -246,9 +246,6 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     name = dataset_name(dataset)
     out = Path(out)
     check_pixel_budget(min_pixels, max_pixels, where="prepare")
-    if out.suffix.lower() not in (".jsonl", ".parquet"):
-        raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
-                            f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))
     if source is None:
         source = dataset_options.pop("root", None)
     if source is None:
@@ -258,6 +255,9 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     inputs = [v for v in (source, *dataset_options.values())
               if isinstance(v, str | os.PathLike) and Path(v).is_file()]
     check_output(out, inputs)  # before any work: --out is not an input and can be created
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
+                            f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))
     if image_cache is not None:
         cache = ImageCache(image_cache, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget early
     skips = SkipLog()

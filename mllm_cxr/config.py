@@ -56,7 +56,9 @@ def _with_hints(message: str, known: set[str]) -> str:
     for key in dict.fromkeys(_UNKNOWN_RE.findall(message)):
         match = difflib.get_close_matches(key, known, 1)
         hints.append(f"'{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
-    return message + (f" -- unknown key(s) {', '.join(hints)}" if hints else "")
+    if not hints:
+        return message
+    return f"unknown config key(s) {', '.join(hints)}: fix or remove them"
 
 
 def _load_yaml(path: str) -> dict:
@@ -97,7 +99,16 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> 
         raise ConfigError(f"{where}: not valid YAML ({e})") from None
     except SystemExit as e:  # argparse already printed the offending flag/value
         raise ConfigError(f"{where}: invalid arguments (see the message above)") from e
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        # A dataclass may fail on a default (bf16 on a CPU machine) before TRL reaches the unknown keys:
+        # the unknown keys are the user's mistake, so they are named first.
+        unknown = [k for k in (_load_yaml(cfg_path) if cfg_path else {}) if k not in known and k != "env"]
+        if unknown:
+            listed = " ".join(f"'--{k}'" for k in unknown)
+            raise ConfigError(f"{where}: {_with_hints(listed, known)}") from e
+        if "bf16/gpu" in str(e):
+            raise ConfigError(f"{where}: bf16 is on (the config's or TRL's default) but this machine has no CUDA GPU: "
+                              "set bf16: false (--bf16 false) to train on CPU") from e
         raise ConfigError(f"{where}: {_with_hints(str(e), known)}") from e
 
 
