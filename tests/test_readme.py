@@ -40,7 +40,8 @@ from PIL import Image
 from tests.conftest import REPO, SHARED, require_shared
 
 README = REPO / "README.md"
-RUN_SECTIONS = ("Set up and run the demo", "Tests", "Real use, stage by stage", "Benchmarks")
+RUN_SECTIONS = ("Set up and run the demo", "The evaluation report", "Tests", "Real use, stage by stage",
+                "Hallucination metrics", "Benchmarks")
 BIN = Path(sys.executable).parent
 
 
@@ -83,7 +84,8 @@ class Case:
     command: str                       # exactly as in the README (normalised)
     extra: list[str] = field(default_factory=list)   # step limits / CPU switches appended
     vllm: bool = False                 # needs real vLLM: runs under the `vllm` marker only
-    run: str = "command"               # command | makefile (checked against the Makefile) | make | serve | gpu
+    run: str = "command"               # command | late (after the walk-through) | makefile (checked against the
+    #                                    Makefile) | make | serve | gpu
 
 
 #: The real-model configs train in bf16 on a GPU; on a CPU-only machine TrainingArguments refuses bf16 before
@@ -100,6 +102,11 @@ CASES: list[Case] = [
     # -- set up ----------------------------------------------------------------------------------
     Case("install", "make install", run="makefile"),
     Case("demo", "make demo", extra=["DEMO_ARGS=--max-steps 2 --limit 4"], run="make"),
+    # -- the evaluation report (needs the walk-through's predictions: runs after it) ----------------
+    Case("eval-html", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --compare runs/pred/sft.jsonl "
+                      "--html", run="late"),
+    Case("report", "mllm-cxr report --eval runs/eval/grpo --sort errors --no-text --out runs/eval/grpo-shareable",
+         run="late"),
     # -- tests -----------------------------------------------------------------------------------
     Case("test", "make test", run="makefile"),
     Case("test-fast", "make test-fast", run="makefile"),
@@ -157,10 +164,15 @@ CASES: list[Case] = [
     Case("generate-openai", "mllm-cxr generate --backend openai --base-url http://localhost:8000/v1 --served-model "
                             "cxr --studies data/mimic/studies.jsonl --split test --out runs/pred/served.jsonl",
          extra=GEN_LIMITS, vllm=True, run="serve"),
+    # -- hallucination metrics -------------------------------------------------------------------
+    Case("eval-hallucination", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --metrics "
+                               "prior,measurement --compare runs/pred/sft.jsonl", run="late"),
     # -- benchmarks ------------------------------------------------------------------------------
     Case("bench", "make bench", run="makefile"),
     Case("bench-one", "python bench/run_all.py --only prepare --out runs/bench.md"),
-    Case("bench-gpu", "python bench/run_all.py --gpu", extra=["--out", "runs/bench-gpu.md"], run="gpu"),
+    Case("bench-gpu-smoke", "make bench-gpu-smoke", run="makefile"),  # run by tests/test_gpu_bench.py
+    Case("gpu-wheels", "make gpu-wheels", run="makefile"),  # downloads ~65 MB; proven by hand, see docs
+    Case("bench-gpu", "bash bench/gpu_run.sh", run="gpu"),
 ]
 BY_ID = {c.id: c for c in CASES}
 #: The recipe configs name the hub model in YAML: the tiny model goes in as a flag instead.
@@ -207,6 +219,9 @@ def test_documented_make_targets_do_what_the_readme_says():
     assert _make_rule("test-fast") == ['$(BIN)/python -m pytest -q -m "not slow" tests']
     assert _make_rule("bench") == ["$(BIN)/python bench/run_all.py"]  # bench-one runs it with --only/--out
     assert "$(DEMO_ARGS)" in " ".join(_make_rule("demo")) and "$(TRAIN_ARGS)" in " ".join(_make_rule("dpo"))
+    assert "GPU_BENCH_SMOKE=1" in " ".join(_make_rule("bench-gpu-smoke"))
+    assert "bench/gpu_run.sh" in " ".join(_make_rule("bench-gpu-smoke"))
+    assert "bench/gpu-wheels.txt" in " ".join(_make_rule("gpu-wheels"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,6 +375,15 @@ def test_real_use_sequence_runs_as_written(workspace):
     assert "Not evaluated at export time" not in card and "## Evaluation" in card  # the table from --metrics
     for name in ("tiny-dpo", "tiny-grpo"):
         assert (workspace["runs"] / name / "adapter_config.json").is_file(), name
+    # the commands of the report and hallucination sections, on the walk-through's predictions
+    for case in [c for c in CASES if c.run == "late"]:
+        run_case(case, workspace)
+    page = (ws / "runs/eval/grpo/report.html").read_text()
+    shareable = (ws / "runs/eval/grpo-shareable/report.html").read_text()
+    some_reference = next(r["reference"] for r in rows if len(r["reference"]) > 20)
+    assert "<html" in page and some_reference in page and some_reference not in shareable
+    groups = json.loads((ws / "runs/eval/grpo/metrics.json").read_text())["metrics"]
+    assert any("measurement" in k for k in groups) and any("prior" in k for k in groups), list(groups)
 
 
 @pytest.mark.slow
@@ -383,7 +407,9 @@ def test_gpu_benchmarks(workspace):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("`python bench/run_all.py --gpu` needs a CUDA device")
-    run_case(BY_ID["bench-gpu"], workspace, timeout=3600)
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_run.sh")], cwd=REPO, timeout=3600, capture_output=True,
+                          text=True, env=dict(_env(), OUT=str(workspace["ws"] / "gpu-out")))
+    assert proc.returncode == 0 and (workspace["ws"] / "gpu-out/gpu_benchmarks.md").is_file(), proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------
