@@ -37,7 +37,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): pip install 'mllm-cxr[gpu]' on a CUDA "
+VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): `make vllm-env` builds ./.venv-vllm with "
+                "vLLM (CPU or CUDA; put .venv-vllm/bin first on PATH), or pip install 'mllm-cxr[gpu]' on a CUDA "
                 "machine, or run the transformers server with --backend hf")
 
 
