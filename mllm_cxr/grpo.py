@@ -35,6 +35,8 @@ measured: prompt 72 tokens instead of 57, a vLLM-vs-trainer log-prob gap of 0.6 
   it stops with :class:`VLLMRolloutMismatch`, naming the TRL and vLLM versions. It never continues
   silently. The override wraps ``VLLMGeneration.generate`` (TRL private API), so ``trl`` is pinned to
   the tested range (:data:`TESTED_TRL`).
+* colocate mode: passes the trainer processor's pixel budget to TRL's ``LLM(...)`` as
+  ``mm_processor_kwargs`` (TRL sets none), so vLLM cuts the images to the same number of tokens;
 * vLLM on CPU only: vLLM's CPU linear layers replace their weight with a prepacked copy after loading,
   which TRL's weight sync (``load_weights``) cannot write into (``AttributeError: 'Parameter' object
   has no attribute 'weight_loader'``). :func:`keep_cpu_linear_weights` makes them keep the weight and
@@ -330,6 +332,32 @@ def keep_cpu_linear_weights():
             mod.dispatch_cpu_unquantized_gemm = original
 
 
+def processor_pixel_budget(processing_class) -> dict[str, int]:
+    """``{"min_pixels", "max_pixels"}`` of a Qwen2/2.5-VL processor's image processor (empty when unknown)."""
+    ip = getattr(processing_class, "image_processor", None)
+    size = dict(getattr(ip, "size", None) or {})
+    out = {"min_pixels": size.get("shortest_edge", getattr(ip, "min_pixels", None)),
+           "max_pixels": size.get("longest_edge", getattr(ip, "max_pixels", None))}
+    return {k: int(v) for k, v in out.items() if v}
+
+
+@contextlib.contextmanager
+def colocated_llm_kwargs(**extra):
+    """Add keyword arguments to the ``LLM(...)`` TRL builds for colocate mode (its own call sets no pixel budget)."""
+    import trl.generation.vllm_generation as vg
+
+    original = vg.LLM
+
+    def llm(*args, **kwargs):
+        return original(*args, **{**extra, **kwargs})
+
+    vg.LLM = llm
+    try:
+        yield
+    finally:
+        vg.LLM = original
+
+
 class ClinicalGRPOTrainer(GRPOTrainer):
     """:class:`trl.GRPOTrainer` + :class:`CollapseGuard` feeding + per-stage timing metrics.
 
@@ -358,9 +386,16 @@ class ClinicalGRPOTrainer(GRPOTrainer):
             guards.append(CollapseGuard())
             callbacks.append(guards[-1])
         args_ = kwargs.get("args", args[2] if len(args) > 2 else None)
-        cpu_fix = (getattr(args_, "use_vllm", False) and getattr(args_, "vllm_mode", None) == "colocate"
-                   and vllm_on_cpu())
-        with keep_cpu_linear_weights() if cpu_fix else contextlib.nullcontext():
+        colocate = getattr(args_, "use_vllm", False) and getattr(args_, "vllm_mode", None) == "colocate"
+        with contextlib.ExitStack() as stack:
+            if colocate:
+                # vLLM's processor must cut the images to the trainer's pixel budget, or the image token
+                # counts differ (the prompt guard would stop the first rollout)
+                budget = processor_pixel_budget(kwargs.get("processing_class"))
+                if budget:
+                    stack.enter_context(colocated_llm_kwargs(mm_processor_kwargs=budget))
+                if vllm_on_cpu():
+                    stack.enter_context(keep_cpu_linear_weights())
             super().__init__(*args, callbacks=callbacks or None, **kwargs)
         self.collapse_guards = guards
         self.stage_times: dict[str, list[float]] = {"generate": [], "reward": [], "score": []}
