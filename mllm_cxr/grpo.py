@@ -27,9 +27,11 @@ measured: prompt 72 tokens instead of 57, a vLLM-vs-trainer log-prob gap of 0.6 
 
 * colocate mode: gives vLLM the ids with each run of image tokens reduced to one placeholder (vLLM
   expands it from the image), and keeps the expanded ids for the training forward pass;
-* server mode: leaves TRL alone. There the trainer asks the server for the image features and places
-  them over the runs of image tokens of its own expanded ids (``VLLMGeneration._place_features``),
-  so the server generates from exactly the trainer's ids (tested in ``tests/test_vllm_grpo.py``);
+* server mode: leaves TRL's prompt alone. There the trainer asks the server for the image features
+  and places them over the runs of image tokens of its own expanded ids
+  (``VLLMGeneration._place_features``), so the server generates from exactly the trainer's ids
+  (``tests/test_vllm_trl_server.py``); the trainer checks that the server cut every image into as
+  many tokens as the trainer's run of image tokens (a different pixel budget would not);
 * checks every rollout: the prompt ids vLLM generated from must equal the trainer's, and the mean
   vLLM-vs-trainer log-prob gap of the sampled tokens must stay below ``vllm_max_logp_gap``. Otherwise
   it stops with :class:`VLLMRolloutMismatch`, naming the TRL and vLLM versions. It never continues
@@ -49,6 +51,7 @@ prompt (frontal, lateral, prior) and TRL places them at the prompt's image slots
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -288,6 +291,26 @@ def check_rollout_prompts(vllm_ids: Sequence[Sequence[int]], trainer_ids: Sequen
             f"0.22-0.31. Check the versions (`make vllm-env`), or set use_vllm: false.")
 
 
+def checked_place_features(place, features, prompt_ids):
+    """Server mode: TRL's placement (``place``) of the server's image features, checked against the trainer's ids.
+
+    The server cut each image into its own number of tokens (its processor and pixel budget); the
+    trainer's ids must hold runs of exactly that many image tokens, or vLLM would read the features
+    against the wrong positions. Raises :class:`VLLMRolloutMismatch` otherwise.
+    """
+    placed = place(features, prompt_ids)
+    if features is not None:
+        served = [int(p["length"]) for p in features["mm_placeholders"]["image"]]
+        ours = [int(p["length"]) for p in placed["mm_placeholders"]["image"]]
+        if served != ours:
+            raise VLLMRolloutMismatch(
+                f"vLLM (server mode) cut the images into {served} tokens, the trainer's prompt has runs of "
+                f"{ours} image tokens: serve the model with the trainer's pixel budget (`--mm-processor-kwargs "
+                f"'{{\"min_pixels\": .., \"max_pixels\": ..}}'`) and the same processor. Running "
+                f"{stack_versions()}; tested with trl{TESTED_TRL}.")
+    return placed
+
+
 def vllm_on_cpu() -> bool:
     """Whether vLLM runs on the CPU platform here (False when vLLM is absent)."""
     try:
@@ -405,6 +428,8 @@ class ClinicalGRPOTrainer(GRPOTrainer):
             gen = self.vllm_generation
             self._vllm_generate_trl, self._vllm_sync_trl = gen.generate, gen.sync_weights
             gen.generate, gen.sync_weights = self._vllm_generate, self._vllm_sync_weights
+            if gen.mode == "server":
+                gen._place_features = functools.partial(checked_place_features, gen._place_features)
 
     @staticmethod
     def _check_trl_version() -> None:

@@ -24,9 +24,10 @@ import base64
 import io
 import json
 import logging
+import os
 import shlex
 import shutil
-import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -76,17 +77,20 @@ def command_line(cmd: Sequence[str]) -> str:
 
 
 def run_vllm(cmd: Sequence[str], *, dry_run: bool = False) -> int:
-    """Print the command; unless ``dry_run``, run it (blocking) and return its exit code."""
+    """Print the command; unless ``dry_run``, replace this process with it (``exec``).
+
+    The server then has this process's PID, so a signal to it (Ctrl-C, ``kill PID``) reaches vLLM
+    itself, which shuts its engine processes down; nothing is left behind.
+    """
     print(command_line(cmd), flush=True)
     if dry_run:
         return 0
     exe = shutil.which(cmd[0])
     if exe is None:
         raise ImportError(VLLM_MISSING)
-    try:
-        return subprocess.call([exe, *cmd[1:]])
-    except KeyboardInterrupt:
-        return 130
+    sys.stderr.flush()
+    os.execv(exe, [exe, *cmd[1:]])
+    return 1  # not reached
 
 
 # ------------------------------------------------------------------------------------------------
