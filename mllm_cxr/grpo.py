@@ -37,6 +37,8 @@ measured: prompt 72 tokens instead of 57, a vLLM-vs-trainer log-prob gap of 0.6 
   it stops with :class:`VLLMRolloutMismatch`, naming the TRL and vLLM versions. It never continues
   silently. The override wraps ``VLLMGeneration.generate`` (TRL private API), so ``trl`` is pinned to
   the tested range (:data:`TESTED_TRL`).
+* both modes: vLLM never samples an image/video placeholder token (TRL suppresses it for
+  ``model.generate`` only; one in a completion breaks the trainer's forward pass);
 * colocate mode: passes the trainer processor's pixel budget to TRL's ``LLM(...)`` as
   ``mm_processor_kwargs`` (TRL sets none), so vLLM cuts the images to the same number of tokens;
 * vLLM on CPU only: vLLM's CPU linear layers replace their weight with a prepacked copy after loading,
@@ -311,6 +313,21 @@ def checked_place_features(place, features, prompt_ids):
     return placed
 
 
+def suppress_image_tokens(generation_kwargs: dict | None, processing_class) -> dict:
+    """vLLM sampling kwargs that never sample an image/video placeholder token (logit bias -100).
+
+    TRL's ``model.generate`` path suppresses the image token ("a sampled image token would mismatch the
+    image features"); its vLLM path does not, and a placeholder in a completion makes the trainer's
+    forward pass fail (``Image features and image tokens do not match``). User ``logit_bias`` entries win.
+    """
+    out = dict(generation_kwargs or {})
+    ids = [getattr(processing_class, k, None) for k in ("image_token_id", "video_token_id")]
+    bias = {int(i): -100.0 for i in ids if i is not None}
+    if bias:
+        out["logit_bias"] = {**bias, **(out.get("logit_bias") or {})}
+    return out
+
+
 def vllm_on_cpu() -> bool:
     """Whether vLLM runs on the CPU platform here (False when vLLM is absent)."""
     try:
@@ -426,6 +443,7 @@ class ClinicalGRPOTrainer(GRPOTrainer):
         if self.use_vllm:
             self._check_trl_version()
             gen = self.vllm_generation
+            gen.generation_kwargs = suppress_image_tokens(gen.generation_kwargs, self.processing_class)
             self._vllm_generate_trl, self._vllm_sync_trl = gen.generate, gen.sync_weights
             gen.generate, gen.sync_weights = self._vllm_generate, self._vllm_sync_weights
             if gen.mode == "server":

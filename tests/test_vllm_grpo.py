@@ -72,6 +72,8 @@ def test_colocate_rollouts_see_the_trainers_prompt(run):
     gaps = [e["sampling/sampling_logp_difference/mean"] for e in steps]
     assert all(g < GAP_MAX for g in gaps), gaps
     assert all(e["timing/sync_s"] > 0 for e in steps[1:])  # the weights were pushed after each optimizer step
+    # vLLM never samples an image placeholder (TRL only suppresses it for model.generate)
+    assert trainer.vllm_generation.generation_kwargs["logit_bias"][trainer.processing_class.image_token_id] == -100
     curve = json.loads((out / "reward_curve.json").read_text())
     assert [r["step"] for r in curve] == [1, 2, 3] and all("reward" in r for r in curve)
 

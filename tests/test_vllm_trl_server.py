@@ -82,13 +82,14 @@ def _server_generation(url, processor):
     from trl.generation.vllm_client import VLLMClient
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from mllm_cxr.grpo import checked_place_features
+    from mllm_cxr.grpo import checked_place_features, suppress_image_tokens
 
     g = VLLMGeneration.__new__(VLLMGeneration)
     g.mode, g.accelerator, g.processing_class = "server", Accelerator(cpu=True), processor
     g.vllm_client = VLLMClient(base_url=url, connection_timeout=60)
     g.temperature, g.top_p, g.top_k, g.min_p, g.repetition_penalty = 0.0, 1.0, 0, None, 1.0
-    g.max_completion_length, g.logprobs, g.structured_outputs_regex, g.generation_kwargs = MAX_TOKENS, 0, None, {}
+    g.max_completion_length, g.logprobs, g.structured_outputs_regex = MAX_TOKENS, 0, None
+    g.generation_kwargs = suppress_image_tokens(None, processor)  # as ClinicalGRPOTrainer
     g.enable_sleep_mode = False
     g._place_features = functools.partial(checked_place_features, g._place_features)  # as ClinicalGRPOTrainer
     return g
