@@ -85,7 +85,8 @@ def run_vllm(cmd: Sequence[str], *, dry_run: bool = False) -> int:
     print(command_line(cmd), flush=True)
     if dry_run:
         return 0
-    exe = shutil.which(cmd[0])
+    # the vllm of this interpreter's venv first (.venv-vllm/bin/mllm-cxr serve works unactivated), then PATH
+    exe = shutil.which(cmd[0], path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         raise ImportError(VLLM_MISSING)
     sys.stderr.flush()
