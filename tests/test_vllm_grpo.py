@@ -42,6 +42,7 @@ def run(tiny_model_dir, phantom_dir, tmp_path_factory):
     from mllm_cxr.prompts import PromptConfig
 
     torch.set_num_threads(1)
+    saved_env = dict(os.environ)
     out = tmp_path_factory.mktemp("grpo-vllm")
     prompt = PromptConfig(sections=["impression"], context=[], max_images=1)
     train = grpo_dataset(load_split(phantom_dir / "studies.jsonl", "train", 16), phantom_dir, prompt)
@@ -60,7 +61,13 @@ def run(tiny_model_dir, phantom_dir, tmp_path_factory):
     trainer.train()
     curve = reward_curve(trainer.state.log_history)
     (out / "reward_curve.json").write_text(json.dumps(curve, indent=2))
-    return trainer, out, train
+    yield trainer, out, train
+    # TRL's colocate mode sets RANK/WORLD_SIZE/MASTER_* and starts a process group for vLLM: later modules'
+    # subprocesses must not inherit them
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved_env)
 
 
 def test_colocate_rollouts_see_the_trainers_prompt(run):

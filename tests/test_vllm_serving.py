@@ -39,9 +39,12 @@ def require_vllm():
     return vllm
 
 
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def env() -> dict[str, str]:
-    return dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    e = {k: v for k, v in os.environ.items() if k not in DIST_VARS}  # another module's colocated vLLM sets them
+    return dict(e, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -53,7 +53,9 @@ def server(tiny_model_dir, tmp_path_factory):
     cmd = [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--max_model_len", "1024", "--enforce_eager", "true",
            "--mm-processor-kwargs", json.dumps(PIXELS), "--max-num-seqs", "8"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     try:
