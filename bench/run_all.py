@@ -59,7 +59,12 @@ def main(argv=None) -> int:
         print(f"== {path.name}", flush=True)
         t0 = time.perf_counter()
         try:
-            body = _load(path).run(smoke=True) if args.smoke else _load(path).run()
+            mod = _load(path)
+            need = getattr(mod, "REQUIRES", None)  # e.g. bench_vllm: run it in ./.venv-vllm
+            if need and importlib.util.find_spec(need) is None:
+                print(f"skipped: needs {need} (its section is left as it was)", flush=True)
+                continue
+            body = mod.run(smoke=True) if args.smoke else mod.run()
         except Exception:
             traceback.print_exc()
             failed += 1

@@ -21,6 +21,21 @@ VERB_MODULES = (
 )
 
 
+#: Options whose value is itself a list of flags (``--vllm-args "--enforce-eager --max-num-seqs 8"``): argparse
+#: would take a value starting with "-" for an option, so ``--opt VALUE`` is passed on as ``--opt=VALUE``.
+FLAG_VALUE_OPTIONS = ("--vllm-args",)
+
+
+def join_flag_values(argv: list[str]) -> list[str]:
+    """``[..., "--vllm-args", "--enforce-eager"]`` -> ``[..., "--vllm-args=--enforce-eager"]``."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        nxt = next(it, None) if a in FLAG_VALUE_OPTIONS else None
+        out.append(a if nxt is None else f"{a}={nxt}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllm-cxr", description="Chest X-ray report generation toolkit.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -42,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_io import debug_requested, handle
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_flag_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO if not args.debug else logging.DEBUG,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):

@@ -238,12 +238,15 @@ def run_export(args: argparse.Namespace) -> int:
                verify_studies=args.verify_studies, data_root=args.data_root, split=_split(args.split),
                n_verify=args.verify_n, metrics=args.metrics, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                verify_max_new_tokens=args.verify_max_new_tokens, merge_atol=args.merge_atol, name=args.name,
-               overwrite=args.overwrite)
+               overwrite=args.overwrite, verify_backend=args.verify_backend)
     a = s["adapter"]
     what = "merged checkpoint" if s["merged"] else f"vLLM-ready adapter ({len(a['language'])} LoRA modules)"
     v = s["verification"]
     ver = ("; verification: " + (f"{v['identical']}/{v['n']} identical reports, max |logit diff| "
                                  f"{v['max_abs_logit_diff']:.1e}: OK")) if v else "; not verified (no --verify-studies)"
+    vv = s.get("vllm_verification")
+    if vv:
+        ver += f"; vLLM: {vv['identical']}/{vv['n']} identical greedy reports: OK"
     warn = f"; {len(s['warnings'])} warning(s)" if s["warnings"] else ""
     print(f"exported {what} from {args.adapter} (rank {a['rank']}) to {s['out']}{ver}{warn}")
     return 0
@@ -265,6 +268,8 @@ def _add_export(sub) -> None:
     p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
     p.add_argument("--split", default="test", help="split of --verify-studies (or all)")
     p.add_argument("--verify-n", type=int, default=4, help="studies to verify on")
+    p.add_argument("--verify-backend", choices=("hf", "vllm"), default="hf",
+                   help="vllm: also compare vLLM's greedy reports for the export with the in-memory model's")
     p.add_argument("--verify-max-new-tokens", type=int, default=32)
     p.add_argument("--merge-atol", type=float, default=None,
                    help="merged export: largest next-token logit difference accepted (default: 1e-4 of the largest "

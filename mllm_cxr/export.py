@@ -32,6 +32,9 @@ Verification (``--verify-studies``): greedy reports and next-token logits of the
 disk (PEFT for an adapter, plain ``from_pretrained`` for a merged checkpoint). An adapter must give
 identical reports; a merged checkpoint next-token logits within ``merge_atol`` (default: 1e-4 of the
 largest logit in float32, 5% in bfloat16/float16, where merging rounds ``W + BA`` to the model dtype).
+``--verify-backend vllm`` also loads the export into vLLM itself (``LLM`` + ``LoRARequest``, or the
+merged checkpoint) and compares its greedy reports with the in-memory model's: all must be identical
+(in bfloat16/float16, where vLLM's kernels round differently, at least 3 in 4).
 """
 
 from __future__ import annotations
@@ -261,10 +264,12 @@ class Verification:
     atol: float
     ok: bool
     examples: list[dict[str, str]] = field(default_factory=list)
+    logits: bool = True  # whether next-token logits were compared (not for vLLM)
 
     def line(self) -> str:
-        return (f"verification ({self.kind}): {self.identical}/{self.n} greedy reports identical, max |logit "
-                f"difference| {self.max_abs_logit_diff:.2e} (tolerance {self.atol:g}): "
+        logit = (f", max |logit difference| {self.max_abs_logit_diff:.2e} (tolerance {self.atol:g})"
+                 if self.logits else "")
+        return (f"verification ({self.kind}): {self.identical}/{self.n} greedy reports identical{logit}: "
                 f"{'OK' if self.ok else 'FAILED'}")
 
 
@@ -313,7 +318,7 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
            data_root: str | Path | None = None, split: str | None = "test", n_verify: int = 4,
            metrics: str | Path | None = None, dtype: str = "auto", max_new_tokens: int = 64,
            verify_max_new_tokens: int = 32, merge_atol: float | None = None, name: str | None = None,
-           overwrite: bool = False) -> dict[str, Any]:
+           overwrite: bool = False, verify_backend: str = "hf") -> dict[str, Any]:
     """Export ``adapter`` (trained on ``base``) into ``out``; see the module docstring. Returns a summary.
 
     Raises :class:`ExportError` for an adapter vLLM cannot load (unless ``merge``), an ``out`` that
@@ -322,6 +327,14 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     from mllm_cxr.generate import place_model, resolve_prompt
 
     src, dst = Path(adapter), Path(out)
+    if verify_backend not in ("hf", "vllm"):
+        raise ExportError(f"--verify-backend must be hf or vllm, got {verify_backend!r}")
+    if verify_backend == "vllm":
+        if not verify_studies:
+            raise ExportError("--verify-backend vllm needs --verify-studies (the studies to compare on)")
+        from mllm_cxr.generate import import_vllm
+
+        import_vllm()  # ImportError with the install hint before any work
     if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
         raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
     if dst.exists() and not dst.is_dir():
@@ -372,7 +385,7 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     try:
         summary = _write_export(dst, final, base, src, merge, merged_model, rep, tensors, allow_vision_lora, prompt,
                                 dtype, max_new_tokens, before, studies, root, verify_max_new_tokens, merge_atol,
-                                metrics, warnings, name)
+                                metrics, warnings, name, verify_backend)
     except BaseException:
         abort_dir(dst)
         raise
@@ -382,7 +395,8 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
 
 def _write_export(dst: Path, final: Path, base, src: Path, merge: bool, merged_model, rep, tensors,
                   allow_vision_lora: bool, prompt, dtype, max_new_tokens, before, studies, root,
-                  verify_max_new_tokens, merge_atol, metrics, warnings, name) -> dict[str, Any]:
+                  verify_max_new_tokens, merge_atol, metrics, warnings, name,
+                  verify_backend: str = "hf") -> dict[str, Any]:
     """The files of an export, written into ``dst`` (the temporary folder that becomes ``final``)."""
     if merge:
         merged_model.save_pretrained(dst, safe_serialization=True)
@@ -406,15 +420,22 @@ def _write_export(dst: Path, final: Path, base, src: Path, merge: bool, merged_m
         verification = _verify(base, dst, merge, studies, root, prompt, dtype, verify_max_new_tokens, before,
                                merge_atol)
         log.info("%s", verification.line())
+    vllm_verification = None
+    if verification is not None and verification.ok and verify_backend == "vllm":
+        vllm_verification = _verify_vllm(base, dst, merge, studies, root, prompt, dtype, verify_max_new_tokens,
+                                         before)
+        log.info("%s", vllm_verification.line())
     metrics_data = _read_metrics(metrics) if metrics else None
     write_model_card(dst, base=str(base), adapter=str(src), report=rep, merged=merge, prompt=prompt,
                      adapter_cfg=adapter_cfg, metrics=metrics_data, verification=verification,
-                     warnings=warnings, name=name or final.name, shown=final)
+                     warnings=warnings, name=name or final.name, shown=final, vllm_verification=vllm_verification)
     summary = {"out": str(final), "merged": merge, "adapter": dataclasses.asdict(rep), "warnings": warnings,
                "verification": dataclasses.asdict(verification) if verification else None,
+               "vllm_verification": dataclasses.asdict(vllm_verification) if vllm_verification else None,
                "files": sorted(p.name for p in dst.iterdir())}
-    if verification is not None and not verification.ok:
-        raise ExportError(f"{final}: {verification.line()}")
+    for v in (verification, vllm_verification):
+        if v is not None and not v.ok:
+            raise ExportError(f"{final}: {v.line()}")
     return summary
 
 
@@ -447,6 +468,27 @@ def _verify(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new
                     require_identical=True)
 
 
+def _verify_vllm(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new_tokens,
+                 before) -> Verification:
+    """Greedy reports of vLLM serving the export (as ``vllm serve`` would) vs the in-memory model's."""
+    import torch
+
+    from mllm_cxr.generate import GenerationSettings, VLLMGenerator
+    from mllm_cxr.modeling import load_processor, resolve_dtype
+
+    processor = load_processor(_model_args(str(dst), prompt, dtype))  # the exported processor and template
+    gen = VLLMGenerator(str(dst) if merged else base, prompt, root, GenerationSettings(max_new_tokens=max_new_tokens),
+                        adapter=None if merged else str(dst), dtype=dtype, processor=processor,
+                        enforce_eager=True, max_model_len=4096)
+    texts = [t[0] for t in gen.generate(studies)]
+    del gen
+    same = sum(a == b for a, b in zip(before[0], texts))
+    half = resolve_dtype(dtype) in (torch.bfloat16, torch.float16)
+    ok = same == len(texts) or (half and same * 4 >= 3 * len(texts))
+    ex = [{"before_len": str(len(a)), "after_len": str(len(b))} for a, b in zip(before[0], texts) if a != b][:3]
+    return Verification("vLLM greedy vs in-memory model", len(texts), same, 0.0, 0.0, ok, ex, logits=False)
+
+
 def _read_metrics(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
@@ -462,7 +504,7 @@ def _read_metrics(path: str | Path) -> dict[str, Any]:
 def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterReport, merged: bool, prompt,
                      adapter_cfg: dict[str, Any] | None, metrics: dict[str, Any] | None,
                      verification: Verification | None, warnings: list[str], name: str,
-                     shown: Path | None = None) -> Path:
+                     shown: Path | None = None, vllm_verification: Verification | None = None) -> Path:
     """``README.md``: what the export is, how to serve and load it, and the evaluation table."""
     where = shown or out  # the path users will see (the export is written in a temporary folder first)
     from mllm_cxr.serve import build_vllm_command, command_line
@@ -508,6 +550,8 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     if verification is not None:
         lines += ["## Verification", "", verification.line(), ""]
+        if vllm_verification is not None:
+            lines += [vllm_verification.line(), ""]
     lines += ["## Evaluation", ""]
     if metrics:
         from mllm_cxr.evaluate import metrics_table

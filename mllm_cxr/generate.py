@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 #: The file the recipes write into ``output_dir`` with every config dataclass (see training.start_run).
 RUN_CONFIG_NAME = "mllm_cxr_config.json"
 BACKENDS = ("hf", "vllm", "openai")
-VLLM_INSTALL_HINT = ("the vLLM backend needs vllm on a CUDA machine: pip install 'mllm-cxr[gpu]' "
+VLLM_INSTALL_HINT = ("vllm is not importable in this environment: `make vllm-env` builds ./.venv-vllm with vLLM "
+                     "(CPU or CUDA) and the project; or pip install 'mllm-cxr[gpu]' on a CUDA machine "
                      "(vllm>=0.22,<=0.31, the range TRL supports)")
 
 

