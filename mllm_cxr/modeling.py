@@ -127,7 +127,7 @@ def resolve_dtype(name: str | None):
         raise ValueError(f"model.dtype: unknown dtype {name!r} (hardware, auto, bfloat16, float16, float32)") from None
 
 
-def check_model_ref(name: str | Path, *, field: str = "model_name_or_path") -> None:
+def check_model_ref(name: str | Path, *, field: str = "model_name_or_path", processor: bool = False) -> None:
     """A base model given as a local path must be a model folder; a missing one that looks like a path (``./x``,
     ``/x``, ``~/x``, ``a/b/c``, or ``runs/x`` where ``runs/`` exists here) is an error naming it, instead of
     being sent to the hub as a model id."""
@@ -138,7 +138,9 @@ def check_model_ref(name: str | Path, *, field: str = "model_name_or_path") -> N
     if p.exists():
         if not p.is_dir():
             raise ConfigError(f"{field}: {text} is a file; give the model folder (with config.json) or a hub id")
-        if not (p / "config.json").is_file():
+        wanted = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json") \
+            if processor else ("config.json",)  # an adapter export holds the processor but no model config
+        if not any((p / f).is_file() for f in wanted):
             raise ConfigError(f"{field}: {text} has no config.json (not a model folder); give the folder that holds "
                               "the model's config.json and weights")
         return
@@ -175,7 +177,7 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
         kw["min_pixels"] = args.min_pixels
     if args.max_pixels is not None:
         kw["max_pixels"] = args.max_pixels
-    check_model_ref(args.model_name_or_path)
+    check_model_ref(args.model_name_or_path, processor=True)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust_remote_code)
     ip = getattr(processor, "image_processor", None)
     if ip is not None:

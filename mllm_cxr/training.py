@@ -184,10 +184,10 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     resume = args.resume_from_checkpoint
     if resume in ("auto", "last", "true", "True"):
         resume = last_checkpoint(args.output_dir)
-        log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+        print(f"resuming from {resume or 'scratch (no checkpoint found)'}", file=sys.stderr, flush=True)
     result = tr.train(resume_from_checkpoint=resume)
     tr.save_model(args.output_dir)
-    metrics = dict(result.metrics)
+    metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
     tr.log_metrics("train", metrics)
     tr.save_metrics("train", metrics)  # train_results.json (+ all_results.json)

@@ -64,13 +64,19 @@ def local_scorers(entries):
     from reward import base
     from reward.base import register_scorer
 
+    names = {n for n, _, _ in entries}
+    saved_reg = {n: base._REGISTRY[n] for n in names if n in base._REGISTRY}  # a built-in scorer of that name
+    saved_cache = {k: v for k, v in base._CACHE.items() if k[0] in names}
+    for key in saved_cache:
+        del base._CACHE[key]
     for name, desc, factory in entries:
         register_scorer(name, desc)(factory)
     try:
         yield
     finally:
-        names = {n for n, _, _ in entries}
         for n in names:
             base._REGISTRY.pop(n, None)
         for key in [k for k in base._CACHE if k[0] in names]:
             del base._CACHE[key]
+        base._REGISTRY.update(saved_reg)
+        base._CACHE.update(saved_cache)
