@@ -144,8 +144,8 @@ def read_jsonl(path: PathLike, *, role: str = "input", objects: bool = True,
             yield lineno, value
 
 
-def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = InputError) -> Any:
-    """A whole JSON file, with the same errors as :func:`read_jsonl`."""
+def _read_text(path: PathLike, role: str, error: type[InputError]) -> str:
+    """A whole text file (plain or .gz) with the one set of read errors."""
     fh = open_text_checked(path, role, error)
     with fh:
         try:
@@ -154,6 +154,12 @@ def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = 
             raise not_utf8(path, error) from None
         except (EOFError, OSError, zlib.error) as e:
             raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
+    return text
+
+
+def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = InputError) -> Any:
+    """A whole JSON file, with the same errors as :func:`read_jsonl`."""
+    text = _read_text(path, role, error)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -167,14 +173,7 @@ def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError
     the file (and line, for a syntax error). PyYAML is imported here only (a core dependency)."""
     import yaml
 
-    fh = open_text_checked(path, role, error)
-    with fh:
-        try:
-            text = fh.read()
-        except UnicodeDecodeError:
-            raise not_utf8(path, error) from None
-        except (EOFError, OSError, zlib.error) as e:
-            raise error(f"cannot read {role}: corrupt or truncated ({e})", file=path) from None
+    text = _read_text(path, role, error)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

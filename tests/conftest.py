@@ -80,3 +80,13 @@ def local_scorers(entries):
             del base._CACHE[key]
         base._REGISTRY.update(saved_reg)
         base._CACHE.update(saved_cache)
+
+
+def require_vllm():
+    """The vLLM module; the `vllm` tests fail (never skip) where it is missing."""
+    try:
+        import vllm
+    except ImportError as e:
+        pytest.fail(f"vllm is not importable ({e}): the `vllm` tests run in ./.venv-vllm (make vllm-env; "
+                    "make test-vllm)")
+    return vllm

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_vllm
+
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -21,13 +23,6 @@ PROMPTS_PER_STEP, GENERATIONS = 2, 4
 GAP_MAX = 0.15  # nats/token; a prompt vLLM expands twice gives ~0.6 (huggingface/trl#6294)
 
 
-def require_vllm():
-    try:
-        import vllm
-    except ImportError as e:
-        pytest.fail(f"vllm is not importable ({e}): the `vllm` tests run in ./.venv-vllm (make vllm-env; "
-                    "make test-vllm)")
-    return vllm
 
 
 @pytest.fixture(scope="module")

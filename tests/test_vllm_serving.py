@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_vllm
+
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -30,13 +32,6 @@ MAX_TOKENS = 24
 BIN = Path(sys.executable).parent
 
 
-def require_vllm():
-    try:
-        import vllm
-    except ImportError as e:
-        pytest.fail(f"vllm is not importable ({e}): the `vllm` tests run in ./.venv-vllm (make vllm-env; "
-                    "make test-vllm)")
-    return vllm
 
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -22,6 +22,8 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import require_vllm
+
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -29,13 +31,6 @@ PIXELS = {"min_pixels": 3136, "max_pixels": 12544}
 N_STUDIES, MAX_TOKENS = 4, 16
 
 
-def require_vllm():
-    try:
-        import vllm
-    except ImportError as e:
-        pytest.fail(f"vllm is not importable ({e}): the `vllm` tests run in ./.venv-vllm (make vllm-env; "
-                    "make test-vllm)")
-    return vllm
 
 
 def _free_port() -> int:
