@@ -490,7 +490,7 @@ def permutation_p_value(S_a: np.ndarray, S_b: np.ndarray, fn: Fn, n_resamples: i
             return np.asarray(fn(ta), dtype=float) - np.asarray(fn(tb), dtype=float)
 
     observed = float(fn(base) - fn(total_b))
-    if not math.isfinite(observed):
+    if not math.isfinite(observed) or n < 2:  # one shared study: no permutation distribution to test against
         return None
     idx = np.arange(n)
     batch = max(1, min(n_resamples, 20_000_000 // max(1, n * S_a.shape[1])))

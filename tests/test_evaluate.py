@@ -276,3 +276,13 @@ def test_paired_p_value_for_a_clear_win_and_names_the_test(tmp_path, files):
     md = (tmp_path / "ev" / "metrics.md").read_text()
     assert "paired permutation (randomisation) test" in md
     assert "permutation" in json.loads((tmp_path / "ev" / "metrics.json").read_text())["compare"]["p_value_test"]
+
+
+def test_paired_p_value_needs_two_studies():
+    """One shared study has no permutation distribution: the p-value is absent, not a crash."""
+    import numpy as np
+
+    from mllm_cxr.evaluate import permutation_p_value
+
+    one = np.array([[1.0, 2.0]])
+    assert permutation_p_value(one, one + 1, lambda t: t[..., 0] / t[..., 1], 100, 0) is None
