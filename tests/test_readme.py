@@ -181,7 +181,8 @@ BY_ID = {c.id: c for c in CASES}
 #: The recipe configs name the hub model in YAML: the tiny model goes in as a flag instead.
 RECIPE_MODEL_FLAG = "--model_name_or_path"
 #: The vLLM-as-written variants of README commands that the CPU suite runs with ``--use_vllm false``.
-VLLM_AS_WRITTEN = [Case("grpo-3b-vllm", BY_ID["grpo-3b"].command, extra=[*GRPO_LIMITS, "--overwrite_output_dir", "true"],
+VLLM_AS_WRITTEN = [Case("grpo-3b-vllm", BY_ID["grpo-3b"].command, extra=[*GRPO_LIMITS, "--overwrite_output_dir", "true",
+                                                                *([] if torch.cuda.is_available() else ["--vllm_enable_sleep_mode", "false"])],
                         vllm=True)]
 
 
