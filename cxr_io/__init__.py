@@ -92,13 +92,18 @@ def not_utf8(path: PathLike, error: type[InputError] = None) -> InputError:
     return (error or InputError)(hint, file=path, line=line)
 
 
-def open_text_checked(path: PathLike, role: str = "input", error: type[InputError] = InputError) -> io.TextIOBase:
-    """Open a UTF-8 text file (``.gz`` decompressed) or raise :class:`InputError` saying why it cannot be."""
-    p = Path(path)
+def _require_file(p: Path, role: str, error: type[InputError]) -> None:
+    """``p`` is an existing file, or ``error`` says it is missing or a folder."""
     if not p.exists():
         raise error(f"{role} file not found; check the path", file=p)
     if p.is_dir():
         raise error(f"{role} is a folder, expected a file", file=p)
+
+
+def open_text_checked(path: PathLike, role: str = "input", error: type[InputError] = InputError) -> io.TextIOBase:
+    """Open a UTF-8 text file (``.gz`` decompressed) or raise :class:`InputError` saying why it cannot be."""
+    p = Path(path)
+    _require_file(p, role, error)
     try:
         if p.suffix == ".gz":
             return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", newline="")
@@ -190,10 +195,7 @@ def iter_csv_rows(path: PathLike, *, required: Iterable[str] = (), role: str = "
     """``(line number, row)`` of a CSV with a header; quotes must balance (an unclosed quote is an error
     naming the line where it opened, not a silent merge of the rest of the file)."""
     p = Path(path)
-    if not p.exists():
-        raise error(f"{role} file not found; check the path", file=p)
-    if p.is_dir():
-        raise error(f"{role} is a folder, expected a file", file=p)
+    _require_file(p, role, error)
     try:
         fh = (io.TextIOWrapper(gzip.open(p, "rb"), encoding=encoding, newline="") if p.suffix == ".gz"
               else open(p, encoding=encoding, newline=""))
