@@ -54,7 +54,8 @@ def run() -> str:
 
     from data_prep.phantom import make_phantom
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator, load_hf_generator, resolve_prompt
+    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator, load_hf_generator
+    from mllm_cxr.run_config import resolve_prompt
     from mllm_cxr.serve import ChatServer
     from mllm_cxr.tiny import build_tiny_model
 

@@ -100,7 +100,8 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
 
 
 def serve_latency(backend: str, model_dir: Path, adapter: Path, study, data_root: Path, log: Path) -> dict:
-    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator, resolve_prompt
+    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator
+    from mllm_cxr.run_config import resolve_prompt
 
     port = _free_port()
     cmd = [sys.executable, "-m", "mllm_cxr.cli", "serve", "--backend", backend, "--model", str(model_dir),

@@ -60,7 +60,8 @@ def run(smoke: bool = False, results: dict | None = None) -> str:
 
     from data_prep.phantom import make_phantom
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, load_hf_generator, resolve_prompt
+    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.run_config import resolve_prompt
 
     m = G.mode(smoke)
     G.require_device(m, "gpu_generate")

@@ -259,14 +259,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
             row = {k: (json.loads(v) if k in ("meta", "labels") and isinstance(v, str) else v) for k, v in row.items()}
             yield validate_record(row, file=str(path), line=i)
         return
-    for i, d in iter_jsonl(path):
+    for i, d in read_jsonl(path, role="study records", objects=False, error=DataPrepError):
         yield validate_record(d, file=str(path), line=i)
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """``(line number, decoded value)`` for each non-blank line; bad JSON, non-UTF-8 text or a corrupt
-    ``.gz`` raises :class:`DataPrepError` naming the file, line and column (:func:`cxr_io.read_jsonl`)."""
-    yield from read_jsonl(path, role="study records", objects=False, error=DataPrepError)
 
 
 def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:

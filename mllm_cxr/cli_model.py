@@ -57,8 +57,8 @@ def run_generate(args: argparse.Namespace) -> int:
         load_hf_generator,
         meta_path,
         part_path,
-        resolve_prompt,
     )
+    from mllm_cxr.run_config import resolve_prompt
 
     if args.backend in ("hf", "vllm") and not args.model:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
@@ -317,7 +317,8 @@ def _adapter_keys(adapter_dir: str) -> dict[str, None]:
 def check_servable(adapters: dict[str, str], *, backend: str, max_lora_rank: int | None) -> None:
     """What ``serve`` checks before anything starts (``--dry-run`` included): readable adapter weights and,
     for vLLM, the adapter types ``export`` refuses and a ``--max-lora-rank`` that holds every adapter."""
-    from mllm_cxr.export import VLLM_MAX_LORA_RANKS, adapter_rank, check_vllm_compatible, inspect_adapter
+    from mllm_cxr.export import check_vllm_compatible, inspect_adapter
+    from mllm_cxr.vllm_support import VLLM_MAX_LORA_RANKS, adapter_rank
 
     for name, d in adapters.items():
         keys = _adapter_keys(d)
@@ -345,9 +346,10 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from mllm_cxr.generate import resolve_prompt
     from mllm_cxr.modeling import check_model_ref
-    from mllm_cxr.serve import ChatServer, build_vllm_command, run_vllm
+    from mllm_cxr.run_config import resolve_prompt
+    from mllm_cxr.serve import ChatServer, run_vllm
+    from mllm_cxr.vllm_support import build_vllm_command
 
     check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)

@@ -87,8 +87,9 @@ def make_generator(args, prompt, settings, data_root):
 def _cmd_sample(args) -> int:
     from data_prep.schema import resolve_data_root
     from mllm_cxr.config import ConfigError
-    from mllm_cxr.generate import GenerationSettings, resolve_prompt
+    from mllm_cxr.generate import GenerationSettings
     from mllm_cxr.pairs import reward_ranked_pairs
+    from mllm_cxr.run_config import resolve_prompt
 
     _check_outputs(args)
     args.sections = _sections(args)

@@ -52,18 +52,29 @@ def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: Promp
         if not refs:
             skipped["no_image"] += 1
             continue
-        rows.append({
-            "study_id": s.study_id,
-            "prompt": messages,
-            "images": _image_paths(s, refs, root, check_images),
-            "reference": target_text(s, cfg),
-            "findings": s.findings,
-            "impression": s.impression,
-            "comparison": s.comparison,
-            "has_prior": s.has_prior,
-            "labels": json.dumps(s.labels) if s.labels is not None else "",
-        })
+        rows.append({"prompt": messages, "images": _image_paths(s, refs, root, check_images),
+                     **reward_columns(s, cfg)})
     return rows, skipped
+
+
+def study_columns(study: StudyRecord, *, labels_json: bool = False) -> dict[str, Any]:
+    """The study facts recorded beside a report wherever one is scored: the reward columns of the
+    trainers' datasets (:func:`reward_columns`) and the ``context`` of each prediction that eval reads
+    (prior rate, CheXpert labels). ``labels_json``: labels as a JSON string ("" for none), the one
+    type an Arrow column can hold for every study."""
+    labels: Any = study.labels
+    if labels_json:
+        labels = json.dumps(study.labels) if study.labels is not None else ""
+    return {"indication": study.indication, "comparison": study.comparison, "has_prior": study.has_prior,
+            "labels": labels, "dataset": study.dataset, "split": study.split,
+            "findings": study.findings, "impression": study.impression}
+
+
+def reward_columns(study: StudyRecord, cfg: PromptConfig) -> dict[str, Any]:
+    """The per-study columns a reward function sees (GRPO dataset rows, ``pairs sample``): the study
+    id, the reference report for the prompt's sections and :func:`study_columns`."""
+    return {"study_id": study.study_id, "reference": target_text(study, cfg),
+            **study_columns(study, labels_json=True)}
 
 
 def _to_dataset(rows: list[dict[str, Any]]):

@@ -15,53 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def evaluate_model(model_dir: str | Path, adapter_dir: str | Path | None, phantom_dir: str | Path, *,
-                   split: str = "test", limit: int | None = 48, max_new_tokens: int = 96,
-                   prompt_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Greedy reports for a phantom split, scored with the phantom finding F1 (and the CheXpert labeler)."""
-    import torch
-
-    from data_prep.phantom import finding_scores
-    from data_prep.schema import resolve_data_root
-    from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, HFGenerator
-    from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-    from mllm_cxr.prompts import PromptConfig
-
-    cfg_path = None
-    if adapter_dir:  # a run's output_dir holds the config; its checkpoints sit one level below
-        cands = [Path(adapter_dir) / "mllm_cxr_config.json", Path(adapter_dir).parent / "mllm_cxr_config.json"]
-        cfg_path = next((c for c in cands if c.exists()), None)
-    margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", adapter_path=None,
-                           max_pixels=112 * 112, min_pixels=56 * 56)
-    prompt = PromptConfig(max_images=1, context=[], sections=["impression"])  # the tiny SFT config's prompt
-    if cfg_path is not None and cfg_path.exists():  # use the exact prompt/pixel budget the adapter was trained with
-        saved = json.loads(cfg_path.read_text())
-        prompt = PromptConfig(**saved.get("PromptConfig", {}))
-        for k in ("max_pixels", "min_pixels"):
-            setattr(margs, k, saved.get("ModelArguments", {}).get(k, getattr(margs, k)))
-    for k, v in (prompt_overrides or {}).items():
-        setattr(prompt, k, v)
-    margs.adapter_path = str(adapter_dir) if adapter_dir else None
-    processor = load_processor(margs)
-    model, _ = load_model(margs, is_trainable=False)
-    model.eval()
-    studies_file = Path(phantom_dir) / "studies.jsonl"
-    studies = load_split(studies_file, split, limit)
-    gen = HFGenerator(model, processor, prompt, resolve_data_root(studies_file),
-                      GenerationSettings(max_new_tokens=max_new_tokens))
-    torch.manual_seed(0)
-    preds = []
-    for i in range(0, len(studies), 8):
-        preds += [p[0] for p in gen.generate(studies[i:i + 8])]
-    scores = finding_scores(preds, studies)
-    scores["examples"] = preds[:3]
-    return scores
 
 
 def _run(cmd: list[str]) -> None:

@@ -131,39 +131,6 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg):
     return dpo_dataset(pairs, records, data_args.root(), prompt_cfg)
 
 
-def check_adapter_prompt(model_args, prompt_cfg) -> list[str]:
-    """Warn when the prompt or pixel budget differs from the one the starting adapter was trained with.
-
-    A DPO/GRPO run that starts from an SFT adapter should show the model the prompt it learnt on (same
-    sections, context fields, number of images, pixel budget); a silent mismatch costs a lot of what SFT
-    taught. Returns the differences (``key: adapter -> now``), also logged as one warning.
-    """
-    import dataclasses
-    import json
-    import logging
-    from pathlib import Path
-
-    if not getattr(model_args, "adapter_path", None):
-        return []
-    path = Path(model_args.adapter_path) / "mllm_cxr_config.json"
-    if not path.exists():
-        return []
-    saved = json.loads(path.read_text())
-    diffs = []
-    now = dataclasses.asdict(prompt_cfg)
-    for k, v in (saved.get("PromptConfig") or {}).items():
-        if k in now and now[k] != v:
-            diffs.append(f"{k}: {v!r} -> {now[k]!r}")
-    for k in ("min_pixels", "max_pixels"):
-        v = (saved.get("ModelArguments") or {}).get(k)
-        if v is not None and getattr(model_args, k, None) != v:
-            diffs.append(f"{k}: {v!r} -> {getattr(model_args, k, None)!r}")
-    if diffs:
-        logging.getLogger(__name__).warning("the prompt differs from the one adapter %s was trained with (%s); set "
-                                            "the same keys in this config", model_args.adapter_path, "; ".join(diffs))
-    return diffs
-
-
 def check_loss_type(args) -> None:
     """An unknown ``loss_type`` is a config error now, not a crash at the first training step."""
     import dataclasses

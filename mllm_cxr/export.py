@@ -49,45 +49,28 @@ from pathlib import Path
 from typing import Any
 
 from cxr_io import abort_dir, begin_dir, check_safetensors, commit_dir
+from data_prep.schema import resolve_data_root
+from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
+from mllm_cxr.generate import GenerationSettings, HFGenerator, VLLMGenerator
+from mllm_cxr.inference import inference_processor, load_for_inference, study_inputs
+from mllm_cxr.modeling import resolve_dtype
+from mllm_cxr.run_config import copy_run_config, resolve_prompt
+from mllm_cxr.vllm_support import (
+    VLLM_LORA_MODULES,
+    VLLM_MAX_LORA_RANKS,
+    adapter_rank,
+    build_vllm_command,
+    command_line,
+    import_vllm,
+    read_adapter_config,
+    vllm_max_lora_rank,
+)
 
 log = logging.getLogger(__name__)
 
-#: ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks`` in vllm/config/lora.py).
-VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-#: Language-model modules vLLM applies LoRA to for Qwen2/2.5-VL (qkv and gate/up are packed there).
-VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|"
                        r"lora_embedding_B|lora_magnitude_vector)(?:\.[^.]+)*$")
-
-
-def vllm_max_lora_rank(rank: int) -> int:
-    """The smallest ``--max-lora-rank`` choice of vLLM that holds ``rank``."""
-    for choice in VLLM_MAX_LORA_RANKS:
-        if rank <= choice:
-            return choice
-    raise ExportError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]}); "
-                      "export with --merge instead")
-
-
-def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
-    p = Path(adapter_dir) / "adapter_config.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"no adapter_config.json in {adapter_dir} (not a PEFT adapter folder)")
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(cfg, dict):
-        raise ExportError(f"{p}: expected a JSON object")
-    return cfg
-
-
-def adapter_rank(adapter_dir: str | Path) -> int:
-    """The largest LoRA rank of an adapter (``r`` and any ``rank_pattern`` value)."""
-    cfg = read_adapter_config(adapter_dir)
-    ranks = [int(cfg.get("r") or 0), *[int(v) for v in (cfg.get("rank_pattern") or {}).values()]]
-    return max(ranks)
 
 
 def read_adapter_weights(adapter_dir: str | Path) -> dict[str, Any]:
@@ -226,28 +209,13 @@ def write_adapter(rep: AdapterReport, tensors: dict[str, Any], out: Path, base: 
 # ------------------------------------------------------------------------------------------------
 # Loading, generating, verifying
 # ------------------------------------------------------------------------------------------------
-def _model_args(model: str, prompt, dtype: str):
-    from mllm_cxr.modeling import ModelArguments
-
-    return ModelArguments(model_name_or_path=str(model), dtype=dtype, min_pixels=prompt.min_pixels,
-                          max_pixels=prompt.max_pixels)
-
-
 def _outputs(model, processor, prompt, studies, data_root, max_new_tokens: int) -> tuple[list[str], Any]:
     """Greedy reports and next-token logits (float32, CPU) for ``studies``."""
     import torch
 
-    from mllm_cxr.generate import GenerationSettings, HFGenerator
-    from mllm_cxr.prompts import build_messages, load_images
-
     gen = HFGenerator(model, processor, prompt.prompt, data_root, GenerationSettings(max_new_tokens=max_new_tokens))
     texts = [t[0] for t in gen.generate(studies)]
-    chat, images = [], []
-    for s in studies:
-        messages, refs = build_messages(s, prompt.prompt)
-        chat.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        images.append(load_images(refs, data_root))
-    inputs = processor(text=chat, images=images, return_tensors="pt", padding=True).to(model.device)
+    inputs = study_inputs(processor, studies, prompt.prompt, data_root, model.device)
     with torch.no_grad():
         logits = model(**inputs).logits[:, -1, :].float().cpu()
     return texts, logits
@@ -282,20 +250,6 @@ def _compare(kind: str, before, after, atol: float, require_identical: bool) -> 
     return Verification(kind, len(t0), same, diff, atol, ok, ex)
 
 
-def _copy_run_config(adapter_dir: Path, out: Path, extra: dict[str, Any]) -> None:
-    from mllm_cxr.generate import RUN_CONFIG_NAME, find_run_config
-
-    src = find_run_config(adapter_dir)
-    record: dict[str, Any] = {}
-    if src is not None:
-        try:
-            record = json.loads(src.read_text())
-        except (OSError, json.JSONDecodeError):
-            record = {}
-    record["Export"] = extra
-    (out / RUN_CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
 def _write_generation_config(base: str, out: Path, max_new_tokens: int) -> None:
     from transformers import GenerationConfig
 
@@ -324,16 +278,12 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     Raises :class:`ExportError` for an adapter vLLM cannot load (unless ``merge``), an ``out`` that
     exists and is not empty (unless ``overwrite``), and a failed verification.
     """
-    from mllm_cxr.generate import place_model, resolve_prompt
-
     src, dst = Path(adapter), Path(out)
     if verify_backend not in ("hf", "vllm"):
         raise ExportError(f"--verify-backend must be hf or vllm, got {verify_backend!r}")
     if verify_backend == "vllm":
         if not verify_studies:
             raise ExportError("--verify-backend vllm needs --verify-studies (the studies to compare on)")
-        from mllm_cxr.generate import import_vllm
-
         import_vllm()  # ImportError with the install hint before any work
     if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
         raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
@@ -352,25 +302,16 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     prompt = resolve_prompt(src, None)
     studies, root = [], None
     if verify_studies:
-        from mllm_cxr.data import load_split
-
         studies = load_split(verify_studies, split, n_verify)
-        from data_prep.schema import resolve_data_root
-
         root = resolve_data_root(verify_studies, data_root)
 
     before = None
     merged_model = None
     if verify_studies or merge:
         import torch
-        from peft import PeftModel
 
-        from mllm_cxr.modeling import load_base_model, load_processor
-
-        margs = _model_args(base, prompt, dtype)
-        processor = load_processor(margs)
-        model = PeftModel.from_pretrained(load_base_model(margs), str(src), is_trainable=False)
-        model = (place_model(model) if studies else model).eval()  # merging needs no GPU
+        model, processor = load_for_inference(base, src, dtype=dtype, min_pixels=prompt.min_pixels,
+                                              max_pixels=prompt.max_pixels, place=bool(studies))  # merging: CPU
         if studies:
             before = _outputs(model, processor, prompt, studies, root, verify_max_new_tokens)
         if merge:
@@ -404,16 +345,14 @@ def _write_export(dst: Path, final: Path, base, src: Path, merge: bool, merged_m
         adapter_cfg = None
     else:
         adapter_cfg = write_adapter(rep, tensors, dst, base, keep_vision=allow_vision_lora)
-    from mllm_cxr.modeling import load_processor
-
-    processor = load_processor(_model_args(base, prompt, dtype))
+    processor = inference_processor(base, min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)
     processor.save_pretrained(dst)
     if not getattr(processor, "chat_template", None):
         warnings.append("the processor has no chat template: servers will need --chat-template")
     _write_generation_config(base, dst, max_new_tokens)
     export_info = {"base": str(base), "adapter": str(src), "merged": merge, "rank": rep.rank,
                    "vision_lora_kept": bool(allow_vision_lora and rep.vision)}
-    _copy_run_config(src, dst, export_info)
+    copy_run_config(src, dst, export_info)
 
     verification = None
     if before is not None:
@@ -443,18 +382,10 @@ def _verify(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new
             merge_atol: float | None) -> Verification:
     import torch
 
-    from mllm_cxr.generate import place_model
-    from mllm_cxr.modeling import load_base_model, load_processor, resolve_dtype
-
-    processor = load_processor(_model_args(str(dst), prompt, dtype))  # the exported processor
-    if merged:
-        model = load_base_model(_model_args(str(dst), prompt, dtype))
-    else:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_base_model(_model_args(base, prompt, dtype)), str(dst),
-                                          is_trainable=False)
-    model = place_model(model).eval()
+    # the export as users load it: a merged checkpoint alone, an adapter on the base; the exported processor
+    model, processor = load_for_inference(dst if merged else base, None if merged else dst, dtype=dtype,
+                                          min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels,
+                                          processor_from=dst)
     after = _outputs(model, processor, prompt, studies, root, max_new_tokens)
     del model
     if merged:
@@ -473,10 +404,7 @@ def _verify_vllm(base, dst: Path, merged: bool, studies, root, prompt, dtype, ma
     """Greedy reports of vLLM serving the export (as ``vllm serve`` would) vs the in-memory model's."""
     import torch
 
-    from mllm_cxr.generate import GenerationSettings, VLLMGenerator
-    from mllm_cxr.modeling import load_processor, resolve_dtype
-
-    processor = load_processor(_model_args(str(dst), prompt, dtype))  # the exported processor and template
+    processor = inference_processor(dst, min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)  # exported
     gen = VLLMGenerator(str(dst) if merged else base, prompt, root, GenerationSettings(max_new_tokens=max_new_tokens),
                         adapter=None if merged else str(dst), dtype=dtype, processor=processor,
                         enforce_eager=True, max_model_len=4096)
@@ -507,8 +435,6 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
                      shown: Path | None = None, vllm_verification: Verification | None = None) -> Path:
     """``README.md``: what the export is, how to serve and load it, and the evaluation table."""
     where = shown or out  # the path users will see (the export is written in a temporary folder first)
-    from mllm_cxr.serve import build_vllm_command, command_line
-
     lines = ["---", f"base_model: {base}", "library_name: " + ("transformers" if merged else "peft"),
              "pipeline_tag: image-text-to-text", "tags:", "- radiology", "- chest-x-ray", "- report-generation",
              "- mllm-cxr", "---", "", f"# {name}", ""]

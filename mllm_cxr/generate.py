@@ -24,7 +24,6 @@ uses the prompt and pixel budget the adapter was trained with; explicit override
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -38,16 +37,16 @@ from typing import Any
 from cxr_io import make_parent, read_jsonl, write_text_atomic
 from data_prep.schema import StudyRecord
 from mllm_cxr.config import ConfigError
+from mllm_cxr.data import study_columns
+from mllm_cxr.inference import chat_text, inference_processor, load_for_inference, study_inputs
 from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
+from mllm_cxr.run_config import PromptSettings
+from mllm_cxr.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
+from reward.http import RETRY_STATUSES, retrying_session
 
 log = logging.getLogger(__name__)
 
-#: The file the recipes write into ``output_dir`` with every config dataclass (see training.start_run).
-RUN_CONFIG_NAME = "mllm_cxr_config.json"
 BACKENDS = ("hf", "vllm", "openai")
-VLLM_INSTALL_HINT = ("vllm is not importable in this environment: `make vllm-env` builds ./.venv-vllm with vLLM "
-                     "(CPU or CUDA) and the project; or pip install 'mllm-cxr[gpu]' on a CUDA machine "
-                     "(vllm>=0.22,<=0.31, the range TRL supports)")
 
 
 class GenerationError(ConfigError):
@@ -98,15 +97,9 @@ class GenerationSettings:
         return body
 
 
-def study_context(s: StudyRecord) -> dict[str, Any]:
-    """The context columns written beside each prediction (used by eval: prior rate, CheXpert labels)."""
-    return {"indication": s.indication, "comparison": s.comparison, "has_prior": s.has_prior,
-            "labels": s.labels, "dataset": s.dataset, "split": s.split,
-            "findings": s.findings, "impression": s.impression}
-
-
-def done_ids(out_path: Path) -> set[str]:
-    """Study ids already in a predictions file (a truncated last line, from a killed run, is dropped)."""
+def resume_part_file(out_path: Path) -> set[str]:
+    """Make an unfinished run's ``.part`` file resumable: keep its complete rows, dropping a line cut
+    short by a killed run (the file is rewritten), and return the study ids it already holds."""
     ids: set[str] = set()
     if not out_path.exists():
         return ids
@@ -137,80 +130,8 @@ def batched(items: Sequence, n: int) -> Iterator[Sequence]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Prompt settings from the adapter's run config
-# ------------------------------------------------------------------------------------------------
-def find_run_config(*dirs: str | Path | None) -> Path | None:
-    """The first ``mllm_cxr_config.json`` in each given folder or its parent (a checkpoint's run)."""
-    for d in dirs:
-        if not d:
-            continue
-        p = Path(d)
-        for cand in (p / RUN_CONFIG_NAME, p.parent / RUN_CONFIG_NAME):
-            if cand.is_file():
-                return cand
-    return None
-
-
-@dataclass
-class PromptSettings:
-    """The prompt and pixel budget a generation uses, and where they came from."""
-
-    prompt: PromptConfig
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    source: str = "defaults"
-
-    def __post_init__(self) -> None:
-        from data_prep.images import check_pixel_budget
-
-        check_pixel_budget(self.min_pixels, self.max_pixels, where=f"pixel budget ({self.source})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"prompt": dataclasses.asdict(self.prompt), "min_pixels": self.min_pixels,
-                "max_pixels": self.max_pixels}
-
-
-def resolve_prompt(adapter: str | Path | None = None, model: str | Path | None = None, *,
-                   overrides: dict[str, Any] | None = None, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> PromptSettings:
-    """Prompt config and pixel budget: the run config next to the adapter (else next to the model, as in
-    a merged export), then ``overrides`` (PromptConfig fields) and explicit pixel values on top."""
-    path = find_run_config(adapter, model if model and Path(model).is_dir() else None)
-    fields: dict[str, Any] = {}
-    pix: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable run config ({e})") from None
-        if not isinstance(saved, dict):
-            raise ConfigError(f"{path}: not a run config (expected a JSON object)")
-        known = {f.name for f in dataclasses.fields(PromptConfig)}
-        fields = {k: v for k, v in (saved.get("PromptConfig") or {}).items() if k in known}
-        margs = saved.get("ModelArguments") or {}
-        pix = {k: margs.get(k) for k in ("min_pixels", "max_pixels")}
-        source = str(path)
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            fields[k] = v
-    try:
-        prompt = PromptConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: bad prompt settings ({e})") from None
-    return PromptSettings(prompt=prompt,
-                          min_pixels=min_pixels if min_pixels is not None else pix.get("min_pixels"),
-                          max_pixels=max_pixels if max_pixels is not None else pix.get("max_pixels"),
-                          source=source)
-
-
-# ------------------------------------------------------------------------------------------------
 # Backends
 # ------------------------------------------------------------------------------------------------
-def _chat_text(processor, messages) -> str:
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
 class HFGenerator:
     """transformers ``generate`` on a (PEFT) model, left-padded batches."""
 
@@ -224,13 +145,7 @@ class HFGenerator:
     def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
         import torch
 
-        texts, images = [], []
-        for s in studies:
-            messages, refs = build_messages(s, self.cfg)
-            texts.append(_chat_text(self.processor, messages))
-            images.append(load_images(refs, self.data_root))
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
-        inputs = inputs.to(self.model.device)
+        inputs = study_inputs(self.processor, studies, self.cfg, self.data_root, self.model.device)
         torch.manual_seed(self.settings.seed)
         with torch.no_grad():
             out = self.model.generate(**inputs, **self.settings.hf_kwargs())
@@ -240,18 +155,6 @@ class HFGenerator:
         return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(studies))]
 
 
-def place_model(model, device: str | None = None):
-    """Move a loaded model to ``device`` (default: CUDA when there is one); quantized models stay put
-    (bitsandbytes places them when loading)."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) \
-            or getattr(model, "hf_quantizer", None) is not None:
-        return model
-    return model.to(device)
-
-
 def load_hf_generator(model: str, adapter: str | None, prompt: PromptSettings, data_root: str | Path,
                       settings: GenerationSettings | None = None, *, dtype: str = "auto",
                       attn_implementation: str | None = None, load_in_4bit: bool = False,
@@ -259,24 +162,11 @@ def load_hf_generator(model: str, adapter: str | None, prompt: PromptSettings, d
     """Load base model (+ adapter) and processor with the prompt's pixel budget; an :class:`HFGenerator`.
 
     The model goes to ``device`` (default: CUDA when available, else CPU)."""
-    from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-
-    margs = ModelArguments(model_name_or_path=str(model), adapter_path=str(adapter) if adapter else None,
-                           dtype=dtype, attn_implementation=attn_implementation, load_in_4bit=load_in_4bit,
-                           min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)
-    processor = load_processor(margs, trust_remote_code=trust_remote_code)
-    net, _ = load_model(margs, is_trainable=False, trust_remote_code=trust_remote_code)
-    net = place_model(net, device).eval()
+    net, processor = load_for_inference(model, adapter, dtype=dtype, min_pixels=prompt.min_pixels,
+                                        max_pixels=prompt.max_pixels, attn_implementation=attn_implementation,
+                                        load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
+                                        device=device)
     return HFGenerator(net, processor, prompt.prompt, data_root, settings)
-
-
-def import_vllm():
-    """The ``vllm`` module, or ImportError naming the extra to install."""
-    try:
-        import vllm
-    except ImportError as e:
-        raise ImportError(f"{VLLM_INSTALL_HINT} ({e})") from None
-    return vllm
 
 
 class VLLMGenerator:
@@ -297,8 +187,6 @@ class VLLMGenerator:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        from mllm_cxr.export import adapter_rank, vllm_max_lora_rank
-
         self.cfg = prompt.prompt
         self.data_root = Path(data_root)
         self.settings = settings or GenerationSettings()
@@ -318,19 +206,15 @@ class VLLMGenerator:
         kw.update(llm_kwargs)
         self.llm = LLM(**kw)
         self.sampling = SamplingParams(**self.settings.vllm_kwargs())
-        if processor is None:
-            from mllm_cxr.modeling import ModelArguments, load_processor
-
-            processor = load_processor(ModelArguments(model_name_or_path=str(model),
-                                                      min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels),
-                                       trust_remote_code=trust_remote_code)
-        self.processor = processor
+        self.processor = processor or inference_processor(model, min_pixels=prompt.min_pixels,
+                                                          max_pixels=prompt.max_pixels,
+                                                          trust_remote_code=trust_remote_code)
 
     def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
         inputs = []
         for s in studies:
             messages, refs = build_messages(s, self.cfg)
-            inputs.append({"prompt": _chat_text(self.processor, messages),
+            inputs.append({"prompt": chat_text(self.processor, messages),
                            "multi_modal_data": {"image": load_images(refs, self.data_root)}})
         outs = self.llm.generate(inputs, self.sampling, lora_request=self.lora, use_tqdm=False)
         return [[c.text.strip() for c in o.outputs] for o in outs]
@@ -355,45 +239,35 @@ class OpenAIGenerator:
                  settings: GenerationSettings | None = None, *, served_model: str | None = None,
                  api_key: str | None = None, timeout: float = 600.0, max_concurrency: int = 8,
                  retries: int = 2, backoff: float = 1.0):
-        import os
-
         root = base_url.rstrip("/")
         self.root = root if root.endswith("/v1") else root + "/v1"
         self.cfg = prompt.prompt
         self.prompt = prompt
         self.data_root = Path(data_root)
         self.settings = settings or GenerationSettings()
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.timeout, self.retries, self.backoff = timeout, max(0, retries), backoff
+        self.timeout, self.retries = timeout, max(0, retries)
         self.max_concurrency = max(1, max_concurrency)
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.session = retrying_session(self.retries, backoff, pool_size=self.max_concurrency, api_key=api_key)
         self.served_model = served_model or self._only_model()
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One call; connection errors, 429 and 5xx are retried by the session (honouring Retry-After)."""
         import requests
 
         url = self.root + path
-        wait, last = self.backoff, ""
-        for attempt in range(self.retries + 1):
-            try:
-                r = requests.request(method, url, json=body, headers=self._headers(), timeout=self.timeout)
-            except requests.RequestException as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise GenerationError(f"{url}: the server answered with something that is not JSON") from None
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code != 429 and r.status_code < 500:
-                    raise GenerationError(f"{url}: {last}")
-            if attempt < self.retries:
-                time.sleep(min(wait, 30.0))
-                wait *= 2
-        raise GenerationError(f"{url}: no answer after {self.retries + 1} tries ({last})")
+        try:
+            r = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise GenerationError(f"{url}: no answer after {self.retries + 1} tries ({type(e).__name__}: "
+                                  f"{str(e)[:200]})") from None
+        if r.status_code != 200:
+            raise GenerationError(f"{url}: HTTP {r.status_code}: {r.text[:300]}"
+                                  + (f" (after {self.retries + 1} tries)" if r.status_code in RETRY_STATUSES else ""))
+        try:
+            return r.json()
+        except ValueError:
+            raise GenerationError(f"{url}: the server answered with something that is not JSON") from None
 
     def _only_model(self) -> str:
         names = [m.get("id") for m in self._request("GET", "/models").get("data", []) if isinstance(m, dict)]
@@ -493,7 +367,7 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
     part = part_path(out)
     if not part.exists() and out.exists():  # continue a finished file: the old one stays until we finish
         shutil.copyfile(out, part)
-    finished = done_ids(part)
+    finished = resume_part_file(part)
     no_images = [s for s in studies if not s.images]  # nothing to look at: skipped and counted, never "reported"
     todo = list({s.study_id: s for s in studies if s.study_id not in finished and s.images}.values())  # unique ids
     t0 = time.perf_counter()
@@ -504,7 +378,7 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
             for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
                 row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
-                       "context": study_context(s), "images": prompt_image_paths(s, generator)}
+                       "context": study_columns(s), "images": prompt_image_paths(s, generator)}
                 if len(preds) > 1:
                     row["samples"] = preds
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")

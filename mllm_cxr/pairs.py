@@ -23,7 +23,6 @@ Both builders count what they skip (and why) in a summary dict; no pair ever has
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,10 +32,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_io import write_jsonl
+from cxr_io import read_jsonl, write_jsonl
 from data_prep.errors import DataPrepError
-from data_prep.schema import StudyRecord, comparison_is_empty, iter_jsonl
-from mllm_cxr.prompts import PromptConfig, build_messages, target_text, target_text_from
+from data_prep.schema import StudyRecord, comparison_is_empty
+from mllm_cxr.data import reward_columns
+from mllm_cxr.prompts import PromptConfig, build_messages, target_text_from
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,6 @@ def prior_suppression_pairs(studies: Iterable[StudyRecord], cfg: PromptConfig | 
 # ----------------------------------------------------------------------------------------------------
 # Reward-ranked pairs (CheXalign)
 # ----------------------------------------------------------------------------------------------------
-
-
-def reward_columns(study: StudyRecord, cfg: PromptConfig) -> dict[str, Any]:
-    """The per-study columns a reward function sees, as in the GRPO dataset (``mllm_cxr.data.study_rows``)."""
-    return {
-        "study_id": study.study_id,
-        "reference": target_text(study, cfg),
-        "findings": study.findings,
-        "impression": study.impression,
-        "comparison": study.comparison,
-        "has_prior": study.has_prior,
-        "labels": json.dumps(study.labels) if study.labels is not None else "",
-    }
 
 
 def resolve_reward(reward: str | os.PathLike | Callable | Any) -> Callable[..., list[float]]:
@@ -286,12 +273,8 @@ def write_pairs(pairs: Iterable[dict[str, Any]], path: str | os.PathLike,
 def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and check a pairs JSONL; a bad line raises :class:`DataPrepError` naming file, line and field."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"pairs file not found: {p}")
     out = []
-    for i, d in iter_jsonl(p):
-        if not isinstance(d, dict):
-            raise DataPrepError("a pair must be a JSON object", file=str(p), line=i)
+    for i, d in read_jsonl(p, role="preference pairs", error=DataPrepError):
         for k in ("study_id", "chosen", "rejected"):
             if not isinstance(d.get(k), str) or not d[k].strip():
                 raise DataPrepError("must be a non-empty string", file=str(p), line=i, field=k, value=d.get(k))

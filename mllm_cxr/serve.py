@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import shlex
 import shutil
 import sys
 import threading
@@ -36,45 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from mllm_cxr.vllm_support import VLLM_MISSING, command_line
+
 log = logging.getLogger(__name__)
-
-VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): `make vllm-env` builds ./.venv-vllm with "
-                "vLLM (CPU or CUDA; put .venv-vllm/bin first on PATH), or pip install 'mllm-cxr[gpu]' on a CUDA "
-                "machine, or run the transformers server with --backend hf")
-
-
-def build_vllm_command(model: str, adapters: dict[str, str] | None = None, *, max_lora_rank: int | None = None,
-                       max_images: int = 2, min_pixels: int | None = None, max_pixels: int | None = None,
-                       host: str | None = None, port: int | None = None, dtype: str | None = None,
-                       max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
-                       tensor_parallel_size: int | None = None, served_model_name: str | None = None,
-                       extra: Sequence[str] = ()) -> list[str]:
-    """The ``vllm serve`` argument list for a base model and named LoRA adapters (``{name: folder}``)."""
-    from mllm_cxr.export import adapter_rank, vllm_max_lora_rank
-
-    cmd = ["vllm", "serve", str(model)]
-    if served_model_name:
-        cmd += ["--served-model-name", served_model_name]
-    if adapters:
-        rank = max_lora_rank or vllm_max_lora_rank(max(adapter_rank(d) for d in adapters.values()))
-        cmd += ["--enable-lora", "--lora-modules", *[f"{n}={d}" for n, d in adapters.items()],
-                "--max-lora-rank", str(rank), "--max-loras", str(len(adapters))]
-    cmd += ["--limit-mm-per-prompt", json.dumps({"image": int(max_images)})]
-    mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    if mm:
-        cmd += ["--mm-processor-kwargs", json.dumps(mm)]
-    for flag, value in (("--host", host), ("--port", port), ("--dtype", dtype), ("--max-model-len", max_model_len),
-                        ("--gpu-memory-utilization", gpu_memory_utilization),
-                        ("--tensor-parallel-size", tensor_parallel_size)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    return cmd + list(extra)
-
-
-def command_line(cmd: Sequence[str]) -> str:
-    """The argument list as one shell-quoted line."""
-    return shlex.join(list(cmd))
-
 
 def run_vllm(cmd: Sequence[str], *, dry_run: bool = False) -> int:
     """Print the command; unless ``dry_run``, replace this process with it (``exec``).
@@ -162,16 +125,10 @@ class ChatServer:
     def __init__(self, model: str | Path, adapter: str | Path | None = None, *, served_model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 8000, dtype: str = "auto", min_pixels: int | None = None,
                  max_pixels: int | None = None, max_images: int = 8, max_tokens_limit: int = 4096):
-        from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+        from mllm_cxr.inference import load_for_inference  # torch + transformers: only when a server starts
 
-        margs = ModelArguments(model_name_or_path=str(model), adapter_path=str(adapter) if adapter else None,
-                               dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels)
-        self.processor = load_processor(margs)
-        self.processor.tokenizer.padding_side = "left"
-        from mllm_cxr.generate import place_model
-
-        loaded, _ = load_model(margs, is_trainable=False)
-        self.model = place_model(loaded).eval()
+        self.model, self.processor = load_for_inference(model, adapter, dtype=dtype, min_pixels=min_pixels,
+                                                        max_pixels=max_pixels)
         self.name = served_model_name or (Path(adapter).name if adapter else str(model))
         self.max_images, self.max_tokens_limit = max_images, max_tokens_limit
         self._lock = threading.Lock()
@@ -252,10 +209,10 @@ class ChatServer:
             size.update({k: int(mm[m]) for k, m in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels"))
                          if mm.get(m)})
             proc_kw["size"] = size
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from mllm_cxr.inference import chat_inputs
+
         with self._lock:
-            inputs = self.processor(text=[text], images=images or None, return_tensors="pt",
-                                    **proc_kw).to(self.model.device)
+            inputs = chat_inputs(self.processor, [(messages, images)], self.model.device, **proc_kw)
             if body.get("seed") is not None:
                 torch.manual_seed(int(body["seed"]))
             with torch.no_grad():

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from cxr_io import debug_requested, handle, make_parent, write_text_atomic
+from mllm_cxr.config import ConfigError, adapt_to_hardware, parse_recipe_args
+from mllm_cxr.run_config import write_run_config
 
 log = logging.getLogger("mllm_cxr")
 
@@ -86,17 +89,16 @@ def resolved_config(configs: Sequence[Any], argv: Sequence[str]) -> dict[str, An
     return {k: v for k, v in out.items() if k not in _SECRET_KEYS}
 
 
-def write_run_config(output_dir: str | Path, configs: Sequence[Any], training_args, argv: Sequence[str]) -> None:
-    """``config.yaml`` (:func:`resolved_config`) and ``mllm_cxr_config.json`` (our configs in full, by class)."""
+def save_run_configs(output_dir: str | Path, configs: Sequence[Any], training_args, argv: Sequence[str]) -> None:
+    """``config.yaml`` (:func:`resolved_config`, what ``--config`` reruns) and the run config
+    (:func:`mllm_cxr.run_config.write_run_config`: our configs in full, by class)."""
     import yaml
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ours = [c for c in configs if c is not training_args]
-    record = {type(c).__name__: dataclasses.asdict(c) for c in ours}
-    (out / "mllm_cxr_config.json").write_text(json.dumps(record, indent=2, default=str))
+    write_run_config(out, [c for c in configs if c is not training_args])
     header = f"# The resolved config of this run; rerun it with --config {out / RESOLVED_CONFIG}\n"
-    (out / RESOLVED_CONFIG).write_text(header + yaml.safe_dump(resolved_config(configs, argv), sort_keys=False))
+    write_text_atomic(out / RESOLVED_CONFIG, header + yaml.safe_dump(resolved_config(configs, argv), sort_keys=False))
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -131,8 +133,6 @@ FINISHED_MARKERS = ("adapter_model.safetensors", "adapter_model.bin", "model.saf
 
 def check_output_dir(out: Path, *, overwrite: bool, resume) -> None:
     """Refuse to train over a finished adapter unless ``overwrite_output_dir`` or ``resume_from_checkpoint``."""
-    from cxr_io import make_parent
-    from mllm_cxr.config import ConfigError
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file; give a folder")
@@ -158,7 +158,6 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     ``--dry-run`` in ``argv``: parse the config and build the datasets, then stop (returns None).
     Returns the training metrics.
     """
-    from mllm_cxr.config import adapt_to_hardware, parse_recipe_args
     from mllm_cxr.modeling import trainable_summary
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -178,7 +177,7 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
         print(f"dry run: config parsed; datasets built ({sizes}); no model loaded, nothing written", flush=True)
         return None
     if args.process_index == 0:
-        write_run_config(args.output_dir, configs, args, argv)
+        save_run_configs(args.output_dir, configs, args, argv)
     tr, processor = trainer(configs, data, model_args)
     log.info(trainable_summary(tr.model))
     resume = args.resume_from_checkpoint
@@ -214,7 +213,6 @@ def run_recipe(main, argv: list[str] | None = None) -> None:
     non-zero exit of a single-process (or DeepSpeed) run; ``accelerate launch -q`` (``--quiet``) leaves
     only our line (the launcher then exits 1).
     """
-    from cxr_io import debug_requested, handle
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args)

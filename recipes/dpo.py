@@ -17,12 +17,12 @@ from mllm_cxr.dpo import (
     ClinicalDPOConfig,
     ClinicalDPOTrainer,
     PairsArguments,
-    check_adapter_prompt,
     check_loss_type,
     load_pair_dataset,
 )
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
+from mllm_cxr.run_config import check_adapter_prompt
 from mllm_cxr.training import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from mllm_cxr.config import DataArguments
 from mllm_cxr.data import grpo_dataset, load_split
-from mllm_cxr.dpo import check_adapter_prompt
 from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
 from mllm_cxr.grpo import (
     ClinicalGRPOTrainer,
@@ -31,6 +30,7 @@ from mllm_cxr.grpo import (
 )
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
+from mllm_cxr.run_config import check_adapter_prompt
 from mllm_cxr.training import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).

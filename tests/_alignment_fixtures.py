@@ -73,36 +73,23 @@ def sft_adapter(tmp_path_factory, align_phantom, tiny_model_dir) -> Path:
     return out
 
 
-def load_policy(model_dir: Path, adapter: Path | None, pixels: dict | None = None):
-    """(model, processor) for generation (pixel budget: ``pixels`` or the tiny configs' 3136-12544)."""
-    from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-
-    px = {"min_pixels": 3136, "max_pixels": 12544, **(pixels or {})}
-    margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", **px,
-                           adapter_path=str(adapter) if adapter else None)
-    processor = load_processor(margs)
-    model, _ = load_model(margs, is_trainable=False)
-    model.eval()
-    return model, processor
-
-
 def sample_reports(model_dir: Path, adapter: Path | None, phantom: Path, studies, *, k: int = 4,
                    max_new_tokens: int = 64, seed: int = 0, max_images: int = 2) -> list[list[str]]:
     """``k`` sampled reports (temperature 1) per study, seeded, one intra-op thread."""
     import torch
 
-    from mllm_cxr.generate import GenerationSettings, HFGenerator, resolve_prompt
+    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.run_config import resolve_prompt
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        prompt = resolve_prompt(adapter, overrides=None if adapter else {"max_images": max_images})
-        cfg = prompt.prompt
-        pixels = {"min_pixels": prompt.min_pixels, "max_pixels": prompt.max_pixels}
-        model, processor = load_policy(model_dir, adapter, {k: v for k, v in pixels.items() if v})
-        gen = HFGenerator(model, processor, cfg, phantom,
-                          GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, num_return_sequences=k,
-                                             seed=seed))
+        prompt = resolve_prompt(adapter, overrides=None if adapter else {"max_images": max_images},
+                                min_pixels=None if adapter else 3136, max_pixels=None if adapter else 12544)
+        gen = load_hf_generator(str(model_dir), str(adapter) if adapter else None, prompt, phantom,
+                                GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True,
+                                                   num_return_sequences=k, seed=seed),
+                                dtype="float32", device="cpu")
         out: list[list[str]] = []
         for i in range(0, len(studies), 8):
             gen.settings.seed = seed + i
@@ -110,6 +97,34 @@ def sample_reports(model_dir: Path, adapter: Path | None, phantom: Path, studies
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+def phantom_finding_scores(model_dir: Path, adapter: Path | None, phantom: Path, *, limit: int = 64,
+                           max_new_tokens: int = 96) -> dict:
+    """Greedy reports for the phantom test split through the generate path (``load_hf_generator``, the
+    adapter's own prompt; the tiny SFT config's prompt for the untrained model), scored with the
+    phantom finding F1."""
+    import torch
+
+    from data_prep.phantom import finding_scores
+    from data_prep.schema import resolve_data_root
+    from mllm_cxr.data import load_split
+    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.run_config import resolve_prompt
+
+    studies_file = phantom / "studies.jsonl"
+    studies = load_split(studies_file, "test", limit)
+    untrained = {"max_images": 1, "context": [], "sections": ["impression"]}
+    prompt = resolve_prompt(adapter, overrides=None if adapter else untrained,
+                            min_pixels=None if adapter else 3136, max_pixels=None if adapter else 12544)
+    gen = load_hf_generator(str(model_dir), str(adapter) if adapter else None, prompt,
+                            resolve_data_root(studies_file), GenerationSettings(max_new_tokens=max_new_tokens),
+                            dtype="float32", device="cpu")
+    torch.manual_seed(0)
+    preds = [p[0] for i in range(0, len(studies), 8) for p in gen.generate(studies[i:i + 8])]
+    scores = finding_scores(preds, studies)
+    scores["examples"] = preds[:3]
+    return scores
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from mllm_cxr.generate import (
     generate_predictions,
     load_hf_generator,
     meta_path,
-    resolve_prompt,
 )
+from mllm_cxr.run_config import resolve_prompt
 from tests.model_helpers import RUN_PIXELS, RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 

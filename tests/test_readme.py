@@ -510,8 +510,8 @@ def test_score_uses_the_sections_the_predictions_were_generated_for(tmp_path):
 def test_pixel_budget_is_checked_where_it_is_parsed(tmp_path):
     from data_prep.errors import DataPrepError
     from mllm_cxr.cli import main
-    from mllm_cxr.generate import resolve_prompt
     from mllm_cxr.modeling import ModelArguments
+    from mllm_cxr.run_config import resolve_prompt
 
     with pytest.raises(DataPrepError, match=r"min_pixels \(5000\) is larger than max_pixels \(4000\)"):
         ModelArguments(min_pixels=5000, max_pixels=4000)

