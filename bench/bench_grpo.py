@@ -37,13 +37,14 @@ def run_grpo(kind: str, spec: str, model_dir: Path, data, out: Path, *, model_kw
     :class:`EditGRPOConfig` fields on top of the CPU defaults. Also used by ``bench/gpu_grpo.py``.
     """
     from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
-    from mllm_cxr.grpo import ClinicalGRPOTrainer, build_reward_funcs
+    from mllm_cxr.grpo import ClinicalGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+    from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), **{"dtype": "float32", "max_pixels": 12544,
                                                                   "min_pixels": 3136, **(model_kw or {})})
     model, peft_config = load_model(margs)
-    funcs, weights = build_reward_funcs(spec)
+    funcs, weights = reward_funcs_and_weights(spec)
     kw = dict(output_dir=str(out), num_generations=generations, per_device_train_batch_size=prompts * generations,
               max_completion_length=max_tokens, max_steps=steps, logging_steps=1, learning_rate=1e-4,
               reward_weights=weights, use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,

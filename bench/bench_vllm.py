@@ -52,12 +52,13 @@ def _env() -> dict[str, str]:
 # 1. GRPO
 # ------------------------------------------------------------------------------------------------
 def grpo_step_times(model_dir: Path, data, out: Path, **config_kw) -> dict[str, float]:
-    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, build_reward_funcs
+    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+    from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", max_pixels=12544, min_pixels=3136)
     model, peft_config = load_model(margs)
-    funcs, weights = build_reward_funcs("chexpert_f1")
+    funcs, weights = reward_funcs_and_weights("chexpert_f1")
     args = ClinicalGRPOConfig(output_dir=str(out), num_generations=GENERATIONS,
                               per_device_train_batch_size=PROMPTS * GENERATIONS, max_completion_length=MAX_TOKENS,
                               max_steps=STEPS, logging_steps=1, learning_rate=1e-4, reward_weights=weights,

@@ -9,7 +9,7 @@
   The vision tower stays frozen (LoRA on the language model, :mod:`mllm_cxr.modeling`).
 * :class:`GRPOScriptArguments` names the rewards: a reward spec (YAML file of
   ``{name, weight, kwargs}`` entries, or one registered scorer name) that
-  :func:`reward.trl.make_reward_funcs` turns into ``reward_funcs`` + ``reward_weights``.
+  :func:`reward.trl.reward_funcs_and_weights` turns into ``reward_funcs`` + ``reward_weights``.
 * :class:`CollapseGuard` watches for the failure mode of RL on report generation: the policy
   drifting to one generic "normal" report (or to empty completions), which scores well on
   label-based rewards whenever most studies are normal and leaves no learning signal. It logs
@@ -56,7 +56,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -106,15 +105,6 @@ class GRPOScriptArguments:
     def __post_init__(self) -> None:
         if self.algorithm not in ("grpo", "editgrpo"):
             raise ValueError(f"algorithm must be 'grpo' or 'editgrpo', got {self.algorithm!r}")
-
-
-def build_reward_funcs(spec: str | os.PathLike | Sequence | dict, reference_column: str | None = None):
-    """``(reward_funcs, reward_weights)`` for GRPOTrainer from a spec file/list or a scorer name."""
-    from reward.trl import make_reward_funcs
-
-    if isinstance(spec, str) and not spec.endswith((".yaml", ".yml", ".json")) and os.sep not in spec:
-        spec = [spec]  # one registered scorer
-    return make_reward_funcs(spec, reference_column=reference_column)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from data_prep.errors import DataPrepError
 from data_prep.schema import StudyRecord, comparison_is_empty
 from mllm_cxr.data import reward_columns
 from mllm_cxr.prompts import PromptConfig, build_messages, target_text_from
+from reward.trl import reward_function
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +126,6 @@ def prior_suppression_pairs(studies: Iterable[StudyRecord], cfg: PromptConfig | 
 # ----------------------------------------------------------------------------------------------------
 
 
-def resolve_reward(reward: str | os.PathLike | Callable | Any) -> Callable[..., list[float]]:
-    """A TRL-style reward function from a scorer name, a reward-spec YAML/list, a Scorer or a callable."""
-    if callable(reward) and not isinstance(reward, str | os.PathLike):
-        from reward.base import Scorer
-
-        if isinstance(reward, Scorer):
-            from reward.trl import make_reward_fn
-
-            return make_reward_fn(reward)
-        return reward
-    from reward.trl import make_reward_fn
-
-    if isinstance(reward, os.PathLike):
-        reward = os.fspath(reward)
-    return make_reward_fn(reward)
-
-
 def rank_samples(samples: Sequence[str], scores: Sequence[float]) -> tuple[int, int] | None:
     """Indices ``(best, worst)`` among non-empty samples with distinct texts, or None when there are fewer than 2.
 
@@ -178,7 +162,7 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
     from tqdm.auto import tqdm
 
     cfg = cfg or getattr(generator, "cfg", None) or PromptConfig()
-    fn = resolve_reward(reward)
+    fn = reward_function(reward)
     t0 = time.perf_counter()
     counts: Counter[str] = Counter()
     pairs: list[dict[str, Any]] = []

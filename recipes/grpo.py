@@ -24,7 +24,6 @@ from mllm_cxr.grpo import (
     ClinicalGRPOTrainer,
     CollapseGuard,
     GRPOScriptArguments,
-    build_reward_funcs,
     format_reward_curve,
     reward_curve,
 )
@@ -32,6 +31,7 @@ from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
 from mllm_cxr.training import run_recipe, run_training
+from reward.trl import reward_funcs_and_weights
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, GRPOScriptArguments, EditGRPOConfig)
@@ -48,7 +48,7 @@ def datasets(data_args, model_args, prompt_cfg, script, args) -> dict:
 
 def trainer(configs, data, model_args):
     script, args = configs[-2], configs[-1]
-    reward_funcs, weights = build_reward_funcs(script.reward_spec, script.reward_reference_column)
+    reward_funcs, weights = reward_funcs_and_weights(script.reward_spec, reference_column=script.reward_reference_column)
     if args.reward_weights is None:
         args.reward_weights = weights
     processor = load_processor(model_args, trust_remote_code=args.trust_remote_code)

@@ -6,10 +6,10 @@ dataset column (one value per completion) plus ``trainer_state``, ``log_extra`` 
 Completions are strings, or lists of chat messages (``[{"role": "assistant", "content": ...}]``) when
 the prompts are conversational. TRL logs each function under its ``__name__``.
 
-    from reward.trl import make_reward_fn, make_reward_funcs
+    from reward.trl import reward_function, reward_funcs_and_weights
 
-    reward = make_reward_fn("chexpert_f1", reference_column="findings")
-    funcs, weights = make_reward_funcs("recipes/configs/rewards.yaml")
+    reward = reward_function("chexpert_f1", reference_column="findings")
+    funcs, weights = reward_funcs_and_weights("recipes/configs/rewards.yaml")
     GRPOTrainer(..., reward_funcs=funcs, args=GRPOConfig(..., reward_weights=weights))
 
 A reward spec (YAML file, list or dict) is a list of entries::
@@ -162,7 +162,7 @@ def resolve_references(columns: Mapping[str, Any], reference_column: str | Seque
 class RewardFunction:
     """One scorer as a TRL reward function (picklable; ``__name__`` is the logged name).
 
-    Build with :func:`make_reward_fn`. Attributes: ``scorer`` (the :class:`Scorer`), ``n_calls``,
+    Build with :func:`reward_function`. Attributes: ``scorer`` (the :class:`Scorer`), ``n_calls``,
     ``n_samples``, ``n_errors`` (samples scored ``error_value`` because the scorer raised on them).
     """
 
@@ -382,17 +382,23 @@ def dotted_reward(path: str, *, name: str | None, kwargs: Mapping[str, Any], ref
     return ImportedReward(path, name=name, kwargs=kwargs)
 
 
-def make_reward_fn(name_or_spec: str | Scorer | Mapping | Sequence, *,
-                   reference_column: str | Sequence[str] | None = None, name: str | None = None,
-                   error_value: float = 0.0, **scorer_kwargs: Any) -> Callable[..., list[float]]:
-    """A TRL GRPO reward function ``f(prompts, completions, completion_ids=None, **columns)``.
+def reward_function(name_or_spec: str | os.PathLike | Scorer | Mapping | Sequence | Callable, *,
+                    reference_column: str | Sequence[str] | None = None, name: str | None = None,
+                    error_value: float = 0.0, **scorer_kwargs: Any) -> Callable[..., list[float]]:
+    """ONE TRL reward function ``f(prompts, completions, completion_ids=None, **columns)`` for any way of
+    naming a reward (the several rewards of a spec are summed with their weights).
 
-    ``name_or_spec``: a registered scorer name (``"prior_penalty"``), a :class:`Scorer` instance, one
-    spec entry dict (``{"name", "kwargs", "reference_column", "alias"}``; its weight is ignored), or a
-    list / YAML path of entries (then a weighted :class:`CompositeReward`). ``scorer_kwargs`` go to the
-    scorer's constructor. ``reference_column``: see :func:`resolve_references`. ``name``: the
-    ``__name__`` TRL logs (default: the scorer name).
+    ``name_or_spec``: a registered scorer name (``"prior_penalty"``), a dotted ``package.module.function``,
+    a :class:`Scorer` instance, one spec entry dict (``{"name", "kwargs", "reference_column", "alias"}``;
+    its weight is ignored), a list / YAML path of entries (then a weighted :class:`CompositeReward`), or
+    a reward function already (returned as it is). ``scorer_kwargs`` go to the scorer's constructor.
+    ``reference_column``: see :func:`resolve_references`. ``name``: the ``__name__`` TRL logs (default:
+    the scorer name). For GRPO, which logs each reward on its own, see :func:`reward_funcs_and_weights`.
     """
+    if isinstance(name_or_spec, os.PathLike):
+        name_or_spec = os.fspath(name_or_spec)
+    if callable(name_or_spec) and not isinstance(name_or_spec, Scorer):
+        return name_or_spec
     if isinstance(name_or_spec, Mapping) and "rewards" not in name_or_spec:
         entry = load_reward_spec([name_or_spec])[0]
         kwargs = {**entry["kwargs"], **scorer_kwargs}
@@ -418,15 +424,18 @@ def _looks_like_path(s: str) -> bool:
     return s.endswith((".yaml", ".yml", ".json")) or os.sep in s
 
 
-def make_reward_funcs(spec: str | os.PathLike | Mapping | Sequence, *,
-                      reference_column: str | Sequence[str] | None = None,
-                      error_value: float = 0.0) -> tuple[list[RewardFunction], list[float]]:
+def reward_funcs_and_weights(spec: str | os.PathLike | Mapping | Sequence, *,
+                             reference_column: str | Sequence[str] | None = None,
+                             error_value: float = 0.0) -> tuple[list[RewardFunction], list[float]]:
     """Separate reward functions and their weights, for ``GRPOTrainer(reward_funcs=...)`` and
     ``GRPOConfig(reward_weights=...)`` (TRL then logs every reward on its own).
 
+    ``spec``: a reward-spec file, a list of entries, or one scorer name / dotted function path.
     Names are made unique (``bleu``, ``bleu_2``) so TRL's per-reward logs do not collide; an entry's
     ``reference_column`` overrides the one given here.
     """
+    if isinstance(spec, str) and "\n" not in spec and not _looks_like_path(spec):
+        spec = [spec]  # one registered scorer or dotted function
     entries = load_reward_spec(spec)
     funcs, weights, seen = [], [], set()
     for e in entries:
@@ -502,5 +511,5 @@ def make_composite_reward(spec: str | os.PathLike | Mapping | Sequence, *, name:
         name = spec.get("name", name)
         normalize = bool(spec.get("normalize", normalize))
         spec = {"rewards": spec["rewards"]}
-    funcs, weights = make_reward_funcs(spec, reference_column=reference_column, error_value=error_value)
+    funcs, weights = reward_funcs_and_weights(spec, reference_column=reference_column, error_value=error_value)
     return CompositeReward(funcs, weights, name=name, normalize=normalize)

@@ -18,9 +18,9 @@ REF = ("FINDINGS: Endotracheal tube in standard position. The heart is mildly en
 
 @pytest.fixture(scope="module")
 def chexpert_f1():
-    from reward.trl import make_reward_fn
+    from reward.trl import reward_function
 
-    fn = make_reward_fn("chexpert_f1")
+    fn = reward_function("chexpert_f1")
     return lambda hyps, refs: fn(prompts=None, completions=list(hyps), reference=list(refs))
 
 
@@ -154,9 +154,9 @@ def edit_trainer(tmp_path_factory, phantom_dir, tiny_model_dir):
     args = EditGRPOConfig(output_dir=str(tmp_path_factory.mktemp("editgrpo")), num_generations=4,
                           per_device_train_batch_size=8, max_completion_length=128, max_steps=1, use_cpu=True,
                           bf16=False, report_to="none", save_strategy="no", beta=0.0, seed=0)
-    from mllm_cxr.grpo import build_reward_funcs
+    from reward.trl import reward_funcs_and_weights
 
-    funcs, _ = build_reward_funcs("chexpert_f1")
+    funcs, _ = reward_funcs_and_weights("chexpert_f1")
     return EditGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds,
                            processing_class=load_processor(margs), peft_config=peft_config)
 
@@ -204,9 +204,9 @@ def test_editgrpo_run_logs_edits_with_two_images(one_thread, tmp_path, align_pha
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.editgrpo import EDIT_KINDS, EditGRPOConfig, EditGRPOTrainer
-    from mllm_cxr.grpo import build_reward_funcs
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 
     settings = adapter_settings(sft_adapter)
@@ -216,7 +216,7 @@ def test_editgrpo_run_logs_edits_with_two_images(one_thread, tmp_path, align_pha
     margs = ModelArguments(model_name_or_path=str(tiny_model_dir), adapter_path=str(sft_adapter), dtype="float32",
                            max_pixels=settings.get("max_pixels"), min_pixels=settings.get("min_pixels"))
     model, _ = load_model(margs)
-    funcs, weights = build_reward_funcs("chexpert_f1")
+    funcs, weights = reward_funcs_and_weights("chexpert_f1")
     args = EditGRPOConfig(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=8,
                           max_completion_length=96, max_steps=3, logging_steps=1, learning_rate=1e-3,
                           reward_weights=weights, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
@@ -242,9 +242,9 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
-    from mllm_cxr.grpo import build_reward_funcs
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from reward.trl import reward_funcs_and_weights
 
     follow = [r for r in read_records(phantom_dir / "studies.jsonl") if r.prior is not None and r.prior.images][:2]
     ds = grpo_dataset(follow, phantom_dir, PromptConfig(max_images=3, include_prior_images=True,
@@ -253,7 +253,7 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
     assert all("The last image is from the prior study." in row["prompt"][-1]["content"][-1]["text"] for row in ds)
     margs = ModelArguments(model_name_or_path=str(tiny_model_dir), dtype="float32", max_pixels=12544, min_pixels=3136)
     model, peft_config = load_model(margs)
-    funcs, weights = build_reward_funcs("chexpert_f1")
+    funcs, weights = reward_funcs_and_weights("chexpert_f1")
     args = EditGRPOConfig(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=4,
                           max_completion_length=24, max_steps=2, logging_steps=1, learning_rate=1e-3,
                           reward_weights=weights, use_cpu=True, bf16=False, report_to="none", save_strategy="no")

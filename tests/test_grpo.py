@@ -34,20 +34,19 @@ def test_defaults_follow_editgrpo_published_setup():
 
 def test_reward_specs_become_trl_reward_funcs(phantom_dir):
     from data_prep.schema import read_records
-    from mllm_cxr.grpo import build_reward_funcs
     from mllm_cxr.pairs import reward_columns
     from mllm_cxr.prompts import PromptConfig
     from reward.base import available_scorers
-    from reward.trl import load_reward_spec
+    from reward.trl import load_reward_spec, reward_funcs_and_weights
 
     known = set(available_scorers())
     specs = sorted((REPO / "recipes" / "rewards").glob("*.yaml"))
     assert {p.name for p in specs} >= {"chexpert_f1.yaml", "clinical.yaml", "editgrpo.yaml"}
     for p in specs:
         assert {e["name"] for e in load_reward_spec(p)} <= known, p
-    funcs, weights = build_reward_funcs(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
+    funcs, weights = reward_funcs_and_weights(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
     assert [f.__name__ for f in funcs] == ["chexpert_f1", "prior_penalty", "rouge_l"] and weights == [1.0, 0.5, 0.2]
-    (single,), w = build_reward_funcs("chexpert_f1")
+    (single,), w = reward_funcs_and_weights("chexpert_f1")
     assert single.__name__ == "chexpert_f1" and w == [1.0]
     s = next(r for r in read_records(phantom_dir / "studies.jsonl") if r.meta.get("hallucinated_prior"))
     cols = {k: [v, v] for k, v in reward_columns(s, PromptConfig()).items()}

@@ -411,9 +411,9 @@ def test_penalty_as_trl_reward_and_in_the_composite_spec():
     from pathlib import Path
 
     from reward.base import available_scorers
-    from reward.trl import load_reward_spec, make_composite_reward, make_reward_fn
+    from reward.trl import load_reward_spec, make_composite_reward, reward_function
 
-    fn = make_reward_fn("measurement_penalty")
+    fn = reward_function("measurement_penalty")
     out = fn(prompts=None, completions=[[{"role": "assistant", "content": "ETT 6 cm above the carina."}], REF],
              reference=[REF, REF])
     assert out == [-1.0, 0.0]

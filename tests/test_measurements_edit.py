@@ -38,9 +38,9 @@ def test_trainer_injects_measurement_edits(one_thread, tmp_path, phantom_dir, ti
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
-    from mllm_cxr.grpo import build_reward_funcs
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from reward.trl import reward_funcs_and_weights
 
     ds = grpo_dataset(read_records(phantom_dir / "studies.jsonl", split="train")[:2], phantom_dir,
                       PromptConfig(max_images=1))
@@ -49,7 +49,7 @@ def test_trainer_injects_measurement_edits(one_thread, tmp_path, phantom_dir, ti
     args = EditGRPOConfig(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=4,
                           max_completion_length=128, max_steps=1, use_cpu=True, bf16=False, report_to="none",
                           save_strategy="no", beta=0.0, seed=0, edit_measurements=True)
-    funcs, _ = build_reward_funcs("measurement_penalty")
+    funcs, _ = reward_funcs_and_weights("measurement_penalty")
     tr = EditGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds,
                          processing_class=load_processor(margs), peft_config=peft_config)
     assert tr.editor.measurement_edits

@@ -20,9 +20,10 @@ MARGIN = 0.15
 def _run(penalty_weight: float, out, align_phantom, tiny_model_dir, sft_adapter) -> list[dict]:
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, build_reward_funcs
+    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 
     settings = adapter_settings(sft_adapter)
@@ -32,7 +33,7 @@ def _run(penalty_weight: float, out, align_phantom, tiny_model_dir, sft_adapter)
                            max_pixels=settings.get("max_pixels"), min_pixels=settings.get("min_pixels"))
     model, _ = load_model(margs)
     # the penalty is computed (and logged) in both runs; only its weight differs
-    funcs, weights = build_reward_funcs([{"name": "chexpert_f1", "weight": 1.0},
+    funcs, weights = reward_funcs_and_weights([{"name": "chexpert_f1", "weight": 1.0},
                                          {"name": "measurement_penalty", "weight": penalty_weight}])
     args = ClinicalGRPOConfig(output_dir=str(out), num_generations=4, per_device_train_batch_size=16,
                               max_completion_length=96, max_steps=STEPS, logging_steps=1, learning_rate=2e-3,

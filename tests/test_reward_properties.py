@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reward.base import RewardError, available_scorers, get_scorer
-from reward.trl import completion_text, make_reward_fn, select_context
+from reward.trl import completion_text, reward_function, select_context
 
 #: Constructor arguments for scorers that need one to run without a dataset column.
 SCORER_KWARGS = {"prior_penalty": {"assume_no_prior": False}}
@@ -123,7 +123,7 @@ def test_fixed_nasty_inputs(name, scorer):
     hyps = [completion_text(c) for c in batch]
     _check(sc(hyps, cols["reference"] if sc.needs_reference else None,
               **select_context(sc, cols, len(batch))).scores, len(batch))
-    f = make_reward_fn(scorer(name), name=name)
+    f = reward_function(scorer(name), name=name)
     _check(f(prompts=[None] * len(batch), completions=batch, **cols), len(batch))
     assert f.n_errors == 0
 
@@ -141,7 +141,7 @@ def _finite_through_trl(name, scorer, batch, refs):
     n = len(batch)
     cols = _columns(n)
     cols["reference"] = refs[:n]  # strange references too
-    f = make_reward_fn(scorer(name), name=name)
+    f = reward_function(scorer(name), name=name)
     out = f(prompts=[[{"role": "user", "content": "Write the report."}]] * n, completions=batch,
             completion_ids=[[1, 2]] * n, trainer_state=None, log_extra=lambda *a: None,
             log_metric=lambda *a: None, **cols)

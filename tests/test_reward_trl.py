@@ -15,9 +15,9 @@ from reward.trl import (
     completion_text,
     load_reward_spec,
     make_composite_reward,
-    make_reward_fn,
-    make_reward_funcs,
     resolve_references,
+    reward_funcs_and_weights,
+    reward_function,
 )
 
 # -- test-local scorers ----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_completion_text_never_raises():
 
 
 def test_reward_fn_uses_reference_column_and_context():
-    f = make_reward_fn("_test_overlap")
+    f = reward_function("_test_overlap")
     assert f.__name__ == "_test_overlap"
     assert getattr(f, "__name__", None) == "_test_overlap"  # what trl.trainer.utils.get_callable_name logs
     logged = {}
@@ -115,17 +115,17 @@ def test_reward_fn_uses_reference_column_and_context():
     assert out == [1.5, 0.0]
     assert logged == {"reward_errors/_test_overlap": 0.0}
     # another reference column, a joined one, a list of candidates
-    assert make_reward_fn("_test_overlap", reference_column="impression")(
+    assert reward_function("_test_overlap", reference_column="impression")(
         completions=["a b"], impression=["a b"], findings=["z"]) == [1.0]
-    assert make_reward_fn("_test_overlap", reference_column="findings+impression")(
+    assert reward_function("_test_overlap", reference_column="findings+impression")(
         completions=["a b"], impression=["b"], findings=["a"]) == [1.0]
-    assert make_reward_fn("_test_overlap")(completions=["a"], findings=["a"], impression=["b"]) == [1.0]
-    assert make_reward_fn("_test_overlap", reference_column=["report", "impression"])(
+    assert reward_function("_test_overlap")(completions=["a"], findings=["a"], impression=["b"]) == [1.0]
+    assert reward_function("_test_overlap", reference_column=["report", "impression"])(
         completions=["b"], findings=["a"], impression=["b"]) == [1.0]
 
 
 def test_reward_fn_missing_reference_column_is_a_clear_error():
-    f = make_reward_fn("_test_overlap")
+    f = reward_function("_test_overlap")
     with pytest.raises(RewardError, match=r"reference column.*has columns \['study_id'\]"):
         f(prompts=["p"], completions=["a"], study_id=["s"], trainer_state=None)
     with pytest.raises(RewardError, match="one value per completion"):
@@ -134,13 +134,13 @@ def test_reward_fn_missing_reference_column_is_a_clear_error():
 
 def test_columns_as_arrays_and_stray_columns():
     np = pytest.importorskip("numpy")
-    f = make_reward_fn("_test_overlap")
+    f = reward_function("_test_overlap")
     out = f(completions=("a b", "c"), reference=np.array(["a b", "c"]), bonus=(0.25, 0.0),
             environments=None, extra=[1, 2, 3], note="not a column")
     assert out == [1.25, 1.0]
     with pytest.raises(RewardError, match="column 'bonus' must have one value per completion"):
         f(completions=["a"], reference=["a"], bonus=[1.0, 2.0])
-    g = make_reward_fn("prior_penalty")  # takes **kwargs: stray columns of another length are left out
+    g = reward_function("prior_penalty")  # takes **kwargs: stray columns of another length are left out
     assert g(completions=["Stable."], has_prior=[False], images=[[1], [2]]) == [-1.0]
 
 
@@ -151,50 +151,50 @@ def test_resolve_references():
 
 
 def test_failing_sample_scores_zero_and_is_counted(caplog):
-    f = make_reward_fn("_test_fragile")
+    f = reward_function("_test_fragile")
     logged = []
     out = f(completions=["ok", "boom here", "fine!"], log_metric=lambda k, v: logged.append((k, v)))
     assert out == [2.0, 0.0, 5.0]
     assert f.n_errors == 1 and f.n_samples == 3 and f.n_calls == 1
     assert logged == [("reward_errors/_test_fragile", 1.0)]
     assert "boom here" not in caplog.text  # no completion text in logs
-    g = make_reward_fn("_test_fragile", error_value=-1.0)
+    g = reward_function("_test_fragile", error_value=-1.0)
     assert g(completions=["boom"]) == [-1.0]
 
 
 def test_configuration_error_is_raised_not_swallowed():
-    f = make_reward_fn("_test_misconfigured")
+    f = reward_function("_test_misconfigured")
     with pytest.raises(RewardError, match="labels"):
         f(completions=["a", "b"])
     with pytest.raises(RewardError, match="has_prior"):
-        make_reward_fn("prior_penalty")(completions=["Stable."], reference=["x"])
+        reward_function("prior_penalty")(completions=["Stable."], reference=["x"])
 
 
 def test_non_finite_scores_become_finite():
-    assert make_reward_fn("_test_nan")(completions=["a", "b", "c", "d"]) == [0.0, 0.0, 1.0, 2.0]
+    assert reward_function("_test_nan")(completions=["a", "b", "c", "d"]) == [0.0, 0.0, 1.0, 2.0]
 
 
 def test_prior_penalty_through_trl_adapter():
-    f = make_reward_fn("prior_penalty", penalty=2.0)
+    f = reward_function("prior_penalty", penalty=2.0)
     out = f(prompts=[[{"role": "user", "content": "report"}]] * 3,
             completions=[_conv("Stable cardiomegaly."), _conv("Stable cardiomegaly."), _conv("No acute disease.")],
             comparison=["None.", "XXXX", "None."], prior=[None, None, None], reference=["r"] * 3)
     assert out == [-2.0, 0.0, 0.0]
-    assert make_reward_fn("prior_penalty")(completions=["Unchanged."], has_prior=[False]) == [-1.0]
+    assert reward_function("prior_penalty")(completions=["Unchanged."], has_prior=[False]) == [-1.0]
 
 
 def test_scorer_instances_are_shared_and_built_once():
     BUILT.clear()
-    a = make_reward_fn("_test_overlap", scale=3.0)
-    b = make_reward_fn({"name": "_test_overlap", "kwargs": {"scale": 3.0}})
-    c = make_reward_fn("_test_overlap", scale=3.0, name="again")
+    a = reward_function("_test_overlap", scale=3.0)
+    b = reward_function({"name": "_test_overlap", "kwargs": {"scale": 3.0}})
+    c = reward_function("_test_overlap", scale=3.0, name="again")
     assert a.scorer is b.scorer is c.scorer is get_scorer("_test_overlap", scale=3.0)
     assert BUILT.count("overlap:3.0") <= 1
     assert c.__name__ == "again"
 
 
 def test_reward_fn_pickles():
-    f = make_reward_fn("_test_overlap", scale=2.0, reference_column="findings")
+    f = reward_function("_test_overlap", scale=2.0, reference_column="findings")
     g = pickle.loads(pickle.dumps(f))
     assert g.__name__ == f.__name__ and g.scorer is f.scorer
     assert g(completions=["a"], findings=["a"]) == [2.0]
@@ -202,11 +202,11 @@ def test_reward_fn_pickles():
 
 def test_bad_arguments():
     with pytest.raises(RewardError, match="unknown scorer"):
-        make_reward_fn("no_such_scorer")
+        reward_function("no_such_scorer")
     with pytest.raises(RewardError):
         RewardFunction(object())
     with pytest.raises(RewardError):
-        make_reward_fn("_test_fragile")(completions=None)
+        reward_function("_test_fragile")(completions=None)
 
 
 # -- composites ------------------------------------------------------------------------------------
@@ -240,12 +240,12 @@ def test_reward_funcs_for_trl_and_yaml(tmp_path):
         "  - name: prior_penalty\n"
         "    weight: 1.0\n"
         "    kwargs: {per_sentence: true}\n")
-    funcs, weights = make_reward_funcs(spec)
+    funcs, weights = reward_funcs_and_weights(spec)
     assert [f.__name__ for f in funcs] == ["_test_overlap", "_test_overlap_2", "prior_penalty"]
     assert weights == [1.5, 0.5, 1.0]
     cols = {"impression": ["a"], "reference": ["b"], "has_prior": [False]}
     assert [f(completions=["a"], **cols)[0] for f in funcs] == [1.0, 0.0, 0.0]
-    comp = make_reward_fn(str(spec))
+    comp = reward_function(str(spec))
     assert isinstance(comp, CompositeReward)
     # no word overlap ("a." vs "a"), two prior sentences at -1 each
     assert comp(completions=["Stable a. Unchanged b."], **cols) == pytest.approx([-2.0])
@@ -329,7 +329,7 @@ def test_grpo_trainer_calls_our_rewards(tmp_path):
                             for i in range(4)])
     spec = [{"name": "_test_recorder", "weight": 1.0, "reference_column": "findings"},
             {"name": "prior_penalty", "weight": 0.5}]
-    funcs, weights = make_reward_funcs(spec)
+    funcs, weights = reward_funcs_and_weights(spec)
     mix = make_composite_reward(spec, name="mix")
     SEEN_COLUMNS.clear()
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
@@ -370,9 +370,8 @@ def _local_scorers():
 
 def test_reward_spec_names_a_dotted_path(tmp_path, monkeypatch):
     """A user's own reward function or Scorer subclass, by ``package.module.name``, with no registry change."""
-    from mllm_cxr.grpo import build_reward_funcs
     from reward.base import RewardError
-    from reward.trl import make_reward_funcs
+    from reward.trl import reward_funcs_and_weights
 
     pkg = tmp_path / "my_rewards_pkg"
     pkg.mkdir()
@@ -392,7 +391,7 @@ def test_reward_spec_names_a_dotted_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = [{"name": "my_rewards_pkg.custom.brevity", "weight": 0.5, "kwargs": {"max_words": 2}},
             {"name": "my_rewards_pkg.custom.Shouty", "kwargs": {"bonus": 2.0}}, "bleu"]
-    funcs, weights = make_reward_funcs(spec)
+    funcs, weights = reward_funcs_and_weights(spec)
     assert [f.__name__ for f in funcs] == ["my_rewards_pkg.custom.brevity", "my_rewards_pkg.custom.Shouty", "bleu"]
     assert weights == [0.5, 1.0, 1.0]
     completions = [[{"role": "assistant", "content": "No effusion!"}], [{"role": "assistant", "content": "a b c"}]]
@@ -401,9 +400,9 @@ def test_reward_spec_names_a_dotted_path(tmp_path, monkeypatch):
     assert funcs[1](prompts=[None, None], completions=completions, **cols) == [2.0, 0.0]
     again = pickle.loads(pickle.dumps(funcs[0]))
     assert again(prompts=[None], completions=completions[:1], **{"reference": ["x"]}) == [1.0]
-    one, _ = build_reward_funcs("my_rewards_pkg.custom.brevity")  # reward_spec: one dotted name
+    one, _ = reward_funcs_and_weights("my_rewards_pkg.custom.brevity")  # reward_spec: one dotted name
     assert one[0](prompts=[None], completions=["a b c d e f"]) == [0.0]
     with pytest.raises(RewardError, match="has no 'nope'"):
-        make_reward_funcs(["my_rewards_pkg.custom.nope"])
+        reward_funcs_and_weights(["my_rewards_pkg.custom.nope"])
     with pytest.raises(RewardError, match="module 'no_such_pkg.mod' not found"):
-        make_reward_funcs(["no_such_pkg.mod.f"])
+        reward_funcs_and_weights(["no_such_pkg.mod.f"])

@@ -32,9 +32,10 @@ def run(tiny_model_dir, phantom_dir, tmp_path_factory):
     import torch
 
     from mllm_cxr.data import grpo_dataset, load_split
-    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, build_reward_funcs, reward_curve
+    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, reward_curve
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from reward.trl import reward_funcs_and_weights
 
     torch.set_num_threads(1)
     saved_env = dict(os.environ)
@@ -45,7 +46,7 @@ def run(tiny_model_dir, phantom_dir, tmp_path_factory):
                            max_pixels=12544, lora_r=8, lora_alpha=16, lora_dropout=0.0)
     processor = load_processor(margs)
     model, peft_config = load_model(margs)
-    funcs, weights = build_reward_funcs(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
+    funcs, weights = reward_funcs_and_weights(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
     args = ClinicalGRPOConfig(
         output_dir=str(out), use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
         dataloader_num_workers=0, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024,
