@@ -60,7 +60,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mllm_cxr.config import ConfigError
 from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, completion_texts
+from reward.chexpert import label_reports
+from reward.constants import CHEXPERT_LABELS
+from reward.f1 import per_sample_f1
+from reward.measurements import compare, extract
+from reward.text import find_sections, sentences
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +77,6 @@ EDIT_KINDS = ("conflict", "fp_replace", "fp_delete", "fn_add", "measurement")
 # Reports as sections of sentences
 # ----------------------------------------------------------------------------------------------------
 
-_HEADER = re.compile(r"(?im)^[ \t]*(FINDINGS|IMPRESSION)[ \t]*:[ \t]*")
-
-
 @dataclass
 class ReportSentences:
     """A report as ``[(header or None, [sentence, ...]), ...]``; :meth:`text` writes it back."""
@@ -82,19 +85,16 @@ class ReportSentences:
 
     @classmethod
     def parse(cls, text: str) -> ReportSentences:
-        from reward.prior import sentences
-
         text = text or ""
-        heads = list(_HEADER.finditer(text))
+        heads = find_sections(text, ("findings", "impression"), other_headers_end=False)
         parts: list[tuple[str | None, str]] = []
         if not heads:
             parts.append((None, text))
         else:
-            if text[:heads[0].start()].strip():
-                parts.append((None, text[:heads[0].start()]))
-            for i, h in enumerate(heads):
-                end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-                parts.append((h.group(1).upper(), text[h.end():end]))
+            preamble = text[:text.rfind("\n", 0, heads[0][1]) + 1]  # up to the first header's line
+            if preamble.strip():
+                parts.append((None, preamble))
+            parts += [(name.upper(), text[start:end]) for name, start, end in heads]
         return cls([(head, sentences(body)) for head, body in parts])
 
     def text(self) -> str:
@@ -241,7 +241,6 @@ class SentenceEditor:
                  similarity: str | Similarity | None = None, similarity_threshold: float = 0.6,
                  uncertain: str = "positive", ops_per_rollout: int = 1, verify: bool = True,
                  max_candidates: int = 8, cache_size: int = 50_000, measurement_edits: bool = False):
-        from reward.constants import CHEXPERT_LABELS
 
         if uncertain not in ("positive", "negative"):
             raise ValueError(f"uncertain must be 'positive' or 'negative', got {uncertain!r}")
@@ -265,8 +264,6 @@ class SentenceEditor:
         todo = [s for s in dict.fromkeys(sentences) if s not in self._cache]
         if todo:
             if self._labeler is None:
-                from reward.chexpert import label_reports
-
                 self._labeler = label_reports
             if len(self._cache) > self._cache_size:
                 self._cache.clear()
@@ -299,11 +296,7 @@ class SentenceEditor:
     # -- editing -----------------------------------------------------------------------------------
     def label_f1(self, text: str, reference: str) -> float:
         """Per-sample F1 of the report-level CheXpert labels (14, uncertain as configured) vs the reference."""
-        from reward.f1 import per_sample_f1
-
         if self._labeler is None:
-            from reward.chexpert import label_reports
-
             self._labeler = label_reports
         key = ("\x00report", reference)
         ref_labels = self._report_cache.get(key)
@@ -366,14 +359,12 @@ class SentenceEditor:
     @staticmethod
     def measurement_count(text: str, reference: str) -> int:
         """Number of hallucinated device/position/measurement/size facts of ``text`` (:mod:`reward.measurements`)."""
-        from reward.measurements import compare
 
         return compare(text, reference).count
 
     def _measurement_candidates(self, rep: ReportSentences, ref_flat, reference: str, movable, present: set[str]
                                 ) -> Iterator[tuple[ReportSentences, EditOp]]:
         """A sentence with a hallucinated measurement fact -> the reference sentence stating that fact, else deleted."""
-        from reward.measurements import compare, extract
 
         ref_ex = extract(reference)
         n_sentences = len(rep.flat())
@@ -556,7 +547,6 @@ class EditGRPOTrainer(ClinicalGRPOTrainer):
         Returns new ``(completion_ids, completions, logprobs)`` lists of the same length; the edits
         made are kept in ``_pending_edits`` until the rewards are known.
         """
-        from mllm_cxr.config import ConfigError
 
         col = self.edit_reference_column
         if col not in inputs[0]:

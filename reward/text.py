@@ -75,12 +75,17 @@ def sentences(text: str) -> list[str]:
 _SECTION_HEADER = re.compile(r"(?im)^[ \t]*([a-z][a-z /&]{2,40}?)[ \t]*:")
 
 
-def find_sections(text: str, names: Sequence[str] | None = None) -> list[tuple[str, int, int]]:
+def find_sections(text: str, names: Sequence[str] | None = None, *,
+                  other_headers_end: bool = True) -> list[tuple[str, int, int]]:
     """``(name, body_start, body_end)`` of the sections of a report with ``NAME:`` headers at line starts,
-    in text order; names lower-cased. ``names`` keeps only those sections (a header not in ``names``
-    still ends the section before it). ``[]`` when the text has no such header."""
-    heads = [(m.start(), m.end(), m.group(1).strip().lower()) for m in _SECTION_HEADER.finditer(text or "")]
+    in text order; names lower-cased. ``names`` keeps only those sections; a header not in ``names``
+    still ends the section before it, unless ``other_headers_end=False`` (then it is body text, as
+    for a report whose only real sections are FINDINGS and IMPRESSION). ``[]`` when the text has no
+    such header."""
     wanted = None if names is None else {n.lower() for n in names}
+    heads = [(m.start(), m.end(), m.group(1).strip().lower()) for m in _SECTION_HEADER.finditer(text or "")]
+    if wanted is not None and not other_headers_end:
+        heads = [h for h in heads if h[2] in wanted]
     out = []
     for i, (_, end, name) in enumerate(heads):
         if wanted is None or name in wanted:

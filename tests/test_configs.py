@@ -87,13 +87,13 @@ def _recipe(name: str):
 def test_resolved_config_reproduces_the_run(tmp_path, recipe, config):
     """``output_dir/config.yaml`` parses back (``--config``) to the same values of every key."""
     from mllm_cxr.config import parse_recipe_args
-    from mllm_cxr.training import RESOLVED_CONFIG, write_run_config
+    from mllm_cxr.training import RESOLVED_CONFIG, save_run_configs
 
     classes = _recipe(recipe).CONFIG_CLASSES
     argv = ["--config", str(REPO / "recipes" / "configs" / "tiny" / f"{config}.yaml"), "--output_dir",
             str(tmp_path / "run"), "--learning_rate", "0.123", "--lora_r", "4"]
     configs = parse_recipe_args(classes, argv)
-    write_run_config(tmp_path / "run", configs, configs[-1], argv)
+    save_run_configs(tmp_path / "run", configs, configs[-1], argv)
     again = parse_recipe_args(classes, ["--config", str(tmp_path / "run" / RESOLVED_CONFIG)])
     for a, b in zip(configs, again):
         assert dataclasses.asdict(a) == dataclasses.asdict(b), type(a).__name__

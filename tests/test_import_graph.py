@@ -1,0 +1,124 @@
+"""The packages' import graph, function-level imports included: no cycles, and the layering of
+docs/design.md (cxr_io <- data_prep, reward <- mllm_cxr; reward and data_prep never import mllm_cxr)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("cxr_io", "data_prep", "reward", "mllm_cxr")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The project module an imported name lives in (``pkg.mod.func`` -> ``pkg.mod``), else None."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (top level or inside functions)."""
+    files = {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    modules = set(files)
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for n in names:
+                target = _resolve(n, modules)
+                if target and target != mod and target.split(".")[0] in PACKAGES:
+                    deps.add(target)
+        graph[mod] = deps
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "mllm_cxr.generate" in graph and "mllm_cxr.vllm_support" in graph  # the walk saw the packages
+    assert find_cycles(graph) == []
+
+
+def test_layering():
+    graph = import_graph()
+    for mod, deps in graph.items():
+        pkg = mod.split(".")[0]
+        if pkg == "cxr_io":
+            assert not deps, (mod, deps)
+        if pkg in ("reward", "data_prep"):
+            assert not {d for d in deps if d.startswith("mllm_cxr")}, (mod, deps)
+        if pkg == "reward":
+            assert not {d for d in deps if d.startswith("data_prep")}, (mod, deps)
+        if pkg == "data_prep":  # the label names are the only thing data_prep takes from reward
+            assert {d for d in deps if d.startswith("reward")} <= {"reward.constants"}, (mod, deps)
+    # the vLLM facts are a leaf: export, generate and serve import it, it imports none of them
+    assert not graph["mllm_cxr.vllm_support"] & {"mllm_cxr.export", "mllm_cxr.generate", "mllm_cxr.serve"}
+    assert "mllm_cxr.vllm_support" in graph["mllm_cxr.export"] & graph["mllm_cxr.generate"] & graph["mllm_cxr.serve"]
+    # one run-config module, one inference loader: the others use them
+    for user in ("mllm_cxr.generate", "mllm_cxr.export"):
+        assert {"mllm_cxr.run_config", "mllm_cxr.inference"} <= graph[user], user
+    assert "mllm_cxr.inference" in graph["mllm_cxr.serve"]
+
+
+def test_one_home_for_the_run_config_and_the_jsonl_readers():
+    """Only mllm_cxr/run_config.py names the run-config file; JSONL is parsed only by cxr_io (and by the
+    resumable predictions writer, which must tolerate a line cut short by a killed run)."""
+    allowed_loads = {"cxr_io/__init__.py", "mllm_cxr/generate.py"}
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            rel = path.relative_to(REPO).as_posix()
+            text = path.read_text(encoding="utf-8")
+            if rel != "mllm_cxr/run_config.py":
+                assert '"mllm_cxr_config.json"' not in text, rel
+            if rel not in allowed_loads:
+                assert "for line in fh" not in text or "json.loads(line)" not in text, rel
