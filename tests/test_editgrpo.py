@@ -263,3 +263,18 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
     assert len(trainer.edit_log) == 2 and all(s["tried"] == 2 for s in trainer.edit_log)
+
+
+def test_report_sections_follow_the_shared_section_parser():
+    """EditGRPO's sections come from reward.text.find_sections: FINDINGS/IMPRESSION in any case start a
+    section; other "Name:" lines are report text; the text before the first header is kept."""
+    from mllm_cxr.editgrpo import ReportSentences
+
+    text = "Portable view.\nFindings: Heart size normal.\nHeart: enlarged? No. Lungs clear.\nimpression : No acute disease."
+    rep = ReportSentences.parse(text)
+    assert [h for h, _ in rep.sections] == [None, "FINDINGS", "IMPRESSION"]
+    assert rep.sections[0][1] == ["Portable view."]
+    assert "Heart: enlarged? No." in " ".join(rep.sections[1][1])  # not a section of its own
+    assert rep.sections[2][1] == ["No acute disease."]
+    assert ReportSentences.parse("No header. Two sentences.").sections == [(None, ["No header.", "Two sentences."])]
+    assert ReportSentences.parse(rep.text()).sections == rep.sections  # text() writes it back

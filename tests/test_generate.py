@@ -137,3 +137,61 @@ def test_vllm_backend_says_which_extra_to_install(tiny_model_dir, phantom_dir, t
     rc = main(["generate", "--backend", "vllm", "--studies", str(phantom_dir / "studies.jsonl"), "--model",
                str(tiny_model_dir), "--out", str(tmp_path / "p.jsonl"), "--limit", "1"])
     assert rc == 2 and "mllm-cxr[gpu]" in capsys.readouterr().err
+
+
+def test_openai_backend_retries_busy_servers_with_the_shared_session(tiny_model_dir, adapter_dir, phantom_dir):
+    """A 503 with Retry-After is retried by reward.http's session (urllib3 Retry); a 400 is not retried
+    and its message is shown; the study's columns are the ones every consumer records."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mllm_cxr.data import reward_columns, study_columns
+    from mllm_cxr.generate import OpenAIGenerator
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, status, payload, headers=()):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            seen.append("GET")
+            if seen.count("GET") == 1:
+                self._send(503, {"error": "busy"}, [("Retry-After", "0")])
+            else:
+                self._send(200, {"data": [{"id": "cxr"}]})
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append("POST")
+            self._send(400, {"error": {"message": "bad field"}})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        gen = OpenAIGenerator(url, resolve_prompt(adapter_dir), phantom_dir, retries=2, backoff=0.01)
+        assert gen.served_model == "cxr" and seen == ["GET", "GET"]
+        study = load_split(phantom_dir / "studies.jsonl", "test", 1)
+        with pytest.raises(GenerationError, match="HTTP 400.*bad field"):
+            gen.generate(study)
+        assert seen.count("POST") == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    s = study[0]
+    cols = reward_columns(s, resolve_prompt(adapter_dir).prompt)
+    ctx = study_columns(s)
+    assert cols["study_id"] == s.study_id and cols["reference"]
+    assert {k: v for k, v in cols.items() if k not in ("study_id", "reference", "labels")} == \
+        {k: v for k, v in ctx.items() if k != "labels"}
+    assert json.loads(cols["labels"] or "null") == ctx["labels"]
