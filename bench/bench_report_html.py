@@ -25,14 +25,14 @@ N_STUDIES = 2000
 
 def _predictions(phantom: Path, out: Path, shift: int) -> Path:
     from data_prep.schema import read_records
-    from mllm_cxr.generate import study_context
+    from mllm_cxr.data import study_columns
 
     recs = read_records(phantom / "studies.jsonl")
     with open(out, "w", encoding="utf-8") as fh:
         for i, r in enumerate(recs):
             pred = r.impression if i % 3 == 0 else recs[(i + shift) % len(recs)].impression
             fh.write(json.dumps({"study_id": r.study_id, "prediction": pred, "reference": r.impression,
-                                 "context": study_context(r), "studies": str(phantom / "studies.jsonl")}) + "\n")
+                                 "context": study_columns(r), "studies": str(phantom / "studies.jsonl")}) + "\n")
     return out
 
 
@@ -60,8 +60,8 @@ def run() -> str:
     from PIL import Image
 
     from data_prep.phantom import make_phantom
-    from mllm_cxr.evaluate import run_eval
     from mllm_cxr.report_html import ReportOptions, build_report
+    from reward.evaluate import run_eval
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})

@@ -149,7 +149,7 @@ def read_jsonl(path: PathLike, *, role: str = "input", objects: bool = True,
             yield lineno, value
 
 
-def _read_text(path: PathLike, role: str, error: type[InputError]) -> str:
+def read_text(path: PathLike, *, role: str = "input", error: type[InputError] = InputError) -> str:
     """A whole text file (plain or .gz) with the one set of read errors."""
     fh = open_text_checked(path, role, error)
     with fh:
@@ -164,7 +164,7 @@ def _read_text(path: PathLike, role: str, error: type[InputError]) -> str:
 
 def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = InputError) -> Any:
     """A whole JSON file, with the same errors as :func:`read_jsonl`."""
-    text = _read_text(path, role, error)
+    text = read_text(path, role=role, error=error)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -178,7 +178,7 @@ def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError
     the file (and line, for a syntax error). PyYAML is imported here only (a core dependency)."""
     import yaml
 
-    text = _read_text(path, role, error)
+    text = read_text(path, role=role, error=error)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -30,7 +30,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 HASH_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
-def clean_text(value: Any) -> str:
+def collapse_whitespace(value: Any) -> str:
     """Collapse whitespace; ``None`` and NaN become ``""`` (the text "None." is kept: it is a report's word)."""
     if value is None:
         return ""
@@ -131,8 +131,8 @@ def split_counts(records: Iterable[StudyRecord]) -> dict[str, int]:
     return {s: c.get(s, 0) for s in SPLITS}
 
 
-def summarize(dataset: str, records: list[StudyRecord], skips: SkipLog, *, data_root: Path | str | None,
-              priors_linked: int, **extra: Any) -> dict[str, Any]:
+def build_prepare_summary(dataset: str, records: list[StudyRecord], skips: SkipLog, *, data_root: Path | str | None,
+                          priors_linked: int, **extra: Any) -> dict[str, Any]:
     """The converter summary: counts that let a user see at a glance what was (and was not) kept."""
     return {
         "dataset": dataset,

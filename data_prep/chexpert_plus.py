@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep._util import SkipLog, clean_text, fail_or_skip, iter_csv, summarize
+from data_prep._util import SkipLog, build_prepare_summary, collapse_whitespace, fail_or_skip, iter_csv
 from data_prep.errors import BadImageError, DataPrepError, UnknownLayoutError
 from data_prep.schema import ImageRef, StudyRecord, normalize_split, write_records
 from data_prep.schema import link_priors as _link_priors
@@ -72,7 +72,7 @@ def _number(value: str, file: str, line: int, field: str) -> int:
 
 
 def _optional(value: str) -> Any:
-    v = clean_text(value)
+    v = collapse_whitespace(value)
     if v == "":
         return None
     try:
@@ -99,7 +99,7 @@ def convert_chexpert_plus(source: str | os.PathLike, *, out: str | os.PathLike |
     file = str(csv_path)
     for line, row in tqdm(iter_csv(csv_path, required=required), desc="chexpert-plus rows", unit="row",
                           disable=not progress):
-        pid = clean_text(row["deid_patient_id"])
+        pid = collapse_whitespace(row["deid_patient_id"])
         if not pid:
             raise DataPrepError("empty patient id", file=file, line=line, field="deid_patient_id")
         order = _number(row["patient_report_date_order"], file, line, "patient_report_date_order")
@@ -110,7 +110,7 @@ def convert_chexpert_plus(source: str | os.PathLike, *, out: str | os.PathLike |
             except DataPrepError:
                 raise DataPrepError("unknown split", file=file, line=line, field="split", value=row["split"]) from None
             g = groups[(pid, order)] = {"row": row, "line": line, "split": split, "images": []}
-        rel = clean_text(row[path_col])
+        rel = collapse_whitespace(row[path_col])
         if not rel:
             raise DataPrepError("empty image path", file=file, line=line, field=path_col)
         if root is not None:
@@ -133,13 +133,13 @@ def convert_chexpert_plus(source: str | os.PathLike, *, out: str | os.PathLike |
             skips.add("no images on disk", f"{pid}_r{order}")
             continue
         row = g["row"]
-        rel0 = clean_text(row["path_to_image"])
+        rel0 = collapse_whitespace(row["path_to_image"])
         meta: dict[str, Any] = {"report_order": order, "study_dir": str(Path(rel0).parent.as_posix()),
                                 "csv_line": g["line"]}
         for col, key in (("section_narrative", "examination"), ("section_summary", "summary"),
                          ("section_procedure_comments", "procedure_comments"),
                          ("section_accession_number", "accession_number")):
-            v = clean_text(row.get(col))
+            v = collapse_whitespace(row.get(col))
             if v:
                 meta[key] = v
         for col in DEMOGRAPHICS:
@@ -149,14 +149,14 @@ def convert_chexpert_plus(source: str | os.PathLike, *, out: str | os.PathLike |
         records.append(StudyRecord(
             study_id=f"{pid}_r{order}", patient_id=pid, dataset=DATASET, split=g["split"],
             study_time=f"{order:06d}", images=sorted(g["images"], key=lambda im: im.path),
-            indication=clean_text(row.get("section_clinical_history") or row.get("section_history")),
-            technique=clean_text(row.get("section_technique")), comparison=clean_text(row.get("section_comparison")),
-            findings=clean_text(row["section_findings"]), impression=clean_text(row["section_impression"]),
+            indication=collapse_whitespace(row.get("section_clinical_history") or row.get("section_history")),
+            technique=collapse_whitespace(row.get("section_technique")), comparison=collapse_whitespace(row.get("section_comparison")),
+            findings=collapse_whitespace(row["section_findings"]), impression=collapse_whitespace(row["section_impression"]),
             meta=meta,
         ))
     n_priors = _link_priors(records) if link_priors else 0
-    summary = summarize(DATASET, records, skips, data_root=root, priors_linked=n_priors, csv=file,
-                        image_column=path_col)
+    summary = build_prepare_summary(DATASET, records, skips, data_root=root, priors_linked=n_priors, csv=file,
+                                    image_column=path_col)
     if out is not None:
         write_records(records, out)
         summary["out"] = str(out)

@@ -103,13 +103,13 @@ def _options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run one ``prepare`` sub-command; prints the summary line; returns the exit code."""
-    from data_prep.prepare import prepare, summary_line
+    from data_prep.prepare import prepare, prepare_summary_line
 
     source, options = _options(args)
     summary = prepare(args.prepare_dataset, out=args.out, source=source, image_cache=args.image_cache,
                       min_pixels=args.min_pixels, max_pixels=args.max_pixels, skip_bad=args.skip_bad,
                       workers=args.workers, progress=not args.quiet, **options)
-    print(summary_line(summary), flush=True)
+    print(prepare_summary_line(summary), flush=True)
     return 0
 
 

@@ -34,7 +34,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep._util import SkipLog, clean_text, fail_or_skip, hash_split, iter_csv, summarize
+from data_prep._util import (
+    SkipLog,
+    build_prepare_summary,
+    collapse_whitespace,
+    fail_or_skip,
+    hash_split,
+    iter_csv,
+)
 from data_prep.errors import BadImageError, DataPrepError, UnknownLayoutError
 from data_prep.schema import ImageRef, StudyRecord, normalize_split, normalize_view, write_records
 from data_prep.schema import link_priors as _link_priors
@@ -64,10 +71,10 @@ def _parse_report(data: bytes, name: str, origin: str) -> dict[str, Any]:
     for at in root.iter("AbstractText"):
         key = _SECTIONS.get((at.get("Label") or "").strip().upper())
         if key:
-            sections[key] = clean_text("".join(at.itertext()))
+            sections[key] = collapse_whitespace("".join(at.itertext()))
     mesh = root.find("MeSH")
-    major = [clean_text(e.text) for e in mesh.findall("major")] if mesh is not None else []
-    automatic = [clean_text(e.text) for e in mesh.findall("automatic")] if mesh is not None else []
+    major = [collapse_whitespace(e.text) for e in mesh.findall("major")] if mesh is not None else []
+    automatic = [collapse_whitespace(e.text) for e in mesh.findall("automatic")] if mesh is not None else []
     image_ids = [pi.get("id") for pi in root.findall("parentImage") if pi.get("id")]
     return {"uid": uid, **sections, "mesh_major": [m for m in major if m],
             "mesh_automatic": [m for m in automatic if m], "image_ids": image_ids, "source_file": name}
@@ -208,10 +215,10 @@ def convert_iu_xray(source: str | os.PathLike, *, out: str | os.PathLike | None 
     else:
         records, extra, data_root = _from_r2gen(path, png_dir, reports, splits, unlisted, skip_bad, skips, progress)
     n_priors = _link_priors(records) if link_priors else 0
-    summary = summarize(DATASET, records, skips, data_root=data_root, priors_linked=n_priors,
-                        layout=layout, source=str(path), split_source="r2gen_splits.csv" if splits else
-                        ("annotation.json" if layout == "r2gen" else "hash(patient_id)"),
-                        views_known=sum(im.view != "UNKNOWN" for r in records for im in r.images), **extra)
+    summary = build_prepare_summary(DATASET, records, skips, data_root=data_root, priors_linked=n_priors,
+                                    layout=layout, source=str(path), split_source="r2gen_splits.csv" if splits else
+                                    ("annotation.json" if layout == "r2gen" else "hash(patient_id)"),
+                                    views_known=sum(im.view != "UNKNOWN" for r in records for im in r.images), **extra)
     if out is not None:
         write_records(records, out)
         summary["out"] = str(out)
@@ -329,7 +336,7 @@ def _from_r2gen(path: Path, png_dir, reports, splits, unlisted, skip_bad, skips,
             records.append(StudyRecord(
                 study_id=sid, patient_id=uid, dataset=DATASET, split=split, images=images,
                 indication=rep.get("indication", ""), comparison=rep.get("comparison", ""),
-                findings=clean_text(e.get("report")), impression=rep.get("impression", ""),
+                findings=collapse_whitespace(e.get("report")), impression=rep.get("impression", ""),
                 meta={"mesh_major": rep.get("mesh_major", []), "mesh_automatic": rep.get("mesh_automatic", []),
                       "image_ids": rep.get("image_ids", []), "annotation_split": key,
                       "images_verified": image_root is not None},

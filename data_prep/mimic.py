@@ -24,7 +24,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep._util import SkipLog, clean_text, fail_or_skip, find_first, hash_split, iter_csv, summarize
+from data_prep._util import (
+    SkipLog,
+    build_prepare_summary,
+    collapse_whitespace,
+    fail_or_skip,
+    find_first,
+    hash_split,
+    iter_csv,
+)
 from data_prep.errors import BadImageError, DataPrepError, UnknownLayoutError
 from data_prep.schema import ImageRef, StudyRecord, normalize_split, normalize_view, write_records
 from data_prep.schema import link_priors as _link_priors
@@ -193,19 +201,19 @@ def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = No
         split = splits.get(study) or hash_split(subject)
         records.append(StudyRecord(
             study_id=study, patient_id=subject, dataset=DATASET, split=split, study_time=st["time"],
-            images=images, indication=clean_text(sec.get("indication") or sec.get("history")),
-            technique=clean_text(sec.get("technique")), comparison=clean_text(sec.get("comparison")),
-            findings=clean_text(findings), impression=clean_text(impression),
+            images=images, indication=collapse_whitespace(sec.get("indication") or sec.get("history")),
+            technique=collapse_whitespace(sec.get("technique")), comparison=collapse_whitespace(sec.get("comparison")),
+            findings=collapse_whitespace(findings), impression=collapse_whitespace(impression),
             labels=labels.get(study), meta=meta,
         ))
     n_priors = _link_priors(records) if link_priors else 0
-    summary = summarize(DATASET, records, skips, data_root=root, priors_linked=n_priors,
-                        metadata_csv=str(meta_path), split_source=str(split_path) if split_path else "hash(patient_id)",
-                        split_hashed=sum(1 for r in records if r.study_id not in splits),
-                        labels_source=str(chex_path) if chex_path else None,
-                        with_labels=sum(1 for r in records if r.labels is not None),
-                        impression_from_last_paragraph=fallback_impressions,
-                        report_roots=[str(r) for r in report_roots])
+    summary = build_prepare_summary(DATASET, records, skips, data_root=root, priors_linked=n_priors,
+                                    metadata_csv=str(meta_path), split_source=str(split_path) if split_path else "hash(patient_id)",
+                                    split_hashed=sum(1 for r in records if r.study_id not in splits),
+                                    labels_source=str(chex_path) if chex_path else None,
+                                    with_labels=sum(1 for r in records if r.labels is not None),
+                                    impression_from_last_paragraph=fallback_impressions,
+                                    report_roots=[str(r) for r in report_roots])
     if out is not None:
         write_records(records, out)
         summary["out"] = str(out)

@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cxr_io import check_output, write_jsonl, write_text_atomic
-from data_prep._util import SkipLog, summarize
+from data_prep._util import SkipLog, build_prepare_summary
 from data_prep.errors import BadImageError, DataPrepError
 from data_prep.images import (
     DEFAULT_MAX_PIXELS,
@@ -88,8 +88,8 @@ def convert_phantom(root: str | os.PathLike, *, n: int = 48, seed: int = 0, out:
     records = read_records(root / "studies.jsonl")
     skips = skip_log if skip_log is not None else SkipLog()
     n_priors = _link_priors(records) if link_priors else 0
-    summary = summarize("phantom", records, skips, data_root=root, priors_linked=n_priors, n=n, seed=seed,
-                        phantom=info if isinstance(info, dict) else {})
+    summary = build_prepare_summary("phantom", records, skips, data_root=root, priors_linked=n_priors, n=n, seed=seed,
+                                    phantom=info if isinstance(info, dict) else {})
     if out is not None:
         write_records(records, out)
     return records, summary
@@ -281,8 +281,8 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     _link_priors(records)
     write_records(records, out, inputs=inputs)
     elapsed = time.perf_counter() - t0
-    summary = summarize(DATASETS[name][0], records, skips, data_root=data_root,
-                        priors_linked=sum(1 for r in records if r.prior is not None))
+    summary = build_prepare_summary(DATASETS[name][0], records, skips, data_root=data_root,
+                                    priors_linked=sum(1 for r in records if r.prior is not None))
     for k, v in conv.items():  # converter-specific facts (layout, sources, label counts...)
         if k not in summary and k != "out":
             summary[k] = v
@@ -306,7 +306,7 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     return summary
 
 
-def summary_line(s: dict[str, Any]) -> str:
+def prepare_summary_line(s: dict[str, Any]) -> str:
     """One human line for the end of a run."""
     sp = s.get("splits", {})
     parts = [f"prepared {s['dataset']}: {s['studies']} studies "

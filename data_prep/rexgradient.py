@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep._util import SkipLog, clean_text, fail_or_skip, iter_csv, summarize
+from data_prep._util import SkipLog, build_prepare_summary, collapse_whitespace, fail_or_skip, iter_csv
 from data_prep.errors import BadImageError, DataPrepError, UnknownLayoutError
 from data_prep.schema import ImageRef, StudyRecord, normalize_view, write_records
 from data_prep.schema import link_priors as _link_priors
@@ -63,7 +63,7 @@ def parse_list(value: Any, *, file: str, line: int | str, field: str) -> list[st
 
 
 def _date(value: str) -> str:
-    d = clean_text(value).split(" ")[0].replace("-", "").replace("/", "")
+    d = collapse_whitespace(value).split(" ")[0].replace("-", "").replace("/", "")
     d = d.split(".")[0]
     if len(d) == 8 and d.isdigit():
         return f"{d[:4]}-{d[4:6]}-{d[6:]}"
@@ -144,13 +144,13 @@ def convert_rexgradient(root: str | os.PathLike, *, out: str | os.PathLike | Non
         file = str(csv_path)
         for line, row in tqdm(iter_csv(csv_path, required=REQUIRED), desc=f"rexgradient {split}", unit="study",
                               disable=not progress):
-            sid = clean_text(row["id"])
+            sid = collapse_whitespace(row["id"])
             if not sid:
                 raise DataPrepError("empty id", file=file, line=line, field="id")
             if sid in seen:
                 raise DataPrepError("duplicate study id", file=file, line=line, field="id", value=sid)
             seen.add(sid)
-            pid = clean_text(row.get("PatientID")) or sid.split("_")[0]
+            pid = collapse_whitespace(row.get("PatientID")) or sid.split("_")[0]
             vj = views_json.get(sid) or {}
             raw_paths = vj.get("ImagePath") if vj.get("ImagePath") else parse_list(
                 row.get("ImagePath"), file=file, line=line, field="ImagePath")
@@ -175,20 +175,20 @@ def convert_rexgradient(root: str | os.PathLike, *, out: str | os.PathLike | Non
             meta: dict[str, Any] = {}
             for col, key in (("StudyDescription", "examination"), ("PatientAge", "age"), ("PatientSex", "sex"),
                              ("StudyInstanceUid", "study_instance_uid"), ("AccessionNumber", "accession_number")):
-                v = clean_text(row.get(col))
+                v = collapse_whitespace(row.get(col))
                 if v:
                     meta[key] = v
             records.append(StudyRecord(
                 study_id=sid, patient_id=pid, dataset=DATASET, split=split,
                 study_time=_date(row.get("StudyDate", "")), images=images,
-                indication=clean_text(row.get("Indication")), technique=clean_text(row.get("Technique")),
-                comparison=clean_text(row.get("Comparison")), findings=clean_text(row["Findings"]),
-                impression=clean_text(row["Impression"]), meta=meta,
+                indication=collapse_whitespace(row.get("Indication")), technique=collapse_whitespace(row.get("Technique")),
+                comparison=collapse_whitespace(row.get("Comparison")), findings=collapse_whitespace(row["Findings"]),
+                impression=collapse_whitespace(row["Impression"]), meta=meta,
             ))
     n_priors = _link_priors(records) if link_priors else 0
-    summary = summarize(DATASET, records, skips, data_root=root, priors_linked=n_priors,
-                        metadata_dir=str(meta_dir), split_files={k: str(v[0]) for k, v in files.items()},
-                        images_verified=verify)
+    summary = build_prepare_summary(DATASET, records, skips, data_root=root, priors_linked=n_priors,
+                                    metadata_dir=str(meta_dir), split_files={k: str(v[0]) for k, v in files.items()},
+                                    images_verified=verify)
     if out is not None:
         write_records(records, out)
         summary["out"] = str(out)

@@ -15,8 +15,8 @@ import sys
 VERB_MODULES = (
     "data_prep.cli",          # prepare
     "reward.cli_label",       # label
-    "reward.cli_score",       # score
-    "mllm_cxr.cli_model",     # generate, eval, export, serve, tiny
+    "reward.cli_metrics",     # score, eval
+    "mllm_cxr.cli_model",     # generate, export, serve, report, tiny (and eval --html)
     "mllm_cxr.cli_pairs",     # pairs
 )
 

@@ -1,7 +1,6 @@
-"""``mllm-cxr generate | eval | export | serve | tiny``: the model-side verbs.
+"""``mllm-cxr generate | export | serve | report | tiny``: the model-side verbs (``eval``: :mod:`reward.cli_metrics`).
 
     mllm-cxr generate --studies S.jsonl --model BASE [--adapter DIR] --out pred.jsonl [--backend hf|vllm|openai]
-    mllm-cxr eval --pred pred.jsonl --out eval/ [--compare other.jsonl]
     mllm-cxr export --base BASE --adapter DIR --out exports/cxr [--merge] [--verify-studies S.jsonl]
     mllm-cxr serve --model BASE --adapter exports/cxr [--backend vllm|hf] [--dry-run]
     mllm-cxr tiny runs/tiny-model
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 from pathlib import Path
 
@@ -55,10 +53,10 @@ def run_generate(args: argparse.Namespace) -> int:
         check_resume,
         generate_predictions,
         load_hf_generator,
-        meta_path,
         part_path,
     )
     from mllm_cxr.run_config import resolve_prompt
+    from reward.evaluate import meta_path
 
     if args.backend in ("hf", "vllm") and not args.model:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
@@ -150,82 +148,6 @@ def _add_generate(sub) -> None:
     _add_prompt_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_generate)
-
-
-# ------------------------------------------------------------------------------------------------
-# eval
-# ------------------------------------------------------------------------------------------------
-def _metric_kwargs(value: str | None) -> dict:
-    from reward.base import RewardError
-
-    if not value:
-        return {}
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RewardError(f"--metric-kwargs: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise RewardError('--metric-kwargs must map metric names to keyword objects, e.g. '
-                          '{"radgraph": {"model_dir": "/models/radgraph"}}')
-    return data
-
-
-def run_eval_cmd(args: argparse.Namespace) -> int:
-    from mllm_cxr.evaluate import METRIC_GROUPS, run_eval, summary_line
-    from reward.base import eval_group
-
-    named = bool(args.metrics) and args.metrics.strip() != "all"
-    metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
-               else list(METRIC_GROUPS))
-    if args.html:  # bad report options fail before the evaluation runs
-        from mllm_cxr.report_html import options_from_args
-
-        options_from_args(args)
-    result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
-                      strict=named,
-                      uncertain=args.uncertain, metric_kwargs=_metric_kwargs(args.metric_kwargs), name=args.name,
-                      compare_name=args.compare_name, plots=not args.no_plots, progress=not args.quiet)
-    print(summary_line(result, args.out))
-    if args.html:  # the HTML report (mllm_cxr/report_html.py)
-        from mllm_cxr import report_html
-
-        s = report_html.build_report(args.out, pred=args.pred, compare=args.compare,
-                                     options=report_html.options_from_args(args), progress=not args.quiet)
-        print(report_html.summary_line(s))
-    return 0
-
-
-def _add_eval(sub) -> None:
-    from mllm_cxr.evaluate import METRIC_GROUPS
-
-    p = sub.add_parser("eval", help="evaluate predictions: metrics.json, metrics.md, plots, bootstrap CIs",
-                       description="Evaluate a predictions JSONL (from `mllm-cxr generate`) with bootstrap 95% "
-                                   "CIs; --compare adds a paired comparison with another predictions file.")
-    p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
-    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their "
-                                                   "score names, e.g. chexpert_f1); a named metric that cannot run is "
-                                                   "an error. Default all: those whose model is missing are listed "
-                                                   "as skipped with the reason")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
-                   help="CheXpert F1: count uncertain labels as positive (RRG convention) or negative")
-    p.add_argument("--metric-kwargs", default=None,
-                   help='JSON (or @file) of scorer arguments per metric, e.g. {"radgraph": {"model_dir": "DIR"}, '
-                        '"green": {"base_url": "http://127.0.0.1:8001", "model": "green"}}')
-    p.add_argument("--name", default=None, help="name of the predictions in tables (default: file stem)")
-    p.add_argument("--compare-name", default=None)
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    from mllm_cxr.report_html import add_report_options
-
-    h = p.add_argument_group("HTML report (--html)")
-    h.add_argument("--html", action="store_true", help="also write OUT/report.html (see `mllm-cxr report`)")
-    add_report_options(h)
-    p.set_defaults(func=run_eval_cmd)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,14 +345,15 @@ def run_tiny(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``generate``, ``eval``, ``export``, ``serve``, ``report`` and ``tiny``."""
+    """Add ``generate``, ``export``, ``serve``, ``report`` and ``tiny``; give ``eval`` (registered by
+    :mod:`reward.cli_metrics`) its ``--html`` report."""
     _add_generate(subparsers)
-    _add_eval(subparsers)
     _add_export(subparsers)
     _add_serve(subparsers)
-    from mllm_cxr.report_html import add_report_parser
+    from mllm_cxr.report_html import add_html_to_eval, add_report_parser
 
     add_report_parser(subparsers)  # report: the HTML report of an eval folder
+    add_html_to_eval(subparsers)
     p = subparsers.add_parser("tiny", help="build the tiny random Qwen2.5-VL used by tests and the demo")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)

@@ -42,7 +42,7 @@ def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phan
     """Generate for the held-out split with `mllm-cxr generate`, score with `mllm-cxr eval` + phantom F1."""
     from data_prep.phantom import finding_scores
     from data_prep.schema import read_records
-    from mllm_cxr.generate import read_predictions
+    from reward.evaluate import read_predictions
     from reward.prior import find_prior_references
 
     pred, out = runs / "pred" / f"{name}.jsonl", runs / "eval" / name
@@ -64,15 +64,15 @@ def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phan
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     rows = read_predictions(pred)
     truth = {r.study_id: r for r in read_records(phantom / "studies.jsonl", split="test")}
-    ph = finding_scores([r["prediction"] for r in rows], [truth[r["study_id"]] for r in rows])
-    samples = [t for r in read_predictions(sampled) if not truth[r["study_id"]].has_prior for t in r["samples"]]
+    ph = finding_scores([r.prediction for r in rows], [truth[r.study_id] for r in rows])
+    samples = [t for r in read_predictions(sampled) if not truth[r.study_id].has_prior for t in r.record["samples"]]
     sampled_rate = sum(bool(find_prior_references(t)) for t in samples) / max(1, len(samples))
     pick = lambda k: metrics.get(k, {}).get("value", float("nan"))  # noqa: E731
     return {"finding_micro_f1": ph["micro_f1"], "per_finding": ph["f1"],
             "chexpert_micro_f1_5": pick("chexpert_micro_f1_5"), "chexpert_micro_f1_14": pick("chexpert_micro_f1_14"),
             "prior_hallucination_rate": pick("prior_hallucination_rate"), "prior_rate_sampled": sampled_rate,
             "bleu_4": pick("bleu_4"),
-            "rouge_l": pick("rouge_l"), "example": rows[0]["prediction"] if rows else "", "eval_dir": str(out)}
+            "rouge_l": pick("rouge_l"), "example": rows[0].prediction if rows else "", "eval_dir": str(out)}
 
 
 def write_stage_report(results: dict[str, dict]) -> Path:

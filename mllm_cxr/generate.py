@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_io import make_parent, read_jsonl, write_text_atomic
+from cxr_io import make_parent, write_text_atomic
 from data_prep.schema import StudyRecord
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import study_columns
@@ -42,6 +42,7 @@ from mllm_cxr.inference import chat_text, inference_processor, load_for_inferenc
 from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
 from mllm_cxr.run_config import PromptSettings
 from mllm_cxr.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
+from reward.evaluate import meta_path
 from reward.http import RETRY_STATUSES, retrying_session
 
 log = logging.getLogger(__name__)
@@ -305,11 +306,6 @@ class OpenAIGenerator:
 # ------------------------------------------------------------------------------------------------
 # The predictions file
 # ------------------------------------------------------------------------------------------------
-def meta_path(out_path: str | Path) -> Path:
-    p = Path(out_path)
-    return p.with_name(p.name + ".meta.json")
-
-
 #: Fields of the side file that must agree before a predictions file is continued.
 _RESUME_KEYS = ("model", "adapter", "prompt", "generation")
 
@@ -389,10 +385,3 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
     return {"generated": len(todo), "skipped_done": len(finished & {s.study_id for s in studies}),
             "skipped_no_images": len(no_images), "empty_predictions": n_empty, "seconds": round(dt, 2),
             "studies_per_s": round(len(todo) / dt, 3) if dt > 0 and todo else None, "out": str(out)}
-
-
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a predictions JSONL (errors name ``file:line``: :func:`cxr_io.read_jsonl`)."""
-    from data_prep.errors import DataPrepError
-
-    return [row for _, row in read_jsonl(path, role="predictions", error=DataPrepError)]

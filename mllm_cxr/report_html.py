@@ -43,17 +43,16 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_io import InputError, atomic_write, read_json, read_jsonl, write_text_atomic
 from data_prep.errors import DataPrepError
 from mllm_cxr.config import ConfigError
 from reward.constants import CHEXPERT_LABELS, NEGATIVE
@@ -393,11 +392,9 @@ class Thumbs:
                 return None, "unreadable"
             if dest is not None:
                 try:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, dest)
-                except OSError as e:
+                    with atomic_write(dest, "wb", flag="--thumb-cache") as fh:
+                        fh.write(data)
+                except (InputError, OSError) as e:
                     raise ConfigError(f"--thumb-cache {self.cache_dir}: cannot write a thumbnail ({e})") from None
             uri = self._data_uri(data)
         self.cache[key] = uri
@@ -458,26 +455,13 @@ def _find_file(p: str | os.PathLike, eval_dir: Path | None, what: str, flag: str
 
 
 def read_pred_file(path: Path) -> PredFile:
-    from mllm_cxr.evaluate import read_prediction_file
-    from mllm_cxr.generate import meta_path
+    from reward.evaluate import meta_path, predictions_to_evaluate
 
-    p = read_prediction_file(path)  # validates rows: file, line, field named on error
-    wanted = set(p.ids)
-    rows: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                d = json.loads(line)
-                sid = str(d["study_id"])
-                if sid in wanted:
-                    rows[sid] = d
-    meta: dict[str, Any] = {}
+    p = predictions_to_evaluate(path)  # validates rows: file, line, field named on error
+    rows = {sid: rec for sid, rec in zip(p.ids, p.records)}
     mp = meta_path(path)
-    if mp.is_file():
-        try:
-            meta = json.loads(mp.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise DataPrepError("not valid JSON (the side file `mllm-cxr generate` writes)", file=str(mp)) from None
+    meta = read_json(mp, role="predictions side file (written by `mllm-cxr generate`)", error=DataPrepError) \
+        if mp.is_file() else {}
     return PredFile(Path(path), rows, list(p.ids), meta if isinstance(meta, dict) else {})
 
 
@@ -976,15 +960,7 @@ def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.
     p = eval_dir / name
     if not p.is_file():
         return {}
-    by_id: dict[str, dict] = {}
-    with open(p, encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataPrepError("not valid JSON", file=str(p), line=no) from None
-                by_id[str(d.get("study_id"))] = d
+    by_id = {str(d.get("study_id")): d for _, d in read_jsonl(p, role="per-study scores", error=DataPrepError)}
     keys = [k for k in PER_STUDY_METRICS if k not in ("chexpert_f1", "errors", "prior_hallucination",
                                                        "measurement_hallucinations")]
     out = {}
@@ -993,18 +969,6 @@ def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.
         if any(isinstance(v, int | float) for v in vals):
             out[k] = [float(v) if isinstance(v, int | float) else None for v in vals]
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _views(rec, cfg, max_thumbs: int) -> list[tuple[str, Any]]:
@@ -1030,10 +994,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     mj = ed / "metrics.json"
     if not mj.is_file():
         raise FileNotFoundError(f"{mj} not found: run `mllm-cxr eval --pred PRED --out {ed}` first")
-    try:
-        result = json.loads(mj.read_text())
-    except json.JSONDecodeError as e:
-        raise DataPrepError(f"not valid JSON ({e.msg})", file=str(mj)) from None
+    result = read_json(mj, role="eval result", error=DataPrepError)
     if not isinstance(result, dict) or "metrics" not in result:
         raise DataPrepError("not an `mllm-cxr eval` result (no 'metrics')", file=str(mj))
     pa = read_pred_file(_find_file(pred or result.get("pred", ""), ed, "predictions", "--pred"))
@@ -1048,9 +1009,9 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     rows_a = [pa.rows[s] for s in ids]
     refs = [r["reference"] for r in rows_a]
     ctxs = [r.get("context") or {} for r in rows_a]
-    from mllm_cxr.evaluate import _no_prior_flags
+    from reward.evaluate import no_prior_flags
 
-    no_prior = _no_prior_flags(ctxs)
+    no_prior = no_prior_flags(ctxs)
     labeler = ChexpertRulesLabeler()
     extra = _per_study_extra(ed, ids)
     va, ref_views, hook = analyse_system([r["prediction"] for r in rows_a], refs, no_prior, uncertain, labeler,
@@ -1159,7 +1120,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
         out = out / REPORT_NAME
     if out.resolve() in {pa.path.resolve(), *( [pb.path.resolve()] if pb else []), mj.resolve()}:
         raise ConfigError(f"report output {out} would overwrite an input")
-    _atomic_write(out, doc)
+    write_text_atomic(out, doc)
     return {"path": str(out), "studies_shown": len(order), "studies": len(ids),
             "images": (thumbs.encoded + thumbs.disk_hits) if thumbs else 0,
             "images_from_cache": thumbs.disk_hits if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
@@ -1208,7 +1169,7 @@ def options_from_args(args: argparse.Namespace) -> ReportOptions:
                          title=args.title, thumb_cache=args.thumb_cache))
 
 
-def summary_line(s: dict[str, Any]) -> str:
+def report_summary_line(s: dict[str, Any]) -> str:
     img = (f", {s['images']} images ({s['studies_with_missing_image']} studies with a missing or unreadable image)"
            if s["images"] or s["studies_with_missing_image"] else "")
     return (f"report: {s['studies_shown']} of {s['studies']} studies{img}, {s['bytes'] / 1e6:.1f} MB in "
@@ -1218,7 +1179,7 @@ def summary_line(s: dict[str, Any]) -> str:
 def run_report(args: argparse.Namespace) -> int:
     s = build_report(args.eval, args.out, pred=args.pred, compare=args.compare, options=options_from_args(args),
                      progress=not args.quiet)
-    print(summary_line(s))
+    print(report_summary_line(s))
     return 0
 
 
@@ -1234,3 +1195,19 @@ def add_report_parser(sub) -> None:
     add_report_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_report)
+
+
+def _html_after_eval(args: argparse.Namespace) -> str:
+    s = build_report(args.out, pred=args.pred, compare=args.compare, options=options_from_args(args),
+                     progress=not args.quiet)
+    return report_summary_line(s)
+
+
+def add_html_to_eval(sub) -> None:
+    """``eval --html``: the report options on ``mllm-cxr eval`` (registered by :mod:`reward.cli_metrics`, which
+    knows nothing of images and studies); the options are checked before the evaluation runs."""
+    p = sub.choices["eval"]
+    h = p.add_argument_group("HTML report (--html)")
+    h.add_argument("--html", action="store_true", help="also write OUT/report.html (see `mllm-cxr report`)")
+    add_report_options(h)
+    p.set_defaults(check_html=options_from_args, write_html=_html_after_eval)

@@ -59,13 +59,13 @@ class Scorer:
         raise NotImplementedError
 
     def __call__(self, hyps, refs=None, **context) -> ScoreResult:
-        hyps = [clean_text(h) for h in hyps]
+        hyps = [to_scorable_text(h) for h in hyps]
         if self.needs_reference:
             if refs is None:
                 raise RewardError(f"scorer '{self.name}' needs references (refs=None)")
             if len(refs) != len(hyps):
                 raise RewardError(f"scorer '{self.name}': {len(hyps)} hypotheses but {len(refs)} references")
-            refs = [clean_text(r) for r in refs]
+            refs = [to_scorable_text(r) for r in refs]
         return self.score(hyps, refs, **context)
 
 
@@ -73,7 +73,7 @@ class Scorer:
 MAX_TEXT_CHARS = 20_000
 
 
-def clean_text(text: Any) -> str:
+def to_scorable_text(text: Any) -> str:
     """Coerce any completion into a scorable string: None -> "", non-str -> str, cut to MAX_TEXT_CHARS."""
     if text is None:
         return ""

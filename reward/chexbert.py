@@ -32,7 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, clean_text, register_scorer
+from reward.base import (
+    MissingBackendError,
+    RewardError,
+    Scorer,
+    ScoreResult,
+    register_scorer,
+    to_scorable_text,
+)
 from reward.constants import CHEXPERT_LABELS
 
 #: CheXbert's head order (``src/constants.py`` of stanfordmlgroup/CheXbert): 13 four-class heads, then
@@ -246,7 +253,7 @@ class ChexbertLabeler:
 
         Identical reports are run once; known reports come from the cache.
         """
-        norm = [preprocess_report(clean_text(t)) for t in texts]
+        norm = [preprocess_report(to_scorable_text(t)) for t in texts]
         todo = [t for t in dict.fromkeys(norm) if t not in self._cache]
         fresh = dict(zip(todo, self._run(todo))) if todo else {}
         for t, cls in fresh.items():

@@ -87,6 +87,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.text import split_sentences
 
 # ----------------------------------------------------------------------------------------------------
 # Vocabulary
@@ -298,7 +299,6 @@ _VENOUS_RX = re.compile(r"\b(?:svc|superior\s+vena|cavo[\s-]*atrial|caval?[\s-]+
 _GENERIC_POS = re.compile(r"\b(?:standard|satisfactory|appropriate|good|expected|acceptable|adequate|"
                           r"unremarkable|optimal|usual|correct)\s+(?:position|placement|location)|"
                           r"\bin\s+(?:place|position)\b|\bappropriately\s+(?:positioned|placed|sited)\b")
-_SENT_SPLIT = re.compile(r"(?<=[.!?])(?<!\b[A-Za-z]\.)(?<!\bvs\.)(?<!\bapprox\.)\s+(?=\S)|\n\s*\n|\n(?=\s*(?:\d{1,2}[.)]|[-*\u2022])\s)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -414,26 +414,6 @@ def _unit_factor(unit: str | None) -> float | None:
         return None
     u = unit.lower()
     return 0.1 if u.startswith(("mm", "milli")) else 1.0
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """Sentence spans: ``.``/``!``/``?`` + white space, blank lines and list items on a new line.
-
-    A decimal point ("4.5 cm") never ends a sentence (no white space follows it)."""
-    spans, start = [], 0
-    for m in _SENT_SPLIT.finditer(text):
-        spans.append((start, m.start()))
-        start = m.end()
-    spans.append((start, len(text)))
-    out = []
-    for a, b in spans:
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            out.append((a, b))
-    return out
 
 
 def _device_mentions(sent: str, off: int) -> list[tuple[str, str | None, int, int]]:

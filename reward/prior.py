@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, clean_text, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult, register_scorer, to_scorable_text
 from reward.text import sentences, split_sentences  # noqa: F401 (sentences: part of this module's API)
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,14 +212,14 @@ def prior_cues(sentence: str) -> list[str]:
 
 
 def _as_text(text: Any) -> str:
-    """Any input as a string, like ``clean_text`` but never cut (stripping must not lose text)."""
+    """Any input as a string, like ``to_scorable_text`` but never cut (stripping must not lose text)."""
     if isinstance(text, str):
         return text
     if isinstance(text, list | tuple):  # chat messages
         return " ".join(_as_text(m.get("content", "")) if isinstance(m, dict) else _as_text(m) for m in text)
     if isinstance(text, dict):
         return _as_text(text.get("content", ""))
-    return clean_text(text)
+    return to_scorable_text(text)
 
 
 def find_prior_spans(text: Any) -> list[PriorReference]:

@@ -26,8 +26,8 @@ _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*|\d+)$")
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans ``(start, end)`` of the sentences of a report, white space excluded.
 
-    Boundaries: ``.``/``!``/``?`` followed by white space (not after an abbreviation such as ``vs.``
-    or a list number such as ``1.``), a blank line, and a list item that starts a new line or is glued
+    Boundaries: ``.``/``!``/``?`` followed by white space (not after an abbreviation such as ``vs.``, a
+    single letter such as the initial of ``J. Smith``, or a list number such as ``1.``), a blank line, and a list item that starts a new line or is glued
     to the end of the previous item (``"... mediastinum 3. No effusion."``). A list number stays at
     the start of its item. The text between two spans is only white space.
     """
@@ -39,8 +39,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             if w is not None:
                 w_start = lo + w.start()
                 word = w.group(1).lower().rstrip(".")
-                if word in _ABBREVIATIONS and m.group(0).count(".") == 1:
-                    continue
+                if (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())) and m.group(0).count(".") == 1:
+                    continue  # "vs. ", "Dr. ", an initial ("J. Smith")
                 if word.isdigit() and len(word) <= 2 and (w_start in cuts or _starts_item(text, w_start)):
                     continue
         cuts.add(m.end())

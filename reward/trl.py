@@ -42,7 +42,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward.base import RewardError, Scorer, available_scorers, clean_text, finite, get_scorer
+from reward.base import RewardError, Scorer, available_scorers, finite, get_scorer, to_scorable_text
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def resolve_references(columns: Mapping[str, Any], reference_column: str | Seque
                     size = f"{len(c)} values" if _is_column(c) else type(c).__name__
                     raise RewardError(f"{where}: reference column '{p}' must have one value per completion "
                                       f"({n}), got {size}")
-            return [" ".join(t for t in (clean_text(c[i]).strip() for c in cols) if t) for i in range(n)]
+            return [" ".join(t for t in (to_scorable_text(c[i]).strip() for c in cols) if t) for i in range(n)]
     return None
 
 
@@ -240,7 +240,7 @@ class RewardFunction:
             raise RewardError(f"reward '{self.__name__}' called without completions")
         completions = list(completions)
         n = len(completions)
-        hyps = [clean_text(completion_text(c)) for c in completions]
+        hyps = [to_scorable_text(completion_text(c)) for c in completions]
         refs = resolve_references(columns, self.reference_column, n, where=f"reward '{self.__name__}'")
         if refs is None and self.scorer.needs_reference:
             data_cols = sorted(k for k in columns if k not in _TRL_KWARGS)

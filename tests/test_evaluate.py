@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.errors import DataPrepError
-from mllm_cxr.evaluate import evaluate_predictions, f1_group, read_prediction_file, run_eval
-from reward.base import get_scorer
+from reward.base import RewardError, get_scorer
+from reward.evaluate import evaluate_predictions, f1_group, predictions_to_evaluate, run_eval
 
 #: Reports with clear CheXpert findings (rule labeler) and a few sentences about a previous exam.
 REPORTS = [
@@ -169,20 +168,20 @@ def test_missing_models_are_listed_as_skipped_with_reason(files):
 def test_bad_prediction_files_name_line_and_field(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"study_id": "a", "prediction": "x", "reference": "y"}\n{"study_id": "b", "reference": "y"}\n')
-    with pytest.raises(DataPrepError) as e:
-        read_prediction_file(f)
+    with pytest.raises(RewardError) as e:
+        predictions_to_evaluate(f)
     assert "bad.jsonl:2" in str(e.value) and "prediction" in str(e.value)
     f.write_text('{"study_id": "a", "prediction": "x", "reference": "y"}\n{"study_id": "a", "prediction": "x", '
                  '"reference": "y"}\n')
-    with pytest.raises(DataPrepError, match="repeats line 1"):
-        read_prediction_file(f)
+    with pytest.raises(RewardError, match="repeats line 1"):
+        predictions_to_evaluate(f)
     f.write_text('{"study_id": "a", "prediction": "x", "reference": ""}\n{"study_id": "b", "prediction": "x", '
                  '"reference": "y"}\n{"study_id": "c", "predic')
-    with pytest.raises(DataPrepError, match="bad.jsonl:3"):
-        read_prediction_file(f)
+    with pytest.raises(RewardError, match="bad.jsonl:3"):
+        predictions_to_evaluate(f)
     f.write_text('{"study_id": "a", "prediction": "x", "reference": ""}\n{"study_id": "b", "prediction": "x", '
                  '"reference": "y"}\n')
-    p = read_prediction_file(f)
+    p = predictions_to_evaluate(f)
     assert p.ids == ["b"] and p.skipped_rows == {"empty_reference": 1} and p.n_rows == 2
 
 
@@ -232,7 +231,7 @@ def test_run_eval_without_plots(files, tmp_path):
 
 def _null_and_win_groups(rng: np.random.Generator, n: int, shift: float):
     """Two systems on ``n`` studies: a mean metric and corpus CheXpert F1, system a better by ``shift``."""
-    from mllm_cxr.evaluate import mean_group
+    from reward.evaluate import mean_group
 
     ref = rng.random((n, 14)) < 0.3
     groups = []
@@ -247,7 +246,7 @@ def test_paired_p_value_is_uniform_for_systems_from_one_distribution():
     """Same distribution: about 5% of p-values below 0.05 (and about half below 0.5), for a mean metric and for
     corpus micro F1 recomputed from per-study counts. On 10 studies the percentile-bootstrap p-value used
     before gave about 11% below 0.05."""
-    from mllm_cxr.evaluate import paired_compare
+    from reward.evaluate import paired_compare
 
     ps = {"m": [], "chexpert_micro_f1_14": []}
     for seed in range(300):
@@ -265,7 +264,7 @@ def test_paired_p_value_is_uniform_for_systems_from_one_distribution():
 
 
 def test_paired_p_value_for_a_clear_win_and_names_the_test(tmp_path, files):
-    from mllm_cxr.evaluate import paired_compare
+    from reward.evaluate import paired_compare
 
     a, b = _null_and_win_groups(np.random.default_rng(0), n=60, shift=0.25)
     res = paired_compare(a, b, 60, n_boot=999, seed=0)
@@ -282,7 +281,7 @@ def test_paired_p_value_needs_two_studies():
     """One shared study has no permutation distribution: the p-value is absent, not a crash."""
     import numpy as np
 
-    from mllm_cxr.evaluate import permutation_p_value
+    from reward.evaluate import permutation_p_value
 
     one = np.array([[1.0, 2.0]])
     assert permutation_p_value(one, one + 1, lambda t: t[..., 0] / t[..., 1], 100, 0) is None

@@ -16,9 +16,9 @@ from mllm_cxr.generate import (
     check_resume,
     generate_predictions,
     load_hf_generator,
-    meta_path,
 )
 from mllm_cxr.run_config import resolve_prompt
+from reward.evaluate import meta_path
 from tests.model_helpers import RUN_PIXELS, RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 

@@ -296,13 +296,18 @@ def test_prior_penalty_on_strange_completions():
 
 
 def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
-    """reward.text.split_sentences is the splitter of both; the labeler's sentence scope follows it
-    ("vs." and a list number do not end a sentence; before, the labeler cut at every '. ')."""
+    """reward.text.split_sentences is the splitter of the labeler, the prior detector and the measurement
+    checker; the labeler's sentence scope follows it ("vs." and a list number do not end a sentence; before,
+    the labeler cut at every '. '), and an initial does not end one (the measurement checker's old rule)."""
     import reward.chexpert as chexpert
+    import reward.measurements as measurements
     import reward.prior as prior
     from reward import text
 
     assert prior.split_sentences is text.split_sentences and chexpert.split_sentences is text.split_sentences
+    assert measurements.split_sentences is text.split_sentences
+    assert text.sentences("Discussed with Dr. J. Smith at 10 am. ETT 4.5 cm above the carina.") == [
+        "Discussed with Dr. J. Smith at 10 am.", "ETT 4.5 cm above the carina."]
     t = chexpert.normalize("Atelectasis vs. pneumonia in the left base. No effusion.\n2. Stable heart size?")
     ctx = chexpert._Context(t, chexpert._compiled(str(chexpert.RULES_PATH)), {}, [])
     spans = text.split_sentences(t)

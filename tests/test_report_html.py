@@ -120,7 +120,8 @@ def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source
                       long_id: str | None = None) -> Path:
     """Predictions in `generate`'s format; every third study gets its own impression, the rest a neighbour's."""
     from data_prep.schema import read_records
-    from mllm_cxr.generate import meta_path, study_context
+    from mllm_cxr.data import study_columns
+    from reward.evaluate import meta_path
 
     recs = read_records(phantom_dir / "studies.jsonl")
     with open(out, "w", encoding="utf-8") as fh:
@@ -130,7 +131,7 @@ def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source
                 p += " " + SCRIPT
             if r.study_id == long_id:
                 p += LONG
-            row = {"study_id": r.study_id, "prediction": p, "reference": r.impression, "context": study_context(r)}
+            row = {"study_id": r.study_id, "prediction": p, "reference": r.impression, "context": study_columns(r)}
             if record_source == "row":
                 row["studies"] = str(phantom_dir / "studies.jsonl")
             fh.write(json.dumps(row) + "\n")
@@ -141,7 +142,7 @@ def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source
 
 
 def make_eval(tmp: Path, phantom_dir: Path, *, compare: bool = True, long_id: str | None = None) -> Path:
-    from mllm_cxr.evaluate import run_eval
+    from reward.evaluate import run_eval
 
     a = write_predictions(phantom_dir, tmp / "sys_a.jsonl", 1, long_id=long_id)
     b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, record_source="meta") if compare else None
@@ -192,7 +193,7 @@ def test_images_through_meta_file_prior_images_and_missing_placeholder(tmp_path,
     (ph / recs[0].images[0].path).unlink()  # one missing image
     (ph / recs[1].images[0].path).write_bytes(b"not a png")  # one unreadable image
     pred = write_predictions(ph, tmp_path / "p.jsonl", 1, record_source="meta")
-    from mllm_cxr.evaluate import run_eval
+    from reward.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert", "length"], n_boot=0, plots=False, progress=False)
     s = build_report(tmp_path / "ev")
@@ -207,7 +208,7 @@ def test_images_through_meta_file_prior_images_and_missing_placeholder(tmp_path,
 
 def test_flags_override_and_no_record_means_a_note(tmp_path, phantom_dir):
     pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
-    from mllm_cxr.evaluate import run_eval
+    from reward.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
     s = build_report(tmp_path / "ev")
@@ -359,7 +360,7 @@ def test_studies_and_data_root_from_row_fields(tmp_path, phantom_dir):
     """`studies` inside `context` and a top-level `data_root` (relative studies path, moved images)."""
     import shutil
 
-    from mllm_cxr.evaluate import run_eval
+    from reward.evaluate import run_eval
 
     shutil.copytree(phantom_dir / "images", tmp_path / "imgs" / "images")
     shutil.copy(phantom_dir / "studies.jsonl", tmp_path / "studies.jsonl")
@@ -387,7 +388,7 @@ def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
     ph = tmp_path / "ph"
     shutil.copytree(phantom_dir, ph)
     pred = write_predictions(ph, tmp_path / "p.jsonl", 1)
-    from mllm_cxr.evaluate import run_eval
+    from reward.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
     opt = ReportOptions(thumb_cache=str(tmp_path / "cache"))

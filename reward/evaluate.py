@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_io import make_parent, read_jsonl, write_jsonl, write_text_atomic
-from data_prep.errors import DataPrepError
+from cxr_io import make_parent, read_json, read_jsonl, write_jsonl, write_text_atomic
 from reward.base import MissingBackendError, RewardError, eval_group, get_scorer
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 
@@ -75,8 +75,87 @@ _IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading predictions
+# Reading predictions: one reader for `score`, `eval` and the HTML report
 # ------------------------------------------------------------------------------------------------
+#: Fields that hold a prediction's text, in the order ``pred_field="auto"`` tries them.
+PRED_FIELDS: tuple[str, ...] = ("prediction", "text")
+_CUT_LINE_HINT = "a cut last line comes from a killed `mllm-cxr generate`: run it again to finish the file"
+
+
+def meta_path(pred: str | os.PathLike) -> Path:
+    """The side file ``<pred>.meta.json`` that ``mllm-cxr generate`` writes beside a predictions file (model,
+    adapter, prompt settings, studies file, data root)."""
+    p = Path(pred)
+    return p.with_name(p.name + ".meta.json")
+
+
+def read_rows(path: str | os.PathLike, role: str) -> list[tuple[int, dict]]:
+    """``(line number, record)`` pairs of a JSONL file, or of a JSON list (numbered by item). Every problem
+    (missing file, not UTF-8, bad JSON, not an object) is a :class:`RewardError` naming ``file:line``."""
+    p = Path(path)
+    if not p.is_file():
+        raise RewardError(f"{role} file not found; check the path", file=p)
+    with p.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):
+        items = read_json(p, role=role, error=RewardError)
+        rows = list(enumerate(items, start=1)) if isinstance(items, list) else [(1, items)]
+        for no, rec in rows:
+            if not isinstance(rec, dict):
+                raise RewardError("expected a JSON object", file=p, line=no, value=type(rec).__name__)
+        return rows
+    try:
+        return list(read_jsonl(p, role=role, error=RewardError))
+    except RewardError as e:
+        if "not valid JSON" in str(e) and role == "predictions":
+            raise RewardError(f"{e}; {_CUT_LINE_HINT}") from None
+        raise
+
+
+def row_study_id(path: str | os.PathLike, no: int, rec: dict) -> str:
+    """A record's ``study_id`` as a string; missing or blank is an error naming ``file:line``."""
+    sid = rec.get("study_id")
+    if sid is None or (isinstance(sid, str) and not sid.strip()):
+        raise RewardError("missing study id", file=path, line=no, field="study_id", value=sid)
+    return str(sid)
+
+
+def prediction_text(path: str | os.PathLike, no: int, rec: dict, pred_field: str = "auto") -> str | None:
+    """The prediction of a record (``pred_field``, or with "auto" the first of :data:`PRED_FIELDS` present);
+    None when absent; a value that is not a string is an error naming ``file:line`` and the field."""
+    names = PRED_FIELDS if pred_field == "auto" else (pred_field,)
+    name = next((f for f in names if rec.get(f) is not None), None)
+    if name is None:
+        return None
+    if not isinstance(rec[name], str):
+        raise RewardError("expected a string", file=path, line=no, field=name, value=type(rec[name]).__name__)
+    return rec[name]
+
+
+@dataclass
+class PredictionRow:
+    """One record of a predictions file: where it is, its study, its prediction (None: no prediction field)."""
+
+    line: int
+    study_id: str
+    prediction: str | None
+    record: dict[str, Any]
+
+
+def read_predictions(path: str | os.PathLike, *, pred_field: str = "auto") -> list[PredictionRow]:
+    """The records of a predictions file (JSONL, or a JSON list), checked: a study id on each, none repeated,
+    predictions that are strings. Errors are :class:`RewardError` naming the file, line, field and value."""
+    seen: dict[str, int] = {}
+    out = []
+    for no, rec in read_rows(path, "predictions"):
+        sid = row_study_id(path, no, rec)
+        if sid in seen:
+            raise RewardError(f"study repeats line {seen[sid]}", file=path, line=no, field="study_id", value=sid)
+        seen[sid] = no
+        out.append(PredictionRow(no, sid, prediction_text(path, no, rec, pred_field), rec))
+    return out
+
+
 @dataclass
 class Predictions:
     """Rows of a predictions file that can be evaluated, and what was left out (counted)."""
@@ -88,53 +167,38 @@ class Predictions:
     contexts: list[dict[str, Any]]
     n_rows: int
     skipped_rows: dict[str, int] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the rows as read, aligned with ``ids``
 
 
-def read_prediction_file(path: str | Path) -> Predictions:
-    """Read and check a predictions JSONL; rows with an empty reference are skipped and counted.
-
-    A row that is not JSON, lacks ``study_id``/``prediction``/``reference`` or repeats a study raises
-    :class:`DataPrepError` naming the file, line, field and value.
-    """
+def predictions_to_evaluate(path: str | Path) -> Predictions:
+    """:func:`read_predictions` for ``eval``: each row must also hold its ``reference`` (a string) and an
+    optional ``context`` object; rows with an empty reference are skipped and counted."""
     p = Path(path)
-    ids, hyps, refs, ctxs, seen = [], [], [], [], {}
+    ids, hyps, refs, ctxs, recs = [], [], [], [], []
     skipped = {"empty_reference": 0}
-    n_rows = 0
-    try:
-        rows = list(read_jsonl(p, role="predictions", error=DataPrepError))
-    except DataPrepError as e:
-        if "not valid JSON" in str(e):
-            raise DataPrepError(f"{e}; a cut last line comes from a killed `mllm-cxr generate`: run it again "
-                                "to finish the file") from None
-        raise
-    for no, row in rows:
-        n_rows += 1
-        sid = row.get("study_id")
-        if sid is None or (isinstance(sid, str) and not sid.strip()):
-            raise DataPrepError("missing study id", file=str(p), line=no, field="study_id", value=sid)
-        sid = str(sid)
-        if sid in seen:
-            raise DataPrepError(f"study repeats line {seen[sid]}", file=str(p), line=no, field="study_id",
-                                value=sid)
-        seen[sid] = no
-        for k in ("prediction", "reference"):
-            if not isinstance(row.get(k), str):
-                raise DataPrepError("expected a string", file=str(p), line=no, field=k,
-                                    value=None if row.get(k) is None else type(row.get(k)).__name__)
-        ctx = row.get("context") or {}
+    rows = read_predictions(p, pred_field="prediction")
+    for r in rows:
+        if r.prediction is None:
+            raise RewardError("expected a string", file=p, line=r.line, field="prediction")
+        ref = r.record.get("reference")
+        if not isinstance(ref, str):
+            raise RewardError("expected a string", file=p, line=r.line, field="reference",
+                              value=None if ref is None else type(ref).__name__)
+        ctx = r.record.get("context") or {}
         if not isinstance(ctx, dict):
-            raise DataPrepError("expected a JSON object", file=str(p), line=no, field="context",
-                                value=type(ctx).__name__)
-        if not row["reference"].strip():
+            raise RewardError("expected a JSON object", file=p, line=r.line, field="context",
+                              value=type(ctx).__name__)
+        if not ref.strip():
             skipped["empty_reference"] += 1
             continue
-        ids.append(sid)
-        hyps.append(row["prediction"])
-        refs.append(row["reference"])
+        ids.append(r.study_id)
+        hyps.append(r.prediction)
+        refs.append(ref)
         ctxs.append(ctx)
+        recs.append(r.record)
     if not ids:
-        raise DataPrepError("no row with a non-empty reference to evaluate", file=str(p), field="reference")
-    return Predictions(str(p), ids, hyps, refs, ctxs, n_rows, skipped)
+        raise RewardError("no row with a non-empty reference to evaluate", file=p, field="reference")
+    return Predictions(str(p), ids, hyps, refs, ctxs, len(rows), skipped, recs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,7 +328,7 @@ def _binary_from_details(details: Sequence[dict[str, Any]], uncertain: str) -> t
     return h, r
 
 
-def _no_prior_flags(contexts: Sequence[dict[str, Any]]) -> list[bool | None]:
+def no_prior_flags(contexts: Sequence[dict[str, Any]]) -> list[bool | None]:
     """Per study: True (no prior), False (had one) or None (unknown) from ``has_prior`` or comparison/prior."""
     from reward.prior import has_no_prior
 
@@ -284,7 +348,7 @@ def _no_prior_flags(contexts: Sequence[dict[str, Any]]) -> list[bool | None]:
 
 def prior_group(hyps: Sequence[str], refs: Sequence[str], contexts: Sequence[dict[str, Any]]) -> MetricGroup:
     """Share of no-prior studies whose report refers to a previous exam (``prior_penalty`` scorer)."""
-    flags = _no_prior_flags(contexts)
+    flags = no_prior_flags(contexts)
     known = [f is not None for f in flags]
     if not any(f is True for f in flags):
         raise RewardError("no study without a prior (context.has_prior false, or an empty/'None' comparison) "
@@ -549,7 +613,7 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
     if uncertain not in ("positive", "negative"):
         raise RewardError(f"uncertain must be positive or negative, got {uncertain!r}")
     t0 = time.perf_counter()
-    p = read_prediction_file(pred)
+    p = predictions_to_evaluate(pred)
     groups, skipped = compute_groups(p, metrics, uncertain=uncertain, metric_kwargs=metric_kwargs, progress=progress)
     result: dict[str, Any] = {
         "pred": str(pred), "name": name or Path(pred).stem, "n": len(p.ids), "n_rows": p.n_rows,
@@ -563,7 +627,7 @@ def evaluate_predictions(pred: str | Path, *, compare: str | Path | None = None,
     }
     extras: dict[str, Any] = {"pred": p, "groups": groups}
     if compare:
-        q = read_prediction_file(compare)
+        q = predictions_to_evaluate(compare)
         qgroups, qskipped = compute_groups(q, [m for m in metrics if m in groups], uncertain=uncertain,
                                            metric_kwargs=metric_kwargs, progress=progress)
         pos_a = {s: i for i, s in enumerate(p.ids)}
@@ -778,8 +842,8 @@ def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, stric
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise DataPrepError("--out is an existing file; eval writes a folder (metrics.json, metrics.md, ...)",
-                            file=str(out))
+        raise RewardError("--out is an existing file; eval writes a folder (metrics.json, metrics.md, ...)",
+                          file=str(out))
     make_parent(out)
     result, extras = evaluate_predictions(pred, **kw)
     if strict and result["skipped_metrics"]:
@@ -800,7 +864,7 @@ def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, stric
     return result
 
 
-def summary_line(result: dict[str, Any], out_dir: str | Path) -> str:
+def eval_summary_line(result: dict[str, Any], out_dir: str | Path) -> str:
     parts = []
     for m in result["metrics"].values():
         if m.get("main") and m["group"] not in ("length",) and m["value"] is not None:

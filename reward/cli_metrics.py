@@ -1,4 +1,7 @@
-"""``mllm-cxr score``: score predicted reports against references with registered scorers.
+"""``mllm-cxr score`` and ``mllm-cxr eval``: score predicted reports against references.
+
+``eval`` (:mod:`reward.evaluate`) is the evaluation harness: grouped metrics, bootstrap CIs, paired tests,
+tables and plots. ``score`` runs any registered scorers and writes their means and per-sample values:
 
     mllm-cxr score --pred preds.jsonl --ref test.jsonl --metrics chexpert_f1,bleu,rouge_l,prior_penalty \\
         --out metrics.json [--ref-field findings] [--per-sample scores.jsonl]
@@ -29,38 +32,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_io import check_output, read_json, read_jsonl, write_jsonl, write_text_atomic
-from reward.base import METRIC_VOCABULARY, MissingBackendError, RewardError, canonical_metric, get_scorer
+from cxr_io import check_output, read_text, write_jsonl, write_text_atomic
+from reward.base import (
+    METRIC_VOCABULARY,
+    MissingBackendError,
+    RewardError,
+    canonical_metric,
+    eval_group,
+    get_scorer,
+)
+from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, meta_path, read_predictions, read_rows, row_study_id
 
-PRED_FIELDS: tuple[str, ...] = ("prediction", "text")
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
 #: Fields of the records that are not passed to the scorers as context.
 _NOT_CONTEXT = frozenset({"study_id", "prediction", "text", "reference"})
-
-
-def read_records(path: str | os.PathLike, role: str) -> list[tuple[int, dict]]:
-    """``(line number, record)`` pairs of a JSONL file (or of a JSON list, numbered by item); every
-    problem (missing file, not UTF-8, bad JSON, not an object) is a RewardError naming ``file:line``."""
-    p = Path(path)
-    if not p.is_file():
-        raise RewardError(f"{p}: {role} file not found; check the path")
-    with p.open("rb") as fh:
-        head = fh.read(4096).lstrip()
-    if head.startswith(b"["):
-        items = read_json(p, role=role, error=RewardError)
-        rows = list(enumerate(items, start=1)) if isinstance(items, list) else [(1, items)]
-        for no, rec in rows:
-            if not isinstance(rec, dict):
-                raise RewardError(f"{p}:{no}: expected a JSON object, got {type(rec).__name__}")
-        return rows
-    return list(read_jsonl(p, role=role, error=RewardError))
-
-
-def _study_id(path: str, no: int, rec: dict) -> str:
-    sid = rec.get("study_id")
-    if sid is None or (isinstance(sid, str) and not sid.strip()):
-        raise RewardError(f"{path} line {no}: field 'study_id' is missing")
-    return str(sid)
 
 
 def choose_ref_field(path: str, rows: Sequence[tuple[int, dict]], ref_field: str) -> str:
@@ -72,15 +57,15 @@ def choose_ref_field(path: str, rows: Sequence[tuple[int, dict]], ref_field: str
         if rows and all(rec.get(cand) is not None for _, rec in rows):
             return cand
     no = next((no for no, rec in rows if all(rec.get(c) is None for c in REF_FIELDS)), rows[0][0] if rows else 0)
-    raise RewardError(f"{path} line {no}: no reference field; expected one of {', '.join(REF_FIELDS)} in every "
-                      "record (or name it with --ref-field, e.g. findings+impression)")
+    raise RewardError(f"no reference field; expected one of {', '.join(REF_FIELDS)} in every record (or name it "
+                      "with --ref-field, e.g. findings+impression)", file=path, line=no)
 
 
 def predicted_sections(pred: str | os.PathLike) -> str | None:
     """The report sections a predictions file was generated for, as a reference field
     (``impression``, ``findings+impression``), from the ``<pred>.meta.json`` that ``mllm-cxr generate``
     writes; None without one."""
-    meta = Path(pred).with_name(Path(pred).name + ".meta.json")
+    meta = meta_path(pred)
     if not meta.is_file():
         return None
     try:
@@ -98,16 +83,6 @@ def _ref_text(rec: dict, field: str) -> str | None:
     if any(v is None for v in vals):
         return None
     return " ".join(str(v).strip() for v in vals if str(v).strip())
-
-
-def _pred_text(rec: dict, field: str) -> str | None:
-    if field != "auto":
-        v = rec.get(field)
-        return None if v is None else str(v)
-    for f in PRED_FIELDS:
-        if rec.get(f) is not None:
-            return str(rec[f])
-    return None
 
 
 def _jsonable(x: Any) -> Any:
@@ -156,7 +131,7 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
 
     from reward.trl import RewardFunction, select_context
 
-    pred_rows, ref_rows = read_records(pred, "prediction"), read_records(ref, "reference")
+    pred_rows, ref_rows = read_predictions(pred, pred_field=pred_field), read_rows(ref, "reference")
     sections = predicted_sections(pred) if ref_field == "auto" else None
     if sections and not all(rec.get("reference") is not None for _, rec in ref_rows):
         field = sections  # study records as references: score the sections the predictions were written for
@@ -164,36 +139,32 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
         field = choose_ref_field(ref, ref_rows, ref_field)
     refs: dict[str, tuple[int, dict]] = {}
     for no, rec in ref_rows:
-        sid = _study_id(ref, no, rec)
+        sid = row_study_id(ref, no, rec)
         if sid in refs:
-            raise RewardError(f"{ref} line {no}: study_id {sid!r} repeats line {refs[sid][0]}")
+            raise RewardError(f"study repeats line {refs[sid][0]}", file=ref, line=no, field="study_id", value=sid)
         refs[sid] = (no, rec)
     skipped = {"prediction_without_reference": 0, "missing_prediction_field": 0, "missing_reference_field": 0}
-    ids, hyps, texts, ctx_rows, seen = [], [], [], [], {}
-    for no, rec in pred_rows:
-        sid = _study_id(pred, no, rec)
-        if sid in seen:
-            raise RewardError(f"{pred} line {no}: study_id {sid!r} repeats line {seen[sid]}")
-        seen[sid] = no
-        h = _pred_text(rec, pred_field)
+    ids, hyps, texts, ctx_rows = [], [], [], []
+    for row in pred_rows:
+        sid, no, rec, h = row.study_id, row.line, row.record, row.prediction
         if h is None:
             if skip_missing:
                 skipped["missing_prediction_field"] += 1
                 continue
             want = pred_field if pred_field != "auto" else "' or '".join(PRED_FIELDS)
-            raise RewardError(f"{pred} line {no}: field '{want}' is missing (study_id {sid})")
+            raise RewardError(f"missing (study_id {sid})", file=pred, line=no, field=want)
         if sid not in refs:
             if skip_missing:
                 skipped["prediction_without_reference"] += 1
                 continue
-            raise RewardError(f"{pred} line {no}: study_id {sid!r} has no record in {ref} (field 'study_id')")
+            raise RewardError(f"study_id {sid!r} has no record in {ref}", file=pred, line=no, field="study_id")
         rno, rrec = refs[sid]
         r = _ref_text(rrec, field)
         if r is None:
             if skip_missing:
                 skipped["missing_reference_field"] += 1
                 continue
-            raise RewardError(f"{ref} line {rno}: field '{field}' is missing (study_id {sid})")
+            raise RewardError(f"missing (study_id {sid})", file=ref, line=rno, field=field)
         ids.append(sid)
         hyps.append(h)
         texts.append(r)
@@ -208,7 +179,7 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
     summary: dict[str, Any] = {
         "pred": str(pred), "ref": str(ref), "ref_field": field, "n": len(ids),
         "n_empty_references": sum(1 for t in texts if not t.strip()),
-        "n_references_without_prediction": len(set(refs) - set(seen)),
+        "n_references_without_prediction": len(set(refs) - {r.study_id for r in pred_rows}),
         "metrics": {}, "skipped_metrics": {},
     }
     if skip_missing:
@@ -279,8 +250,7 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``score``."""
+def _add_score(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "score", help="score predicted reports against references (CheXpert F1, BLEU, ROUGE-L, ...)",
         description="Score predicted reports against references with registered scorers; joins on study_id.")
@@ -304,3 +274,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip (and count) predictions without a reference or a text field instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_score)
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------------
+def metric_kwargs_arg(value: str | None) -> dict[str, dict[str, Any]]:
+    """``--metric-kwargs``: a JSON object (or ``@file``) mapping metric names to scorer keyword objects."""
+    if not value:
+        return {}
+    text = read_text(value[1:], role="--metric-kwargs", error=RewardError) if value.startswith("@") else value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RewardError(f"--metric-kwargs: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise RewardError('--metric-kwargs must map metric names to keyword objects, e.g. '
+                          '{"radgraph": {"model_dir": "/models/radgraph"}}')
+    return data
+
+
+def run_eval_cmd(args: argparse.Namespace) -> int:
+    from reward.evaluate import eval_summary_line, run_eval
+
+    named = bool(args.metrics) and args.metrics.strip() != "all"
+    metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
+               else list(METRIC_GROUPS))
+    html = getattr(args, "html", False)
+    if html:  # bad report options fail before the evaluation runs
+        args.check_html(args)
+    result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
+                      strict=named, uncertain=args.uncertain, metric_kwargs=metric_kwargs_arg(args.metric_kwargs),
+                      name=args.name, compare_name=args.compare_name, plots=not args.no_plots,
+                      progress=not args.quiet)
+    print(eval_summary_line(result, args.out))
+    if html:  # the HTML report: added to this verb by mllm_cxr (mllm_cxr.report_html.add_html_to_eval)
+        print(args.write_html(args))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate predictions: metrics.json, metrics.md, plots, bootstrap CIs",
+                       description="Evaluate a predictions JSONL (from `mllm-cxr generate`) with bootstrap 95% "
+                                   "CIs; --compare adds a paired comparison with another predictions file.")
+    p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
+    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their "
+                                                   "score names, e.g. chexpert_f1); a named metric that cannot run is "
+                                                   "an error. Default all: those whose model is missing are listed "
+                                                   "as skipped with the reason")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
+                   help="CheXpert F1: count uncertain labels as positive (RRG convention) or negative")
+    p.add_argument("--metric-kwargs", default=None,
+                   help='JSON (or @file) of scorer arguments per metric, e.g. {"radgraph": {"model_dir": "DIR"}, '
+                        '"green": {"base_url": "http://127.0.0.1:8001", "model": "green"}}')
+    p.add_argument("--name", default=None, help="name of the predictions in tables (default: file stem)")
+    p.add_argument("--compare-name", default=None)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_eval_cmd)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``score`` and ``eval``: the verbs that score predictions against references."""
+    _add_score(subparsers)
+    _add_eval(subparsers)

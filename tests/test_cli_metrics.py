@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult
-from reward.cli_score import register, score_files
+from reward.cli_metrics import register, score_files
 
 
 class _Exact(Scorer):
@@ -112,11 +112,12 @@ def test_failing_samples_are_counted(files, tmp_path):
 
 
 @pytest.mark.parametrize("pred_rows, match", [
-    ([{"prediction": "x"}], r"pred.jsonl line 1: field 'study_id' is missing"),
+    ([{"prediction": "x"}], r"pred.jsonl:1, field 'study_id': missing study id"),
     ([{"study_id": "a", "prediction": "x"}, {"study_id": "zz", "prediction": "y"}],
-     r"pred.jsonl line 2: study_id 'zz' has no record in .*ref.jsonl"),
-    ([{"study_id": "a", "answer": "x"}], r"pred.jsonl line 1: field 'prediction' or 'text' is missing"),
-    ([{"study_id": "a", "prediction": "x"}, {"study_id": "a", "prediction": "y"}], r"line 2: study_id 'a' repeats"),
+     r"pred.jsonl:2, field 'study_id': study_id 'zz' has no record in .*ref.jsonl"),
+    ([{"study_id": "a", "answer": "x"}], r"pred.jsonl:1, field 'prediction' or 'text': missing \(study_id a\)"),
+    ([{"study_id": "a", "prediction": "x"}, {"study_id": "a", "prediction": "y"}], r"pred.jsonl:2, field 'study_id', value 'a': study repeats line 1"),
+    ([{"study_id": "a", "prediction": ["x"]}], r"pred.jsonl:1, field 'prediction', value 'list': expected a string"),
 ])
 def test_bad_predictions_name_file_line_field(files, pred_rows, match):
     pred, ref = files
@@ -127,14 +128,14 @@ def test_bad_predictions_name_file_line_field(files, pred_rows, match):
 
 def test_bad_reference_field_and_json(files, tmp_path):
     pred, ref = files
-    with pytest.raises(RewardError, match=r"ref.jsonl line 1: field 'reference' is missing"):
+    with pytest.raises(RewardError, match=r"ref.jsonl:1, field 'reference': missing"):
         score_files(pred, ref, [{"name": "_test_exact"}], ref_field="reference", progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"study_id": "a", "prediction": "x"}\n{oops\n')
     with pytest.raises(RewardError, match=r"bad.jsonl:2: not valid JSON"):
         score_files(bad, ref, [{"name": "_test_exact"}], progress=False)
     noref = _write(tmp_path / "noref.jsonl", [{"study_id": "a", "text": "x"}])
-    with pytest.raises(RewardError, match=r"noref.jsonl line 1: no reference field"):
+    with pytest.raises(RewardError, match=r"noref.jsonl:1: no reference field"):
         score_files(pred, noref, [{"name": "_test_exact"}], progress=False)
 
 
@@ -186,3 +187,35 @@ def _local_scorers():
 
     with local_scorers(_LOCAL_SCORERS):
         yield
+
+
+@pytest.mark.parametrize("text", [
+    '{"prediction": "x", "reference": "x"}\n',  # no study id
+    '{"study_id": "a", "prediction": "x", "reference": "x"}\n{"study_id": "a", "prediction": "y", "reference": "x"}\n',
+    '{"study_id": "a", "prediction": 3, "reference": "x"}\n',  # not a string
+    '{"study_id": "a", "prediction": "x", "reference": "x"}\n{"study_id": "b", "predic',  # cut by a killed run
+    '["not an object"]',
+])
+def test_score_and_eval_read_predictions_with_one_reader(files, tmp_path, text):
+    """`score` and `eval` (and the HTML report) read a predictions file through reward.evaluate.read_predictions:
+    the same bad file gives the same error, naming the file and line, from both verbs."""
+    from reward.evaluate import predictions_to_evaluate
+
+    _, ref = files
+    bad = tmp_path / "pred.jsonl"
+    bad.write_text(text)
+    with pytest.raises(RewardError) as from_score:
+        score_files(bad, ref, [{"name": "_test_exact"}], progress=False)
+    with pytest.raises(RewardError) as from_eval:
+        predictions_to_evaluate(bad)
+    assert str(from_score.value) == str(from_eval.value) and "pred.jsonl:" in str(from_eval.value)
+
+
+def test_eval_reads_a_json_list_like_score(tmp_path):
+    from reward.evaluate import predictions_to_evaluate
+
+    p = tmp_path / "pred.json"
+    p.write_text(json.dumps([{"study_id": 1, "prediction": "x", "reference": "y"},
+                             {"study_id": 2, "prediction": "z", "reference": ""}]))
+    got = predictions_to_evaluate(p)
+    assert got.ids == ["1"] and got.skipped_rows == {"empty_reference": 1} and got.records[0]["prediction"] == "x"
