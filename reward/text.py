@@ -26,8 +26,8 @@ _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*|\d+)$")
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans ``(start, end)`` of the sentences of a report, white space excluded.
 
-    Boundaries: ``.``/``!``/``?`` followed by white space (not after an abbreviation such as ``vs.``, a
-    single letter such as the initial of ``J. Smith``, or a list number such as ``1.``), a blank line, and a list item that starts a new line or is glued
+    Boundaries: ``.``/``!``/``?`` followed by white space (not after an abbreviation such as ``vs.``, an
+    initial after a title such as ``Dr. J. Smith``, or a list number such as ``1.``), a blank line, and a list item that starts a new line or is glued
     to the end of the previous item (``"... mediastinum 3. No effusion."``). A list number stays at
     the start of its item. The text between two spans is only white space.
     """
@@ -39,8 +39,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             if w is not None:
                 w_start = lo + w.start()
                 word = w.group(1).lower().rstrip(".")
-                if (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())) and m.group(0).count(".") == 1:
-                    continue  # "vs. ", "Dr. ", an initial ("J. Smith")
+                if (word in _ABBREVIATIONS or _is_initial(text, w_start, w.group(1))) and m.group(0).count(".") == 1:
+                    continue  # "vs. ", "Dr. ", an initial after a title ("Dr. J. Smith")
                 if word.isdigit() and len(word) <= 2 and (w_start in cuts or _starts_item(text, w_start)):
                     continue
         cuts.add(m.end())
@@ -56,6 +56,14 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             spans.append((a, b))
         start = cut
     return spans
+
+
+_TITLE_BEFORE = re.compile(r"\b(?:dr|mr|mrs|ms|prof|[a-z])\.\s+$", re.IGNORECASE)
+
+
+def _is_initial(text: str, pos: int, word: str) -> bool:
+    """A capital letter that follows a title or another initial: ``J`` in ``Dr. J. Smith``."""
+    return len(word) == 1 and word.isupper() and _TITLE_BEFORE.search(text[max(0, pos - 8):pos]) is not None
 
 
 def _starts_item(text: str, pos: int) -> bool:

@@ -306,8 +306,10 @@ def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
 
     assert prior.split_sentences is text.split_sentences and chexpert.split_sentences is text.split_sentences
     assert measurements.split_sentences is text.split_sentences
-    assert text.sentences("Discussed with Dr. J. Smith at 10 am. ETT 4.5 cm above the carina.") == [
-        "Discussed with Dr. J. Smith at 10 am.", "ETT 4.5 cm above the carina."]
+    assert text.sentences("Discussed with Dr. J. R. Smith at 10 am. ETT 4.5 cm above the carina.") == [
+        "Discussed with Dr. J. R. Smith at 10 am.", "ETT 4.5 cm above the carina."]
+    assert text.sentences("Stable a. Unchanged B. Zone A. New effusion.") == [
+        "Stable a.", "Unchanged B.", "Zone A.", "New effusion."]
     t = chexpert.normalize("Atelectasis vs. pneumonia in the left base. No effusion.\n2. Stable heart size?")
     ctx = chexpert._Context(t, chexpert._compiled(str(chexpert.RULES_PATH)), {}, [])
     spans = text.split_sentences(t)
