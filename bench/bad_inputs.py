@@ -49,7 +49,7 @@ def _run(runner: str, argv: list[str]):
 
                 rc = main(argv)
             else:
-                from mllm_cxr.training import run_recipe
+                from mllm_cxr.train.recipe import run_recipe
 
                 mod = _recipe(runner)
                 try:

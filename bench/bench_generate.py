@@ -4,7 +4,7 @@ Tiny random Qwen2.5-VL with a random LoRA adapter (r=16 on the language model), 
 one 112x112 image per study, greedy decoding up to 32 new tokens, one torch thread; the whole
 ``generate_predictions`` loop (image loading, chat template, processor, generate, decoding, JSONL
 writing) is timed. Also timed: the OpenAI-compatible client against the transformers server of
-``mllm_cxr.serve`` (one request at a time on the server), the overhead of the HTTP path (PNG data URLs)
+``mllm_cxr.infer.serve`` (one request at a time on the server), the overhead of the HTTP path (PNG data URLs)
 relative to the in-process batch-1 baseline. Runs are interleaved and the best of ``REPEATS`` is kept.
 
     python bench/bench_generate.py
@@ -40,7 +40,7 @@ def _random_adapter(base: Path, out: Path) -> Path:
 
 
 def _timed(gen, studies, out: Path, batch: int) -> float:
-    from mllm_cxr.generate import generate_predictions
+    from mllm_cxr.infer.generate import generate_predictions
 
     if out.exists():
         out.unlink()
@@ -54,9 +54,9 @@ def run() -> str:
 
     from data_prep.phantom import make_phantom
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator, load_hf_generator
+    from mllm_cxr.infer.generate import GenerationSettings, OpenAIGenerator, load_hf_generator
+    from mllm_cxr.infer.serve import ChatServer
     from mllm_cxr.run_config import resolve_prompt
-    from mllm_cxr.serve import ChatServer
     from mllm_cxr.tiny import build_tiny_model
 
     torch.set_num_threads(1)

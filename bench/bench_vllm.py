@@ -4,7 +4,7 @@
 
 ``run_all.py`` skips this module where vLLM is not importable (``REQUIRES``), leaving the section as it was.
 
-1. GRPO step time with vLLM rollouts (colocate, :class:`mllm_cxr.grpo.ClinicalGRPOTrainer`) vs
+1. GRPO step time with vLLM rollouts (colocate, :class:`mllm_cxr.train.grpo.ClinicalGRPOTrainer`) vs
    ``model.generate`` rollouts, same process, same data and settings: the tiny random Qwen2.5-VL, phantom
    studies with one frontal image (16 visual tokens), a new LoRA adapter, 2 prompts x 4 rollouts, 64
    completion tokens, beta 0.01, float32. Means over steps 2..n; split into generation, weight sync (merged
@@ -52,8 +52,8 @@ def _env() -> dict[str, str]:
 # 1. GRPO
 # ------------------------------------------------------------------------------------------------
 def grpo_step_times(model_dir: Path, data, out: Path, **config_kw) -> dict[str, float]:
-    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", max_pixels=12544, min_pixels=3136)
@@ -101,7 +101,7 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
 
 
 def serve_latency(backend: str, model_dir: Path, adapter: Path, study, data_root: Path, log: Path) -> dict:
-    from mllm_cxr.generate import GenerationSettings, OpenAIGenerator
+    from mllm_cxr.infer.generate import GenerationSettings, OpenAIGenerator
     from mllm_cxr.run_config import resolve_prompt
 
     port = _free_port()
@@ -164,7 +164,7 @@ def _lm_adapter(model_dir: Path, out: Path) -> Path:
     import torch
     from peft import get_peft_model
 
-    from mllm_cxr.export import export
+    from mllm_cxr.infer.export import export
     from mllm_cxr.modeling import ModelArguments, load_model, lora_config
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", lora_r=8, lora_alpha=16,

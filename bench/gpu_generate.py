@@ -41,7 +41,7 @@ def build_adapter(model_dir: Path, out: Path, dtype: str, rank: int = 16) -> Pat
 
 
 def _time_predictions(gen, studies, out: Path, batch: int) -> float:
-    from mllm_cxr.generate import generate_predictions
+    from mllm_cxr.infer.generate import generate_predictions
 
     if out.exists():
         out.unlink()
@@ -60,7 +60,7 @@ def run(smoke: bool = False, results: dict | None = None) -> str:
 
     from data_prep.phantom import make_phantom
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.infer.generate import GenerationSettings, load_hf_generator
     from mllm_cxr.run_config import resolve_prompt
 
     m = G.mode(smoke)
@@ -94,7 +94,7 @@ def run(smoke: bool = False, results: dict | None = None) -> str:
         if not smoke and importlib.util.find_spec("vllm") is not None:
             from vllm import SamplingParams
 
-            from mllm_cxr.generate import VLLMGenerator
+            from mllm_cxr.infer.generate import VLLMGenerator
 
             v = VLLMGenerator(str(model_dir), prompt, tmp / "ph", settings, adapter=str(adapter), dtype=m.dtype,
                               gpu_memory_utilization=0.6, max_model_len=4096)

@@ -13,17 +13,17 @@ Any YAML key can be overridden on the command line (``--beta 0.05 --length_alpha
 from __future__ import annotations
 
 from mllm_cxr.config import DataArguments
-from mllm_cxr.dpo import (
+from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+from mllm_cxr.prompts import PromptConfig
+from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.train.dpo import (
     ClinicalDPOConfig,
     ClinicalDPOTrainer,
     PairsArguments,
     check_loss_type,
     load_pair_dataset,
 )
-from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-from mllm_cxr.prompts import PromptConfig
-from mllm_cxr.run_config import check_adapter_prompt
-from mllm_cxr.training import run_recipe, run_training
+from mllm_cxr.train.recipe import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, PairsArguments, ClinicalDPOConfig)

@@ -7,7 +7,7 @@
 
 ``reward_spec`` names the rewards (a YAML spec under ``recipes/rewards/`` or one registered scorer),
 ``algorithm`` picks plain GRPO or EditGRPO (post-rollout edits toward the reference report). The
-defaults are EditGRPO's published setup (:class:`mllm_cxr.grpo.ClinicalGRPOConfig`); rollouts use
+defaults are EditGRPO's published setup (:class:`mllm_cxr.train.grpo.ClinicalGRPOConfig`); rollouts use
 ``model.generate`` unless ``use_vllm`` (colocate or server mode, see the qwen2.5-vl-3b configs).
 At the end the reward curve is printed and written to ``output_dir/reward_curve.json``.
 """
@@ -19,18 +19,18 @@ from pathlib import Path
 
 from mllm_cxr.config import DataArguments
 from mllm_cxr.data import grpo_dataset, load_split
-from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
-from mllm_cxr.grpo import (
+from mllm_cxr.modeling import ModelArguments, load_model, load_processor
+from mllm_cxr.prompts import PromptConfig
+from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
+from mllm_cxr.train.grpo import (
     ClinicalGRPOTrainer,
     CollapseGuard,
     GRPOScriptArguments,
     format_reward_curve,
     reward_curve,
 )
-from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-from mllm_cxr.prompts import PromptConfig
-from mllm_cxr.run_config import check_adapter_prompt
-from mllm_cxr.training import run_recipe, run_training
+from mllm_cxr.train.recipe import run_recipe, run_training
 from reward.trl import reward_funcs_and_weights
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).

@@ -16,7 +16,7 @@ from mllm_cxr.config import DataArguments
 from mllm_cxr.data import load_split, sft_dataset
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
-from mllm_cxr.training import run_recipe, run_training
+from mllm_cxr.train.recipe import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (the TRL config last).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, SFTConfig)

@@ -78,7 +78,7 @@ def sample_reports(model_dir: Path, adapter: Path | None, phantom: Path, studies
     """``k`` sampled reports (temperature 1) per study, seeded, one intra-op thread."""
     import torch
 
-    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.infer.generate import GenerationSettings, load_hf_generator
     from mllm_cxr.run_config import resolve_prompt
 
     threads = torch.get_num_threads()
@@ -109,7 +109,7 @@ def phantom_finding_scores(model_dir: Path, adapter: Path | None, phantom: Path,
     from data_prep.phantom import finding_scores
     from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import GenerationSettings, load_hf_generator
+    from mllm_cxr.infer.generate import GenerationSettings, load_hf_generator
     from mllm_cxr.run_config import resolve_prompt
 
     studies_file = phantom / "studies.jsonl"

@@ -853,7 +853,7 @@ def run_in_process(runner: str, argv: list[str]) -> tuple[int, str, str]:
 
             rc = main(argv)
         else:
-            from mllm_cxr.training import run_recipe
+            from mllm_cxr.train.recipe import run_recipe
 
             try:
                 run_recipe(_recipe(runner).main, argv)

@@ -87,7 +87,7 @@ def _recipe(name: str):
 def test_resolved_config_reproduces_the_run(tmp_path, recipe, config):
     """``output_dir/config.yaml`` parses back (``--config``) to the same values of every key."""
     from mllm_cxr.config import parse_recipe_args
-    from mllm_cxr.training import RESOLVED_CONFIG, save_run_configs
+    from mllm_cxr.train.recipe import RESOLVED_CONFIG, save_run_configs
 
     classes = _recipe(recipe).CONFIG_CLASSES
     argv = ["--config", str(REPO / "recipes" / "configs" / "tiny" / f"{config}.yaml"), "--output_dir",

@@ -20,7 +20,7 @@ DPO_CFG = REPO / "recipes" / "configs" / "tiny" / "dpo.yaml"
 
 
 def test_length_controlled_loss_is_dpo_plus_length_margin():
-    from mllm_cxr.dpo import length_controlled_sigmoid_loss
+    from mllm_cxr.train.dpo import length_controlled_sigmoid_loss
 
     lw, ll = torch.tensor([0.3, -0.2, 1.0]), torch.tensor([0.1, 0.4, -1.0])
     nw, nl = torch.tensor([40.0, 20.0, 30.0]), torch.tensor([20.0, 40.0, 30.0])
@@ -38,7 +38,7 @@ def test_length_controlled_loss_is_dpo_plus_length_margin():
 
 
 def test_length_alpha_config_is_checked():
-    from mllm_cxr.dpo import ClinicalDPOConfig
+    from mllm_cxr.train.dpo import ClinicalDPOConfig
 
     kw = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
     assert ClinicalDPOConfig(length_alpha=0.01, loss_type=["sigmoid", "sft"], **kw).length_alpha == 0.01
@@ -52,10 +52,10 @@ def test_length_controlled_dpo_trains_on_two_image_pairs(one_thread, tmp_path, p
     """R-DPO steps on prompts with frontal + lateral (+ prior) images; the length metrics are logged."""
     from data_prep.schema import read_records
     from mllm_cxr.data import dpo_dataset
-    from mllm_cxr.dpo import ClinicalDPOConfig, ClinicalDPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-    from mllm_cxr.pairs import prior_suppression_pairs
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.dpo import ClinicalDPOConfig, ClinicalDPOTrainer
+    from mllm_cxr.train.pairs import prior_suppression_pairs
 
     records = read_records(phantom_dir / "studies.jsonl")
     cfg = PromptConfig(max_images=3, include_prior_images=True, context=["indication"])
@@ -87,9 +87,9 @@ def _trl_and_rdpo_on_one_batch(tmp_path, phantom_dir, tiny_model_dir, alpha: flo
 
     from data_prep.schema import read_records
     from mllm_cxr.data import dpo_dataset
-    from mllm_cxr.dpo import ClinicalDPOConfig, ClinicalDPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.dpo import ClinicalDPOConfig, ClinicalDPOTrainer
 
     records = [r for r in read_records(phantom_dir / "studies.jsonl") if r.split == "train"][:2]
     pairs = [{"study_id": r.study_id, "chosen": r.findings,

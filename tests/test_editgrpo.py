@@ -25,7 +25,7 @@ def chexpert_f1():
 
 
 def test_each_operation_kind(chexpert_f1):
-    from mllm_cxr.editgrpo import SentenceEditor
+    from mllm_cxr.train.editgrpo import SentenceEditor
 
     ed = SentenceEditor()
     # presence conflict: the heart sentence is swapped for the reference's
@@ -56,7 +56,7 @@ def test_each_operation_kind(chexpert_f1):
 
 
 def test_similarity_is_pluggable():
-    from mllm_cxr.editgrpo import SentenceEditor, token_overlap_similarity
+    from mllm_cxr.train.editgrpo import SentenceEditor, token_overlap_similarity
 
     assert token_overlap_similarity("Small left pleural effusion.", ["Left pleural effusion is small.", "Cardiomegaly."]) \
         == [1.0, 0.0]
@@ -75,7 +75,7 @@ def test_embedding_similarity_from_a_local_encoder(tmp_path):
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from mllm_cxr.editgrpo import EmbeddingSimilarity, make_similarity
+    from mllm_cxr.train.editgrpo import EmbeddingSimilarity, make_similarity
 
     torch.manual_seed(0)
 
@@ -113,8 +113,8 @@ def test_edits_of_phantom_rollouts_score_higher_than_their_sources(phantom_dir, 
     from collections import Counter
 
     from data_prep.schema import read_records
-    from mllm_cxr.editgrpo import SentenceEditor
     from mllm_cxr.prompts import PromptConfig, target_text
+    from mllm_cxr.train.editgrpo import SentenceEditor
 
     studies = read_records(phantom_dir / "studies.jsonl")
     ed = SentenceEditor()
@@ -143,9 +143,9 @@ def edit_trainer(tmp_path_factory, phantom_dir, tiny_model_dir):
     """An EditGRPOTrainer on the tiny model (not trained here) for the batch bookkeeping tests."""
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
 
     ds = grpo_dataset(read_records(phantom_dir / "studies.jsonl", split="train")[:4], phantom_dir,
                       PromptConfig(max_images=2, context=["indication"]))
@@ -203,9 +203,9 @@ def test_editgrpo_run_logs_edits_with_two_images(one_thread, tmp_path, align_pha
     """A few EditGRPO steps from the SFT adapter (frontal + lateral per prompt): edit counts and gains are logged."""
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.editgrpo import EDIT_KINDS, EditGRPOConfig, EditGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.editgrpo import EDIT_KINDS, EditGRPOConfig, EditGRPOTrainer
     from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 
@@ -241,9 +241,9 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
     """Follow-up studies with frontal + lateral + the prior's frontal image: two EditGRPO steps train."""
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
     from reward.trl import reward_funcs_and_weights
 
     follow = [r for r in read_records(phantom_dir / "studies.jsonl") if r.prior is not None and r.prior.images][:2]
@@ -268,7 +268,7 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
 def test_report_sections_follow_the_shared_section_parser():
     """EditGRPO's sections come from reward.text.find_sections: FINDINGS/IMPRESSION in any case start a
     section; other "Name:" lines are report text; the text before the first header is kept."""
-    from mllm_cxr.editgrpo import ReportSentences
+    from mllm_cxr.train.editgrpo import ReportSentences
 
     text = "Portable view.\nFindings: Heart size normal.\nHeart: enlarged? No. Lungs clear.\nimpression : No acute disease."
     rep = ReportSentences.parse(text)

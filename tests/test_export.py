@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
-from mllm_cxr.export import export, inspect_adapter
-from mllm_cxr.generate import GenerationSettings, HFGenerator
+from mllm_cxr.infer.export import export, inspect_adapter
+from mllm_cxr.infer.generate import GenerationSettings, HFGenerator
+from mllm_cxr.infer.vllm_support import vllm_max_lora_rank
 from mllm_cxr.modeling import ModelArguments, load_base_model, load_processor
 from mllm_cxr.run_config import resolve_prompt
-from mllm_cxr.vllm_support import vllm_max_lora_rank
 from tests.model_helpers import RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 

@@ -61,7 +61,7 @@ def only_our_error(fn, *args, **kw):
 @given(data=jsonl_bytes, gz=st.booleans(), cut=st.integers(0, 40))
 def test_jsonl_readers_raise_only_our_error(data, gz, cut):
     from data_prep.schema import read_records
-    from mllm_cxr.pairs import read_pairs
+    from mllm_cxr.train.pairs import read_pairs
     from reward.cli_label import _read_rows
     from reward.evaluate import predictions_to_evaluate, read_predictions, read_rows
 
@@ -173,7 +173,7 @@ def test_our_error_is_the_base_of_every_user_error():
     from data_prep.errors import BadImageError, DataPrepError
     from mllm_cxr.config import ConfigError
     from mllm_cxr.errors import ExportError
-    from mllm_cxr.generate import GenerationError
+    from mllm_cxr.infer.generate import GenerationError
     from reward.base import MissingBackendError, RewardError
 
     for cls in (DataPrepError, BadImageError, ConfigError, ExportError, GenerationError, RewardError,

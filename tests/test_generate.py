@@ -10,7 +10,7 @@ import pytest
 
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import load_split
-from mllm_cxr.generate import (
+from mllm_cxr.infer.generate import (
     GenerationError,
     GenerationSettings,
     check_resume,
@@ -130,7 +130,7 @@ def test_cli_generate_uses_the_adapter_prompt(tiny_model_dir, adapter_dir, phant
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_backend_says_which_extra_to_install(tiny_model_dir, phantom_dir, tmp_path, capsys):
     from mllm_cxr.cli import main
-    from mllm_cxr.generate import VLLMGenerator
+    from mllm_cxr.infer.generate import VLLMGenerator
 
     with pytest.raises(ImportError, match=r"mllm-cxr\[gpu\]"):
         VLLMGenerator(str(tiny_model_dir), resolve_prompt(None), phantom_dir)
@@ -146,7 +146,7 @@ def test_openai_backend_retries_busy_servers_with_the_shared_session(tiny_model_
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from mllm_cxr.data import reward_columns, study_columns
-    from mllm_cxr.generate import OpenAIGenerator
+    from mllm_cxr.infer.generate import OpenAIGenerator
 
     seen: list[str] = []
 

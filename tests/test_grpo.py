@@ -18,8 +18,8 @@ KW = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
 
 
 def test_defaults_follow_editgrpo_published_setup():
-    from mllm_cxr.editgrpo import EditGRPOConfig
-    from mllm_cxr.grpo import ClinicalGRPOConfig
+    from mllm_cxr.train.editgrpo import EditGRPOConfig
+    from mllm_cxr.train.grpo import ClinicalGRPOConfig
 
     for cls in (ClinicalGRPOConfig, EditGRPOConfig):
         c = cls(**KW)
@@ -34,8 +34,8 @@ def test_defaults_follow_editgrpo_published_setup():
 
 def test_reward_specs_become_trl_reward_funcs(phantom_dir):
     from data_prep.schema import read_records
-    from mllm_cxr.pairs import reward_columns
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.pairs import reward_columns
     from reward.base import available_scorers
     from reward.trl import load_reward_spec, reward_funcs_and_weights
 
@@ -58,12 +58,12 @@ def test_reward_specs_become_trl_reward_funcs(phantom_dir):
 
 
 def test_collapse_guard_logs_shares_and_warns_on_drift(caplog):
-    from mllm_cxr.grpo import CollapseGuard
+    from mllm_cxr.train.grpo import CollapseGuard
 
     normal = "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."
     sick = "FINDINGS: Large right pleural effusion. Moderate cardiomegaly."
     guard = CollapseGuard(normal_max=0.95, drift=0.3, window=3, baseline_steps=2)
-    with caplog.at_level(logging.WARNING, logger="mllm_cxr.grpo"):
+    with caplog.at_level(logging.WARNING, logger="mllm_cxr.train.grpo"):
         for step in range(4):  # a healthy mix: 1 normal in 4
             stats = guard.observe([normal, sick, sick, sick], step=step)
             assert stats == {"normal_share": 0.25, "empty_share": 0.0}
@@ -87,7 +87,7 @@ def test_collapse_guard_logs_shares_and_warns_on_drift(caplog):
 
 
 def test_reward_curve_text():
-    from mllm_cxr.grpo import format_reward_curve, reward_curve
+    from mllm_cxr.train.grpo import format_reward_curve, reward_curve
 
     hist = [{"loss": 0.1, "reward": 0.2, "step": 1, "collapse/normal_share": 0.1},
             {"loss": 0.1, "reward": 0.6, "step": 2, "collapse/normal_share": 0.2},

@@ -85,7 +85,7 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "mllm_cxr.generate" in graph and "mllm_cxr.vllm_support" in graph  # the walk saw the packages
+    assert "mllm_cxr.infer.generate" in graph and "mllm_cxr.infer.vllm_support" in graph  # the walk saw the packages
     assert find_cycles(graph) == []
 
 
@@ -102,18 +102,28 @@ def test_layering():
         if pkg == "data_prep":  # the label names are the only thing data_prep takes from reward
             assert {d for d in deps if d.startswith("reward")} <= {"reward.constants"}, (mod, deps)
     # the vLLM facts are a leaf: export, generate and serve import it, it imports none of them
-    assert not graph["mllm_cxr.vllm_support"] & {"mllm_cxr.export", "mllm_cxr.generate", "mllm_cxr.serve"}
-    assert "mllm_cxr.vllm_support" in graph["mllm_cxr.export"] & graph["mllm_cxr.generate"] & graph["mllm_cxr.serve"]
+    assert not graph["mllm_cxr.infer.vllm_support"] & {"mllm_cxr.infer.export", "mllm_cxr.infer.generate", "mllm_cxr.infer.serve"}
+    assert "mllm_cxr.infer.vllm_support" in graph["mllm_cxr.infer.export"] & graph["mllm_cxr.infer.generate"] & graph["mllm_cxr.infer.serve"]
     # one run-config module, one inference loader: the others use them
-    for user in ("mllm_cxr.generate", "mllm_cxr.export"):
-        assert {"mllm_cxr.run_config", "mllm_cxr.inference"} <= graph[user], user
-    assert "mllm_cxr.inference" in graph["mllm_cxr.serve"]
+    for user in ("mllm_cxr.infer.generate", "mllm_cxr.infer.export"):
+        assert {"mllm_cxr.run_config", "mllm_cxr.infer.loader"} <= graph[user], user
+    assert "mllm_cxr.infer.loader" in graph["mllm_cxr.infer.serve"]
+    # the subpackages: cli/ drives train/ and infer/, which never import each other or cli/; the shared
+    # top-level modules (config, data, prompts, modeling, run_config, ...) import none of the three
+    for mod, deps in graph.items():
+        sub = mod.split(".")[1] if mod.startswith("mllm_cxr.") else None
+        if sub in ("train", "infer"):
+            other = "infer" if sub == "train" else "train"
+            assert not {d for d in deps if d.startswith((f"mllm_cxr.{other}", "mllm_cxr.cli"))}, (mod, deps)
+        elif mod.startswith("mllm_cxr") and sub != "cli":
+            assert not {d for d in deps if d.startswith(("mllm_cxr.train", "mllm_cxr.infer", "mllm_cxr.cli"))}, \
+                (mod, deps)
 
 
 def test_one_home_for_the_run_config_and_the_jsonl_readers():
     """Only mllm_cxr/run_config.py names the run-config file; JSONL is parsed only by cxr_io (and by the
     resumable predictions writer, which must tolerate a line cut short by a killed run)."""
-    allowed_loads = {"cxr_io/__init__.py", "mllm_cxr/generate.py"}
+    allowed_loads = {"cxr_io/__init__.py", "mllm_cxr/infer/generate.py"}
     for pkg in PACKAGES:
         for path in (REPO / pkg).rglob("*.py"):
             rel = path.relative_to(REPO).as_posix()

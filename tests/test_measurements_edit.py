@@ -9,7 +9,7 @@ REF = ("FINDINGS: Endotracheal tube tip 1 cm above the carina. The heart is mild
 
 
 def test_measurement_edit_replaces_or_deletes_the_hallucinated_sentence():
-    from mllm_cxr.editgrpo import EDIT_KINDS, SentenceEditor
+    from mllm_cxr.train.editgrpo import EDIT_KINDS, SentenceEditor
     from reward.measurements import compare
 
     assert "measurement" in EDIT_KINDS
@@ -37,9 +37,9 @@ def test_measurement_edit_replaces_or_deletes_the_hallucinated_sentence():
 def test_trainer_injects_measurement_edits(one_thread, tmp_path, phantom_dir, tiny_model_dir):
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.editgrpo import EditGRPOConfig, EditGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
     from reward.trl import reward_funcs_and_weights
 
     ds = grpo_dataset(read_records(phantom_dir / "studies.jsonl", split="train")[:2], phantom_dir,

@@ -20,9 +20,9 @@ MARGIN = 0.15
 def _run(penalty_weight: float, out, align_phantom, tiny_model_dir, sft_adapter) -> list[dict]:
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
-    from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
     from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 

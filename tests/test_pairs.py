@@ -8,7 +8,8 @@ import pytest
 
 from data_prep.errors import DataPrepError
 from data_prep.schema import read_records
-from mllm_cxr.pairs import (
+from mllm_cxr.prompts import PromptConfig, target_text
+from mllm_cxr.train.pairs import (
     PAIR_KEYS,
     prior_suppression_pairs,
     rank_samples,
@@ -16,7 +17,6 @@ from mllm_cxr.pairs import (
     reward_ranked_pairs,
     write_pairs,
 )
-from mllm_cxr.prompts import PromptConfig, target_text
 from reward.prior import find_prior_references
 
 pytest_plugins = ["tests._alignment_fixtures"]  # one_thread

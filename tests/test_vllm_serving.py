@@ -96,7 +96,7 @@ def test_vllm_lora_tokens_equal_hf_peft_and_differ_from_base(exported, tiny_mode
     import torch
     from vllm import SamplingParams
 
-    from mllm_cxr.generate import VLLMGenerator
+    from mllm_cxr.infer.generate import VLLMGenerator
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import build_messages, load_images
     from mllm_cxr.run_config import resolve_prompt

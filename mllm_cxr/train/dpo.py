@@ -112,7 +112,7 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg):
     from data_prep.schema import read_records
     from mllm_cxr.config import ConfigError
     from mllm_cxr.data import dpo_dataset
-    from mllm_cxr.pairs import read_pairs
+    from mllm_cxr.train.pairs import read_pairs
 
     if not pairs_args.pairs:
         raise ConfigError("pairs: no pairs file given (build one with `mllm-cxr pairs prior|sample`)")

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mllm_cxr.config import ConfigError
-from mllm_cxr.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, completion_texts
+from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, completion_texts
 from reward.chexpert import label_reports
 from reward.constants import CHEXPERT_LABELS
 from reward.f1 import per_sample_f1

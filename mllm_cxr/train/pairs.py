@@ -148,7 +148,7 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
     """Sample reports, score them, keep (best, worst) when ``best - worst > margin_threshold``.
 
     ``generator``: any object with ``generate(studies) -> list[list[str]]`` returning ``k`` samples per
-    study (e.g. :class:`mllm_cxr.generate.HFGenerator` with
+    study (e.g. :class:`mllm_cxr.infer.generate.HFGenerator` with
     ``GenerationSettings(do_sample=True, num_return_sequences=k)``, or a vLLM generator with the same
     method) and a ``cfg`` :class:`PromptConfig` (or pass ``cfg``). ``reward``: a scorer name
     (``"chexpert_f1"``), a reward-spec file or list, a :class:`reward.base.Scorer`, or a TRL reward

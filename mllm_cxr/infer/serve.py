@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mllm_cxr.vllm_support import VLLM_MISSING, command_line
+from mllm_cxr.infer.vllm_support import VLLM_MISSING, command_line
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ class ChatServer:
     def __init__(self, model: str | Path, adapter: str | Path | None = None, *, served_model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 8000, dtype: str = "auto", min_pixels: int | None = None,
                  max_pixels: int | None = None, max_images: int = 8, max_tokens_limit: int = 4096):
-        from mllm_cxr.inference import load_for_inference  # torch + transformers: only when a server starts
+        from mllm_cxr.infer.loader import (
+            load_for_inference,  # torch + transformers: only when a server starts
+        )
 
         self.model, self.processor = load_for_inference(model, adapter, dtype=dtype, min_pixels=min_pixels,
                                                         max_pixels=max_pixels)
@@ -209,7 +211,7 @@ class ChatServer:
             size.update({k: int(mm[m]) for k, m in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels"))
                          if mm.get(m)})
             proc_kw["size"] = size
-        from mllm_cxr.inference import chat_inputs
+        from mllm_cxr.infer.loader import chat_inputs
 
         with self._lock:
             inputs = chat_inputs(self.processor, [(messages, images)], self.model.device, **proc_kw)

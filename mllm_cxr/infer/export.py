@@ -52,11 +52,9 @@ from cxr_io import abort_dir, begin_dir, check_safetensors, commit_dir
 from data_prep.schema import resolve_data_root
 from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
-from mllm_cxr.generate import GenerationSettings, HFGenerator, VLLMGenerator
-from mllm_cxr.inference import inference_processor, load_for_inference, study_inputs
-from mllm_cxr.modeling import resolve_dtype
-from mllm_cxr.run_config import copy_run_config, resolve_prompt
-from mllm_cxr.vllm_support import (
+from mllm_cxr.infer.generate import GenerationSettings, HFGenerator, VLLMGenerator
+from mllm_cxr.infer.loader import inference_processor, load_for_inference, study_inputs
+from mllm_cxr.infer.vllm_support import (
     VLLM_LORA_MODULES,
     VLLM_MAX_LORA_RANKS,
     adapter_rank,
@@ -66,6 +64,8 @@ from mllm_cxr.vllm_support import (
     read_adapter_config,
     vllm_max_lora_rank,
 )
+from mllm_cxr.modeling import resolve_dtype
+from mllm_cxr.run_config import copy_run_config, resolve_prompt
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def _studies(args):
 
 
 def _finish(pairs: list[dict[str, Any]], summary: dict[str, Any], args) -> int:
-    from mllm_cxr.pairs import write_pairs
+    from mllm_cxr.train.pairs import write_pairs
 
     write_pairs(pairs, args.out, inputs=_inputs(args))
     summary = {**summary, "out": str(args.out)}
@@ -66,8 +66,8 @@ def _finish(pairs: list[dict[str, Any]], summary: dict[str, Any], args) -> int:
 
 
 def _cmd_prior(args) -> int:
-    from mllm_cxr.pairs import prior_suppression_pairs
     from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.pairs import prior_suppression_pairs
 
     _check_outputs(args)
     cfg = PromptConfig(sections=_sections(args))
@@ -76,8 +76,8 @@ def _cmd_prior(args) -> int:
 
 
 def make_generator(args, prompt, settings, data_root):
-    """The generator object for ``--backend``: HF ``generate`` or vLLM offline (:mod:`mllm_cxr.generate`)."""
-    from mllm_cxr.generate import VLLMGenerator, load_hf_generator
+    """The generator object for ``--backend``: HF ``generate`` or vLLM offline (:mod:`mllm_cxr.infer.generate`)."""
+    from mllm_cxr.infer.generate import VLLMGenerator, load_hf_generator
 
     if args.backend == "vllm":
         return VLLMGenerator(args.model, prompt, data_root, settings, adapter=args.adapter, dtype=args.dtype)
@@ -87,9 +87,9 @@ def make_generator(args, prompt, settings, data_root):
 def _cmd_sample(args) -> int:
     from data_prep.schema import resolve_data_root
     from mllm_cxr.config import ConfigError
-    from mllm_cxr.generate import GenerationSettings
-    from mllm_cxr.pairs import reward_ranked_pairs
+    from mllm_cxr.infer.generate import GenerationSettings
     from mllm_cxr.run_config import resolve_prompt
+    from mllm_cxr.train.pairs import reward_ranked_pairs
 
     _check_outputs(args)
     args.sections = _sections(args)

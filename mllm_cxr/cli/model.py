@@ -46,7 +46,7 @@ def _add_prompt_flags(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
-    from mllm_cxr.generate import (
+    from mllm_cxr.infer.generate import (
         GenerationSettings,
         OpenAIGenerator,
         VLLMGenerator,
@@ -154,7 +154,7 @@ def _add_generate(sub) -> None:
 # export
 # ------------------------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
-    from mllm_cxr.export import export
+    from mllm_cxr.infer.export import export
 
     s = export(args.base, args.adapter, args.out, merge=args.merge, allow_vision_lora=args.allow_vision_lora,
                verify_studies=args.verify_studies, data_root=args.data_root, split=_split(args.split),
@@ -222,7 +222,7 @@ def _adapters(values: list[str] | None) -> dict[str, str]:
 
 def _adapter_keys(adapter_dir: str) -> dict[str, None]:
     """The tensor names of an adapter (a readable safetensors header is checked; no tensor is loaded)."""
-    from mllm_cxr.export import read_adapter_weights
+    from mllm_cxr.infer.export import read_adapter_weights
 
     st = Path(adapter_dir) / "adapter_model.safetensors"
     if not st.is_file():
@@ -239,8 +239,8 @@ def _adapter_keys(adapter_dir: str) -> dict[str, None]:
 def check_servable(adapters: dict[str, str], *, backend: str, max_lora_rank: int | None) -> None:
     """What ``serve`` checks before anything starts (``--dry-run`` included): readable adapter weights and,
     for vLLM, the adapter types ``export`` refuses and a ``--max-lora-rank`` that holds every adapter."""
-    from mllm_cxr.export import check_vllm_compatible, inspect_adapter
-    from mllm_cxr.vllm_support import VLLM_MAX_LORA_RANKS, adapter_rank
+    from mllm_cxr.infer.export import check_vllm_compatible, inspect_adapter
+    from mllm_cxr.infer.vllm_support import VLLM_MAX_LORA_RANKS, adapter_rank
 
     for name, d in adapters.items():
         keys = _adapter_keys(d)
@@ -268,10 +268,10 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from mllm_cxr.infer.serve import ChatServer, run_vllm
+    from mllm_cxr.infer.vllm_support import build_vllm_command
     from mllm_cxr.modeling import check_model_ref
     from mllm_cxr.run_config import resolve_prompt
-    from mllm_cxr.serve import ChatServer, run_vllm
-    from mllm_cxr.vllm_support import build_vllm_command
 
     check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)

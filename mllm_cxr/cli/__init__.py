@@ -16,8 +16,8 @@ VERB_MODULES = (
     "data_prep.cli",          # prepare
     "reward.cli_label",       # label
     "reward.cli_metrics",     # score, eval
-    "mllm_cxr.cli_model",     # generate, export, serve, report, tiny (and eval --html)
-    "mllm_cxr.cli_pairs",     # pairs
+    "mllm_cxr.cli.model",     # generate, export, serve, report, tiny (and eval --html)
+    "mllm_cxr.cli.pairs",     # pairs
 )
 
 

@@ -38,10 +38,10 @@ from cxr_io import make_parent, write_text_atomic
 from data_prep.schema import StudyRecord
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import study_columns
-from mllm_cxr.inference import chat_text, inference_processor, load_for_inference, study_inputs
+from mllm_cxr.infer.loader import chat_text, inference_processor, load_for_inference, study_inputs
+from mllm_cxr.infer.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
 from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
 from mllm_cxr.run_config import PromptSettings
-from mllm_cxr.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
 from reward.evaluate import meta_path
 from reward.http import RETRY_STATUSES, retrying_session
 
