@@ -131,3 +131,15 @@ def load_split(path: str | Path, split: str | None, limit: int | None = None) ->
     if not recs:
         raise DataPrepError(f"no studies with split={split!r}", file=str(path), field="split", value=split)
     return recs[:limit] if limit else recs
+
+
+def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, Any]:
+    """A recipe's ``{"train", "eval"}`` datasets: ``build(records, data_root, prompt_cfg)`` on the train split
+    and, when ``eval_split`` is set, on the eval split (else ``eval`` is None); ``max_*_studies`` apply."""
+    root = data_args.root()
+
+    def split(name: str | None, limit: int | None) -> Any:
+        return build(load_split(data_args.studies, name, limit), root, prompt_cfg)
+
+    return {"train": split(data_args.train_split, data_args.max_train_studies),
+            "eval": split(data_args.eval_split, data_args.max_eval_studies) if data_args.eval_split else None}

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from mllm_cxr.config import DataArguments
-from mllm_cxr.data import grpo_dataset, load_split
+from mllm_cxr.data import grpo_dataset, recipe_datasets
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
@@ -39,11 +39,7 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, GRPOScriptArgumen
 
 def datasets(data_args, model_args, prompt_cfg, script, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
-    root = data_args.root()
-    return {"train": grpo_dataset(load_split(data_args.studies, data_args.train_split, data_args.max_train_studies),
-                                  root, prompt_cfg),
-            "eval": grpo_dataset(load_split(data_args.studies, data_args.eval_split, data_args.max_eval_studies),
-                                 root, prompt_cfg) if data_args.eval_split else None}
+    return recipe_datasets(data_args, grpo_dataset, prompt_cfg)
 
 
 def trainer(configs, data, model_args):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from trl import SFTConfig, SFTTrainer
 
 from mllm_cxr.config import DataArguments
-from mllm_cxr.data import load_split, sft_dataset
+from mllm_cxr.data import recipe_datasets, sft_dataset
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.train.recipe import run_recipe, run_training
@@ -23,11 +23,7 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, SFTConfig)
 
 
 def datasets(data_args, model_args, prompt_cfg, args) -> dict:
-    root = data_args.root()
-    return {"train": sft_dataset(load_split(data_args.studies, data_args.train_split, data_args.max_train_studies),
-                                 root, prompt_cfg),
-            "eval": sft_dataset(load_split(data_args.studies, data_args.eval_split, data_args.max_eval_studies),
-                                root, prompt_cfg) if data_args.eval_split else None}
+    return recipe_datasets(data_args, sft_dataset, prompt_cfg)
 
 
 def trainer(configs, data, model_args):

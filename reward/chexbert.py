@@ -42,24 +42,17 @@ from reward.base import (
 )
 from reward.constants import CHEXPERT_LABELS
 
+
+def _chexbert_head_order() -> tuple[str, ...]:
+    names = [n for n in CHEXPERT_LABELS if n != "No Finding"]
+    i, j = names.index("Lung Lesion"), names.index("Lung Opacity")
+    names[i], names[j] = names[j], names[i]  # CheXbert puts Lung Opacity before Lung Lesion
+    return (*names, "No Finding")
+
+
 #: CheXbert's head order (``src/constants.py`` of stanfordmlgroup/CheXbert): 13 four-class heads, then
 #: the two-class "No Finding" head.
-CHEXBERT_CONDITIONS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "No Finding",
-)
+CHEXBERT_CONDITIONS: tuple[str, ...] = _chexbert_head_order()
 
 #: CheXbert class index -> our label value (0 blank, 1 positive, 2 negative, 3 uncertain).
 CLASS_TO_VALUE: dict[int, float | None] = {0: None, 1: 1.0, 2: 0.0, 3: -1.0}

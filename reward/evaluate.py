@@ -759,7 +759,14 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    written: list[str] = []
+
+    def save(fig: Any, fname: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+
     name = result["name"]
     other = result.get("compare")
     series = [(name, result["metrics"])]
@@ -783,11 +790,7 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
         ax.set_xlabel("F1 (95% bootstrap CI)")
         ax.set_title(f"{title}\n{result['details'][g]['convention']}", fontsize=9)
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fname = "per_finding_f1.png" if g == "chexpert" else "per_finding_f1_chexbert.png"
-        fig.savefig(out_dir / fname, dpi=110)
-        plt.close(fig)
-        written.append(fname)
+        save(fig, "per_finding_f1.png" if g == "chexpert" else "per_finding_f1_chexbert.png")
     p = extras["pred"]
     fig, ax = plt.subplots(figsize=(7, 4))
     data = [(f"{name} predictions", [len(h.split()) for h in p.hyps]), ("references", [len(r.split()) for r in p.refs])]
@@ -800,10 +803,7 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
     ax.set_xlabel("report length (words)")
     ax.set_ylabel("studies")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "length_distribution.png", dpi=110)
-    plt.close(fig)
-    written.append("length_distribution.png")
+    save(fig, "length_distribution.png")
     keys = [k for k, m in result["metrics"].items() if m.get("main") and not k.startswith("length_pred")
             and not k.startswith("length_ref") and k != "length_ratio" and m["value"] is not None]
     if keys:
@@ -820,10 +820,7 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
         ax.invert_yaxis()
         ax.set_xlabel("value (95% bootstrap CI)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / "metrics.png", dpi=110)
-        plt.close(fig)
-        written.append("metrics.png")
+        save(fig, "metrics.png")
     return written
 
 

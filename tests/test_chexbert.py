@@ -215,3 +215,10 @@ def test_scorer_f1_against_label_based_f1(tiny, monkeypatch):
     want = f1.per_sample_f1(labels[:4], labels[4:], uncertain="positive", subset="14")
     assert res.scores == pytest.approx([float(x) for x in want])
     assert res.corpus["uncertain"] == "positive" and res.corpus["labeler"] == "chexbert"
+
+
+def test_head_order_is_chexberts():
+    assert CHEXBERT_CONDITIONS == (
+        "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+        "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+        "Support Devices", "No Finding")
