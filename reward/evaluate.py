@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_io import make_parent, read_json, read_jsonl, write_jsonl, write_text_atomic
+from cxr_io import atomic_write, make_parent, read_json, read_jsonl, write_jsonl, write_text_atomic
 from reward.base import MissingBackendError, RewardError, eval_group, get_scorer
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 
@@ -761,9 +761,10 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
 
     written: list[str] = []
 
-    def save(fig: Any, fname: str) -> None:
+    def save(fig: Any, fname: str) -> None:  # atomically, like every other output
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
+        with atomic_write(out_dir / fname, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
         plt.close(fig)
         written.append(fname)
 

@@ -221,6 +221,26 @@ def test_cli_writes_json_markdown_and_plots(files, tmp_path, capsys):
     assert main(["eval", "--pred", str(swapped), "--out", str(out), "--metrics", "bleu,nope"]) == 2
 
 
+def test_a_plot_that_fails_leaves_the_last_one_whole(files, tmp_path, monkeypatch):
+    """Plots are written like every other output: to a temporary name, renamed on success."""
+    from matplotlib.figure import Figure
+
+    perfect, _ = files
+    out = tmp_path / "e"
+    run_eval(perfect, out, metrics=("length",), n_boot=0, progress=False)
+    before = (out / "length_distribution.png").read_bytes()
+
+    def half_then_fail(self, fh, **kw):
+        fh.write(b"\x89PNG half a plot")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        run_eval(perfect, out, metrics=("length",), n_boot=0, progress=False)
+    assert (out / "length_distribution.png").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if "tmp" in p.name) == []
+
+
 def test_run_eval_without_plots(files, tmp_path):
     perfect, _ = files
     res = run_eval(perfect, tmp_path / "e", metrics=("length",), n_boot=0, plots=False, progress=False)
