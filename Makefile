@@ -33,12 +33,8 @@ VLLM_VENV ?= .venv-vllm
 vllm-env:
 	$(PY) scripts/vllm_env.py --venv $(VLLM_VENV)
 
-# The README's vLLM walk-through (tests/test_readme.py) is not yet green on CPU (it reached the as-written
-# GRPO run; see the issue note): run it by hand with
-#   .venv-vllm/bin/python -m pytest -m vllm tests/test_readme.py
 test-vllm:
-	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		-m vllm --deselect tests/test_readme.py::test_vllm_commands_run_as_written tests
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests
 
 lint:
 	$(BIN)/ruff check mllm_cxr reward data_prep recipes bench tests

@@ -166,6 +166,8 @@ def _lm_adapter(model_dir: Path, out: Path) -> Path:
 
     from mllm_cxr.infer.export import export
     from mllm_cxr.modeling import ModelArguments, load_model, lora_config
+    from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.run_config import write_run_config
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", lora_r=8, lora_alpha=16,
                            lora_dropout=0.0, min_pixels=3136, max_pixels=12544)
@@ -176,9 +178,7 @@ def _lm_adapter(model_dir: Path, out: Path) -> Path:
     peft_model = get_peft_model(model, cfg)
     raw = out / "raw"
     peft_model.save_pretrained(str(raw))
-    (raw / "mllm_cxr_config.json").write_text(json.dumps({
-        "PromptConfig": {"sections": ["impression"], "context": [], "max_images": 1},
-        "ModelArguments": {"model_name_or_path": str(model_dir), "min_pixels": 3136, "max_pixels": 12544}}))
+    write_run_config(raw, [PromptConfig(sections=["impression"], context=[], max_images=1), margs])
     export(str(model_dir), raw, out / "export", dtype="float32")
     return out / "export"
 

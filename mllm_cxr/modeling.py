@@ -188,14 +188,30 @@ def load_processor(args: ModelArguments, *, trust_remote_code: bool = False):
                 kw.setdefault(k, getattr(ip, k))
                 setattr(ip, k, None)
     if ip is not None and kw:
-        # transformers 5 keeps the budget in ``size`` (shortest_edge = min, longest_edge = max pixels)
-        size = dict(getattr(ip, "size", None) or {})
-        if "min_pixels" in kw:
-            size["shortest_edge"] = kw["min_pixels"]
-        if "max_pixels" in kw:
-            size["longest_edge"] = kw["max_pixels"]
-        ip.size = size
+        ip.size = size_with_budget(ip, **kw)
     return processor
+
+
+#: transformers 5 keeps a Qwen2/2.5-VL image processor's pixel budget in ``size``: budget key -> size key.
+_BUDGET_IN_SIZE = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+
+
+def size_with_budget(image_processor, *, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
+    """The image processor's ``size`` with the given pixel budget in it (a new dict; None leaves a bound)."""
+    size = dict(getattr(image_processor, "size", None) or {})
+    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None:
+            size[_BUDGET_IN_SIZE[key]] = int(value)
+    return size
+
+
+def pixel_budget(processor) -> dict[str, int]:
+    """``{"min_pixels", "max_pixels"}`` of a processor (or image processor), from ``size`` or the older
+    attributes; empty when unknown."""
+    ip = getattr(processor, "image_processor", processor)
+    size = dict(getattr(ip, "size", None) or {})
+    out = {k: size.get(s, getattr(ip, k, None)) for k, s in _BUDGET_IN_SIZE.items()}
+    return {k: int(v) for k, v in out.items() if v}
 
 
 def quantization_config(args: ModelArguments):

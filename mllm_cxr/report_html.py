@@ -45,7 +45,6 @@ import html
 import io
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from typing import Any
 from cxr_io import InputError, atomic_write, read_json, read_jsonl, write_text_atomic
 from data_prep.errors import DataPrepError
 from mllm_cxr.config import ConfigError
+from reward.chexpert import normalize_with_offsets
 from reward.constants import CHEXPERT_LABELS, NEGATIVE
 
 REPORT_NAME = "report.html"
@@ -97,71 +97,6 @@ class Highlight:
     observation: str | None = None
 
 
-def _resub(s: str, idx: list[int], rx: re.Pattern, repl) -> tuple[str, list[int]]:
-    """``rx.sub`` that carries, for every output character, the index of the original character (-1: inserted)."""
-    out, oidx, pos = [], [], 0
-    for m in rx.finditer(s):
-        out.append(s[pos:m.start()])
-        oidx.extend(idx[pos:m.start()])
-        for piece, j in repl(m):
-            out.append(piece)
-            oidx.extend([j] * len(piece))
-        pos = m.end()
-    out.append(s[pos:])
-    oidx.extend(idx[pos:])
-    return "".join(out), oidx
-
-
-def normalized_with_offsets(text: str) -> tuple[str, list[int]]:
-    """:func:`reward.chexpert.normalize` of ``text`` and, per character, its offset in ``text`` (-1: inserted).
-
-    The labeler reports mention spans in the normalised text; these offsets map them back onto the
-    report as written. When the step-by-step rebuild differs from ``normalize`` (it should not), a
-    character alignment (difflib) gives the offsets instead.
-    """
-    from reward.chexpert import _GLUED_RE, _PARA_RE, _WS_RE, normalize
-
-    chars, idx = [], []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\r":
-            if i + 1 < len(text) and text[i + 1] == "\n":
-                i += 1
-                continue
-            c = "\n"
-        chars.append(c)
-        idx.append(i)
-        i += 1
-    s = "".join(chars)
-    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", -1)])
-    s, idx = _resub(s, idx, _GLUED_RE, lambda m: [(m.group(1), idx[m.start(1)]), (".", idx[m.start(1) + 1]),
-                                                  (" ", -1), (m.group(2), idx[m.start(2)])])
-    s, idx = _resub(s, idx, _WS_RE, lambda m: [(" ", idx[m.start()])])
-    a, b = 0, len(s)
-    while a < b and s[a].isspace():
-        a += 1
-    while b > a and s[b - 1].isspace():
-        b -= 1
-    low, lidx = [], []
-    for c, j in zip(s[a:b], idx[a:b]):
-        lc = c.lower()
-        low.append(lc)
-        lidx.extend([j] * len(lc))
-    t = "".join(low)
-    want = normalize(text)
-    if t == want:
-        return t, lidx
-    import difflib
-
-    src = text.lower()
-    off = [-1] * len(want)
-    for blk in difflib.SequenceMatcher(None, src, want, autojunk=False).get_matching_blocks():
-        for k in range(blk.size):
-            off[blk.b + k] = blk.a + k
-    return want, off
-
-
 def _to_original(offsets: list[int], s: int, e: int) -> tuple[int, int] | None:
     first = next((offsets[k] for k in range(s, min(e, len(offsets))) if offsets[k] >= 0), None)
     last = next((offsets[k] for k in range(min(e, len(offsets)) - 1, s - 1, -1) if offsets[k] >= 0), None)
@@ -192,7 +127,7 @@ def label_view(text: str, labeler, uncertain: str = "positive") -> LabelView:
     pos = frozenset(o for o, v in labels.items() if v == 1.0 or (v == -1.0 and uncertain == "positive"))
     spans: dict[str, list[tuple[int, int, float]]] = {}
     if mentions:
-        _, offsets = normalized_with_offsets(text)
+        _, offsets = normalize_with_offsets(text)
         implications = getattr(getattr(labeler, "rules", None), "implications", ())
         for m in mentions:
             se = _to_original(offsets, m.start, m.end)
@@ -455,13 +390,11 @@ def _find_file(p: str | os.PathLike, eval_dir: Path | None, what: str, flag: str
 
 
 def read_pred_file(path: Path) -> PredFile:
-    from reward.evaluate import meta_path, predictions_to_evaluate
+    from reward.evaluate import predictions_to_evaluate, read_meta
 
     p = predictions_to_evaluate(path)  # validates rows: file, line, field named on error
     rows = {sid: rec for sid, rec in zip(p.ids, p.records)}
-    mp = meta_path(path)
-    meta = read_json(mp, role="predictions side file (written by `mllm-cxr generate`)", error=DataPrepError) \
-        if mp.is_file() else {}
+    meta = read_meta(path)
     return PredFile(Path(path), rows, list(p.ids), meta if isinstance(meta, dict) else {})
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import difflib
 import re
 import tarfile
 import xml.etree.ElementTree as ET
@@ -52,7 +53,7 @@ import numpy as np
 from cxr_io import read_yaml
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
-from reward.text import find_sections, split_sentences
+from reward.text import GLUED_SENTENCE, find_sections, split_sentences
 
 RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
 NO_FINDING = "No Finding"
@@ -63,7 +64,6 @@ _LABEL_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "uncertain": UNCERTA
 _UNCAPTURE_RE = re.compile(r"(?<!\\)\((?!\?)")
 _WS_RE = re.compile(r"\s+")
 _PARA_RE = re.compile(r"\n\s*\n|\n\s*(?=\d{1,2}\s*[.)]\s)")
-_GLUED_RE = re.compile(r"([a-z0-9)])[.]([A-Z])")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -432,8 +432,69 @@ def normalize(text: str) -> str:
     """Lower-case, paragraph and list-item breaks -> sentence ends, whitespace collapsed."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _PARA_RE.sub(" . ", text)
-    text = _GLUED_RE.sub(r"\1. \2", text)  # "process.Enlarged" -> two sentences
+    text = GLUED_SENTENCE.sub(r"\1. \2", text)  # "process.Enlarged" -> two sentences (as reward.text splits)
     return _WS_RE.sub(" ", text).strip().lower()
+
+
+def _resub(s: str, idx: list[int], rx: re.Pattern, repl) -> tuple[str, list[int]]:
+    """``rx.sub`` that carries, for every output character, the index of the original character (-1: inserted)."""
+    out, oidx, pos = [], [], 0
+    for m in rx.finditer(s):
+        out.append(s[pos:m.start()])
+        oidx.extend(idx[pos:m.start()])
+        for piece, j in repl(m):
+            out.append(piece)
+            oidx.extend([j] * len(piece))
+        pos = m.end()
+    out.append(s[pos:])
+    oidx.extend(idx[pos:])
+    return "".join(out), oidx
+
+
+def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
+    """:func:`normalize` of ``text`` and, per character, its offset in ``text`` (-1: inserted).
+
+    The labeler reports mention spans in the normalised text; these offsets map them back onto the
+    report as written. When the step-by-step rebuild differs from ``normalize`` (it should not), a
+    character alignment (difflib) gives the offsets instead.
+    """
+    chars, idx = [], []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\r":
+            if i + 1 < len(text) and text[i + 1] == "\n":
+                i += 1
+                continue
+            c = "\n"
+        chars.append(c)
+        idx.append(i)
+        i += 1
+    s = "".join(chars)
+    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", -1)])
+    s, idx = _resub(s, idx, GLUED_SENTENCE, lambda m: [(m.group(1), idx[m.start(1)]), (".", idx[m.start(1) + 1]),
+                                                  (" ", -1), (m.group(2), idx[m.start(2)])])
+    s, idx = _resub(s, idx, _WS_RE, lambda m: [(" ", idx[m.start()])])
+    a, b = 0, len(s)
+    while a < b and s[a].isspace():
+        a += 1
+    while b > a and s[b - 1].isspace():
+        b -= 1
+    low, lidx = [], []
+    for c, j in zip(s[a:b], idx[a:b]):
+        lc = c.lower()
+        low.append(lc)
+        lidx.extend([j] * len(lc))
+    t = "".join(low)
+    want = normalize(text)
+    if t == want:
+        return t, lidx
+    src = text.lower()
+    off = [-1] * len(want)
+    for blk in difflib.SequenceMatcher(None, src, want, autojunk=False).get_matching_blocks():
+        for k in range(blk.size):
+            off[blk.b + k] = blk.a + k
+    return want, off
 
 
 def extract_sections(text: str, sections: Sequence[str]) -> str | None:

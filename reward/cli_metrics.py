@@ -41,7 +41,7 @@ from reward.base import (
     eval_group,
     get_scorer,
 )
-from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, meta_path, read_predictions, read_rows, row_study_id
+from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, read_meta, read_predictions, read_rows, row_study_id
 
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
 #: Fields of the records that are not passed to the scorers as context.
@@ -65,12 +65,9 @@ def predicted_sections(pred: str | os.PathLike) -> str | None:
     """The report sections a predictions file was generated for, as a reference field
     (``impression``, ``findings+impression``), from the ``<pred>.meta.json`` that ``mllm-cxr generate``
     writes; None without one."""
-    meta = meta_path(pred)
-    if not meta.is_file():
-        return None
     try:
-        sections = json.loads(meta.read_text(encoding="utf-8"))["prompt"]["prompt"]["sections"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        sections = read_meta(pred)["prompt"]["prompt"]["sections"]
+    except (KeyError, TypeError):  # no side file, or one without prompt settings
         return None
     if not isinstance(sections, list) or not sections or not all(s in ("findings", "impression") for s in sections):
         return None

@@ -89,6 +89,24 @@ def meta_path(pred: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".meta.json")
 
 
+def read_meta(pred: str | os.PathLike, *, strict: bool = True) -> dict[str, Any]:
+    """The side file of a predictions file as a dict ({} when there is none). One that is not a readable
+    JSON object is a :class:`RewardError` naming it, or, with ``strict=False`` (a writer about to replace
+    it), treated as absent."""
+    mp = meta_path(pred)
+    if not mp.is_file():
+        return {}
+    try:
+        meta = read_json(mp, role="predictions side file (written by `mllm-cxr generate`)", error=RewardError)
+        if not isinstance(meta, dict):
+            raise RewardError("not a JSON object (the side file `mllm-cxr generate` writes)", file=mp)
+    except RewardError:
+        if strict:
+            raise
+        return {}
+    return meta
+
+
 def read_rows(path: str | os.PathLike, role: str) -> list[tuple[int, dict]]:
     """``(line number, record)`` pairs of a JSONL file, or of a JSON list (numbered by item). Every problem
     (missing file, not UTF-8, bad JSON, not an object) is a :class:`RewardError` naming ``file:line``."""

@@ -1,5 +1,5 @@
 """One retrying HTTP session for the project's clients of OpenAI-compatible servers (the GREEN judge
-here; ``mllm-cxr generate``'s OpenAI backend can use it too): :mod:`requests` with
+here, and ``mllm-cxr generate``'s OpenAI backend): :mod:`requests` with
 :class:`urllib3.util.Retry`, which retries connection errors, HTTP 429 and 5xx with exponential
 backoff and honours the server's ``Retry-After`` header. Imports nothing from the project.
 """

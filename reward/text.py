@@ -21,17 +21,22 @@ _BOUNDARY = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*\n")
 #: "... widened mediastinum 3. No effusion": a list number stuck to the end of the previous item.
 _LIST_MARKER = re.compile(r"(?<=[^\s.!?:;])[ \t]+(?=\d{1,2}[.)]\s+\S)|\n\s*(?=(?:\d{1,2}[.)]|[-*\u2022])\s)")
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*|\d+)$")
+#: "No acute process.Enlarged heart.": a sentence end with no space after the period (a lower-case letter,
+#: digit or ")" before it, a capital after it). The CheXpert labeler's ``normalize`` inserts the space.
+GLUED_SENTENCE = re.compile(r"([a-z0-9)])\.([A-Z])")
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans ``(start, end)`` of the sentences of a report, white space excluded.
 
     Boundaries: ``.``/``!``/``?`` followed by white space (not after an abbreviation such as ``vs.``, an
-    initial after a title such as ``Dr. J. Smith``, or a list number such as ``1.``), a blank line, and a list item that starts a new line or is glued
-    to the end of the previous item (``"... mediastinum 3. No effusion."``). A list number stays at
-    the start of its item. The text between two spans is only white space.
+    initial after a title such as ``Dr. J. Smith``, or a list number such as ``1.``), a period glued to the
+    next sentence (``"process.Enlarged"``, :data:`GLUED_SENTENCE`), a blank line, and a list item that
+    starts a new line or is glued to the end of the previous item (``"... mediastinum 3. No effusion."``).
+    A list number stays at the start of its item. The text between two spans is only white space.
     """
     cuts = {m.end() for m in _LIST_MARKER.finditer(text)}
+    cuts |= {m.start(2) for m in GLUED_SENTENCE.finditer(text)}
     for m in _BOUNDARY.finditer(text):
         if m.group(0)[0] in ".!?":
             lo = max(0, m.start() - 24)

@@ -6,7 +6,6 @@ module is registered once, so each session fixture is built once however many mo
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -54,7 +53,9 @@ PROMPT_KEYS = ("sections", "context", "include_prior_report", "include_prior_ima
 
 def adapter_settings(adapter: Path) -> dict:
     """The prompt and pixel-budget keys an adapter was trained with (from its ``mllm_cxr_config.json``)."""
-    saved = json.loads((Path(adapter) / "mllm_cxr_config.json").read_text())
+    from mllm_cxr.run_config import RUN_CONFIG_NAME, read_run_config
+
+    saved = read_run_config(Path(adapter) / RUN_CONFIG_NAME)
     out = {k: saved["PromptConfig"][k] for k in PROMPT_KEYS if k in saved["PromptConfig"]}
     out.update({k: saved["ModelArguments"][k] for k in ("min_pixels", "max_pixels") if saved["ModelArguments"].get(k)})
     return out

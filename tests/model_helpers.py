@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -34,10 +33,10 @@ def make_random_adapter(base: Path, out: Path, *, rank: int = 8, on_vision: bool
                 p.mul_(0.5)
     peft_model.save_pretrained(str(out))
     if run_config:
-        (out / "mllm_cxr_config.json").write_text(json.dumps({
-            "PromptConfig": RUN_PROMPT,
-            "ModelArguments": {"model_name_or_path": str(base), **RUN_PIXELS},
-        }))
+        from mllm_cxr.prompts import PromptConfig
+        from mllm_cxr.run_config import write_run_config
+
+        write_run_config(out, [PromptConfig(**RUN_PROMPT), ModelArguments(model_name_or_path=str(base), **RUN_PIXELS)])
     return out
 
 

@@ -219,3 +219,22 @@ def test_eval_reads_a_json_list_like_score(tmp_path):
                              {"study_id": 2, "prediction": "z", "reference": ""}]))
     got = predictions_to_evaluate(p)
     assert got.ids == ["1"] and got.skipped_rows == {"empty_reference": 1} and got.records[0]["prediction"] == "x"
+
+
+def test_one_side_file_reader_strict_for_readers_lenient_for_the_writer(files, tmp_path):
+    """<pred>.meta.json is read by reward.evaluate.read_meta: `score` (and the report) name a corrupt one; the
+    resuming writer treats it as absent and replaces it."""
+    from mllm_cxr.infer.generate import check_resume
+    from reward.evaluate import meta_path, read_meta
+
+    pred, ref = files
+    assert read_meta(pred) == {}
+    meta_path(pred).write_text('{"prompt": {"prompt": {"sections": ["impression"]}}}')
+    s, _ = score_files(pred, ref, [{"name": "_test_exact"}], progress=False)
+    assert s["ref_field"] == "impression"
+    meta_path(pred).write_text("{cut")
+    with pytest.raises(RewardError, match=r"pred.jsonl.meta.json.*not valid JSON"):
+        score_files(pred, ref, [{"name": "_test_exact"}], progress=False)
+    assert read_meta(pred, strict=False) == {}
+    check_resume(pred, {"model": "m"})
+    assert read_meta(pred) == {"model": "m"}

@@ -195,3 +195,26 @@ def test_openai_backend_retries_busy_servers_with_the_shared_session(tiny_model_
     assert {k: v for k, v in cols.items() if k not in ("study_id", "reference", "labels")} == \
         {k: v for k, v in ctx.items() if k != "labels"}
     assert json.loads(cols["labels"] or "null") == ctx["labels"]
+
+
+def test_one_loader_and_one_study_to_tensors_path(generator, tiny_model_dir, adapter_dir, phantom_dir):
+    """load_for_inference: adapter on, frozen, eval mode, left padding, the pixel budget in the processor;
+    study_inputs = chat_inputs over study_conversation, with one image placeholder run per image."""
+    import torch
+
+    from data_prep.schema import read_records
+    from mllm_cxr.infer.loader import chat_inputs, load_for_inference, study_conversation, study_inputs
+    from mllm_cxr.modeling import pixel_budget
+
+    model, proc = load_for_inference(tiny_model_dir, adapter_dir, dtype="float32", device="cpu", **RUN_PIXELS)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    assert proc.tokenizer.padding_side == "left" and pixel_budget(proc) == RUN_PIXELS
+    studies = [s for s in read_records(phantom_dir / "studies.jsonl", split="test") if s.images][:2]
+    cfg = generator.cfg
+    inputs = study_inputs(proc, studies, cfg, phantom_dir)
+    same = chat_inputs(proc, [study_conversation(s, cfg, phantom_dir) for s in studies])
+    assert torch.equal(inputs["input_ids"], same["input_ids"]) and torch.equal(inputs["pixel_values"], same["pixel_values"])
+    merge = proc.image_processor.merge_size ** 2
+    assert int((inputs["input_ids"] == proc.image_token_id).sum()) == int(inputs["image_grid_thw"].prod(-1).sum()) // merge
+    assert bool(inputs["attention_mask"][:, -1].all())  # left-padded: every prompt ends at the last position

@@ -310,6 +310,11 @@ def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
         "Discussed with Dr. J. R. Smith at 10 am.", "ETT 4.5 cm above the carina."]
     assert text.sentences("Stable a. Unchanged B. Zone A. New effusion.") == [
         "Stable a.", "Unchanged B.", "Zone A.", "New effusion."]
+    # a period glued to the next sentence ends it for the splitter as for the labeler's normalize
+    glued = "No acute process.Enlarged heart. Heart size 4.5 cm."
+    assert text.sentences(glued) == ["No acute process.", "Enlarged heart.", "Heart size 4.5 cm."]
+    n = chexpert.normalize(glued)
+    assert [n[a:b] for a, b in text.split_sentences(n)] == [s.lower() for s in text.sentences(glued)]
     t = chexpert.normalize("Atelectasis vs. pneumonia in the left base. No effusion.\n2. Stable heart size?")
     ctx = chexpert._Context(t, chexpert._compiled(str(chexpert.RULES_PATH)), {}, [])
     spans = text.split_sentences(t)

@@ -300,8 +300,10 @@ def workspace(tmp_path_factory, tiny_model) -> dict:
 # ------------------------------------------------------------------------------------------------
 def _env() -> dict[str, str]:
     pp = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""), TOKENIZERS_PARALLELISM="false",
-                HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # as `make` sets it: vLLM on CPU otherwise reserves more
+    return env
 
 
 def argv_for(case: Case, w: dict) -> list[str]:

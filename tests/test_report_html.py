@@ -15,11 +15,10 @@ from mllm_cxr.report_html import (
     build_report,
     label_highlights,
     label_view,
-    normalized_with_offsets,
     prior_highlights,
     render_marked,
 )
-from reward.chexpert import ChexpertRulesLabeler, normalize
+from reward.chexpert import ChexpertRulesLabeler, normalize, normalize_with_offsets
 
 FAST = "chexpert,prior,rouge_l,length"
 LONG = " Additional sentence about the heart and lungs, repeated for length." * 6
@@ -96,7 +95,7 @@ def test_prior_detector_spans():
 
 @pytest.mark.parametrize("text", ["  A\r\n\r\n1. Foo  bar.Baz\tİx \n2) y", "x.Y", "", "\n\n", "ΟΔΟΣ.Α b"])
 def test_normalised_offsets_rebuild_normalize(text):
-    norm, off = normalized_with_offsets(text)
+    norm, off = normalize_with_offsets(text)
     assert norm == normalize(text) and len(off) == len(norm)
     for ch, j in zip(norm, off):
         if j >= 0 and ch != " ":

@@ -240,20 +240,14 @@ def check_servable(adapters: dict[str, str], *, backend: str, max_lora_rank: int
     """What ``serve`` checks before anything starts (``--dry-run`` included): readable adapter weights and,
     for vLLM, the adapter types ``export`` refuses and a ``--max-lora-rank`` that holds every adapter."""
     from mllm_cxr.infer.export import check_vllm_compatible, inspect_adapter
-    from mllm_cxr.infer.vllm_support import VLLM_MAX_LORA_RANKS, adapter_rank
+    from mllm_cxr.vllm_support import adapter_rank, check_max_lora_rank
 
-    for name, d in adapters.items():
+    for d in adapters.values():
         keys = _adapter_keys(d)
-        if backend != "vllm":
-            continue
-        check_vllm_compatible(inspect_adapter(d, keys))
-        rank = adapter_rank(d)
-        if max_lora_rank is not None and max_lora_rank < rank:
-            raise ConfigError(f"--max-lora-rank {max_lora_rank} is below the rank {rank} of adapter {name} ({d}); "
-                              "leave it out (the adapters' rank is used) or raise it")
-    if backend == "vllm" and max_lora_rank is not None and max_lora_rank not in VLLM_MAX_LORA_RANKS:
-        raise ConfigError(f"--max-lora-rank {max_lora_rank}: vLLM accepts "
-                          f"{', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
+        if backend == "vllm":
+            check_vllm_compatible(inspect_adapter(d, keys))
+    if backend == "vllm":
+        check_max_lora_rank(max_lora_rank, {f"{name} ({d})": adapter_rank(d) for name, d in adapters.items()})
 
 
 def _check_port(host: str, port: int) -> None:
@@ -269,9 +263,9 @@ def _check_port(host: str, port: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from mllm_cxr.infer.serve import ChatServer, run_vllm
-    from mllm_cxr.infer.vllm_support import build_vllm_command
     from mllm_cxr.modeling import check_model_ref
     from mllm_cxr.run_config import resolve_prompt
+    from mllm_cxr.vllm_support import build_vllm_command
 
     check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)

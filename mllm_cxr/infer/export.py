@@ -54,7 +54,8 @@ from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
 from mllm_cxr.infer.generate import GenerationSettings, HFGenerator, VLLMGenerator
 from mllm_cxr.infer.loader import inference_processor, load_for_inference, study_inputs
-from mllm_cxr.infer.vllm_support import (
+from mllm_cxr.run_config import copy_run_config, resolve_prompt
+from mllm_cxr.vllm_support import (
     VLLM_LORA_MODULES,
     VLLM_MAX_LORA_RANKS,
     adapter_rank,
@@ -62,10 +63,9 @@ from mllm_cxr.infer.vllm_support import (
     command_line,
     import_vllm,
     read_adapter_config,
+    vllm_config_problems,
     vllm_max_lora_rank,
 )
-from mllm_cxr.modeling import resolve_dtype
-from mllm_cxr.run_config import copy_run_config, resolve_prompt
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +122,7 @@ def inspect_adapter(adapter_dir: str | Path, tensors: dict[str, Any] | None = No
     tensors = read_adapter_weights(adapter_dir) if tensors is None else tensors
     rep = AdapterReport(path=str(adapter_dir), rank=adapter_rank(adapter_dir),
                         alpha=float(cfg.get("lora_alpha") or 0), n_tensors=len(tensors))
-    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        rep.config_problems.append(f"peft_type {cfg.get('peft_type')!r} (vLLM loads LoRA adapters only)")
-    if cfg.get("modules_to_save"):
-        rep.config_problems.append(f"modules_to_save {cfg['modules_to_save']!r} (vLLM refuses them)")
-    if cfg.get("use_dora"):
-        rep.config_problems.append("use_dora true (vLLM does not support DoRA)")
-    if cfg.get("lora_bias"):
-        rep.config_problems.append("lora_bias true (LoRA with bias terms)")
-    if str(cfg.get("bias", "none")) != "none":
-        rep.config_problems.append(f"bias {cfg.get('bias')!r} (trained bias terms are not LoRA weights)")
-    for k in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(k):
-            rep.config_problems.append(f"{k} {cfg[k]!r} (vLLM scales every module by lora_alpha / r)")
+    rep.config_problems.extend(vllm_config_problems(cfg))
     seen: dict[str, set[str]] = {"language": set(), "vision": set(), "other": set(), "full": set()}
     for key in tensors:
         module, part = _module_of(key)
@@ -209,8 +197,9 @@ def write_adapter(rep: AdapterReport, tensors: dict[str, Any], out: Path, base: 
 # ------------------------------------------------------------------------------------------------
 # Loading, generating, verifying
 # ------------------------------------------------------------------------------------------------
-def _outputs(model, processor, prompt, studies, data_root, max_new_tokens: int) -> tuple[list[str], Any]:
-    """Greedy reports and next-token logits (float32, CPU) for ``studies``."""
+def _outputs(model, processor, prompt, studies, data_root, max_new_tokens: int) -> tuple[list[str], Any, Any]:
+    """Greedy reports, next-token logits (float32, CPU) for ``studies`` and the dtype the model ran in (with
+    ``dtype: auto``, the checkpoint's)."""
     import torch
 
     gen = HFGenerator(model, processor, prompt.prompt, data_root, GenerationSettings(max_new_tokens=max_new_tokens))
@@ -218,7 +207,7 @@ def _outputs(model, processor, prompt, studies, data_root, max_new_tokens: int) 
     inputs = study_inputs(processor, studies, prompt.prompt, data_root, model.device)
     with torch.no_grad():
         logits = model(**inputs).logits[:, -1, :].float().cpu()
-    return texts, logits
+    return texts, logits, model.dtype
 
 
 @dataclass
@@ -242,7 +231,7 @@ class Verification:
 
 
 def _compare(kind: str, before, after, atol: float, require_identical: bool) -> Verification:
-    (t0, l0), (t1, l1) = before, after
+    (t0, l0, _), (t1, l1, _) = before, after
     same = sum(a == b for a, b in zip(t0, t1))
     diff = float((l0 - l1).abs().max()) if l0.numel() else 0.0
     ok = diff <= atol and (same == len(t0) or not require_identical)
@@ -393,7 +382,7 @@ def _verify(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new
         # bfloat16/float16 (half precision keeps 8-11 mantissa bits)
         scale = max(1.0, float(before[1].abs().max()))
         atol = merge_atol if merge_atol is not None else \
-            (1e-4 if resolve_dtype(dtype) == torch.float32 else 0.05) * scale
+            (1e-4 if before[2] == torch.float32 else 0.05) * scale
         return _compare("merged checkpoint", before, after, atol, require_identical=False)
     return _compare("adapter via PEFT", before, after, merge_atol if merge_atol is not None else 1e-5,
                     require_identical=True)
@@ -411,7 +400,7 @@ def _verify_vllm(base, dst: Path, merged: bool, studies, root, prompt, dtype, ma
     texts = [t[0] for t in gen.generate(studies)]
     del gen
     same = sum(a == b for a, b in zip(before[0], texts))
-    half = resolve_dtype(dtype) in (torch.bfloat16, torch.float16)
+    half = before[2] in (torch.bfloat16, torch.float16)  # the dtype the in-memory model ran in
     ok = same == len(texts) or (half and same * 4 >= 3 * len(texts))
     ex = [{"before_len": str(len(a)), "after_len": str(len(b))} for a, b in zip(before[0], texts) if a != b][:3]
     return Verification("vLLM greedy vs in-memory model", len(texts), same, 0.0, 0.0, ok, ex, logits=False)
@@ -434,10 +423,13 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
                      verification: Verification | None, warnings: list[str], name: str,
                      shown: Path | None = None, vllm_verification: Verification | None = None) -> Path:
     """``README.md``: what the export is, how to serve and load it, and the evaluation table."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     where = shown or out  # the path users will see (the export is written in a temporary folder first)
-    lines = ["---", f"base_model: {base}", "library_name: " + ("transformers" if merged else "peft"),
-             "pipeline_tag: image-text-to-text", "tags:", "- radiology", "- chest-x-ray", "- report-generation",
-             "- mllm-cxr", "---", "", f"# {name}", ""]
+    data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
+                         pipeline_tag="image-text-to-text",
+                         tags=["radiology", "chest-x-ray", "report-generation", "mllm-cxr"])
+    lines = ["---", data.to_yaml(), "---", "", f"# {name}", ""]
     what = "a merged checkpoint" if merged else "a LoRA adapter"
     lines += [f"Chest X-ray report generation: {what} for `{base}`, exported by `mllm-cxr export` from "
               f"`{adapter}` ({report.summary()}).", "",
@@ -486,5 +478,5 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
     else:
         lines += ["Not evaluated at export time (pass `--metrics DIR/metrics.json` from `mllm-cxr eval`).", ""]
     path = out / "README.md"
-    path.write_text("\n".join(lines))
+    ModelCard("\n".join(lines)).save(path)
     return path

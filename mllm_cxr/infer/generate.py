@@ -38,11 +38,17 @@ from cxr_io import make_parent, write_text_atomic
 from data_prep.schema import StudyRecord
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import study_columns
-from mllm_cxr.infer.loader import chat_text, inference_processor, load_for_inference, study_inputs
-from mllm_cxr.infer.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
-from mllm_cxr.prompts import PromptConfig, build_messages, load_images, target_text, to_openai_messages
+from mllm_cxr.infer.loader import (
+    chat_text,
+    inference_processor,
+    load_for_inference,
+    study_conversation,
+    study_inputs,
+)
+from mllm_cxr.prompts import PromptConfig, build_messages, target_text, to_openai_messages
 from mllm_cxr.run_config import PromptSettings
-from reward.evaluate import meta_path
+from mllm_cxr.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
+from reward.evaluate import meta_path, read_meta
 from reward.http import RETRY_STATUSES, retrying_session
 
 log = logging.getLogger(__name__)
@@ -214,9 +220,8 @@ class VLLMGenerator:
     def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
         inputs = []
         for s in studies:
-            messages, refs = build_messages(s, self.cfg)
-            inputs.append({"prompt": chat_text(self.processor, messages),
-                           "multi_modal_data": {"image": load_images(refs, self.data_root)}})
+            messages, images = study_conversation(s, self.cfg, self.data_root)
+            inputs.append({"prompt": chat_text(self.processor, messages), "multi_modal_data": {"image": images}})
         outs = self.llm.generate(inputs, self.sampling, lora_request=self.lora, use_tqdm=False)
         return [[c.text.strip() for c in o.outputs] for o in outs]
 
@@ -229,8 +234,9 @@ class OpenAIGenerator:
         served_model: the model name to ask for (for ``vllm serve --lora-modules NAME=DIR``: NAME);
             ``None`` takes the server's only model (an error when it lists several).
         max_concurrency: requests in flight at once (the server batches them).
-        retries / backoff: extra tries after a connection error, HTTP 429 or 5xx, waiting ``backoff``
-            seconds, then twice that...
+        retries / backoff: extra tries after a connection error, HTTP 429 or 5xx
+            (:func:`reward.http.retrying_session`: at once, then after ``2 * backoff``, ``4 * backoff``...,
+            or what the server's ``Retry-After`` says).
         api_key: bearer token; default the ``OPENAI_API_KEY`` environment variable, if set.
 
     The pixel budget is sent as ``mm_processor_kwargs`` (vLLM's extra request field) when known.
@@ -278,9 +284,8 @@ class OpenAIGenerator:
 
     def request_body(self, study: StudyRecord) -> dict[str, Any]:
         """The JSON body sent for one study (the same messages as the HF backend, images inlined)."""
-        messages, refs = build_messages(study, self.cfg)
-        body: dict[str, Any] = {"model": self.served_model,
-                                "messages": to_openai_messages(messages, load_images(refs, self.data_root))}
+        messages, images = study_conversation(study, self.cfg, self.data_root)
+        body: dict[str, Any] = {"model": self.served_model, "messages": to_openai_messages(messages, images)}
         body.update(self.settings.openai_kwargs())
         mm = {k: v for k, v in (("min_pixels", self.prompt.min_pixels), ("max_pixels", self.prompt.max_pixels)) if v}
         if mm:
@@ -327,10 +332,7 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
             if p.exists():
                 p.unlink()
     elif mp.exists() and (out.exists() or part_path(out).exists()):
-        try:
-            old = json.loads(mp.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
+        old = read_meta(out, strict=False)  # unreadable: nothing to compare with; it is rewritten below
         diffs = [_diff(old[k], meta.get(k), f"{k}.") for k in _RESUME_KEYS if k in old and old[k] != meta.get(k)]
         if diffs:
             raise GenerationError(f"{out} was generated with other settings ({'; '.join(diffs)}): use another "

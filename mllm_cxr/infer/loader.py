@@ -3,7 +3,8 @@
 * :func:`load_for_inference`: base model + optional LoRA adapter + processor with the pixel budget,
   in eval mode, placed on the device (one loader instead of one per command);
 * :func:`chat_inputs`: conversations (messages + their images) -> chat template -> processor tensors;
-  :func:`study_inputs` does it for study records with the prompt of :mod:`mllm_cxr.prompts`.
+  :func:`study_conversation` / :func:`study_inputs` do it for study records with the prompt of
+  :mod:`mllm_cxr.prompts`.
 """
 
 from __future__ import annotations
@@ -79,10 +80,13 @@ def chat_inputs(processor, conversations: Sequence[tuple[list[dict[str, Any]], l
     return inputs.to(device) if device is not None else inputs
 
 
+def study_conversation(study: Any, cfg: PromptConfig, data_root: str | Path) -> tuple[list[dict[str, Any]], list]:
+    """``(messages, images)`` of one study record: the prompt of :func:`mllm_cxr.prompts.build_messages` and
+    its images loaded from ``data_root`` (what every backend sends)."""
+    messages, refs = build_messages(study, cfg)
+    return messages, load_images(refs, data_root)
+
+
 def study_inputs(processor, studies: Sequence[Any], cfg: PromptConfig, data_root: str | Path, device=None):
-    """:func:`chat_inputs` for study records: the prompt of :func:`mllm_cxr.prompts.build_messages`."""
-    conversations = []
-    for s in studies:
-        messages, refs = build_messages(s, cfg)
-        conversations.append((messages, load_images(refs, data_root)))
-    return chat_inputs(processor, conversations, device)
+    """:func:`chat_inputs` for study records (:func:`study_conversation`)."""
+    return chat_inputs(processor, [study_conversation(s, cfg, data_root) for s in studies], device)

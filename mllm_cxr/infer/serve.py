@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mllm_cxr.infer.vllm_support import VLLM_MISSING, command_line
+from mllm_cxr.vllm_support import VLLM_MISSING, command_line
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ class ChatServer:
             raise RequestError("mm_processor_kwargs may hold min_pixels and max_pixels only")
         proc_kw: dict[str, Any] = {}
         if mm and images:  # the pixel budget lives in the image processor's ``size`` (transformers 5)
-            size = dict(getattr(self.processor.image_processor, "size", None) or {})
-            size.update({k: int(mm[m]) for k, m in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels"))
-                         if mm.get(m)})
-            proc_kw["size"] = size
+            from mllm_cxr.modeling import size_with_budget
+
+            proc_kw["size"] = size_with_budget(self.processor.image_processor, min_pixels=mm.get("min_pixels") or None,
+                                               max_pixels=mm.get("max_pixels") or None)
         from mllm_cxr.infer.loader import chat_inputs
 
         with self._lock:

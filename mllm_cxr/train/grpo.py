@@ -65,6 +65,9 @@ from typing import Any
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from mllm_cxr.modeling import pixel_budget
+from mllm_cxr.vllm_support import VLLM_SUPPORTED
+
 log = logging.getLogger(__name__)
 
 
@@ -279,8 +282,8 @@ def check_rollout_prompts(vllm_ids: Sequence[Sequence[int]], trainer_ids: Sequen
             f"vLLM ({mode} mode) sampled rollout {i} for a different prompt than the trainer trains on: vLLM saw "
             f"{len(v)} prompt tokens ({n_img(v)} image tokens), the trainer has {len(t)} ({n_img(t)} image tokens). "
             f"Training on these completions would be training on rollouts of another prompt (huggingface/trl#6294). "
-            f"Running {stack_versions()}; mllm-cxr's vLLM rollout fix is tested with trl{TESTED_TRL} and vllm "
-            f"0.22-0.31. Check the versions (`make vllm-env`), or set use_vllm: false.")
+            f"Running {stack_versions()}; mllm-cxr's vLLM rollout fix is tested with trl{TESTED_TRL} and "
+            f"vllm{VLLM_SUPPORTED}. Check the versions (`make vllm-env`), or set use_vllm: false.")
 
 
 def checked_place_features(place, features, prompt_ids):
@@ -362,15 +365,6 @@ def keep_cpu_linear_weights():
             mod.dispatch_cpu_unquantized_gemm = original
 
 
-def processor_pixel_budget(processing_class) -> dict[str, int]:
-    """``{"min_pixels", "max_pixels"}`` of a Qwen2/2.5-VL processor's image processor (empty when unknown)."""
-    ip = getattr(processing_class, "image_processor", None)
-    size = dict(getattr(ip, "size", None) or {})
-    out = {"min_pixels": size.get("shortest_edge", getattr(ip, "min_pixels", None)),
-           "max_pixels": size.get("longest_edge", getattr(ip, "max_pixels", None))}
-    return {k: int(v) for k, v in out.items() if v}
-
-
 @contextlib.contextmanager
 def colocated_llm_kwargs(**extra):
     """Add keyword arguments to the ``LLM(...)`` TRL builds for colocate mode (its own call sets no pixel budget)."""
@@ -421,7 +415,7 @@ class ClinicalGRPOTrainer(GRPOTrainer):
             if colocate:
                 # vLLM's processor must cut the images to the trainer's pixel budget, or the image token
                 # counts differ (the prompt guard would stop the first rollout)
-                budget = processor_pixel_budget(kwargs.get("processing_class"))
+                budget = pixel_budget(kwargs.get("processing_class"))
                 if budget:
                     stack.enter_context(colocated_llm_kwargs(mm_processor_kwargs=budget))
                 if vllm_on_cpu():

