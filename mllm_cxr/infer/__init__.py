@@ -1,3 +1,3 @@
 """Inference: one loader for model + adapter + processor (``loader``), report generation with the HF, vLLM
-and OpenAI backends (``generate``), vLLM-ready export (``export``), serving (``serve``) and the vLLM facts
-they share (``vllm_support``, a leaf)."""
+and OpenAI backends (``generate``), vLLM-ready export (``export``) and serving (``serve``). What vLLM accepts
+lives in :mod:`mllm_cxr.vllm_support`, shared with GRPO's vLLM rollouts."""
