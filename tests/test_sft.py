@@ -211,3 +211,78 @@ def test_model_arguments_are_trl_model_config_with_our_defaults():
     q = quantization_config(ModelArguments(model_name_or_path="x", load_in_4bit=True, dtype="auto"))
     assert q.load_in_4bit and q.bnb_4bit_use_double_quant and q.llm_int8_skip_modules == [r".*visual", "lm_head"]
     assert q.bnb_4bit_compute_dtype == resolve_dtype("hardware")
+
+
+def test_recipe_runtime_order_files_card_and_log_level(tmp_path, phantom_dir, tiny_model_dir):
+    """run_training around a recording trainer: datasets before the model, the run's record (train_results
+    with train_samples, None metrics dropped), the processor, a card whose front matter names the base and
+    peft, then trainer.end() last; loggers at the rank's get_process_log_level()."""
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from trl import SFTConfig
+
+    from mllm_cxr.config import DataArguments
+    from mllm_cxr.modeling import ModelArguments
+    from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.recipe import run_training
+
+    calls: list[str] = []
+
+    class Recorder:
+        def __init__(self, args):
+            self.args, self.model = args, torch.nn.Linear(2, 2)
+
+        def train(self, resume_from_checkpoint=None):
+            calls.append("train")
+            return SimpleNamespace(metrics={"train_loss": 0.5, "grad_norm": None}, global_step=3)
+
+        def save_model(self, d):
+            calls.append("save_model")
+
+        def log_metrics(self, split, metrics):
+            calls.append("log_metrics")
+
+        def save_metrics(self, split, metrics):
+            calls.append("save_metrics")
+            (Path(self.args.output_dir) / "train_results.json").write_text(json.dumps(metrics))
+
+        def save_state(self):
+            calls.append("save_state")
+
+        def is_world_process_zero(self):
+            return True
+
+        def create_model_card(self, **kw):
+            (Path(self.args.output_dir) / "README.md").write_text("---\nlicense: other\n---\n# card\n")
+
+        def end(self):
+            calls.append("end")
+
+    def datasets(*configs):
+        calls.append("datasets")
+        return {"train": [1, 2, 3], "eval": None}
+
+    def trainer(configs, data, model_args):
+        calls.append("trainer")
+        return Recorder(configs[-1]), SimpleNamespace(save_pretrained=lambda d: calls.append("processor"))
+
+    out = tmp_path / "run"
+    argv = ["--config", str(TINY_CFG), "--studies", str(phantom_dir / "studies.jsonl"), "--model_name_or_path",
+            str(tiny_model_dir), "--output_dir", str(out), "--log_level", "error"]
+    try:
+        metrics = run_training((DataArguments, ModelArguments, PromptConfig, SFTConfig), argv, datasets=datasets,
+                               trainer=trainer, stage="sft")
+        assert logging.getLogger("mllm_cxr").level == logging.ERROR
+    finally:
+        logging.getLogger("mllm_cxr").setLevel(logging.NOTSET)
+    assert calls == ["datasets", "trainer", "train", "save_model", "log_metrics", "save_metrics", "save_state",
+                     "processor", "end"]
+    assert metrics == {"train_loss": 0.5, "train_samples": 3}
+    assert json.loads((out / "train_results.json").read_text()) == metrics
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md").data
+    assert card.base_model == str(tiny_model_dir) and card.library_name == "peft"
+    assert (out / "config.yaml").is_file() and (out / "mllm_cxr_config.json").is_file()
