@@ -394,8 +394,7 @@ def read_pred_file(path: Path) -> PredFile:
 
     p = predictions_to_evaluate(path)  # validates rows: file, line, field named on error
     rows = {sid: rec for sid, rec in zip(p.ids, p.records)}
-    meta = read_meta(path)
-    return PredFile(Path(path), rows, list(p.ids), meta if isinstance(meta, dict) else {})
+    return PredFile(Path(path), rows, list(p.ids), read_meta(path))
 
 
 def _source_of(pf: PredFile, key: str) -> str | None:

@@ -41,7 +41,7 @@ from reward.base import (
     eval_group,
     get_scorer,
 )
-from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, read_meta, read_predictions, read_rows, row_study_id
+from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, index_by_study, read_meta, read_predictions, read_rows
 
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
 #: Fields of the records that are not passed to the scorers as context.
@@ -134,12 +134,7 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
         field = sections  # study records as references: score the sections the predictions were written for
     else:
         field = choose_ref_field(ref, ref_rows, ref_field)
-    refs: dict[str, tuple[int, dict]] = {}
-    for no, rec in ref_rows:
-        sid = row_study_id(ref, no, rec)
-        if sid in refs:
-            raise RewardError(f"study repeats line {refs[sid][0]}", file=ref, line=no, field="study_id", value=sid)
-        refs[sid] = (no, rec)
+    refs = index_by_study(ref, ref_rows)
     skipped = {"prediction_without_reference": 0, "missing_prediction_field": 0, "missing_reference_field": 0}
     ids, hyps, texts, ctx_rows = [], [], [], []
     for row in pred_rows:

@@ -160,18 +160,23 @@ class PredictionRow:
     record: dict[str, Any]
 
 
+def index_by_study(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict[str, tuple[int, dict]]:
+    """``study_id -> (line, record)`` in file order; a missing or repeated study id is an error naming the
+    file, the line and the value."""
+    out: dict[str, tuple[int, dict]] = {}
+    for no, rec in rows:
+        sid = row_study_id(path, no, rec)
+        if sid in out:
+            raise RewardError(f"study repeats line {out[sid][0]}", file=path, line=no, field="study_id", value=sid)
+        out[sid] = (no, rec)
+    return out
+
+
 def read_predictions(path: str | os.PathLike, *, pred_field: str = "auto") -> list[PredictionRow]:
     """The records of a predictions file (JSONL, or a JSON list), checked: a study id on each, none repeated,
     predictions that are strings. Errors are :class:`RewardError` naming the file, line, field and value."""
-    seen: dict[str, int] = {}
-    out = []
-    for no, rec in read_rows(path, "predictions"):
-        sid = row_study_id(path, no, rec)
-        if sid in seen:
-            raise RewardError(f"study repeats line {seen[sid]}", file=path, line=no, field="study_id", value=sid)
-        seen[sid] = no
-        out.append(PredictionRow(no, sid, prediction_text(path, no, rec, pred_field), rec))
-    return out
+    return [PredictionRow(no, sid, prediction_text(path, no, rec, pred_field), rec)
+            for sid, (no, rec) in index_by_study(path, read_rows(path, "predictions")).items()]
 
 
 @dataclass
