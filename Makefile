@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 # CUDA-build pair that works with torchvision on CPU; elsewhere let pip resolve torch normally.
 TORCH_PIN := $(shell ls /opt/wheels/torch-2.14.1-* >/dev/null 2>&1 && echo "torch==2.14.1 torchvision==0.29.1")
 
-.PHONY: install test test-fast test-vllm vllm-env lint demo tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
+.PHONY: install test test-fast test-vllm vllm-env lint demo demo-base tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,19 +45,22 @@ $(RUNS)/tiny-model/config.json:
 $(RUNS)/phantom/studies.jsonl:
 	$(BIN)/mllm-cxr prepare phantom --n 800 --seed 1 --out $(RUNS)/phantom/studies.jsonl
 
+# The demo's pretrained base (a stand-in for downloading Qwen2.5-VL: vision and language pretrained on a
+# phantom corpus disjoint from the demo's studies; built once, about 3-5 minutes on 2 CPU cores).
+$(RUNS)/demo-base/config.json:
+	$(BIN)/python -m mllm_cxr.pretrain $(RUNS)/demo-base
+
 tiny: $(RUNS)/tiny-model/config.json
 phantom: $(RUNS)/phantom/studies.jsonl
+demo-base: $(RUNS)/demo-base/config.json
 
 # Extra arguments: DEMO_ARGS for the demo (e.g. "--max-steps 2 --limit 8"), TRAIN_ARGS for every recipe run
 # below (e.g. "--max_steps 2"); the README test uses them as step limits.
 DEMO_ARGS ?=
 TRAIN_ARGS ?=
 
-demo: tiny phantom
+demo: demo-base phantom
 	$(BIN)/python -m mllm_cxr.demo --runs $(RUNS) $(DEMO_ARGS)
-
-sft: tiny phantom
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml $(TRAIN_ARGS)
 
 bench:
 	$(BIN)/python bench/run_all.py
@@ -89,17 +92,17 @@ install-metrics:
 	$(BIN)/python -m pip install -q -e ".[metrics]"
 	$(BIN)/python -m pip install -q --no-deps "radeval==2.2.1"
 
-# Generate -> evaluate -> export -> serve. Defaults: the demo's tiny run; for a real one, e.g.
+# Generate -> evaluate -> export -> serve. Defaults: the demo's SFT run; for a real one, e.g.
 #   make eval export serve BASE=Qwen/Qwen2.5-VL-3B-Instruct ADAPTER=runs/grpo STUDIES=data/mimic/studies.jsonl
-BASE ?= $(RUNS)/tiny-model
-ADAPTER ?= $(RUNS)/tiny-sft
+BASE ?= $(RUNS)/demo-base
+ADAPTER ?= $(RUNS)/demo-sft
 STUDIES ?= $(RUNS)/phantom/studies.jsonl
 PRED ?= $(RUNS)/pred.jsonl
 EVAL_DIR ?= $(RUNS)/eval
 EXPORT_DIR ?= $(RUNS)/export
 GENERATE_ARGS ?=
-# The tiny demo adapters train the projector (modules_to_save), which vLLM cannot load: merge those.
-EXPORT_ARGS ?= $(if $(filter $(RUNS)/tiny-%,$(ADAPTER)),--merge)
+# The demo adapters train the projector (modules_to_save), which vLLM cannot load: merge those.
+EXPORT_ARGS ?= $(if $(filter $(RUNS)/demo-%,$(ADAPTER)),--merge)
 SERVE_ARGS ?=
 
 eval:
@@ -115,25 +118,31 @@ serve:
 	$(BIN)/mllm-cxr serve $(if $(wildcard $(EXPORT_DIR)/adapter_config.json),--model $(BASE) \
 		--adapter cxr=$(EXPORT_DIR),--model $(EXPORT_DIR)) $(SERVE_ARGS)
 
-# Alignment on the demo's tiny run (CPU): prior-suppression DPO and GRPO from the tiny SFT adapter.
-# `make grpo` prints the reward curve; `make grpo GRPO_CFG=recipes/configs/tiny/editgrpo.yaml` runs EditGRPO.
-GRPO_CFG ?= recipes/configs/tiny/grpo.yaml
-TINY_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --adapter_path $(RUNS)/tiny-sft
+# The demo's stages one by one (CPU): SFT, prior-suppression DPO and GRPO from the demo SFT adapter. Each target
+# is a rebuild: it replaces its own earlier output (the recipes themselves refuse to overwrite a finished run).
+# `make grpo` prints the reward curve and where the held-out learning curve (curves.png) is;
+# `make grpo GRPO_CFG=recipes/configs/demo/editgrpo.yaml` runs EditGRPO.
+GRPO_CFG ?= recipes/configs/demo/grpo.yaml
+DEMO_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/demo-base --overwrite_output_dir true
 
-$(RUNS)/tiny-sft/adapter_config.json: $(RUNS)/tiny-model/config.json $(RUNS)/phantom/studies.jsonl
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml \
-		--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --output_dir $(RUNS)/tiny-sft \
-		$(TRAIN_ARGS)
+sft: demo-base phantom
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/demo/sft.yaml \
+		$(DEMO_RUN_ARGS) --output_dir $(RUNS)/demo-sft $(TRAIN_ARGS)
+
+$(RUNS)/demo-sft/adapter_config.json: $(RUNS)/demo-base/config.json $(RUNS)/phantom/studies.jsonl
+	$(MAKE) sft
 
 $(RUNS)/pairs/prior.jsonl: $(RUNS)/phantom/studies.jsonl
-	$(BIN)/mllm-cxr pairs prior --studies $< --sections impression --out $@
+	$(BIN)/mllm-cxr pairs prior --studies $< --sections findings --out $@
 
-dpo: $(RUNS)/tiny-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/tiny/dpo.yaml \
-		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo $(TRAIN_ARGS)
+dpo: $(RUNS)/demo-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
+	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/demo/dpo.yaml \
+		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/demo-dpo \
+		$(TRAIN_ARGS)
 
 # With vLLM rollouts (CPU or GPU): make grpo VENV=.venv-vllm GRPO_ARGS="--use_vllm true --vllm_mode colocate"
 GRPO_ARGS ?=
-grpo: $(RUNS)/tiny-sft/adapter_config.json
+grpo: $(RUNS)/demo-sft/adapter_config.json
 	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
-		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG))) $(TRAIN_ARGS) $(GRPO_ARGS)
+		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --output_dir $(RUNS)/demo-$(basename $(notdir $(GRPO_CFG))) \
+		$(TRAIN_ARGS) $(GRPO_ARGS)

@@ -1,9 +1,27 @@
-"""The demo: phantom data -> tiny model -> SFT -> generate on held-out studies -> before/after table.
+"""The demo: does alignment with clinical rewards make reports more accurate on studies the model has not seen?
 
     make demo            (= python -m mllm_cxr.demo --runs runs)
 
-Every stage runs the same command a user would (``accelerate launch recipes/...``); the table uses the
-phantom dataset's finding-level score (F1 over the findings drawn into the images).
+From the demo base (``make demo-base``: a small Qwen2.5-VL whose vision tower and language model were
+pretrained on a phantom corpus disjoint from these studies, :mod:`mllm_cxr.pretrain`), every stage runs
+the command a user would (``accelerate launch recipes/...``, ``mllm-cxr pairs``, ``export``) and is scored
+on every held-out *test* study of the phantom data (``generate`` greedy, plus sampled reports for the
+prior-reference rate):
+
+- ``sft``: LoRA SFT (recipes/configs/demo/sft.yaml);
+- ``control``: the SFT adapter trained further with the SFT loss for GRPO's number of optimizer steps on
+  GRPO's studies (demo/sft_continue.yaml): the control that separates "RL helps" from "more training helps";
+- ``grpo`` / ``editgrpo``: GRPO and EditGRPO with the clinical composite reward (demo/grpo.yaml, editgrpo.yaml);
+- ``dpo``: prior-exam suppression DPO (demo/dpo.yaml); ``chexalign``: DPO on reward-ranked pairs sampled
+  from the SFT model (demo/dpo_chexalign.yaml);
+- ``export``: the GRPO adapter merged, saved and reloaded.
+
+Metrics: the phantom finding F1 (micro F1 over the five findings drawn into the images, read from the
+report), CheXpert F1 (rule labeler, micro over 14 and over 5) and the prior-reference rate of sampled
+reports on studies without a prior. Each comes with a 95% bootstrap CI; each stage is compared with SFT
+(and GRPO/EditGRPO with the control) by a two-sided paired permutation test over studies
+(:func:`reward.evaluate.paired_compare`). The table is written to ``runs/demo_table.md`` and the numbers
+to ``runs/demo_results.json``; the README's table is a copy of the table of the default run.
 """
 
 from __future__ import annotations
@@ -15,143 +33,293 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "configs" / "demo"
+#: Every stage the demo knows, in the order it runs them.
+ALL_STAGES = ("sft", "control", "grpo", "editgrpo", "dpo", "chexalign", "export")
+#: What each stage is called in the table.
+LABELS = {"base": "base (untrained)", "sft": "SFT", "control": "SFT continued (control)",
+          "grpo": "+GRPO (clinical reward)", "editgrpo": "+EditGRPO (clinical reward)",
+          "dpo": "+DPO (prior suppression)", "chexalign": "+DPO (reward-ranked pairs)",
+          "export": "GRPO exported (merged, reloaded)"}
+#: Bootstrap resamples and permutation swaps for every CI and p-value of the demo.
+N_BOOT = 1000
+#: The prompt of the demo's adapters (for the untrained base, which has no adapter to read it from).
+BASE_PROMPT = ["--sections", "findings", "--context", "none", "--max-images", "1",
+               "--min-pixels", "3136", "--max-pixels", "12544"]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, TOKENIZERS_PARALLELISM="false")
 
 
 def _run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    subprocess.run(cmd, check=True, env=_env())
 
 
-#: Extra recipe flags for every training stage (``--max-steps N`` sets ``--max_steps N``).
-_RECIPE_EXTRA: list[str] = []
-
-
-def _launch(recipe: str, config: str, *extra: str) -> None:
+def _launch(recipe: str, config: str, extra: list[str]) -> None:
     accel = str(Path(sys.executable).parent / "accelerate")
     _run([accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-          str(REPO / "recipes" / recipe), "--config", config, *extra, *_RECIPE_EXTRA])
+          str(REPO / "recipes" / recipe), "--config", str(CONFIGS / config), *extra])
 
 
 def _cli(*args: str) -> None:
-    _run([str(Path(sys.executable).parent / "mllm-cxr"), *args])
+    """A ``mllm-cxr`` verb, run in this process (the same code path as the console script, without a
+    second interpreter start per call)."""
+    from mllm_cxr.cli import main as cli_main
+
+    print("$ mllm-cxr", " ".join(args), flush=True)
+    code = cli_main(list(args))
+    if code:
+        raise SystemExit(f"demo: `mllm-cxr {args[0]}` failed with exit code {code}")
 
 
-def stage_metrics(runs: Path, name: str, model: Path, adapter: Path | None, phantom: Path, limit: int) -> dict:
-    """Generate for the held-out split with `mllm-cxr generate`, score with `mllm-cxr eval` + phantom F1."""
-    from data_prep.phantom import finding_scores
-    from data_prep.schema import read_records
-    from reward.evaluate import read_predictions
+# ------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------
+def phantom_group(texts: list[str], truth: list[set[str]]):
+    """Per-study tp/fp/fn of the five phantom findings as a :class:`reward.evaluate.MetricGroup`, so the
+    phantom F1 gets the same bootstrap CIs and paired permutation tests as every eval metric."""
+    from data_prep.phantom import PHANTOM_FINDINGS, phantom_findings
+    from reward.evaluate import MetricGroup, Stat
+
+    k = len(PHANTOM_FINDINGS)
+    S = np.zeros((len(texts), 3 * k))
+    for i, (t, true) in enumerate(zip(texts, truth)):
+        pred = phantom_findings(t)
+        for j, f in enumerate(PHANTOM_FINDINGS):
+            S[i, j] = f in pred and f in true
+            S[i, k + j] = f in pred and f not in true
+            S[i, 2 * k + j] = f not in pred and f in true
+
+    def f1(cols):
+        def fn(t):
+            tp, fp, fn_ = (t[..., [o + c for c in cols]].sum(-1) for o in (0, k, 2 * k))
+            den = 2 * tp + fp + fn_
+            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+        return fn
+
+    stats = {"phantom_micro_f1": Stat("phantom finding F1 (micro)", f1(list(range(k))))}
+    for j, f in enumerate(PHANTOM_FINDINGS):
+        stats[f"phantom_f1::{f}"] = Stat(f, f1([j]), True, main=False)
+    return MetricGroup("phantom", S, stats)
+
+
+def sampled_prior_group(samples: list[list[str]], has_prior: list[bool]):
+    """Per study without a prior: how many of its sampled reports refer to a prior exam (a ratio metric)."""
+    from reward.evaluate import MetricGroup, Stat, _ratio
     from reward.prior import find_prior_references
 
-    pred, out = runs / "pred" / f"{name}.jsonl", runs / "eval" / name
-    pred.unlink(missing_ok=True)
-    gen = ["generate", "--studies", str(phantom / "studies.jsonl"), "--split", "test", "--limit", str(limit),
-           "--model", str(model), "--out", str(pred), "--max-new-tokens", "64", "--batch-size", "16"]
-    if adapter is not None:
-        gen += ["--adapter", str(adapter)]
-    else:  # the untrained model gets the tiny SFT prompt
-        gen += ["--sections", "impression", "--context", "none", "--max-images", "1",
-                "--min-pixels", "3136", "--max-pixels", "12544"]
-    _cli(*gen)
-    # greedy decoding hides what sampling (and GRPO's rollouts) still produce: 4 samples per study
-    sampled = runs / "pred" / f"{name}_sampled.jsonl"
-    sampled.unlink(missing_ok=True)
-    _cli(*[str(sampled) if a == str(pred) else a for a in gen], "--do-sample", "--num-return-sequences", "4")
-    _cli("eval", "--pred", str(pred), "--out", str(out), "--metrics", "chexpert,prior,bleu,rouge_l,length",
-         "--n-boot", "200", "--no-plots")
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    rows = read_predictions(pred)
-    truth = {r.study_id: r for r in read_records(phantom / "studies.jsonl", split="test")}
-    ph = finding_scores([r.prediction for r in rows], [truth[r.study_id] for r in rows])
-    samples = [t for r in read_predictions(sampled) if not truth[r.study_id].has_prior for t in r.record["samples"]]
-    sampled_rate = sum(bool(find_prior_references(t)) for t in samples) / max(1, len(samples))
-    pick = lambda k: metrics.get(k, {}).get("value", float("nan"))  # noqa: E731
-    return {"finding_micro_f1": ph["micro_f1"], "per_finding": ph["f1"],
-            "chexpert_micro_f1_5": pick("chexpert_micro_f1_5"), "chexpert_micro_f1_14": pick("chexpert_micro_f1_14"),
-            "prior_hallucination_rate": pick("prior_hallucination_rate"), "prior_rate_sampled": sampled_rate,
-            "bleu_4": pick("bleu_4"),
-            "rouge_l": pick("rouge_l"), "example": rows[0].prediction if rows else "", "eval_dir": str(out)}
+    S = np.array([[sum(bool(find_prior_references(t)) for t in ss), len(ss)] if not hp else [0.0, 0.0]
+                  for ss, hp in zip(samples, has_prior)], dtype=float)
+    return MetricGroup("prior_sampled", S, {"prior_rate_sampled": Stat("prior refs w/o prior (sampled)",
+                                                                        _ratio(0, 1), False)})
 
 
-def write_stage_report(results: dict[str, dict]) -> Path:
-    """`mllm-cxr report` for the last stage's eval folder (report.html); prints and returns its path."""
-    label, m = list(results.items())[-1]
-    _cli("report", "--eval", m["eval_dir"], "--title", f"mllm-cxr demo, last stage: {label}", "--quiet")
-    path = Path(m["eval_dir"]) / "report.html"
-    print(f"HTML report of the last stage ({label}): {path}", flush=True)
-    return path
+def score_stage(name: str, pred: Path, sampled: Path, truth: dict[str, Any]) -> dict[str, Any]:
+    """All metric groups of one stage (aligned to ``truth``'s study order) and their point values + CIs."""
+    from reward.evaluate import bootstrap_summary, compute_groups, predictions_to_evaluate, read_predictions
+
+    p = predictions_to_evaluate(pred)
+    order = list(truth["ids"])
+    if sorted(p.ids) != sorted(order):
+        raise SystemExit(f"demo: {pred} holds other studies than the test split")
+    idx = np.array([p.ids.index(s) for s in order])
+    groups, _ = compute_groups(p, ["chexpert", "prior"], progress=False)
+    groups = {k: g.subset(idx) for k, g in groups.items()}
+    texts = {r.study_id: r.prediction for r in read_predictions(pred)}
+    samples = {r.study_id: list(r.record.get("samples") or [r.prediction]) for r in read_predictions(sampled)}
+    groups["phantom"] = phantom_group([texts[s] for s in order], truth["findings"])
+    groups["prior_sampled"] = sampled_prior_group([samples[s] for s in order], truth["has_prior"])
+    summary = bootstrap_summary(groups, len(order), N_BOOT, 0)
+    return {"groups": groups, "metrics": summary, "example": texts[order[0]]}
 
 
-COLUMNS = [("finding_micro_f1", "phantom finding F1"), ("chexpert_micro_f1_5", "CheXpert F1-5 (micro)"),
-           ("chexpert_micro_f1_14", "CheXpert F1-14 (micro)"), ("prior_hallucination_rate", "prior refs w/o prior (greedy)"),
-           ("prior_rate_sampled", "prior refs w/o prior (sampled x4)"),
-           ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L")]
+def compare(a: dict[str, Any], b: dict[str, Any], n: int) -> dict[str, Any]:
+    from reward.evaluate import paired_compare
+
+    return paired_compare(a["groups"], b["groups"], n, N_BOOT, 0)
 
 
-def print_table(results: dict[str, dict]) -> None:
-    print("\n| stage | " + " | ".join(c[1] for c in COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for name, m in results.items():
-        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k, _ in COLUMNS) + " |", flush=True)
+# ------------------------------------------------------------------------------------------------
+# Table
+# ------------------------------------------------------------------------------------------------
+HEADLINE = [("phantom_micro_f1", "phantom finding F1"), ("chexpert_micro_f1_14", "CheXpert F1-14"),
+            ("chexpert_micro_f1_5", "CheXpert F1-5"), ("prior_rate_sampled", "prior refs w/o prior (sampled)")]
 
 
+def _cell(m: dict[str, Any]) -> str:
+    v, ci = m.get("value"), m.get("ci")
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def _p(row: dict[str, Any] | None) -> str:
+    if not row or row.get("p_value") is None:
+        return ""
+    d, p = row["delta"], row["p_value"]
+    return f"{d:+.3f} (p={p:.3f})" if p >= 0.001 else f"{d:+.3f} (p<0.001)"
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    """The demo's Markdown table: every stage's headline metrics with 95% CIs, and the paired delta and
+    p-value against SFT (for GRPO/EditGRPO also against the continued-SFT control)."""
+    head = ["stage"] + [h for _, h in HEADLINE] + ["Δ phantom F1 vs SFT", "Δ CheXpert F1-14 vs SFT",
+                                                    "Δ vs control (phantom / CheXpert-14)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        cells = [LABELS.get(name, name)] + [_cell(r["metrics"][k]) for k, _ in HEADLINE]
+        vs_sft, vs_ctl = r.get("vs_sft") or {}, r.get("vs_control") or {}
+        cells += [_p(vs_sft.get("phantom_micro_f1")), _p(vs_sft.get("chexpert_micro_f1_14"))]
+        ctl = " / ".join(x for x in (_p(vs_ctl.get("phantom_micro_f1")), _p(vs_ctl.get("chexpert_micro_f1_14"))) if x)
+        cells.append(ctl)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def runtime_table(times: dict[str, dict[str, float]]) -> str:
+    lines = ["| stage | train (s) | generate + score (s) |", "|---|---|---|"]
+    for name, t in times.items():
+        lines.append(f"| {LABELS.get(name, name)} | {t.get('train', 0):.0f} | {t.get('eval', 0):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages
+# ------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--limit", type=int, default=64, help="held-out studies to score after each stage")
-    ap.add_argument("--stages", default="sft,dpo,grpo,export",
-                    help="comma-separated stages after the untrained baseline (sft,dpo,grpo,export)")
+    ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma-separated, from {','.join(ALL_STAGES)}")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every training run and sampled generation")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N test studies (a quick check)")
+    ap.add_argument("--samples", type=int, default=4, help="sampled reports per test study (prior-reference rate)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop every training stage after this many optimizer steps (a quick check, not the demo)")
+    ap.add_argument("--tag", default="", help="suffix of every output folder (several seeds side by side)")
     args = ap.parse_args(argv)
-    _RECIPE_EXTRA[:] = ["--max_steps", str(args.max_steps)] if args.max_steps else []
-    runs = Path(args.runs).resolve()
-    model, phantom = runs / "tiny-model", runs / "phantom"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    for p in (model / "config.json", phantom / "studies.jsonl"):
+    bad = [s for s in stages if s not in ALL_STAGES]
+    if bad:
+        ap.error(f"--stages: unknown {bad}; choose from {','.join(ALL_STAGES)}")
+    if args.limit is not None and args.limit < 1:
+        ap.error("--limit must be >= 1")
+    runs = Path(args.runs).resolve()
+    base, phantom = runs / "demo-base", runs / "phantom" / "studies.jsonl"
+    for p, how in ((base / "config.json", "make demo-base"), (phantom, "make phantom")):
         if not p.exists():
-            print(f"missing {p}: run `make demo` (it builds the tiny model and the phantom data first)")
+            print(f"missing {p}: run `{how}` first (`make demo` builds both)", file=sys.stderr)
             return 2
-    t0 = time.perf_counter()
-    studies = str(phantom / "studies.jsonl")
-    results = {"untrained": stage_metrics(runs, "untrained", model, None, phantom, args.limit)}
-    print_table(results)
-    adapter = None
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # the same reduction order on every run
+
+    from data_prep.schema import read_records
+
+    tag = args.tag
+    out = runs / f"demo{tag}"
+    (out / "pred").mkdir(parents=True, exist_ok=True)
+    test = read_records(phantom, split="test")[: args.limit]
+    truth = {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
+             "has_prior": [r.has_prior for r in test]}
+    common = ["--studies", str(phantom), "--model_name_or_path", str(base), "--seed", str(args.seed)]
+    if args.max_steps:
+        common += ["--max_steps", str(args.max_steps)]
+    adapters = {"sft": runs / f"demo-sft{tag}"}
+    results: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict[str, float]] = {}
+    t_start = time.perf_counter()
+
+    def evaluate(name: str, model: Path, adapter: Path | None) -> None:
+        t0 = time.perf_counter()
+        pred, sampled = out / "pred" / f"{name}.jsonl", out / "pred" / f"{name}_sampled.jsonl"
+        gen = ["generate", "--studies", str(phantom), "--split", "test", "--model", str(model),
+               "--max-new-tokens", "96", "--batch-size", "16", "--overwrite", "--quiet", "--seed", str(args.seed)]
+        gen += ["--limit", str(args.limit)] if args.limit else []
+        gen += ["--adapter", str(adapter)] if adapter is not None else BASE_PROMPT if model == base else []
+        _cli(*gen, "--out", str(pred))
+        _cli(*gen, "--out", str(sampled), "--do-sample", "--num-return-sequences", str(args.samples))
+        r = score_stage(name, pred, sampled, truth)
+        n = len(truth["ids"])
+        if "sft" in results and name != "sft":
+            r["vs_sft"] = compare(r, results["sft"], n)
+        if name in ("grpo", "editgrpo", "export") and "control" in results:
+            r["vs_control"] = compare(r, results["control"], n)
+        results[name] = r
+        times.setdefault(name, {})["eval"] = time.perf_counter() - t0
+        print(results_table(results), flush=True)
+
+    def train(name: str, recipe: str, config: str, extra: list[str]) -> Path:
+        t0 = time.perf_counter()
+        dest = runs / f"demo-{name}{tag}"
+        _launch(recipe, config, [*common, *extra, "--output_dir", str(dest), "--overwrite_output_dir", "true"])
+        times.setdefault(name, {})["train"] = time.perf_counter() - t0
+        return dest
+
+    evaluate("base", base, None)
     if "sft" in stages:
-        _launch("sft.py", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", studies,
-                "--model_name_or_path", str(model), "--output_dir", str(runs / "tiny-sft"), "--overwrite_output_dir", "true")
-        adapter = runs / "tiny-sft"
-        results["SFT"] = stage_metrics(runs, "sft", model, adapter, phantom, args.limit)
-        print_table(results)
-    if "dpo" in stages and adapter is not None:
-        _cli("pairs", "prior", "--studies", studies, "--out", str(runs / "pairs" / "prior.jsonl"),
-             "--sections", "impression")
-        _launch("dpo.py", str(REPO / "recipes/configs/tiny/dpo.yaml"), "--studies", studies,
-                "--pairs", str(runs / "pairs" / "prior.jsonl"), "--model_name_or_path", str(model),
-                "--adapter_path", str(adapter), "--output_dir", str(runs / "tiny-dpo"), "--overwrite_output_dir", "true")
-        adapter = runs / "tiny-dpo"
-        results["+DPO (prior suppression)"] = stage_metrics(runs, "dpo", model, adapter, phantom, args.limit)
-        print_table(results)
-    if "grpo" in stages and adapter is not None:
-        _launch("grpo.py", str(REPO / "recipes/configs/tiny/grpo.yaml"), "--studies", studies,
-                "--model_name_or_path", str(model), "--adapter_path", str(adapter),
-                "--output_dir", str(runs / "tiny-grpo"), "--overwrite_output_dir", "true")
-        adapter = runs / "tiny-grpo"
-        results["+GRPO (clinical reward)"] = stage_metrics(runs, "grpo", model, adapter, phantom, args.limit)
-        print_table(results)
-    if "export" in stages and adapter is not None:
-        # the tiny runs train the projector (modules_to_save), which vLLM cannot load as LoRA: merge
-        _cli("export", "--base", str(model), "--adapter", str(adapter), "--out", str(runs / "export"),
-             "--merge", "--overwrite", "--verify-studies", studies)
-        results["exported (merged, reloaded)"] = stage_metrics(runs, "export", runs / "export", None, phantom,
-                                                               args.limit)
-        print_table(results)
-    print("\nexample report after the last stage:", list(results.values())[-1]["example"][:300])
-    (runs / "demo_results.json").write_text(json.dumps(results, indent=2))
-    write_stage_report(results)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {runs / 'demo_results.json'}")
+        train("sft", "sft.py", "sft.yaml", [])
+        evaluate("sft", base, adapters["sft"])
+    sft = adapters["sft"]
+    if not (sft / "adapter_config.json").exists():
+        print(f"missing {sft}: the stages after SFT need it (add sft to --stages)", file=sys.stderr)
+        return 2
+    after_sft = ["--adapter_path", str(sft)]
+    if "control" in stages:
+        evaluate("control", base, train("control", "sft.py", "sft_continue.yaml", after_sft))
+    for name, cfg in (("grpo", "grpo.yaml"), ("editgrpo", "editgrpo.yaml")):
+        if name in stages:
+            adapters[name] = train(name, "grpo.py", cfg, after_sft)
+            evaluate(name, base, adapters[name])
+    if "dpo" in stages:
+        t0 = time.perf_counter()
+        pairs = out / "pairs_prior.jsonl"
+        _cli("pairs", "prior", "--studies", str(phantom), "--out", str(pairs), "--sections", "findings")
+        pair_s = time.perf_counter() - t0
+        evaluate("dpo", base, train("dpo", "dpo.py", "dpo.yaml", [*after_sft, "--pairs", str(pairs)]))
+        times["dpo"]["train"] += pair_s
+    if "chexalign" in stages:
+        t0 = time.perf_counter()
+        pairs = out / "pairs_chexalign.jsonl"
+        _cli("pairs", "sample", "--studies", str(phantom), "--model", str(base), "--adapter", str(sft),
+             "--k", "4", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "192", "--max-new-tokens", "96",
+             "--batch-size", "16", "--seed", str(args.seed), "--out", str(pairs))
+        pair_s = time.perf_counter() - t0
+        evaluate("chexalign", base, train("chexalign", "dpo.py", "dpo_chexalign.yaml", [*after_sft, "--pairs", str(pairs)]))
+        times["chexalign"]["train"] += pair_s
+    if "export" in stages and "grpo" in adapters:
+        t0 = time.perf_counter()
+        dest = runs / f"demo-export{tag}"
+        _cli("export", "--base", str(base), "--adapter", str(adapters["grpo"]), "--out", str(dest), "--merge",
+             "--overwrite", "--verify-studies", str(phantom))
+        times["export"] = {"train": time.perf_counter() - t0}
+        evaluate("export", dest, None)
+
+    table = results_table(results)
+    total = time.perf_counter() - t_start
+    doc = {"seed": args.seed, "test_studies": len(truth["ids"]), "stages": list(results), "seconds_total": round(total, 1),
+           "seconds": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in times.items()},
+           "results": {k: {"metrics": v["metrics"], "vs_sft": v.get("vs_sft"), "vs_control": v.get("vs_control"),
+                           "example": v["example"]} for k, v in results.items()}}
+    from cxr_io import write_text_atomic
+
+    write_text_atomic(runs / f"demo_results{tag}.json", json.dumps(doc, indent=2))
+    write_text_atomic(runs / f"demo_table{tag}.md", table)
+    print("\n" + table)
+    print(runtime_table(times))
+    print("example report after the last stage:", list(results.values())[-1]["example"][:300])
+    for name in ("grpo", "editgrpo", "dpo", "chexalign"):
+        png = runs / f"demo-{name}{tag}" / "curves.png"
+        if png.is_file():
+            print(f"held-out learning curve of {name}: {png}")
+    print(f"\ndemo finished in {total:.0f} s; table in {runs / f'demo_table{tag}.md'}, numbers in "
+          f"{runs / f'demo_results{tag}.json'}", flush=True)
     return 0
 
 

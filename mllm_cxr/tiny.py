@@ -74,6 +74,15 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None)
     return fast
 
 
+#: Model sizes: ``tiny`` (about 0.8M parameters) for the fast tests, ``small`` (about 2M: a deeper language model and a
+#: wider, deeper vision tower) for the demo's
+#: pretrained base (:mod:`mllm_cxr.pretrain`).
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"text_hidden": 128, "text_layers": 2, "vision_hidden": 64, "vision_depth": 2},
+    "small": {"text_hidden": 128, "text_layers": 4, "vision_hidden": 128, "vision_depth": 4},
+}
+
+
 def tiny_config(tokenizer, *, text_hidden: int = 128, text_layers: int = 2, vision_hidden: int = 64,
                 vision_depth: int = 2):
     """A Qwen2.5-VL config scaled down (about 0.5M parameters); head dims kept at 32/16."""
@@ -144,8 +153,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                    help="tiny (about 0.8M parameters, the tests') or small (about 4M)")
     args = ap.parse_args(argv)
-    path = build_tiny_model(args.out_dir, seed=args.seed)
+    path = build_tiny_model(args.out_dir, seed=args.seed, **SIZES[args.size])
     print(f"tiny Qwen2.5-VL written to {path}")
     return 0
 

@@ -23,29 +23,37 @@ from mllm_cxr.train.dpo import (
     check_loss_type,
     load_pair_dataset,
 )
+from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.recipe import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).
-CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, PairsArguments, ClinicalDPOConfig)
+CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, PairsArguments, ClinicalDPOConfig)
 
 
-def datasets(data_args, model_args, prompt_cfg, pairs_args, args) -> dict:
+def datasets(data_args, model_args, prompt_cfg, curve_args, pairs_args, args) -> dict:
     check_loss_type(args)
     check_adapter_prompt(model_args, prompt_cfg)
     return {"train": load_pair_dataset(pairs_args, data_args, prompt_cfg), "eval": None}
 
 
 def trainer(configs, data, model_args):
-    args = configs[-1]
+    data_args, _, prompt_cfg, curve_args, _, args = configs
     processor = load_processor(model_args, trust_remote_code=args.trust_remote_code)
     model, peft_config = load_model(model_args, gradient_checkpointing=args.gradient_checkpointing,
                                     trust_remote_code=args.trust_remote_code)
+    curve = curve_callback(curve_args, data_args, prompt_cfg, processor, args.output_dir,
+                           title=f"dpo: {args.output_dir}", seed=args.seed)
     return ClinicalDPOTrainer(model=model, args=args, train_dataset=data["train"], processing_class=processor,
-                              peft_config=peft_config), processor
+                              peft_config=peft_config, callbacks=[curve] if curve else None), processor
+
+
+def after(tr, configs) -> None:
+    if tr.is_world_process_zero():
+        print_curve_location(configs[-1].output_dir)
 
 
 def main(argv=None) -> None:
-    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="dpo")
+    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="dpo", after=after)
 
 
 if __name__ == "__main__":

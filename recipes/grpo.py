@@ -22,6 +22,7 @@ from mllm_cxr.data import grpo_dataset, recipe_datasets
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
 from mllm_cxr.train.grpo import (
     ClinicalGRPOTrainer,
@@ -34,16 +35,16 @@ from mllm_cxr.train.recipe import run_recipe, run_training
 from reward.trl import reward_funcs_and_weights
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).
-CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, GRPOScriptArguments, EditGRPOConfig)
+CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, GRPOScriptArguments, EditGRPOConfig)
 
 
-def datasets(data_args, model_args, prompt_cfg, script, args) -> dict:
+def datasets(data_args, model_args, prompt_cfg, curve_args, script, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
     return recipe_datasets(data_args, grpo_dataset, prompt_cfg)
 
 
 def trainer(configs, data, model_args):
-    script, args = configs[-2], configs[-1]
+    data_args, _, prompt_cfg, curve_args, script, args = configs
     reward_funcs, weights = reward_funcs_and_weights(script.reward_spec, reference_column=script.reward_reference_column)
     if args.reward_weights is None:
         args.reward_weights = weights
@@ -52,10 +53,12 @@ def trainer(configs, data, model_args):
                                     trust_remote_code=args.trust_remote_code)
     guard = CollapseGuard(normal_max=script.collapse_normal_max, empty_max=script.collapse_empty_max,
                           drift=script.collapse_drift, window=script.collapse_window, stop=script.collapse_stop)
+    curve = curve_callback(curve_args, data_args, prompt_cfg, processor, args.output_dir,
+                           reward_spec=script.reward_spec, title=f"{script.algorithm}: {args.output_dir}", seed=args.seed)
     trainer_cls = EditGRPOTrainer if script.algorithm == "editgrpo" else ClinicalGRPOTrainer
     return trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=data["train"],
                        eval_dataset=data["eval"], processing_class=processor, peft_config=peft_config,
-                       callbacks=[guard]), processor
+                       callbacks=[guard] + ([curve] if curve else [])), processor
 
 
 def print_reward_curve(tr, configs) -> None:
@@ -65,6 +68,7 @@ def print_reward_curve(tr, configs) -> None:
         Path(args.output_dir, "reward_curve.json").write_text(json.dumps(curve, indent=2))
         print(f"\nreward curve ({script.algorithm}, rewards: {', '.join(f.__name__ for f in tr.reward_funcs)}):")
         print(format_reward_curve(curve), flush=True)
+        print_curve_location(args.output_dir)
 
 
 def main(argv=None) -> None:

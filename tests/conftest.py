@@ -90,3 +90,32 @@ def require_vllm():
         pytest.fail(f"vllm is not importable ({e}): the `vllm` tests run in ./.venv-vllm (make vllm-env; "
                     "make test-vllm)")
     return vllm
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`make demo` exactly as the README has it (no step limits), once per session, in a scratch RUNS folder:
+    it builds the phantom data and the pretrained demo base (``make demo-base``), then runs every stage.
+    ``MLLM_CXR_DEMO_RUNS=DIR`` reuses a finished run instead (a developer's shortcut; CI never sets it).
+    Returns the RUNS folder, the results JSON and the table the demo wrote."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    reuse = os.environ.get("MLLM_CXR_DEMO_RUNS")
+    runs = Path(reuse) if reuse else tmp_path_factory.mktemp("demo-runs")
+    if not reuse:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["make", "-C", str(repo), "demo", f"RUNS={runs}", f"BIN={Path(sys.executable).parent}"],
+                              capture_output=True, text=True, timeout=3600,
+                              env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))
+        print(f"[make demo] {time.perf_counter() - t0:.0f} s")
+        assert proc.returncode == 0, f"make demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+        assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr[-4000:]
+        (runs / "make_demo.log").write_text(proc.stdout)
+    return {"runs": runs, "results": json.loads((runs / "demo_results.json").read_text()),
+            "table": (runs / "demo_table.md").read_text(), "stdout": (runs / "make_demo.log").read_text()
+            if (runs / "make_demo.log").exists() else ""}
