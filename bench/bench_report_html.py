@@ -24,15 +24,17 @@ N_STUDIES = 2000
 
 
 def _predictions(phantom: Path, out: Path, shift: int) -> Path:
-    from data_prep.schema import read_records
+    from data_prep.schema import image_path, read_records
     from mllm_cxr.data import study_columns
+    from mllm_cxr.prompts import build_messages
 
     recs = read_records(phantom / "studies.jsonl")
     with open(out, "w", encoding="utf-8") as fh:
         for i, r in enumerate(recs):
             pred = r.impression if i % 3 == 0 else recs[(i + shift) % len(recs)].impression
+            images = [str(image_path(phantom, im.path).resolve()) for im in build_messages(r)[1]]  # as generate
             fh.write(json.dumps({"study_id": r.study_id, "prediction": pred, "reference": r.impression,
-                                 "context": study_columns(r), "studies": str(phantom / "studies.jsonl")}) + "\n")
+                                 "context": study_columns(r), "images": images}) + "\n")
     return out
 
 

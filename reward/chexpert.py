@@ -630,6 +630,43 @@ class ChexpertRulesLabeler:
             texts = tqdm(texts, desc="labelling", unit="report")
         return [self.label(t) for t in texts]
 
+    def label_with_spans(self, text: str | None) -> tuple[dict[str, float | None], list[list]]:
+        """:meth:`label` and, from the same mentions (one pass), where each labelled mention is in ``text``:
+        ``[observation, start, end, label]`` with offsets in ``text`` as given. A mention that adds another
+        observation through the implication rules ("CHF" adds Cardiomegaly) is listed under that one too.
+        Mentions of findings outside the 14 observations are left out."""
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        src, base = text, None  # base: the offset in ``text`` of each character of ``src`` (-1: inserted)
+        if self.sections:
+            found = find_sections(text, self.sections)
+            if found:  # the text label() reads (extract_sections), with its offsets
+                parts = []
+                for _, a, b in found:
+                    body = text[a:b].strip()
+                    if body:
+                        lead = a + len(text[a:b]) - len(text[a:b].lstrip())
+                        parts.append((lead, body))
+                src = "\n\n".join(body for _, body in parts)
+                base = []
+                for j, (lead, body) in enumerate(parts):
+                    base += ([-1, -1] if j else []) + list(range(lead, lead + len(body)))
+        mentions = self.mentions(src)
+        labels = self._aggregate(mentions, bool(src.strip()))
+        spans: list[list] = []
+        if mentions:
+            _, offsets = normalize_with_offsets(src)
+            for m in mentions:
+                se = _to_original(offsets, m.start, m.end)
+                if se is None or m.observation not in labels:
+                    continue
+                a, b = se if base is None else (base[se[0]], base[se[1] - 1] + 1)
+                spans.append([m.observation, a, b, m.label])
+                if m.label != NEGATIVE:
+                    spans += [[adds, a, b, lab] for ob, rx, adds, lab in self.rules.implications
+                              if ob == m.observation and rx.fullmatch(m.text)]
+        return labels, spans
+
     def label_record(self, record: Any, sections: Sequence[str] = ("findings", "impression")) -> dict:
         """Labels of the given text fields of a mapping or an object (e.g. a StudyRecord)."""
         parts = []
@@ -701,6 +738,13 @@ class ChexpertRulesLabeler:
         if not finding:
             labels[NO_FINDING] = POSITIVE
         return labels
+
+
+def _to_original(offsets: list[int], s: int, e: int) -> tuple[int, int] | None:
+    """A span of the normalised text -> the span of the original text from its first to its last mapped character."""
+    first = next((offsets[k] for k in range(s, min(e, len(offsets))) if offsets[k] >= 0), None)
+    last = next((offsets[k] for k in range(min(e, len(offsets)) - 1, s - 1, -1) if offsets[k] >= 0), None)
+    return None if first is None or last is None else (first, last + 1)
 
 
 def _combine(a: float, b: float) -> float:
@@ -1006,6 +1050,11 @@ class ChexpertF1Scorer(Scorer):
     rule labeler by default (``rules_path``, ``sections`` configure it). A context column
     ``ref_labels`` (list of label dicts) replaces labelling the references.
 
+    ``spans=True`` (what ``eval`` asks for): each detail also holds both reports' 14 labels
+    (``hyp_labels``/``ref_labels``) and where their mentions are (``hyp_spans``/``ref_spans``, see
+    :meth:`ChexpertRulesLabeler.label_with_spans`; empty for a reference given as ``ref_labels`` or
+    another labeler), from the same single labelling pass.
+
     ``ScoreResult.corpus`` holds micro/macro/weighted F1-14 and F1-5, accuracy_5, the per-class
     table and the uncertain convention.
     """
@@ -1013,7 +1062,8 @@ class ChexpertF1Scorer(Scorer):
     name = "chexpert_f1"
 
     def __init__(self, subset: str = "14", uncertain: str = "positive", average: str = "micro",
-                 labeler: Any = None, rules_path: str | Path | None = None, sections: Sequence[str] | None = None):
+                 labeler: Any = None, rules_path: str | Path | None = None, sections: Sequence[str] | None = None,
+                 spans: bool = False):
         from reward.f1 import SUBSETS, UNCERTAIN_CHOICES
 
         subset = str(subset)
@@ -1024,36 +1074,47 @@ class ChexpertF1Scorer(Scorer):
         if average not in _AVERAGES:
             raise RewardError(f"scorer 'chexpert_f1': average must be one of {_AVERAGES}, got {average!r}")
         self.subset, self.uncertain, self.average = subset, uncertain, average
+        self.spans = bool(spans)
         if labeler is None:
             rules = ChexpertRulesLabeler(rules_path=rules_path, sections=sections)
             self._label = rules.label_many
+            self._analyse = lambda texts: [rules.label_with_spans(t) for t in texts]
             self.backend = "rules"
         elif callable(labeler):
             self._label = labeler
+            self._analyse = lambda texts: [(lab, []) for lab in labeler(texts)]
             self.backend = getattr(labeler, "__name__", type(labeler).__name__)
         else:
             raise RewardError(f"scorer 'chexpert_f1': labeler must be callable, got {type(labeler).__name__}")
         self._ref_cache: dict[str, dict] = {}
 
-    def _ref_labels(self, refs: Sequence[str]) -> list[dict]:
+    def _ref_labels(self, refs: Sequence[str]) -> list:
+        """Labels of the references (with spans: (labels, spans) pairs), each distinct text labelled once."""
         todo = [r for r in dict.fromkeys(refs) if r not in self._ref_cache]
         if todo:
             if len(self._ref_cache) > 50_000:
                 self._ref_cache.clear()
-            self._ref_cache.update(zip(todo, self._label(todo)))
+            self._ref_cache.update(zip(todo, self._analyse(todo) if self.spans else self._label(todo)))
         return [self._ref_cache[r] for r in refs]
 
     def score(self, hyps: Sequence[str], refs: Sequence[str] | None = None, **context: Any) -> ScoreResult:
         from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, to_binary
 
         ref_labels = context.get("ref_labels")
+        ref_spans = hyp_spans = None
         if ref_labels is not None:
             if len(ref_labels) != len(hyps):
                 raise RewardError(f"scorer 'chexpert_f1': {len(hyps)} hypotheses but {len(ref_labels)} ref_labels")
             ref_labels = [r if isinstance(r, Mapping) else {} for r in ref_labels]
+            ref_spans = [[] for _ in ref_labels]
+        elif self.spans:
+            ref_labels, ref_spans = map(list, zip(*self._ref_labels(list(refs or [])))) if hyps else ([], [])
         else:
             ref_labels = self._ref_labels(list(refs or []))
-        hyp_labels = self._label(list(hyps))
+        if self.spans:
+            hyp_labels, hyp_spans = map(list, zip(*self._analyse(list(hyps)))) if hyps else ([], [])
+        else:
+            hyp_labels = self._label(list(hyps))
         if not hyps:
             return ScoreResult(scores=[], details=[], corpus={"n": 0, "uncertain": self.uncertain})
         if self.average == "micro":
@@ -1063,6 +1124,10 @@ class ChexpertF1Scorer(Scorer):
         hb, rb = to_binary(hyp_labels, self.uncertain), to_binary(ref_labels, self.uncertain)
         details = [{"hyp_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(h)],
                     "ref_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(r)]} for h, r in zip(hb, rb)]
+        if self.spans:
+            for i, d in enumerate(details):
+                d.update(hyp_labels=dict(hyp_labels[i]), ref_labels=dict(ref_labels[i]), hyp_spans=hyp_spans[i],
+                         ref_spans=ref_spans[i])
         rep = f1_report(hyp_labels, ref_labels, self.uncertain)
         corpus = {k: rep[k] for k in ("uncertain", "convention", "n", "f1_14", "f1_5", "precision_14",
                                       "recall_14", "precision_5", "recall_5", "accuracy_5", "per_class")}
