@@ -516,3 +516,15 @@ def test_eval_labels_each_text_once(tmp_path, monkeypatch):
     _eval_and_report(tmp_path, "once")
     texts = [h for h, _ in PAIRS] + list(dict.fromkeys(r for _, r in PAIRS))
     assert sorted(calls) == sorted(texts)
+
+
+def test_an_eval_folder_without_details_asks_for_eval_again(tmp_path):
+    """A per_study.jsonl from before the details (or with a study missing) is refused with one clear line."""
+    _, per, _ = _eval_and_report(tmp_path, "old")
+    p = tmp_path / "ev-old" / "per_study.jsonl"
+    p.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "details"}) + "\n" for d in per.values()))
+    with pytest.raises(DataPrepError, match="without 'details'.*eval` again"):
+        build_report(tmp_path / "ev-old")
+    p.write_text(json.dumps(next(iter(per.values()))) + "\n")
+    with pytest.raises(DataPrepError, match="4 evaluated studies have no line"):
+        build_report(tmp_path / "ev-old")
