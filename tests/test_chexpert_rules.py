@@ -462,3 +462,36 @@ def test_fast_paths_of_the_splitter_and_normalize_match_the_general_rules():
             assert rt.split_sentences(t) == rt._split_general(t), repr(t)
             plain += "\n" not in t and not rt._MAYBE_NOT_AN_END.search(t) and not rt._DOT_CAPITAL.search(t)
     assert plain > 1000  # the fast path was taken often
+
+
+def test_label_with_spans_is_label_plus_where_the_mentions_are():
+    """One labelling pass gives label()'s labels and original-text spans (sections, implications included)."""
+    from reward.chexpert import label_report
+
+    lab = ChexpertRulesLabeler()
+    for text in [t for t, _ in CASES] + ["", "   ", "Mild CHF.\r\n\r\nNo effusion.", "No edema.Possible pneumonia."]:
+        labels, spans = lab.label_with_spans(text)
+        assert labels == label_report(text), text
+        for obs, a, b, value in spans:
+            assert obs in CHEXPERT_LABELS and 0 <= a < b <= len(text) and value in (P, N, U)
+    text = "Mild CHF."
+    assert sorted((o, text[a:b]) for o, a, b, _ in lab.label_with_spans(text)[1]) == [("Cardiomegaly", "CHF"),
+                                                                                        ("Edema", "CHF")]
+    sec = ChexpertRulesLabeler(sections=("findings", "impression"))
+    text = "INDICATION: rule out pneumonia.\nFINDINGS:  Small left effusion.\nIMPRESSION:\n  No pneumothorax."
+    labels, spans = sec.label_with_spans(text)
+    assert labels == sec.label(text)
+    assert sorted((o, text[a:b], v) for o, a, b, v in spans) == [("Pleural Effusion", "effusion", P),
+                                                                   ("Pneumothorax", "pneumothorax", N)]
+
+
+def test_chexpert_f1_scorer_spans_details():
+    s = get_scorer("chexpert_f1", spans=True)
+    hyps, refs = ["Small left effusion.", "No edema."], ["No effusion.", "No edema."]
+    r = s(hyps, refs)
+    assert r.scores == get_scorer("chexpert_f1")(hyps, refs).scores
+    d = r.details[0]
+    assert d["hyp_labels"]["Pleural Effusion"] == P and d["ref_labels"]["Pleural Effusion"] == N
+    assert [(o, hyps[0][a:b]) for o, a, b, _ in d["hyp_spans"]] == [("Pleural Effusion", "effusion")]
+    assert [(o, refs[0][a:b], v) for o, a, b, v in d["ref_spans"]] == [("Pleural Effusion", "effusion", N)]
+    assert "hyp_spans" not in get_scorer("chexpert_f1")(hyps, refs).details[0]
