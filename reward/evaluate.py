@@ -43,8 +43,12 @@ when that is fewer) and the metric delta is recomputed from the per-study statis
 included (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``).
 
 Outputs in ``DIR``: ``metrics.json``, ``metrics.md``, ``per_finding_f1.png``, ``length_distribution.png``,
-``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics; ``per_study_compare.jsonl`` for the
-compared file).
+``metrics.png`` and ``per_study.jsonl`` (``per_study_compare.jsonl`` for the compared file): one line per study
+with its per-study scores (ROUGE-L, per-study CheXpert F1 over the 14 and the count of label disagreements,
+prior and measurement hallucinations, lengths...) and, under ``details``, what they rest on: both reports'
+CheXpert labels with the spans of their mentions (one labelling pass, :meth:`reward.chexpert.
+ChexpertRulesLabeler.label_with_spans`), the prior-exam sentences and whether the study had a prior, and the
+flagged measurement/device facts. The HTML report (:mod:`mllm_cxr.report_html`) only renders these.
 """
 
 from __future__ import annotations
