@@ -24,15 +24,17 @@ N_STUDIES = 2000
 
 
 def _predictions(phantom: Path, out: Path, shift: int) -> Path:
-    from data_prep.schema import read_records
+    from data_prep.schema import image_path, read_records
     from mllm_cxr.data import study_columns
+    from mllm_cxr.prompts import build_messages
 
     recs = read_records(phantom / "studies.jsonl")
     with open(out, "w", encoding="utf-8") as fh:
         for i, r in enumerate(recs):
             pred = r.impression if i % 3 == 0 else recs[(i + shift) % len(recs)].impression
+            images = [str(image_path(phantom, im.path).resolve()) for im in build_messages(r)[1]]  # as generate
             fh.write(json.dumps({"study_id": r.study_id, "prediction": pred, "reference": r.impression,
-                                 "context": study_columns(r), "studies": str(phantom / "studies.jsonl")}) + "\n")
+                                 "context": study_columns(r), "images": images}) + "\n")
     return out
 
 
@@ -112,8 +114,9 @@ def run() -> str:
     base_s, base_b = rows[0][1], rows[0][2]
     lines = ["## HTML evaluation report (mllm_cxr/report_html.py)", "",
              f"{N_STUDIES:,} phantom studies (frontal + lateral 224x224 PNG each), predictions in `generate`'s format, "
-             "report rendered from an eval folder (`mllm-cxr report --eval DIR`): labeling both texts with the "
-             "rule labeler and the prior detector, highlights, thumbnails (grayscale JPEG, quality 70), HTML. "
+             "report rendered from an eval folder (`mllm-cxr report --eval DIR`): highlights from the labels, "
+             "mention spans and prior sentences `eval` wrote to `per_study.jsonl` (nothing is labelled again), "
+             "thumbnails of the images the prediction rows name (grayscale JPEG, quality 70), HTML. "
              f"Process pinned to one CPU core. Times are the process's CPU seconds (what one dedicated core "
              f"spends); the wall-clock seconds beside them include waiting for the core, which other jobs shared "
              f"(load average {load:.1f} on this 2-core machine at the start). One run per row. Goal (issue 11): "

@@ -1,7 +1,7 @@
 """One self-contained HTML evaluation report: per-study images, reference vs generated, disagreements marked.
 
-    mllm-cxr eval --pred pred.jsonl --out eval/ --html [--compare other.jsonl] [--studies S] [--data-root R]
-    mllm-cxr report --eval eval/ [--studies S] [--data-root R] [--sort chexpert_f1] [--no-text]
+    mllm-cxr eval --pred pred.jsonl --out eval/ --html [--compare other.jsonl] [--metric-kwargs JSON]
+    mllm-cxr report --eval eval/ [--sort chexpert_f1] [--no-text]
 
 Writes ``OUT/report.html``: one file with no network access (a Content-Security-Policy forbids any), its
 images inlined as small grayscale JPEG thumbnails, working from a ``file://`` URL. It holds
@@ -9,24 +9,23 @@ images inlined as small grayscale JPEG thumbnails, working from a ``file://`` UR
 * the summary of ``metrics.json``: every metric with its 95% bootstrap CI, skipped metrics with their reason,
   how many studies had a missing image; with a comparison, both systems side by side, the paired deltas
   with their CIs and p-values, and per-finding F1 of both systems as an inline SVG plot;
-* one row per study, worst first by a per-study metric (``--sort``): thumbnails of the study's images
-  (frontal first, then lateral; the prior study's frontal image when the prompt included prior images),
-  the indication, the reference and the generated report side by side (with ``--compare`` a per-study
-  toggle between the two systems' reports);
-* highlights in both texts: CheXpert findings that the rule labeler (:mod:`reward.chexpert`) calls
-  present in one report and absent or negated in the other (false positive in the generated report,
-  false negative in the reference, and the negating mention in the other text), sentences that refer to a
-  prior exam when the study had none (:mod:`reward.prior`), and, when a scorer named
-  ``measurement_hallucination`` is registered in :mod:`reward.base`, the measurement/device statements it
-  flags. Every highlight names its label on hover;
+* one row per study, worst first by a per-study metric (``--sort``): thumbnails of the images the
+  prediction row names (``images``, which ``mllm-cxr generate`` writes: the prompt's images, frontal first,
+  then the prior study's when the prompt had them), the indication, the reference and the generated report
+  side by side (with ``--compare`` a per-study toggle between the two systems' reports);
+* highlights in both texts, drawn from what ``eval`` wrote to ``per_study.jsonl`` (``details``): CheXpert
+  findings that the rule labeler (:mod:`reward.chexpert`) called present in one report and absent or
+  negated in the other (false positive in the generated report, false negative in the reference, and the
+  negating mention in the other text), sentences that refer to a prior exam when the study had none
+  (:mod:`reward.prior`), and the measurement/device facts the ``measurement_hallucination`` scorer flagged.
+  Every highlight names its label on hover;
 * plain-JavaScript controls: filter by finding, error kind, split and free text, sort by any per-study
   metric, pages of rows, a click on a thumbnail enlarges it.
 
-Where the images come from, first found wins: ``--studies``/``--data-root``; the optional fields
-``studies`` and ``data_root`` of each prediction row (top level, or inside ``context``); the ``studies`` and
-``data_root`` keys of the predictions' side file ``PRED.meta.json`` written by ``mllm-cxr generate``. The data root defaults to the
-studies file's folder (as in ``generate``). A study whose image is missing or unreadable gets a placeholder
-and is counted in the summary; it never fails the report.
+The page renders and recomputes nothing: every per-study number and highlight is the one ``eval``
+computed with its settings (``--uncertain``, ``--metric-kwargs``), and the summary is ``metrics.json``.
+An image that is missing or unreadable gets a placeholder and is counted in the summary; it never fails
+the report. A row without image paths gets a note.
 
 Patient text: the page says at its top that it contains report text and images; ``--no-text`` (alias
 ``--redact``) leaves every report and indication text out (labels, metrics and images stay).
@@ -54,13 +53,10 @@ from typing import Any
 from cxr_io import InputError, atomic_write, read_json, read_jsonl, write_text_atomic
 from data_prep.errors import DataPrepError
 from mllm_cxr.config import ConfigError
-from reward.chexpert import normalize_with_offsets
-from reward.constants import CHEXPERT_LABELS, NEGATIVE
+from reward.constants import CHEXPERT_LABELS
 
 REPORT_NAME = "report.html"
 NO_FINDING = "No Finding"
-#: Row fields read from a predictions JSONL (besides study_id/prediction/reference/context).
-ROW_STUDIES_FIELD, ROW_DATA_ROOT_FIELD = "studies", "data_root"
 DEFAULT_SORT = "chexpert_f1"
 DEFAULT_THUMB = 160
 DEFAULT_MAX_STUDIES = 2000
@@ -97,12 +93,6 @@ class Highlight:
     observation: str | None = None
 
 
-def _to_original(offsets: list[int], s: int, e: int) -> tuple[int, int] | None:
-    first = next((offsets[k] for k in range(s, min(e, len(offsets))) if offsets[k] >= 0), None)
-    last = next((offsets[k] for k in range(min(e, len(offsets)) - 1, s - 1, -1) if offsets[k] >= 0), None)
-    return None if first is None or last is None else (first, last + 1)
-
-
 @dataclass
 class LabelView:
     """One report as the labeler sees it: labels, positive set under the convention, mention spans."""
@@ -112,33 +102,15 @@ class LabelView:
     spans: dict[str, list[tuple[int, int, float]]]  # observation -> (start, end, label) in the original text
 
 
-def label_view(text: str, labeler, uncertain: str = "positive") -> LabelView:
-    """The labeler's 14 labels of ``text`` and the original-text spans of its mentions per observation.
-
-    A mention that adds another observation through the labeler's implication rules ("CHF" adds
-    Cardiomegaly) is listed under that observation too.
-    """
-    mentions = labeler.mentions(text) if text and text.strip() else []
-    if getattr(labeler, "sections", None) is None and hasattr(labeler, "_aggregate"):
-        # label() without sections is exactly this aggregation of the same mentions: label once, not twice
-        labels = labeler._aggregate(mentions, bool(text and text.strip()))
-    else:
-        labels = labeler.label(text)
+def label_view_from(labels: dict[str, Any], spans: Sequence[Sequence[Any]], uncertain: str = "positive") -> LabelView:
+    """A report's :class:`LabelView` from what ``eval`` wrote (``details.chexpert`` of ``per_study.jsonl``):
+    its 14 labels and its ``[observation, start, end, label]`` mention spans."""
+    labels = {o: labels.get(o) for o in CHEXPERT_LABELS}
     pos = frozenset(o for o, v in labels.items() if v == 1.0 or (v == -1.0 and uncertain == "positive"))
-    spans: dict[str, list[tuple[int, int, float]]] = {}
-    if mentions:
-        _, offsets = normalize_with_offsets(text)
-        implications = getattr(getattr(labeler, "rules", None), "implications", ())
-        for m in mentions:
-            se = _to_original(offsets, m.start, m.end)
-            if se is None:
-                continue
-            spans.setdefault(m.observation, []).append((se[0], se[1], m.label))
-            if m.label != NEGATIVE:
-                for ob, rx, adds, lab in implications:
-                    if ob == m.observation and rx.fullmatch(m.text):
-                        spans.setdefault(adds, []).append((se[0], se[1], lab))
-    return LabelView(labels, pos, spans)
+    by_obs: dict[str, list[tuple[int, int, float]]] = {}
+    for obs, a, b, lab in spans:
+        by_obs.setdefault(obs, []).append((int(a), int(b), float(lab)))
+    return LabelView(labels, pos, by_obs)
 
 
 def _present(label: float, uncertain: str) -> bool:
@@ -182,12 +154,11 @@ def label_highlights(hyp: LabelView, ref: LabelView, uncertain: str = "positive"
     return hh, rh, outcome
 
 
-def prior_highlights(text: str) -> list[Highlight]:
-    """Sentences referring to a prior exam (:func:`reward.prior.find_prior_spans`), for a study without one."""
-    from reward.prior import find_prior_spans
-
-    return [Highlight(p.start, p.end, "prior", f"refers to a prior exam, but the study had none "
-                                               f"(cues: {', '.join(p.cues)})") for p in find_prior_spans(text)]
+def prior_highlights(spans: Sequence[Sequence[Any]]) -> list[Highlight]:
+    """Sentences referring to a prior exam in a study without one (``details.prior`` of ``per_study.jsonl``:
+    ``[start, end, cues]`` as :func:`reward.prior.find_prior_spans` found them during ``eval``)."""
+    return [Highlight(int(a), int(b), "prior", f"refers to a prior exam, but the study had none "
+                                               f"(cues: {', '.join(cues)})") for a, b, cues in spans]
 
 
 def _span_of(item: dict[str, Any]) -> tuple[int, int] | None:
@@ -221,35 +192,20 @@ def measurement_items(detail: Any) -> list[dict[str, Any]]:
     return []
 
 
-def measurement_highlights(hyps: Sequence[str], refs: Sequence[str]
-                           ) -> tuple[list[list[Highlight]], list[float], str] | None:
-    """Spans and counts from the ``measurement_hallucination`` scorer, or None when no such scorer is registered.
-
-    Per the scorer's contract, ``scores[i]`` is the number of hallucinated device/position/measurement
-    facts of ``hyps[i]`` and ``details[i]`` lists each with its ``kind``, ``span`` (``[start, end]``,
-    ``{"start", "end"}`` or ``start``/``end`` keys) and the reference fact it disagrees with, if any.
-    A span outside the text is dropped (the count stays).
-    """
-    from reward.base import available_scorers, get_scorer
-
-    if "measurement_hallucination" not in available_scorers():
-        return None
-    res = get_scorer("measurement_hallucination")(list(hyps), list(refs))
-    out: list[list[Highlight]] = []
-    for i, h in enumerate(hyps):
-        det = res.details[i] if res.details and i < len(res.details) else None
-        marks = []
-        for it in measurement_items(det):
-            se = _span_of(it)
-            if se is None or not (0 <= se[0] < se[1] <= len(h)):
-                continue
-            kind = str(it.get("kind") or it.get("type") or "measurement")
-            ref_fact = _fact_text(it.get("reference_fact", it.get("ref_fact", it.get("reference"))))
-            tip = f"{KIND_LABELS['meas']}: {kind}" + (f" (reference: {ref_fact})" if ref_fact else
-                                                      " (not in the reference)")
-            marks.append(Highlight(se[0], se[1], "meas", tip))
-        out.append(marks)
-    return out, [float(s) for s in res.scores], "measurement_hallucination"
+def measurement_highlights(text: str, items: Sequence[dict[str, Any]]) -> list[Highlight]:
+    """Highlights of the facts ``eval``'s ``measurement_hallucination`` scorer flagged in one generated report
+    (``details.measurement.hallucinations`` of ``per_study.jsonl``): each with its ``kind``, ``span`` and the
+    reference fact it disagrees with, if any. A span outside the text is dropped (the count stays)."""
+    marks = []
+    for it in measurement_items(list(items)):
+        se = _span_of(it)
+        if se is None or not (0 <= se[0] < se[1] <= len(text)):
+            continue
+        kind = str(it.get("kind") or it.get("type") or "measurement")
+        ref_fact = _fact_text(it.get("reference_fact", it.get("ref_fact", it.get("reference"))))
+        tip = f"{KIND_LABELS['meas']}: {kind}" + (f" (reference: {ref_fact})" if ref_fact else " (not in the reference)")
+        marks.append(Highlight(se[0], se[1], "meas", tip))
+    return marks
 
 
 def render_marked(text: str, marks: Sequence[Highlight]) -> str:
@@ -375,7 +331,6 @@ class PredFile:
     path: Path
     rows: dict[str, dict[str, Any]]  # study_id -> row (non-empty reference only, like eval)
     order: list[str]
-    meta: dict[str, Any]
 
 
 def _find_file(p: str | os.PathLike, eval_dir: Path | None, what: str, flag: str) -> Path:
@@ -390,60 +345,25 @@ def _find_file(p: str | os.PathLike, eval_dir: Path | None, what: str, flag: str
 
 
 def read_pred_file(path: Path) -> PredFile:
-    from reward.evaluate import predictions_to_evaluate, read_meta
+    from reward.evaluate import predictions_to_evaluate
 
     p = predictions_to_evaluate(path)  # validates rows: file, line, field named on error
     rows = {sid: rec for sid, rec in zip(p.ids, p.records)}
-    return PredFile(Path(path), rows, list(p.ids), read_meta(path))
+    return PredFile(Path(path), rows, list(p.ids))
 
 
-def _source_of(pf: PredFile, key: str) -> str | None:
-    vals = {str(r.get(key) or (r.get("context") or {}).get(key)) for r in pf.rows.values()
-            if r.get(key) or (isinstance(r.get("context"), dict) and r["context"].get(key))}
-    if len(vals) > 1:
-        raise DataPrepError(f"rows name {len(vals)} different values (e.g. {sorted(vals)[:2]}); pass --{key.replace('_', '-')}",
-                            file=str(pf.path), field=key)
-    if vals:
-        return vals.pop()
-    v = pf.meta.get(key)
-    return str(v) if v else None
-
-
-def resolve_sources(pf: PredFile, studies: str | None, data_root: str | None) -> tuple[Path | None, Path | None, str]:
-    """(studies file, data root, where they came from): flags, then row fields, then the side file."""
-    origin = "--studies" if studies else None
-    if not studies:
-        studies = _source_of(pf, ROW_STUDIES_FIELD)
-        origin = "prediction rows / side file" if studies else None
-    if not studies:
-        return None, None, "the predictions do not name their studies file (pass --studies)"
-    sp = Path(studies)
-    if not sp.is_absolute() and not sp.is_file() and (pf.path.parent / sp).is_file():
-        sp = pf.path.parent / sp
-    if not sp.is_file():
-        raise FileNotFoundError(f"studies file {studies} (from {origin}) not found: pass --studies PATH")
-    root = data_root or _source_of(pf, ROW_DATA_ROOT_FIELD)
-    return sp, Path(root) if root else sp.resolve().parent, f"{sp} (from {origin})"
-
-
-def read_studies(path: Path, ids: set[str]) -> dict[str, Any]:
-    from data_prep.schema import iter_records
-
-    out = {}
-    for rec in iter_records(path):
-        if rec.study_id in ids:
-            out[rec.study_id] = rec
+def row_images(pf: PredFile, row: dict[str, Any]) -> list[Path]:
+    """The image files a prediction row names (``images``, written by ``generate``: the prompt's images in
+    prompt order); a relative path is taken from the predictions file's folder. [] when there is none."""
+    paths = row.get("images")
+    if not isinstance(paths, list):
+        return []
+    out = []
+    for p in paths:
+        if isinstance(p, str) and p.strip():
+            q = Path(p)
+            out.append(q if q.is_absolute() else pf.path.parent / q)
     return out
-
-
-def _prompt_config(meta: dict[str, Any]):
-    from mllm_cxr.prompts import PromptConfig
-
-    cfg = (meta.get("prompt") or {}).get("prompt") if isinstance(meta.get("prompt"), dict) else None
-    try:
-        return PromptConfig(**cfg) if isinstance(cfg, dict) else PromptConfig()
-    except (TypeError, ValueError):
-        return PromptConfig()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,32 +380,28 @@ class SystemView:
     metrics: dict[str, float]
 
 
-def analyse_system(hyps: Sequence[str], refs: Sequence[str], no_prior: Sequence[bool | None], uncertain: str,
-                   labeler, ref_views: list[LabelView] | None = None, extra: dict[str, Sequence[float]] | None = None,
-                   measurement: bool = True) -> tuple[list[SystemView], list[LabelView], str | None]:
-    """Labels, highlights and per-study metrics of one system; returns (views, reference label views, hook)."""
-    from reward.f1 import per_sample_f1
-
-    hv = [label_view(h, labeler, uncertain) for h in hyps]
-    rv = ref_views if ref_views is not None else [label_view(r, labeler, uncertain) for r in refs]
-    f1 = per_sample_f1([v.labels for v in hv], [v.labels for v in rv], uncertain, "14")
-    meas = measurement_highlights(hyps, refs) if measurement else None
-    views = []
-    for i, (h, r) in enumerate(zip(hyps, refs)):
-        hm, rm, outcome = label_highlights(hv[i], rv[i], uncertain)
-        if no_prior[i] is True:
-            hm += prior_highlights(h)
-            rm += prior_highlights(r)
-        met = {"chexpert_f1": float(f1[i]), "errors": float(sum(v != "tp" for v in outcome.values())),
-               "prior_hallucination": float(no_prior[i] is True and any(m.kind == "prior" for m in hm))}
-        if meas is not None:
-            hm += meas[0][i]
-            met["measurement_hallucinations"] = meas[1][i]
-        for k, vals in (extra or {}).items():
-            if vals[i] is not None and math.isfinite(vals[i]):
-                met[k] = float(vals[i])
-        views.append(SystemView(h, hm, rm, outcome, met))
-    return views, rv, (meas[2] if meas else None)
+def system_view(text: str, row: dict[str, Any], uncertain: str) -> SystemView:
+    """One system's study as ``eval`` scored it (its ``per_study.jsonl`` line): the per-study numbers as
+    written, and highlights from the labels, spans and flagged facts written beside them. Nothing is
+    labelled or scored again, so the page shows what ``metrics.json`` counted, whatever the metric settings."""
+    det = row.get("details") or {}
+    hm: list[Highlight] = []
+    rm: list[Highlight] = []
+    outcome: dict[str, str] = {}
+    ch = det.get("chexpert")
+    if ch:
+        hm, rm, outcome = label_highlights(label_view_from(ch["hyp_labels"], ch["hyp_spans"], uncertain),
+                                           label_view_from(ch["ref_labels"], ch["ref_spans"], uncertain), uncertain)
+    pr = det.get("prior")
+    if pr and pr.get("no_prior") is True:
+        hm += prior_highlights(pr.get("hyp_spans") or [])
+        rm += prior_highlights(pr.get("ref_spans") or [])
+    me = det.get("measurement")
+    if me:
+        hm += measurement_highlights(text, me.get("hallucinations") or [])
+    met = {k: float(v) for k, v in row.items()
+           if k in PER_STUDY_METRICS and isinstance(v, int | float) and math.isfinite(v)}
+    return SystemView(text, hm, rm, outcome, met)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -875,8 +791,6 @@ network access; images are inlined thumbnails.</p>
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class ReportOptions:
-    studies: str | None = None
-    data_root: str | None = None
     sort: str = DEFAULT_SORT
     thumb_size: int = DEFAULT_THUMB
     max_studies: int = DEFAULT_MAX_STUDIES
@@ -886,29 +800,21 @@ class ReportOptions:
     thumb_cache: str | None = None
 
 
-def _per_study_extra(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl"
-                     ) -> dict[str, list[float | None]]:
-    """Per-study scores that `mllm-cxr eval` wrote (ROUGE-L, RadGraph, GREEN, ...), aligned with ``ids``."""
+def read_per_study(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl") -> dict[str, dict[str, Any]]:
+    """``study_id -> line`` of the per-study file ``eval`` wrote; every study in ``ids`` must have one, with
+    the ``details`` the page is drawn from (an eval folder written before them: run eval again)."""
     p = eval_dir / name
     if not p.is_file():
-        return {}
-    by_id = {str(d.get("study_id")): d for _, d in read_jsonl(p, role="per-study scores", error=DataPrepError)}
-    keys = [k for k in PER_STUDY_METRICS if k not in ("chexpert_f1", "errors", "prior_hallucination",
-                                                       "measurement_hallucinations")]
-    out = {}
-    for k in keys:
-        vals = [by_id.get(s, {}).get(k) for s in ids]
-        if any(isinstance(v, int | float) for v in vals):
-            out[k] = [float(v) if isinstance(v, int | float) else None for v in vals]
-    return out
-
-
-def _views(rec, cfg, max_thumbs: int) -> list[tuple[str, Any]]:
-    from mllm_cxr.prompts import select_prior_images
-
-    out = [(im.view, im) for im in rec.frontal_first()[:max_thumbs]]
-    out += [(f"prior {im.view}", im) for im in select_prior_images(rec, cfg)]
-    return out
+        raise FileNotFoundError(f"{p} not found: run `mllm-cxr eval` again to write it")
+    by_id = {str(d.get("study_id")): d for _, d in read_jsonl(p, role="per-study results", error=DataPrepError)}
+    missing = [s for s in ids if s not in by_id]
+    if missing:
+        raise DataPrepError(f"{len(missing)} evaluated studies have no line (e.g. {missing[0]!r}); run `mllm-cxr "
+                            "eval` again", file=str(p), field="study_id")
+    if any(not isinstance(by_id[s].get("details"), dict) for s in ids):
+        raise DataPrepError("lines without 'details' (an eval folder from an older version): run `mllm-cxr eval` "
+                            "again", file=str(p), field="details")
+    return by_id
 
 
 def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pred: str | Path | None = None,
@@ -918,8 +824,6 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
 
     Returns a summary: path, studies shown/total, images shown/missing/unreadable, bytes, seconds.
     """
-    from reward.chexpert import ChexpertRulesLabeler
-
     t0 = time.perf_counter()
     opt = check_options(options or ReportOptions())
     ed = Path(eval_dir)
@@ -937,34 +841,26 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     names = (str(result.get("name") or pa.path.stem), (str(c.get("name") or pb.path.stem) if c else None))
     uncertain = (result.get("details", {}).get("chexpert") or {}).get("uncertain", "positive")
 
+    # every number and highlight comes from what eval wrote (per_study*.jsonl), never recomputed
     ids = pa.order
     rows_a = [pa.rows[s] for s in ids]
     refs = [r["reference"] for r in rows_a]
     ctxs = [r.get("context") or {} for r in rows_a]
-    from reward.evaluate import no_prior_flags
-
-    no_prior = no_prior_flags(ctxs)
-    labeler = ChexpertRulesLabeler()
-    extra = _per_study_extra(ed, ids)
-    va, ref_views, hook = analyse_system([r["prediction"] for r in rows_a], refs, no_prior, uncertain, labeler,
-                                         extra=extra)
+    per_a = read_per_study(ed, ids)
+    va = [system_view(r["prediction"], per_a[s], uncertain) for s, r in zip(ids, rows_a)]
     vb: list[SystemView | None] = [None] * len(ids)
     if pb is not None:
         idx_b = [i for i, s in enumerate(ids) if s in pb.rows]
-        hyps_b = [pb.rows[ids[i]]["prediction"] for i in idx_b]
-        extra_b = _per_study_extra(ed, [ids[i] for i in idx_b], "per_study_compare.jsonl")
-        if "rouge_l" in extra and "rouge_l" not in extra_b and hyps_b:  # an eval folder from before that file
-            from reward.base import get_scorer
-
-            extra_b["rouge_l"] = list(get_scorer("rouge_l")(hyps_b, [refs[i] for i in idx_b]).scores)
-        sub, _, _ = analyse_system(hyps_b, [refs[i] for i in idx_b], [no_prior[i] for i in idx_b], uncertain,
-                                   labeler, ref_views=[ref_views[i] for i in idx_b], extra=extra_b)
-        for i, v in zip(idx_b, sub):
-            vb[i] = v
+        per_b = read_per_study(ed, [ids[i] for i in idx_b], "per_study_compare.jsonl")
+        for i in idx_b:
+            vb[i] = system_view(pb.rows[ids[i]]["prediction"], per_b[ids[i]], uncertain)
+    measured = "measurement" in result.get("details", {})
 
     # which studies are shown, in which order
     metric_keys = [k for k in PER_STUDY_METRICS if any(k in v.metrics for v in va)]
     sort_key = opt.sort
+    if sort_key == DEFAULT_SORT and sort_key not in metric_keys and metric_keys:  # eval ran without chexpert
+        sort_key = metric_keys[0]
     base_key = sort_key.removeprefix("b_").removeprefix("delta_")
     if base_key not in metric_keys:
         raise ConfigError(f"--sort {sort_key!r}: not a per-study metric of this evaluation; choose from "
@@ -984,7 +880,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
             x = v.metrics[base_key]
         return x if sort_asc else -x
 
-    order = sorted(range(len(ids)), key=lambda i: (key_of(i), -va[i].metrics["errors"], i))
+    order = sorted(range(len(ids)), key=lambda i: (key_of(i), -va[i].metrics.get("errors", 0.0), i))
     notes = []
     if len(order) > opt.max_studies:
         notes.append(f"{opt.max_studies:,} of {len(order):,} studies are shown: the worst by {sort_key} "
@@ -992,55 +888,53 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
                      "use --max-studies to show more, or --sort for another selection.")
         order = order[:opt.max_studies]
 
-    # images
+    # images: the files each prediction row names (`generate` records the prompt's images in "images")
     thumbs = Thumbs(size=opt.thumb_size, cache_dir=Path(opt.thumb_cache) if opt.thumb_cache else None) \
         if opt.thumb_size > 0 else None
-    sp, root, src_note = resolve_sources(pa, opt.studies, opt.data_root)
-    records: dict[str, Any] = {}
-    if sp is not None and thumbs is not None:
-        records = read_studies(sp, {ids[i] for i in order})
-    elif sp is None:
-        notes.append(f"Images are not shown: {src_note}.")
-    cfg = _prompt_config(pa.meta)
-    n_not_in_studies = n_missing_studies = 0
+    n_no_paths = n_missing_studies = 0
     rows_html, splits = [], set()
     from tqdm.auto import tqdm
 
     for i in tqdm(order, desc="report", unit="study", disable=not progress):
         sid, ctx = ids[i], ctxs[i]
-        rec = records.get(sid)
-        split = str(ctx.get("split") or (rec.split if rec else "") or "")
+        split = str(ctx.get("split") or "")
         if split:
             splits.add(split)
         tl: list[tuple[str, str | None, str | None]] = []
         note = None
-        if thumbs is not None and sp is not None:
-            if rec is None:
-                n_not_in_studies += 1
-                note = "study not in the studies file"
-            else:
-                before = thumbs.missing + thumbs.unreadable
-                for cap, im in _views(rec, cfg, opt.max_thumbs):
-                    uri, why = thumbs.data_uri(root / im.path)
-                    tl.append((cap, uri, why))
-                if not rec.images:
-                    note = "no image in the study record"
-                if thumbs.missing + thumbs.unreadable > before or not rec.images:
-                    n_missing_studies += 1
-        indication = str(ctx.get("indication") or (rec.indication if rec else "") or "")
+        if thumbs is not None:
+            paths = row_images(pa, rows_a[i])
+            if not paths:
+                n_no_paths += 1
+                note = "no image paths in the prediction row"
+            before = thumbs.missing + thumbs.unreadable
+            for k, path in enumerate(paths[:opt.max_thumbs]):
+                uri, why = thumbs.data_uri(path)
+                tl.append((f"image {k + 1}", uri, why))
+            if thumbs.missing + thumbs.unreadable > before:
+                n_missing_studies += 1
+        indication = str(ctx.get("indication") or "")
         rows_html.append(row_html(StudyRow(sid, split, indication, refs[i], va[i], vb[i], tl, note),
                                   metric_keys, names, opt.text))
+    if thumbs is not None and n_no_paths:
+        notes.append(f"{n_no_paths:,} studies have no image paths in their prediction row (the 'images' field "
+                     "`mllm-cxr generate` writes), so no images are shown for them.")
     counts: dict[str, Any] = {"studies in the table": f"{len(order):,} of {len(ids):,}"}
-    if thumbs is not None and sp is not None:
-        counts["images from"] = f"{src_note}; data root {root}"
+    if thumbs is not None:
+        counts["images from"] = "the prediction rows ('images')"
         counts["studies with a missing or unreadable image"] = n_missing_studies
         counts["images missing / unreadable"] = f"{thumbs.missing} / {thumbs.unreadable}"
-        if n_not_in_studies:
-            counts["studies not found in the studies file"] = n_not_in_studies
-    counts["studies with a label disagreement (A)"] = sum(va[i].metrics["errors"] > 0 for i in range(len(ids)))
-    counts["prior references without a prior (A)"] = sum(va[i].metrics["prior_hallucination"] > 0
-                                                         for i in range(len(ids)))
-    counts["measurement/device scorer"] = hook or "not installed (no scorer named measurement_hallucination)"
+        if n_no_paths:
+            counts["studies without image paths"] = n_no_paths
+    if any("errors" in v.metrics for v in va):
+        counts["studies with a label disagreement (A)"] = sum(v.metrics.get("errors", 0) > 0 for v in va)
+    if any("prior_hallucination" in v.metrics for v in va):
+        counts["prior references without a prior (A)"] = sum(v.metrics.get("prior_hallucination", 0) > 0 for v in va)
+    if measured:
+        counts["studies with a measurement/device hallucination (A)"] = sum(
+            v.metrics.get("measurement_hallucinations", 0) > 0 for v in va)
+    counts["measurement/device facts"] = ("flagged by eval (measurement_hallucination; tolerances in metrics.json)"
+                                          if measured else "not evaluated (eval ran without the measurement metric)")
     title = opt.title or (f"Evaluation: {names[0]}" + (f" vs {names[1]}" if names[1] else ""))
     doc = page_html(title=title, result=result, counts=counts, rows_html=rows_html, metric_keys=metric_keys,
                     sort_key=sort_key, sort_asc=sort_asc, splits=sorted(splits), compare_names=names,
@@ -1058,7 +952,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
             "images_from_cache": thumbs.disk_hits if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
             "images_unreadable": thumbs.unreadable if thumbs else 0, "studies_with_missing_image": n_missing_studies,
             "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
-            "measurement_hook": hook}
+            "measurement_hook": "measurement_hallucination" if measured else None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1066,13 +960,11 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
 # ------------------------------------------------------------------------------------------------
 def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The options shared by ``report`` and ``eval --html``."""
-    p.add_argument("--studies", default=None, help="study records of the predictions (default: recorded by generate)")
-    p.add_argument("--data-root", default=None, help="root of the image paths (default: recorded, else the studies "
-                                                     "file's folder)")
     p.add_argument("--sort", default=DEFAULT_SORT, help="per-study metric for the worst-first order "
                    f"({', '.join(PER_STUDY_METRICS)}; b_/delta_ prefix for the compared system)")
     p.add_argument("--thumb-size", type=int, default=DEFAULT_THUMB, help="thumbnail long side in pixels (0: no images)")
-    p.add_argument("--max-thumbs", type=int, default=2, help="images of the study per row (frontal first)")
+    p.add_argument("--max-thumbs", type=int, default=2, help="images per row: the first of those the prediction row "
+                                                             "names (the prompt's, frontal first)")
     p.add_argument("--max-studies", type=int, default=DEFAULT_MAX_STUDIES,
                    help="above this many studies, show the worst ones (with a note)")
     p.add_argument("--no-text", "--redact", dest="no_text", action="store_true",
@@ -1096,7 +988,7 @@ def check_options(opt: ReportOptions) -> ReportOptions:
 
 
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
-    return check_options(ReportOptions(studies=args.studies, data_root=args.data_root, sort=args.sort, thumb_size=args.thumb_size,
+    return check_options(ReportOptions(sort=args.sort, thumb_size=args.thumb_size,
                          max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
                          title=args.title, thumb_cache=args.thumb_cache))
 

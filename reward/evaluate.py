@@ -43,8 +43,12 @@ when that is fewer) and the metric delta is recomputed from the per-study statis
 included (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``).
 
 Outputs in ``DIR``: ``metrics.json``, ``metrics.md``, ``per_finding_f1.png``, ``length_distribution.png``,
-``metrics.png`` and ``per_study.jsonl`` (per-study scores of the mean metrics; ``per_study_compare.jsonl`` for the
-compared file).
+``metrics.png`` and ``per_study.jsonl`` (``per_study_compare.jsonl`` for the compared file): one line per study
+with its per-study scores (ROUGE-L, per-study CheXpert F1 over the 14 and the count of label disagreements,
+prior and measurement hallucinations, lengths...) and, under ``details``, what they rest on: both reports'
+CheXpert labels with the spans of their mentions (one labelling pass, :meth:`reward.chexpert.
+ChexpertRulesLabeler.label_with_spans`), the prior-exam sentences and whether the study had a prior, and the
+flagged measurement/device facts. The HTML report (:mod:`mllm_cxr.report_html`) only renders these.
 """
 
 from __future__ import annotations
@@ -249,6 +253,9 @@ class MetricGroup:
     stats: dict[str, Stat]
     info: dict[str, Any] = field(default_factory=dict)
     per_study: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per study, what the numbers rest on (labels and mention spans, flagged facts, prior sentences): a
+    #: JSON object each, written to ``per_study.jsonl`` under ``details.<group>`` for the HTML report
+    study_details: list[dict[str, Any]] | None = None
 
     def values(self, totals: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -256,7 +263,8 @@ class MetricGroup:
 
     def subset(self, idx: np.ndarray) -> MetricGroup:
         return MetricGroup(self.name, self.S[idx], self.stats, self.info,
-                           {k: v[idx] for k, v in self.per_study.items()})
+                           {k: v[idx] for k, v in self.per_study.items()},
+                           None if self.study_details is None else [self.study_details[i] for i in idx])
 
 
 def _ratio(a: int, b: int) -> Fn:
@@ -370,7 +378,10 @@ def no_prior_flags(contexts: Sequence[dict[str, Any]]) -> list[bool | None]:
 
 
 def prior_group(hyps: Sequence[str], refs: Sequence[str], contexts: Sequence[dict[str, Any]]) -> MetricGroup:
-    """Share of no-prior studies whose report refers to a previous exam (``prior_penalty`` scorer)."""
+    """Share of no-prior studies whose report refers to a previous exam (the sentences the ``prior_penalty``
+    scorer counts, :func:`reward.prior.find_prior_spans`); the details keep those sentences' spans."""
+    from reward.prior import find_prior_spans
+
     flags = no_prior_flags(contexts)
     known = [f is not None for f in flags]
     if not any(f is True for f in flags):
@@ -378,19 +389,23 @@ def prior_group(hyps: Sequence[str], refs: Sequence[str], contexts: Sequence[dic
                           "among the predictions" if any(known) else
                           "the predictions have no context.has_prior (nor comparison): write them with "
                           "`mllm-cxr generate`, which adds it")
-    scorer = get_scorer("prior_penalty")
-    has_prior = [not f if f is not None else True for f in flags]  # unknown: not counted as no-prior
-    pred = scorer(list(hyps), None, has_prior=has_prior)
-    ref = scorer(list(refs), None, has_prior=has_prior)
-    no_prior = np.array([f is True for f in flags], dtype=float)
-    fp = np.array([d["n_prior_sentences"] > 0 for d in pred.details], dtype=float) * no_prior
-    fr = np.array([d["n_prior_sentences"] > 0 for d in ref.details], dtype=float) * no_prior
+    found_h = [find_prior_spans(h) for h in hyps]
+    found_r = [find_prior_spans(r) for r in refs]
+    no_prior = np.array([f is True for f in flags], dtype=float)  # unknown: not counted as no-prior
+    fp = np.array([len(f) > 0 for f in found_h], dtype=float) * no_prior
+    fr = np.array([len(f) > 0 for f in found_r], dtype=float) * no_prior
     S = np.stack([fp, fr, no_prior], axis=1)
     stats = {"prior_hallucination_rate": Stat("Prior-hallucination rate (no-prior studies)", _ratio(0, 2), False),
              "reference_prior_rate": Stat("Reference prior-mention rate (no-prior studies)", _ratio(1, 2), None)}
     info = {"n_no_prior": int(no_prior.sum()), "n_unknown_prior_status": int(sum(not k for k in known)),
             "detector": "reward.prior (prior_penalty scorer)"}
-    return MetricGroup("prior", S, stats, info, {"prior_hallucination": fp})
+
+    def spans(found: list) -> list[list]:
+        return [[p.start, p.end, list(p.cues)] for p in found]
+
+    details = [{"no_prior": flags[i], "hyp_spans": spans(found_h[i]), "ref_spans": spans(found_r[i])}
+               for i in range(len(flags))]
+    return MetricGroup("prior", S, stats, info, {"prior_hallucination": fp}, details)
 
 
 def measurement_group(hyps: Sequence[str], refs: Sequence[str], **kw: Any) -> MetricGroup:
@@ -418,7 +433,8 @@ def measurement_group(hyps: Sequence[str], refs: Sequence[str], **kw: Any) -> Me
              "tube_carina_mae_cm": Stat("Tube-to-carina MAE (cm)", _ratio(6, 7), False)}
     info = {"n_carina_pairs": int(S[:, 7].sum()), "by_kind": res.corpus.get("hallucinations_by_kind", {}),
             "tolerances": res.corpus.get("tolerances"), "extractor": "reward.measurements (measurement_hallucination)"}
-    return MetricGroup("measurement", S, stats, info, {"measurement_hallucinations": S[:, 0]})
+    details = [{"hallucinations": d["hallucinations"]} for d in res.details]
+    return MetricGroup("measurement", S, stats, info, {"measurement_hallucinations": S[:, 0]}, details)
 
 
 def _describe(x: np.ndarray) -> dict[str, float]:
@@ -479,6 +495,8 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
                 groups[name] = mean_group(name, "ratescore", "RaTEScore", res.scores)
             elif name in ("chexpert", "chexbert"):
                 kw.setdefault("uncertain", uncertain)
+                if name == "chexpert":  # labels and mention spans from one labelling pass (the HTML report's)
+                    kw.setdefault("spans", True)
                 scorer = get_scorer("chexpert_f1" if name == "chexpert" else "chexbert_f1", **kw)
                 res = scorer(hyps, refs)
                 h, r = _binary_from_details(res.details or [], kw["uncertain"])
@@ -487,6 +505,14 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
                 groups[name] = f1_group(name, h, r, {"uncertain": kw["uncertain"],
                                                      "convention": convention(kw["uncertain"]),
                                                      "labeler": "rules" if name == "chexpert" else "chexbert"})
+                if name == "chexpert" and res.details and "hyp_spans" in res.details[0]:
+                    g = groups[name]
+                    tp = (h.astype(bool) & r.astype(bool)).sum(1)
+                    den = h.astype(bool).sum(1) + r.astype(bool).sum(1)
+                    g.per_study = {"chexpert_f1": np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0),
+                                   "errors": (h.astype(bool) != r.astype(bool)).sum(1).astype(float)}
+                    g.study_details = [{k: d[k] for k in ("hyp_labels", "ref_labels", "hyp_spans", "ref_spans")}
+                                       for d in res.details]
             elif name == "prior":
                 groups[name] = prior_group(hyps, refs, preds.contexts)
             elif name == "measurement":
@@ -849,9 +875,13 @@ def write_plots(result: dict[str, Any], extras: dict[str, Any], out_dir: Path) -
 
 
 def write_per_study(extras: dict[str, Any], path: Path) -> None:
+    """One line per evaluated study: its per-study scores and, under ``details``, what each group's numbers
+    rest on (:attr:`MetricGroup.study_details`). The HTML report renders these and recomputes nothing."""
     p = extras["pred"]
     cols = {k: v for g in extras["groups"].values() for k, v in g.per_study.items()}
-    write_jsonl(path, ({"study_id": sid, **{k: float(v[i]) for k, v in cols.items()}} for i, sid in enumerate(p.ids)))
+    dets = {g.name: g.study_details for g in extras["groups"].values() if g.study_details is not None}
+    write_jsonl(path, ({"study_id": sid, **{k: float(v[i]) for k, v in cols.items()},
+                        "details": {name: d[i] for name, d in dets.items()}} for i, sid in enumerate(p.ids)))
 
 
 def run_eval(pred: str | Path, out_dir: str | Path, *, plots: bool = True, strict: bool = False,

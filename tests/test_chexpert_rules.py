@@ -355,3 +355,143 @@ def test_prefix_index_is_sound_without_the_private_regex_parser():
     assert chexpert._prefixes(r"(?:ab|cd)+e") == {"ab", "cd"} and chexpert._prefixes(r"[a-c]d") == {"ad", "bd", "cd"}
     assert chexpert._parse_regex("(?P<x>a)") is None and chexpert._prefixes("a(b") is None
     assert chexpert._entry_regex("no (?=effusion)").endswith(")") and chexpert._entry_regex("effusion").endswith(r"(?!\w)")
+
+
+# ------------------------------------------------------------------------------------------------
+# The matching rule does not depend on the prefix index (issue 18)
+# ------------------------------------------------------------------------------------------------
+def _same_with_and_without_index(texts) -> int:
+    """Asserts equal mentions (spans, labels) and labels with the prefix index and without; returns the count."""
+    fast, slow = ChexpertRulesLabeler(), ChexpertRulesLabeler(prefix_index=False)
+    assert fast.rules.matcher.use_index and not slow.rules.matcher.use_index
+    n = 0
+    for i, text in enumerate(texts):
+        assert fast.mentions(text) == slow.mentions(text), f"text #{i}: mentions differ"
+        assert fast.label(text) == slow.label(text), f"text #{i}: labels differ"
+        n += 1
+    return n
+
+
+def test_prefix_index_is_only_a_speed_up_on_all_iu_reports():
+    """All 3,955 Open-i reports: FINDINGS + IMPRESSION (what the project labels) and every section together."""
+    from data_prep.iu_xray import iter_reports
+
+    reports = list(iter_reports(require_shared("iu_xray", "NLMCXR_reports.tgz")))
+    assert len(reports) == 3955
+    texts = []
+    for r in reports:
+        texts.append("\n\n".join(r[s] for s in ("findings", "impression") if r[s]))
+        texts.append("\n\n".join(r[s] for s in ("indication", "comparison", "findings", "impression") if r[s]))
+    assert _same_with_and_without_index(texts) == 2 * 3955
+
+
+def test_prefix_index_is_only_a_speed_up_on_the_fixtures(phantom_dir):
+    from pathlib import Path
+
+    from cxr_io import read_jsonl
+
+    texts = [t for t, _ in CASES]
+    texts += ["", "   ", "asdf", "<b>Cardiomegaly</b>", "心脏扩大. Cardiomégalie? ", "no " * 300 + "effusion",
+              "Heart size normal; no effusion: none. (Stable) lungs, clear.", "NO PNEUMOTHORAX.Small effusion."]
+    with open(Path(__file__).parent / "fixtures" / "prior_sentences.tsv", encoding="utf-8") as f:
+        texts += [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
+    for _, rec in read_jsonl(phantom_dir / "studies.jsonl"):
+        texts += [rec.get("findings") or "", rec.get("impression") or ""]
+        if rec.get("prior"):
+            texts += [rec["prior"].get("findings") or "", rec["prior"].get("impression") or ""]
+    stanford = require_shared("chexpert_labeler", "sample_reports.csv")
+    with open(stanford, newline="", encoding="utf-8") as f:
+        texts += [r[0] for r in csv.reader(f)]
+    assert _same_with_and_without_index(texts) > 300
+
+
+def _rules_file(tmp_path, name: str, body: str):
+    p = tmp_path / name
+    p.write_text("observations:\n  Pneumothorax:\n    findings: [pneumothorax]\n"
+                 "  Pleural Effusion:\n    findings: [effusion]\n" + body)
+    return p
+
+
+def test_the_first_yaml_entry_that_matches_wins_wherever_the_index_files_it(tmp_path):
+    """"no" (indexed under a 2-letter prefix) and "no evidence of" (3 letters) both match at "no": the one listed
+    first gives the cue. With a one-word reach only the longer cue reaches the finding."""
+    for order, want in ((["no evidence of", "no"], N), (["no", "no evidence of"], P)):
+        rules = _rules_file(tmp_path, f"r{want}.yaml", f"pre_window: 1\ncues:\n  pre_negation: {order}\n")
+        for index in (True, False):
+            lab = ChexpertRulesLabeler(rules_path=rules, prefix_index=index)
+            assert lab.label("No evidence of pneumothorax.")["Pneumothorax"] == want, (order, index)
+
+
+def test_an_entry_the_prefix_analysis_cannot_read_is_tried_at_punctuation_too(tmp_path):
+    """A scope break the analysis cannot read ("(?i:;)") still cuts the clause at ";" (it used to be tried at word
+    starts only, so it never matched and "no" reached across the semicolon)."""
+    from reward.chexpert import _prefixes
+
+    assert _prefixes("(?i:;)") is None
+    rules = _rules_file(tmp_path, "unread.yaml", "cues:\n  pre_negation: ['no']\n  scope_breaks: ['(?i:;)']\n")
+    for index in (True, False):
+        lab = ChexpertRulesLabeler(rules_path=rules, prefix_index=index).label("No pneumothorax; effusion.")
+        assert (lab["Pneumothorax"], lab["Pleural Effusion"]) == (N, P), index
+    named = _rules_file(tmp_path, "named.yaml", "cues:\n  scope_breaks: ['(?P<semi>;)']\n")
+    with pytest.raises(RewardError, match="named groups"):
+        ChexpertRulesLabeler(rules_path=named)
+
+
+def test_fast_paths_of_the_splitter_and_normalize_match_the_general_rules():
+    """split_sentences' one-line fast path and normalize's skipped scans give what the full rules give."""
+    import random
+    import re
+
+    from reward import text as rt
+    from reward.chexpert import _PARA_RE, normalize
+    from reward.text import GLUED_SENTENCE
+
+    def normalize_reference(s: str) -> str:
+        s = s.replace("\r\n", "\n").replace("\r", "\n")
+        s = GLUED_SENTENCE.sub(r"\1. \2", _PARA_RE.sub(" . ", s))
+        return re.sub(r"\s+", " ", s).strip().lower()
+
+    rng = random.Random(0)
+    alphabet = list("ab Zx.!?\n\r\t)('\"]0123:;-*\u2022\u0663eEgGvsDrJ  ..") + ["vs.", "Dr. ", "e.g. ", "approx. ", "1. "]
+    texts = [t for t, _ in CASES] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+                                     for _ in range(20000)]
+    plain = 0
+    for s in texts:
+        assert normalize(s) == normalize_reference(s), repr(s)
+        for t in (s, normalize(s)):
+            assert rt.split_sentences(t) == rt._split_general(t), repr(t)
+            plain += "\n" not in t and not rt._MAYBE_NOT_AN_END.search(t) and not rt._DOT_CAPITAL.search(t)
+    assert plain > 1000  # the fast path was taken often
+
+
+def test_label_with_spans_is_label_plus_where_the_mentions_are():
+    """One labelling pass gives label()'s labels and original-text spans (sections, implications included)."""
+    from reward.chexpert import label_report
+
+    lab = ChexpertRulesLabeler()
+    for text in [t for t, _ in CASES] + ["", "   ", "Mild CHF.\r\n\r\nNo effusion.", "No edema.Possible pneumonia."]:
+        labels, spans = lab.label_with_spans(text)
+        assert labels == label_report(text), text
+        for obs, a, b, value in spans:
+            assert obs in CHEXPERT_LABELS and 0 <= a < b <= len(text) and value in (P, N, U)
+    text = "Mild CHF."
+    assert sorted((o, text[a:b]) for o, a, b, _ in lab.label_with_spans(text)[1]) == [("Cardiomegaly", "CHF"),
+                                                                                        ("Edema", "CHF")]
+    sec = ChexpertRulesLabeler(sections=("findings", "impression"))
+    text = "INDICATION: rule out pneumonia.\nFINDINGS:  Small left effusion.\nIMPRESSION:\n  No pneumothorax."
+    labels, spans = sec.label_with_spans(text)
+    assert labels == sec.label(text)
+    assert sorted((o, text[a:b], v) for o, a, b, v in spans) == [("Pleural Effusion", "effusion", P),
+                                                                   ("Pneumothorax", "pneumothorax", N)]
+
+
+def test_chexpert_f1_scorer_spans_details():
+    s = get_scorer("chexpert_f1", spans=True)
+    hyps, refs = ["Small left effusion.", "No edema."], ["No effusion.", "No edema."]
+    r = s(hyps, refs)
+    assert r.scores == get_scorer("chexpert_f1")(hyps, refs).scores
+    d = r.details[0]
+    assert d["hyp_labels"]["Pleural Effusion"] == P and d["ref_labels"]["Pleural Effusion"] == N
+    assert [(o, hyps[0][a:b]) for o, a, b, _ in d["hyp_spans"]] == [("Pleural Effusion", "effusion")]
+    assert [(o, refs[0][a:b], v) for o, a, b, v in d["ref_spans"]] == [("Pleural Effusion", "effusion", N)]
+    assert "hyp_spans" not in get_scorer("chexpert_f1")(hyps, refs).details[0]

@@ -14,7 +14,7 @@ from mllm_cxr.report_html import (
     ReportOptions,
     build_report,
     label_highlights,
-    label_view,
+    label_view_from,
     prior_highlights,
     render_marked,
 )
@@ -28,6 +28,17 @@ SCRIPT = "<script>alert('x')</script>"
 @pytest.fixture(scope="module")
 def labeler():
     return ChexpertRulesLabeler()
+
+
+def label_view(text: str, labeler, uncertain: str = "positive"):
+    """What eval writes for one report (labels and mention spans from one labelling pass), as the page reads it."""
+    return label_view_from(*labeler.label_with_spans(text), uncertain)
+
+
+def prior_marks(text: str) -> list[Highlight]:
+    from reward.prior import find_prior_spans
+
+    return prior_highlights([[p.start, p.end, list(p.cues)] for p in find_prior_spans(text)])
 
 
 def spans(hl: list[Highlight], text: str) -> set[tuple[int, int, str, str | None, str]]:
@@ -86,11 +97,11 @@ def test_agreeing_reports_have_no_highlight(labeler):
 
 def test_prior_detector_spans():
     text = "Stable cardiomegaly. No effusion. Compared to the prior study, no change."
-    got = [(h.start, h.end, h.kind, text[h.start:h.end]) for h in prior_highlights(text)]
+    got = [(h.start, h.end, h.kind, text[h.start:h.end]) for h in prior_marks(text)]
     assert got == [(0, 20, "prior", "Stable cardiomegaly."),
                    (34, 73, "prior", "Compared to the prior study, no change.")]
-    assert "cues: stable" in prior_highlights(text)[0].label
-    assert prior_highlights("Evidence of prior granulomatous disease. Clear lungs.") == []
+    assert "cues: stable" in prior_marks(text)[0].label
+    assert prior_marks("Evidence of prior granulomatous disease. Clear lungs.") == []
 
 
 @pytest.mark.parametrize("text", ["  A\r\n\r\n1. Foo  bar.Baz\tİx \n2) y", "x.Y", "", "\n\n", "ΟΔΟΣ.Α b"])
@@ -115,13 +126,16 @@ def test_render_marked_escapes_and_splits_overlaps():
 # ------------------------------------------------------------------------------------------------
 # Whole reports on phantom data
 # ------------------------------------------------------------------------------------------------
-def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source: str = "row",
+def write_predictions(phantom_dir: Path, out: Path, shift: int, *, images: str = "current",
                       long_id: str | None = None) -> Path:
-    """Predictions in `generate`'s format; every third study gets its own impression, the rest a neighbour's."""
-    from data_prep.schema import read_records
+    """Predictions in `generate`'s format; every third study gets its own impression, the rest a neighbour's.
+    ``images``: what each row's "images" field names, as `generate` writes it: "current" (the default prompt's
+    images), "prior" (a prompt with the prior study's image too) or "none" (no such field)."""
+    from data_prep.schema import image_path, read_records
     from mllm_cxr.data import study_columns
-    from reward.evaluate import meta_path
+    from mllm_cxr.prompts import PromptConfig, build_messages
 
+    cfg = PromptConfig(include_prior_images=True, max_images=3) if images == "prior" else PromptConfig()
     recs = read_records(phantom_dir / "studies.jsonl")
     with open(out, "w", encoding="utf-8") as fh:
         for i, r in enumerate(recs):
@@ -131,12 +145,9 @@ def write_predictions(phantom_dir: Path, out: Path, shift: int, *, record_source
             if r.study_id == long_id:
                 p += LONG
             row = {"study_id": r.study_id, "prediction": p, "reference": r.impression, "context": study_columns(r)}
-            if record_source == "row":
-                row["studies"] = str(phantom_dir / "studies.jsonl")
+            if images != "none":
+                row["images"] = [str(image_path(phantom_dir, im.path).resolve()) for im in build_messages(r, cfg)[1]]
             fh.write(json.dumps(row) + "\n")
-    if record_source == "meta":
-        meta_path(out).write_text(json.dumps({"studies": str(phantom_dir / "studies.jsonl"), "prompt": {
-            "prompt": {"include_prior_images": True, "max_images": 3}}}))
     return out
 
 
@@ -144,7 +155,7 @@ def make_eval(tmp: Path, phantom_dir: Path, *, compare: bool = True, long_id: st
     from reward.evaluate import run_eval
 
     a = write_predictions(phantom_dir, tmp / "sys_a.jsonl", 1, long_id=long_id)
-    b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, record_source="meta") if compare else None
+    b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, images="prior") if compare else None
     run_eval(a, tmp / "eval", compare=b, metrics=FAST.split(","), n_boot=50, plots=False, progress=False)
     return tmp / "eval"
 
@@ -180,8 +191,8 @@ def test_report_from_eval_folder(tmp_path, phantom_dir):
     assert f1 == sorted(f1) and f1[0] < f1[-1]
 
 
-def test_images_through_meta_file_prior_images_and_missing_placeholder(tmp_path, phantom_dir):
-    """B's rows carry no `studies` field: its side file names the studies file and a prompt with prior images."""
+def test_images_from_the_rows_prior_images_and_missing_placeholder(tmp_path, phantom_dir):
+    """The thumbnails are the files each prediction row names (here a prompt with prior images), in its order."""
     import shutil
 
     from data_prep.schema import read_records
@@ -191,35 +202,43 @@ def test_images_through_meta_file_prior_images_and_missing_placeholder(tmp_path,
     recs = read_records(ph / "studies.jsonl")
     (ph / recs[0].images[0].path).unlink()  # one missing image
     (ph / recs[1].images[0].path).write_bytes(b"not a png")  # one unreadable image
-    pred = write_predictions(ph, tmp_path / "p.jsonl", 1, record_source="meta")
+    pred = write_predictions(ph, tmp_path / "p.jsonl", 1, images="prior")
     from reward.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert", "length"], n_boot=0, plots=False, progress=False)
-    s = build_report(tmp_path / "ev")
-    n_prior = sum(1 for r in recs if r.prior is not None and r.prior.images)
-    assert n_prior > 0
+    s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=3))
+    rows = [json.loads(x) for x in open(pred)]
+    n_images = sum(len(r["images"]) for r in rows)
+    assert any(len(r["images"]) == 3 for r in rows)  # studies with a prior: frontal, lateral, prior frontal
     assert s["images_missing"] == 1 and s["images_unreadable"] == 1 and s["studies_with_missing_image"] == 2
     doc = (tmp_path / "ev" / "report.html").read_text()
+    assert doc.count('src="data:image/jpeg;base64,') == n_images - 2
     assert doc.count("image missing") == 1 and doc.count("image unreadable") == 1
-    assert doc.count("<figcaption>prior ") == n_prior
+    assert doc.count("<figcaption>image 3</figcaption>") == sum(len(r["images"]) == 3 for r in rows)
     assert "studies with a missing or unreadable image: <b>2</b>" in doc
 
 
-def test_flags_override_and_no_record_means_a_note(tmp_path, phantom_dir):
-    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
+def test_rows_without_image_paths_get_a_note_and_relative_paths_are_the_files(tmp_path, phantom_dir):
+    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, images="none")
     from reward.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
     s = build_report(tmp_path / "ev")
     assert s["images"] == 0
-    assert "Images are not shown: the predictions do not name their studies file (pass --studies)" in \
-        (tmp_path / "ev" / "report.html").read_text()
-    s = build_report(tmp_path / "ev", options=ReportOptions(studies=str(phantom_dir / "studies.jsonl"),
-                                                            data_root=str(phantom_dir), max_thumbs=1))
+    doc = (tmp_path / "ev" / "report.html").read_text()
+    assert f"{s['studies']:,} studies have no image paths in their prediction row" in doc
+    assert doc.count("no image paths in the prediction row</div>") == s["studies"]  # one placeholder per row
+    # relative paths: taken from the predictions file's folder
+    rows = [json.loads(x) for x in open(write_predictions(phantom_dir, tmp_path / "abs.jsonl", 1))]
+    with open(pred, "w") as fh:
+        for r in rows:
+            r["images"] = [str(Path(p).relative_to(phantom_dir.resolve())) for p in r["images"]]
+            fh.write(json.dumps(r) + "\n")
+    import shutil
+
+    shutil.copytree(phantom_dir / "images", tmp_path / "images")
+    s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=1))
     assert s["images"] == s["studies"] and s["images_missing"] == 0
-    s = build_report(tmp_path / "ev", options=ReportOptions(studies=str(phantom_dir / "studies.jsonl"),
-                                                            data_root=str(tmp_path)))  # wrong root: placeholders
-    assert s["images"] == 0 and s["studies_with_missing_image"] == s["studies"]
 
 
 def test_no_text_leaves_the_texts_out(tmp_path, phantom_dir):
@@ -248,9 +267,11 @@ def test_max_studies_keeps_the_worst_with_a_note_and_sort_choices(tmp_path, phan
         build_report(ev, options=ReportOptions(sort="bleu"))
 
 
-def test_measurement_hook_with_a_registered_scorer(tmp_path, phantom_dir):
-    """The optional hook: whatever scorer is registered as measurement_hallucination marks its spans."""
+def test_measurement_marks_are_the_facts_eval_flagged(tmp_path, phantom_dir):
+    """Whatever scorer eval ran as measurement_hallucination, the page marks the facts it flagged, and renders them
+    after that scorer is gone (it scores nothing itself)."""
     from reward.base import Scorer, ScoreResult
+    from reward.evaluate import run_eval
     from tests.conftest import local_scorers
 
     class Fake(Scorer):
@@ -260,15 +281,17 @@ def test_measurement_hook_with_a_registered_scorer(tmp_path, phantom_dir):
             det = []
             for h in hyps:
                 i = h.find("pneumothorax")
-                det.append({"hallucinations": [{"kind": "device_position", "span": [i, i + 12],
-                                                "reference_fact": {"text": "ETT 4 cm above the carina"}}]}
-                           if i >= 0 else {"hallucinations": []})
+                items = ([{"kind": "device_position", "span": [i, i + 12],
+                           "reference_fact": {"text": "ETT 4 cm above the carina"}}] if i >= 0 else [])
+                det.append({"hallucinations": items, "n_hallucinations": len(items), "tp_hyp": 0, "n_hyp": 0,
+                            "tp_ref": 0, "n_ref": 0, "carina_error_cm": None})
             return ScoreResult([float(len(d["hallucinations"])) for d in det], det, {})
 
-    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    a = write_predictions(phantom_dir, tmp_path / "sys_a.jsonl", 1)
     with local_scorers([("measurement_hallucination", "test", Fake)]):
-        s = build_report(ev, options=ReportOptions(thumb_size=0))
-    doc = (ev / "report.html").read_text()
+        run_eval(a, tmp_path / "eval", metrics=["chexpert", "measurement"], n_boot=20, plots=False, progress=False)
+    s = build_report(tmp_path / "eval", options=ReportOptions(thumb_size=0))
+    doc = (tmp_path / "eval" / "report.html").read_text()
     rows = [json.loads(x) for x in open(tmp_path / "sys_a.jsonl")]
     n = sum("pneumothorax" in r["prediction"] for r in rows)
     assert n > 0 and s["measurement_hook"] == "measurement_hallucination"
@@ -277,18 +300,16 @@ def test_measurement_hook_with_a_registered_scorer(tmp_path, phantom_dir):
     assert len(re.findall(r'data-m-measurement-hallucinations="1"', doc)) == n
 
 
-def test_measurement_hook_with_the_real_scorer(tmp_path, phantom_dir):
-    from reward.base import available_scorers
-
-    if "measurement_hallucination" not in available_scorers():
-        pytest.skip("no scorer named measurement_hallucination is registered in this version (reward/measurements.py)")
+def test_measurement_highlights_of_the_real_scorer():
     from mllm_cxr.report_html import measurement_highlights
+    from reward.base import get_scorer
 
     hyps = ["Endotracheal tube tip 9 cm above the carina. No pneumothorax."]
     refs = ["Endotracheal tube tip 4 cm above the carina. No pneumothorax."]
-    marks, counts, _ = measurement_highlights(hyps, refs)
-    assert counts[0] >= 1 and marks[0], (counts, marks)
-    assert all(0 <= m.start < m.end <= len(hyps[0]) for m in marks[0])
+    res = get_scorer("measurement_hallucination")(hyps, refs)
+    marks = measurement_highlights(hyps[0], res.details[0]["hallucinations"])
+    assert res.scores[0] >= 1 and len(marks) == res.scores[0], (res.scores, marks)
+    assert all(0 <= m.start < m.end <= len(hyps[0]) for m in marks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,32 +376,6 @@ def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
     assert "Report texts were left out" in doc and 'value="errors" data-dir=desc selected' in doc
 
 
-def test_studies_and_data_root_from_row_fields(tmp_path, phantom_dir):
-    """`studies` inside `context` and a top-level `data_root` (relative studies path, moved images)."""
-    import shutil
-
-    from reward.evaluate import run_eval
-
-    shutil.copytree(phantom_dir / "images", tmp_path / "imgs" / "images")
-    shutil.copy(phantom_dir / "studies.jsonl", tmp_path / "studies.jsonl")
-    pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, record_source="none")
-    rows = [json.loads(x) for x in open(pred)]
-    with open(pred, "w") as fh:
-        for r in rows:
-            r["context"]["studies"] = "studies.jsonl"  # relative: found beside the predictions file
-            r["data_root"] = str(tmp_path / "imgs")
-            fh.write(json.dumps(r) + "\n")
-    run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
-    s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=1))
-    assert s["images"] == s["studies"] == len(rows) and s["images_missing"] == 0
-    assert f"data root {tmp_path / 'imgs'}" in (tmp_path / "ev" / "report.html").read_text()
-    rows[0]["data_root"] = "/elsewhere"
-    with open(pred, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    with pytest.raises(DataPrepError, match="field 'data_root'.*2 different values"):
-        build_report(tmp_path / "ev")
-
-
 def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
     import shutil
 
@@ -407,3 +402,129 @@ def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
     Image.new("L", (64, 64), 255).save(src)  # the image changed: its thumbnail is made again
     third = build_report(tmp_path / "ev", tmp_path / "r3", options=opt)
     assert third["images_from_cache"] == first["images"] - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The page shows what eval counted (issue 18): numbers and highlights from per_study.jsonl / metrics.json
+# ------------------------------------------------------------------------------------------------
+ETT_HYP = "Endotracheal tube tip 5.5 cm above the carina. No pneumothorax."
+ETT_REF = "Endotracheal tube tip 4 cm above the carina. No pneumothorax."
+PAIRS = [  # (prediction, reference); no study has a prior
+    (ETT_HYP, ETT_REF),
+    ("Possible small left pleural effusion. No pneumothorax.", "No pleural effusion. No pneumothorax."),
+    ("Stable cardiomegaly. No edema.", "Cardiomegaly. No edema."),
+    ("Mild pulmonary edema. Small right pleural effusion.", "Small right pleural effusion."),
+    ("No acute cardiopulmonary process.", "No acute cardiopulmonary process."),
+]
+
+
+def _study_rows(doc: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr class=study [^>]*data-id="([^"]+)"[^>]*>(.*?)</tr>', doc, flags=re.S))
+
+
+def _kinds_marked(row: str) -> dict[str, list[str]]:
+    """Per highlight kind, the marked texts of a row (reference and generated cells)."""
+    out: dict[str, list[str]] = {}
+    for cls, txt in re.findall(r'<mark class="hl ([^"]+)" title="[^"]*">(.*?)</mark>', row):
+        for k in cls.split():
+            out.setdefault(k.removeprefix("hl-"), []).append(txt)
+    return out
+
+
+def _eval_and_report(tmp_path: Path, name: str, *extra: str) -> tuple[dict, dict[str, dict], str]:
+    from mllm_cxr.cli import main
+
+    pred = tmp_path / f"{name}.jsonl"
+    pred.write_text("".join(json.dumps({"study_id": f"s{i}", "prediction": h, "reference": r,
+                                        "context": {"has_prior": False}}) + "\n" for i, (h, r) in enumerate(PAIRS)))
+    out = tmp_path / f"ev-{name}"
+    assert main(["eval", "--pred", str(pred), "--out", str(out), "--metrics", "chexpert,prior,measurement,rouge_l",
+                 "--n-boot", "20", "--no-plots", "--quiet", "--html", "--thumb-size", "0", *extra]) == 0
+    per = {d["study_id"]: d for d in map(json.loads, open(out / "per_study.jsonl"))}
+    return json.loads((out / "metrics.json").read_text()), per, (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("extra", [(), ("--metric-kwargs", '{"measurement": {"carina_tolerance_cm": 2}}',
+                                        "--uncertain", "negative")], ids=["defaults", "non-default-kwargs"])
+def test_every_number_and_highlight_is_evals(tmp_path, extra):
+    """eval --metric-kwargs with a 2 cm carina tolerance counts no hallucination on the ETT pair (5.5 vs 4 cm):
+    the page must not count or mark one either; --uncertain negative must not make "possible effusion" an FP."""
+    result, per, doc = _eval_and_report(tmp_path, "sys", *extra)
+    rows = _study_rows(doc)
+    # as many measurement marks as metrics.json counts hallucinations (0 on the ETT pair with 2 cm)
+    total = result["metrics"]["measurement_hallucinations_per_report"]["value"] * result["n"]
+    assert sum(len(_kinds_marked(r).get("meas", [])) for r in rows.values()) == round(total)
+    assert set(rows) == set(per) == {f"s{i}" for i in range(len(PAIRS))}
+    for sid, line in per.items():
+        row = rows[sid]
+        head = re.search(rf'<tr class=study [^>]*data-id="{sid}"[^>]*>', doc).group(0)
+        for key in ("chexpert_f1", "errors", "rouge_l", "prior_hallucination", "measurement_hallucinations"):
+            got = re.search(rf'data-m-{key.replace("_", "-")}="([^"]+)"', head)
+            assert got is not None and float(got.group(1)) == pytest.approx(line[key], abs=1e-5), (sid, key)
+        marked = _kinds_marked(row)
+        assert len(marked.get("meas", [])) == line["measurement_hallucinations"], (sid, marked)
+        assert bool(marked.get("prior")) == bool(line["prior_hallucination"]), (sid, marked)
+        ch = line["details"]["chexpert"]
+        unc = result["details"]["chexpert"]["uncertain"]
+        pos = [{o for o, v in ch[k].items() if v == 1.0 or (v == -1.0 and unc == "positive")}
+               for k in ("hyp_labels", "ref_labels")]
+        n_fp, n_fn = len(pos[0] - pos[1]), len(pos[1] - pos[0])
+        assert line["errors"] == n_fp + n_fn
+        assert row.count('class="chip fp"') == n_fp and row.count('class="chip fn"') == n_fn, sid
+        assert bool(marked.get("fp")) <= bool(n_fp) and bool(marked.get("fn")) <= bool(n_fn), (sid, marked)
+    # the ETT pair: 1.5 cm apart, a hallucination under the default 1 cm tolerance only
+    tol = result["details"]["measurement"]["tolerances"]["carina_cm"]
+    assert per["s0"]["measurement_hallucinations"] == (1.0 if tol == 1.0 else 0.0)
+    assert ("5.5 cm" in "".join(_kinds_marked(rows["s0"]).get("meas", []))) == (tol == 1.0)
+    # "possible effusion" vs "no effusion": a false positive only when uncertain counts as present
+    assert ("chip fp" in rows["s1"]) == (result["details"]["chexpert"]["uncertain"] == "positive")
+    # the summary: every main metric as metrics.json has it, and the per-study counts as per_study.jsonl sums them
+    for key, m in result["metrics"].items():
+        if m.get("main", True) and m["value"] is not None:
+            digits = 1 if key.startswith(("length_pred", "length_ref")) else 3
+            assert f"<td>{m['label']}</td><td class=num>{m['value']:.{digits}f}</td>" in doc, key
+    assert f"label disagreement (A): <b>{sum(d['errors'] > 0 for d in per.values())}</b>" in doc
+    assert f"measurement/device hallucination (A): <b>" \
+           f"{sum(d['measurement_hallucinations'] > 0 for d in per.values())}</b>" in doc
+
+
+def test_the_report_neither_labels_nor_scores(tmp_path, monkeypatch):
+    """Rendering runs no labeler and no scorer: with both made to fail, `mllm-cxr report` still renders the page."""
+    from mllm_cxr.cli import main
+    from reward import base, chexpert
+
+    _eval_and_report(tmp_path, "sys")
+
+    def boom(*a, **k):
+        raise AssertionError("the report re-scored")
+
+    monkeypatch.setattr(chexpert.ChexpertRulesLabeler, "mentions", boom)
+    monkeypatch.setattr(base, "get_scorer", boom)
+    assert main(["report", "--eval", str(tmp_path / "ev-sys"), "--out", str(tmp_path / "r"), "--quiet",
+                 "--thumb-size", "0"]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_eval_labels_each_text_once(tmp_path, monkeypatch):
+    """eval's CheXpert metric labels each prediction and each distinct reference once (labels and spans together)."""
+    from reward import base, chexpert
+
+    monkeypatch.setattr(base, "_CACHE", {})  # a fresh scorer: no reference labels kept from another test
+    calls = []
+    real = chexpert.ChexpertRulesLabeler.mentions
+    monkeypatch.setattr(chexpert.ChexpertRulesLabeler, "mentions", lambda self, t: calls.append(t) or real(self, t))
+    _eval_and_report(tmp_path, "once")
+    texts = [h for h, _ in PAIRS] + list(dict.fromkeys(r for _, r in PAIRS))
+    assert sorted(calls) == sorted(texts)
+
+
+def test_an_eval_folder_without_details_asks_for_eval_again(tmp_path):
+    """A per_study.jsonl from before the details (or with a study missing) is refused with one clear line."""
+    _, per, _ = _eval_and_report(tmp_path, "old")
+    p = tmp_path / "ev-old" / "per_study.jsonl"
+    p.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "details"}) + "\n" for d in per.values()))
+    with pytest.raises(DataPrepError, match="without 'details'.*eval` again"):
+        build_report(tmp_path / "ev-old")
+    p.write_text(json.dumps(next(iter(per.values()))) + "\n")
+    with pytest.raises(DataPrepError, match="4 evaluated studies have no line"):
+        build_report(tmp_path / "ev-old")
