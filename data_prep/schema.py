@@ -10,7 +10,7 @@ Every converter writes it, everything else reads it::
 and, where a dataset has them (optional; left out of the JSON when absent):
 
     grounded_findings[{text, boxes[{x_min, y_min, x_max, y_max}] | null, image}]   (RadFact's GroundedPhrase)
-    images[i].boxes[{label, x_min, y_min, x_max, y_max, polygon[[x, y], ...] | null}]  (detection boxes)
+    images[i].boxes[{label, x_min, y_min, x_max, y_max, polygon[[x, y], ...] | null, reader}]  (detection boxes)
 
 Box coordinates are fractions of the ORIGINAL image (0 <= min < max <= 1), so they survive any resize;
 ``image`` indexes ``images`` (a record without images, a text-only grounded report, uses ``image: 0``).
@@ -153,7 +153,7 @@ _TEXT = ("study_time", "indication", "technique", "comparison", "findings", "imp
 _ALL_FIELDS = set(_REQUIRED) | set(_TEXT) | {"images", "prior", "labels", "meta", "grounded_findings"}
 _IMAGE_FIELDS = frozenset({"path", "view", "boxes"})
 _BOX_FIELDS = frozenset(COORDS) | {"label"}
-_DET_FIELDS = _BOX_FIELDS | {"polygon"}
+_DET_FIELDS = _BOX_FIELDS | {"polygon", "reader"}
 _GROUNDED_FIELDS = frozenset({"text", "boxes", "image"})
 
 
@@ -193,6 +193,11 @@ def _box(b: Any, *, file, line, fld: str, detection: bool) -> dict[str, Any]:
         out["polygon"] = [[float(x), float(y)] for x, y in poly]
     elif detection and "polygon" in b:
         out["polygon"] = None
+    if detection and b.get("reader") is not None:
+        if not isinstance(b["reader"], str):
+            raise DataPrepError("reader must be a string (the annotator's id)", file=file, line=line,
+                                field=f"{fld}.reader", value=b["reader"])
+        out["reader"] = b["reader"]
     return out
 
 
