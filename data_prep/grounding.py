@@ -32,7 +32,7 @@ from typing import Any
 
 from cxr_io import iter_csv_rows, read_json
 from data_prep.errors import DataPrepError, UnknownLayoutError
-from data_prep.schema import SPLITS, ImageRef, StudyRecord, validate_record
+from data_prep.schema import SPLITS, StudyRecord, validate_record
 
 NIH_SIZE = (1024, 1024)
 CHESTX_DET_SIZE = (1024, 1024)

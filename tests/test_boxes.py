@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mllm_cxr.boxes import FAMILIES, DecodedBoxes, box_problem, decode_boxes, encode_boxes, iou, quantum, smart_resize
+from mllm_cxr.boxes import (
+    FAMILIES,
+    DecodedBoxes,
+    box_problem,
+    decode_boxes,
+    encode_boxes,
+    iou,
+    quantum,
+    smart_resize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
