@@ -358,3 +358,137 @@ def decode_boxes(text: Any, family: str, image_size: Sequence[int], *, min_pixel
         empty = bool(_EMPTY_RE.search(text))
         return DecodedBoxes(n_failed=0 if empty else 1, empty_answer=empty)
     return DecodedBoxes(out, failed)
+
+
+# -- grounded reports: sentences, each with its boxes or none --------------------------------------
+class DecodedFindings(list):
+    """Sentences decoded from a grounded report: ``[{"text", "boxes": [box] | None}]`` (boxes as fractions
+    of the original image); ``n_failed`` counts malformed box fragments."""
+
+    def __init__(self, findings: Iterable[dict] = (), n_failed: int = 0) -> None:
+        super().__init__(findings)
+        self.n_failed = int(n_failed)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0
+
+
+def _coords_json(b: Mapping[str, float], sx: float, sy: float, hi_x: float, hi_y: float, digits: int | None):
+    vals = [b["x_min"] * sx, b["y_min"] * sy, b["x_max"] * sx, b["y_max"] * sy]
+    if digits is not None:
+        return [round(v, digits) for v in vals]
+    return [int(min(hi, max(0, round(v)))) for v, hi in zip(vals, (hi_x, hi_y, hi_x, hi_y))]
+
+
+def encode_grounded(findings: Iterable[Mapping[str, Any]], family: str, image_size: Sequence[int], *,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> str:
+    """The text of a grounded report: sentences ``{text, boxes | None}`` in ``family``'s convention.
+
+    * maira2: ``<obj>sentence<box>...</box></obj>`` per sentence (MAIRA-2's grounded reporting output);
+    * qwen2_vl: one line per sentence, a grounded one as
+      ``<|object_ref_start|>sentence<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>...``;
+    * qwen2_5_vl, qwen3_vl, normalized: a JSON list ``[{"text": ..., "bbox_2d": [[x1, y1, x2, y2], ...] | null}]``
+      (``"box"`` for normalized) in the family's coordinates.
+    """
+    _check_family(family)
+    findings = list(findings)
+    sx, sy, ox, oy = pixel_frame(family, image_size, min_pixels=min_pixels, max_pixels=max_pixels)
+    for i, f in enumerate(findings):
+        for j, b in enumerate(f.get("boxes") or []):
+            problem = box_problem(b)
+            if problem:
+                raise ValueError(f"finding {i} box {j}: {problem}")
+    if family == "maira2":
+        out = []
+        for f in findings:
+            boxes = f.get("boxes")
+            body = encode_boxes([{**b, "label": ""} for b in boxes], family, image_size) if boxes else ""
+            inner = body.removeprefix("<obj>").removesuffix("</obj>") if boxes else ""
+            out.append(f"<obj>{f['text']}{inner}</obj>")
+        return "".join(out)
+    if family == "qwen2_vl":
+        lines = []
+        for f in findings:
+            if f.get("boxes"):
+                boxes = "".join(encode_boxes([{k: b[k] for k in COORDS}], family, image_size)
+                                for b in f["boxes"])
+                lines.append(f"<|object_ref_start|>{f['text']}<|object_ref_end|>{boxes}")
+            else:
+                lines.append(str(f["text"]))
+        return "\n".join(lines)
+    key = "box" if family == "normalized" else "bbox_2d"
+    hi = (sx, sy) if family == "qwen2_5_vl" else (REL_SCALE, REL_SCALE)
+    items = [json.dumps({"text": f["text"], key: None if not f.get("boxes") else
+                         [_coords_json(b, sx, sy, *hi, 4 if family == "normalized" else None) for b in f["boxes"]]},
+                        ensure_ascii=False) for f in findings]
+    body = "[\n" + ",\n".join("\t" + it for it in items) + "\n]"
+    return body if family == "normalized" else "```json\n" + body + "\n```"
+
+
+def decode_grounded(text: Any, family: str, image_size: Sequence[int], *, min_pixels: int | None = None,
+                    max_pixels: int | None = None) -> DecodedFindings:
+    """The sentences and boxes of a grounded report written by :func:`encode_grounded`'s convention;
+    never raises on the text (plain text becomes ungrounded sentences, one per line)."""
+    _check_family(family)
+    frame = pixel_frame(family, image_size, min_pixels=min_pixels, max_pixels=max_pixels)
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    text = text[:MAX_DECODE_CHARS]
+    out: list[dict] = []
+    failed = 0
+    if family == "maira2":
+        if "<obj>" not in text:
+            return DecodedFindings([{"text": t.strip(), "boxes": None} for t in text.splitlines() if t.strip()],
+                                   1 if "<box>" in text else 0)
+        for m in _MAIRA_OBJ.finditer(text):
+            got = decode_boxes("<obj>" + m.group(1) + "</obj>", family, image_size)
+            body = m.group(1)
+            cut = body.find("<box>")
+            sentence = (body if cut == -1 else body[:cut]).strip()
+            boxes = [{k: b[k] for k in COORDS} for b in got] if cut != -1 else None
+            failed += got.n_failed if cut != -1 else 0
+            out.append({"text": sentence, "boxes": boxes})
+        return DecodedFindings(out, failed)
+    if family == "qwen2_vl":
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if "<|box_start|>" in line:
+                got = decode_boxes(line, family, image_size)
+                ref = re.search(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", line, re.DOTALL)
+                sentence = ref.group(1).strip() if ref else re.sub(r"<\|.*?\|>", " ", line).strip()
+                failed += got.n_failed
+                out.append({"text": sentence, "boxes": [{k: b[k] for k in COORDS} for b in got]})
+            else:
+                out.append({"text": line.strip(), "boxes": None})
+        return DecodedFindings(out, failed)
+    key = "box" if family == "normalized" else "bbox_2d"
+    try:
+        data = _json_candidates(text)
+    except ValueError:
+        return DecodedFindings([{"text": t.strip(), "boxes": None} for t in text.splitlines() if t.strip()],
+                               0 if not re.search(r"[\[{]", text) else 1)
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        return DecodedFindings([], 1)
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            failed += 1
+            continue
+        raw = item.get(key, item.get("boxes"))
+        if raw is None:
+            out.append({"text": item["text"], "boxes": None})
+            continue
+        if isinstance(raw, list) and len(raw) == 4 and all(not isinstance(v, list) for v in raw):
+            raw = [raw]  # one box written flat
+        boxes = []
+        for r in raw if isinstance(raw, list) else [raw]:
+            coords = [_num(c) for c in r] if isinstance(r, list) and len(r) == 4 else None
+            if coords is None or any(c is None for c in coords):
+                failed += 1
+                continue
+            boxes.append({k: v for k, v in _make_box(coords, *frame, None).items()})
+        out.append({"text": item["text"], "boxes": boxes})
+    return DecodedFindings(out, failed)
