@@ -227,6 +227,8 @@ def encode_boxes(boxes: Iterable[Mapping[str, Any]], family: str, image_size: Se
             coords = [min(hi_x, max(0, round(b["x_min"] * sx))), min(hi_y, max(0, round(b["y_min"] * sy))),
                       min(hi_x, max(0, round(b["x_max"] * sx))), min(hi_y, max(0, round(b["y_max"] * sy)))]
             items.append(json.dumps({"bbox_2d": [int(c) for c in coords], "label": _label(b)}, ensure_ascii=False))
+        if not items:
+            return "```json\n[]\n```"
         return "```json\n[\n" + ",\n".join("\t" + it for it in items) + "\n]\n```"
     if family == "qwen2_vl":
         parts = []

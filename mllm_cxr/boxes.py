@@ -9,17 +9,22 @@ from cxr_io.boxes import (
     COORDS,
     FAMILIES,
     MAIRA2_BINS,
+    NO_BOXES_TEXT,
     REL_SCALE,
     DecodedBoxes,
+    DecodedFindings,
     box_area,
     box_problem,
     decode_boxes,
+    decode_grounded,
     encode_boxes,
+    encode_grounded,
     iou,
     pixel_frame,
     quantum,
     smart_resize,
 )
 
-__all__ = ["COORDS", "FAMILIES", "MAIRA2_BINS", "REL_SCALE", "DecodedBoxes", "box_area", "box_problem",
-           "decode_boxes", "encode_boxes", "iou", "pixel_frame", "quantum", "smart_resize"]
+__all__ = ["COORDS", "FAMILIES", "MAIRA2_BINS", "NO_BOXES_TEXT", "REL_SCALE", "DecodedBoxes", "DecodedFindings",
+           "box_area", "box_problem", "decode_boxes", "decode_grounded", "encode_boxes", "encode_grounded", "iou",
+           "pixel_frame", "quantum", "smart_resize"]
