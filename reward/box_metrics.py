@@ -140,13 +140,12 @@ def average_precision(preds: Sequence[Sequence[Box]], refs: Sequence[Sequence[Bo
     a class predicted but absent from the references is not in the mean (VOC)."""
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
-    gt: dict[str, dict[int, np.ndarray]] = {}
+    # references per class and image as coordinate tuples: images hold a handful of boxes, where a plain
+    # loop beats numpy's per-call overhead (bench/bench_boxes.py)
+    gt: dict[str, dict[int, list[tuple[float, float, float, float]]]] = {}
     for i, boxes in enumerate(refs):
-        by: dict[str, list] = {}
         for b in boxes:
-            by.setdefault(str(b.get("label", "")), []).append(b)
-        for lab, bs in by.items():
-            gt.setdefault(lab, {})[i] = _arr(bs)
+            gt.setdefault(str(b.get("label", "")), {}).setdefault(i, []).append(tuple(float(b[k]) for k in COORDS))
     dets: dict[str, list[tuple[float, int, int, Box]]] = {}
     order = 0
     for i, boxes in enumerate(preds):
@@ -159,20 +158,26 @@ def average_precision(preds: Sequence[Sequence[Box]], refs: Sequence[Sequence[Bo
     for lab, by_img in gt.items():
         n_gt = sum(len(a) for a in by_img.values())
         ds = sorted(dets.get(lab, []), key=lambda d: (d[0], d[1]))
-        used = {i: np.zeros(len(a), bool) for i, a in by_img.items()}
+        used = {i: [False] * len(a) for i, a in by_img.items()}
         tp = np.zeros(len(ds))
         for k, (_, _, i, b) in enumerate(ds):
             g = by_img.get(i)
             if g is None:
                 continue
             x1, y1, x2, y2 = (float(b[c]) for c in COORDS)
-            iw = np.minimum(x2, g[:, 2]) - np.maximum(x1, g[:, 0])
-            ih = np.minimum(y2, g[:, 3]) - np.maximum(y1, g[:, 1])
-            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-            union = max(0.0, x2 - x1) * max(0.0, y2 - y1) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
-            ov = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-            j = int(np.argmax(ov))
-            if ov[j] >= threshold and not used[i][j]:
+            area = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+            best, j = -1.0, -1
+            for m, (gx1, gy1, gx2, gy2) in enumerate(g):
+                iw, ih = min(x2, gx2) - max(x1, gx1), min(y2, gy2) - max(y1, gy1)
+                if iw > 0 and ih > 0:
+                    inter = iw * ih
+                    union = area + (gx2 - gx1) * (gy2 - gy1) - inter
+                    ov = inter / union if union > 0 else 0.0
+                else:
+                    ov = 0.0
+                if ov > best:
+                    best, j = ov, m
+            if best >= threshold and not used[i][j]:
                 used[i][j] = True
                 tp[k] = 1
         ctp = np.cumsum(tp)

@@ -199,3 +199,18 @@ def test_strange_completions_score_zero_or_a_finite_value_and_never_raise(comps,
     for c, v in zip(comps, out):
         if c is None or (isinstance(c, str) and not c.strip()):
             assert v == 0.0
+
+
+def test_map_equals_the_plain_python_voc_of_the_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_boxes.py"
+    spec = importlib.util.spec_from_file_location("bench_boxes_t", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for seed in range(3):
+        preds, refs = bench.detection_set(600, seed=seed)
+        assert average_precision(preds, refs)["map"] == pytest.approx(bench.naive_map(preds, refs), abs=1e-12)
+    section = bench.run(scale=0.02)
+    assert section.startswith("## Box codecs") and "| qwen2_5_vl |" in section and "mAP" in section
