@@ -314,6 +314,30 @@ def load_mixture(spec: str | os.PathLike | Mapping | Sequence) -> list[MixtureEn
     return [MixtureEntry(e.name, e.weight / total) for e in out]
 
 
+def parse_mixture_arg(value: str) -> list[MixtureEntry]:
+    """The ``tasks`` recipe key: a mixture YAML file, or ``name:weight,name:weight`` (weight default 1)."""
+    value = str(value).strip()
+    if value.endswith((".yaml", ".yml")) or Path(value).is_file():
+        return load_mixture(value)
+    entries: list[dict[str, Any]] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        name, _, w = part.partition(":")
+        entry: dict[str, Any] = {"name": name.strip()}
+        if w.strip():
+            try:
+                entry["weight"] = float(w)
+            except ValueError:
+                raise ConfigError(f"tasks: weight of {name.strip()!r} must be a number, got {w!r}") from None
+        entries.append(entry)
+    return load_mixture({"tasks": entries})
+
+
+#: The tasks whose targets hold boxes (their text depends on the box family and the pixel budget).
+BOX_TASKS = frozenset({"grounded_report", "phrase_grounding", "detection"})
+
+
 def mix_examples(studies: Sequence[StudyRecord], mixture: Sequence[MixtureEntry], cfg: TaskConfig, *,
                  n: int | None = None, seed: int = 0) -> list[Example]:
     """``n`` examples (default: as many as studies) drawn by the mixture's weights, deterministically by
