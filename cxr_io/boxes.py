@@ -193,11 +193,10 @@ def pixel_frame(family: str, image_size: Sequence[int], *, min_pixels: int | Non
 def quantum(family: str, image_size: Sequence[int], *, min_pixels: int | None = None,
             max_pixels: int | None = None) -> tuple[float, float]:
     """The largest error (x, y), in fractions of the image, of a decode(encode(box)) round trip."""
-    sx, sy, _, _ = pixel_frame(family, image_size, min_pixels=min_pixels, max_pixels=max_pixels)
-    if family == "normalized":
+    if family == "normalized":  # 4 decimals
         return 0.5e-4, 0.5e-4
-    if family == "maira2":  # floor into a bin, decode at its centre
-        return 0.5 / sx, 0.5 / sy
+    # rounding to an integer coordinate, or (maira2) flooring into a bin decoded at its centre: half a unit
+    sx, sy, _, _ = pixel_frame(family, image_size, min_pixels=min_pixels, max_pixels=max_pixels)
     return 0.5 / sx, 0.5 / sy
 
 

@@ -271,7 +271,7 @@ def vindr_to_records(path: str | os.PathLike, image_sizes: Mapping[str, Size], *
     out = []
     for iid, e in by_image.items():
         out.append(_record({"study_id": iid, "patient_id": iid, "dataset": "vindr_cxr", "split": split,
-                            "images": [{"path": f"{image_prefix}{iid}{image_suffix}", "view": "PA",
+                            "images": [{"path": f"{image_prefix}{iid}{image_suffix}", "view": "UNKNOWN",
                                         "boxes": [{k: v for k, v in b.items() if k != "class_id"}
                                                   for b in e["boxes"]]}],
                             "meta": {"no_finding_readers": e["no_finding"],

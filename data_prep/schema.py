@@ -418,7 +418,7 @@ def write_records(records: Iterable[StudyRecord], path: str | os.PathLike,
             # boxes travel as JSON text (one column type whatever a record holds)
             d["grounded_findings"] = (None if r.grounded_findings is None
                                       else json.dumps(r.grounded_findings, ensure_ascii=False))
-            for im in d["images"]:
+            for im in d["images"] + (d["prior"]["images"] if d["prior"] else []):
                 im["boxes"] = None if im.get("boxes") is None else json.dumps(im["boxes"], ensure_ascii=False)
             rows.append(d)
         with atomic_write(path, "wb", inputs=inputs) as fh:

@@ -8,7 +8,8 @@ references come from dataset columns, one value per completion:
 * ``image_size``: ``[width, height]`` of the original image (needed by ``qwen2_5_vl`` and ``maira2``).
 
 Every box reward needs ``kwargs: {family: <model family>}`` (no default: a wrong family mis-scales every box).
-Scorers (all in [0, 1]; a strange completion scores 0, never raises):
+Scorers (all in [0, 1]; a strange completion scores 0, never raises; an answer with a malformed box
+fragment scores 0 in ``iou``, ``box_f1`` and ``grounded_report`` too, so partial garbage is not rewarded):
 
 * ``iou``: the Hungarian matched IoU of :func:`reward.box_metrics.matched_iou` (continuous; the VLM-R1
   IoU reward when there is one box each);

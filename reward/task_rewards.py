@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import Scorer, ScoreResult, register_scorer
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,8 +40,8 @@ def answer_match(hyp: str, ref: str) -> float:
         return sum(got.get(k) == v for k, v in ref_pairs.items()) / len(ref_pairs)
     r = _norm(ref)
     h = _norm(hyp)
-    if not r:
-        raise RewardError("answer_match needs a non-empty reference answer")
+    if not r:  # nothing to match (an empty or punctuation-only reference)
+        return 0.0
     return 1.0 if h == r or h.split(" ")[: len(r.split(" "))] == r.split(" ") else 0.0
 
 

@@ -33,6 +33,8 @@ def test_record_with_boxes_validates_and_round_trips_jsonl_and_parquet(tmp_path)
     r = validate_record(d)
     assert r.grounded_findings[0]["boxes"][1]["x_min"] == 0.0 and r.grounded_findings[1]["boxes"] is None
     assert r.images[0].boxes[0]["label"] == "Nodule" and r.images[1].boxes is None
+    d["prior"] = {"study_id": "s0", "images": [{"path": "p.png", "view": "PA", "boxes": [{"label": "Mass", **BOX}]}]}
+    r = validate_record(d)
     plain = validate_record(rec(study_id="s2"))
     assert "grounded_findings" not in plain.to_dict() and "boxes" not in plain.to_dict()["images"][0]
     for suffix in (".jsonl", ".parquet"):

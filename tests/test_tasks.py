@@ -94,6 +94,7 @@ def test_question_tasks(studies):
     (cls,) = get_task("classification").examples(s, cfg)
     assert "Cardiomegaly: yes" in cls.target.splitlines()
     assert answer_match(cls.target, cls.target) == 1.0 and answer_match("nonsense", cls.target) == 0.0
+    assert answer_match("Yes.", "") == 0.0 and answer_match("", "No.") == 0.0 and answer_match("no", "No.") == 1.0
     views = get_task("view").examples(s, cfg)
     assert sorted(ex.target for ex in views) == sorted(["Lateral", {"PA": "PA", "AP": "AP"}[s.images[0].view]])
     assert all(len(ex.images) == 1 for ex in views)
