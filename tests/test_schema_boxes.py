@@ -114,3 +114,26 @@ def test_round_trip_property(tmp_path_factory, findings, det):
         write_records([r], out / f"r{suffix}")
         assert read_records(out / f"r{suffix}")[0].to_dict() == r.to_dict()
     assert r.to_dict()["grounded_findings"] == findings  # floats kept exactly
+
+
+def test_prepare_cache_keeps_boxes_and_renumbers_findings_when_an_image_is_dropped(tmp_path):
+    from PIL import Image
+
+    from data_prep._util import SkipLog
+    from data_prep.images import ImageCache
+    from data_prep.prepare import cache_images
+
+    Image.new("L", (300, 200), 90).save(tmp_path / "b.png")
+    (tmp_path / "a.png").write_bytes(b"not a png")  # unreadable: dropped with skip_bad
+    det = [{"label": "Mass", **BOX}]
+    r = validate_record(rec(images=[{"path": "a.png", "view": "PA"}, {"path": "b.png", "view": "LATERAL", "boxes": det}],
+                            grounded_findings=[{"text": "on a", "boxes": [BOX], "image": 0},
+                                               {"text": "on b", "boxes": [BOX], "image": 1}]))
+    records = [r]
+    cache_images(records, tmp_path, ImageCache(tmp_path / "cache", min_pixels=3136, max_pixels=50176),
+                 skip_bad=True, skips=SkipLog(), progress=False)
+    (kept,) = records
+    assert len(kept.images) == 1 and kept.images[0].boxes == det  # fractions hold for the resized copy
+    assert kept.grounded_findings == [{"text": "on a", "boxes": None, "image": 0},
+                                      {"text": "on b", "boxes": [BOX], "image": 0}]
+    validate_record(kept.to_dict())  # still a valid record
