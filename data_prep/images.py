@@ -19,7 +19,6 @@ This module never imports torch.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 import warnings
@@ -29,15 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The vision-token geometry (FACTOR, the default budget, smart_resize) lives in cxr_io.boxes, where the
+# Qwen2.5-VL box codec (which ``reward`` also uses) needs it; it is re-exported here.
+from cxr_io.boxes import (  # noqa: F401
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    FACTOR,
+    MAX_ASPECT_RATIO,
+    smart_resize,
+)
 from data_prep.errors import BadImageError, DataPrepError
-
-#: Side of one vision token in Qwen2.5-VL: 14-pixel patches merged 2x2.
-FACTOR = 28
-#: Default pixel budget: at least 4 and at most 512 vision tokens per image.
-DEFAULT_MIN_PIXELS = 4 * FACTOR * FACTOR
-DEFAULT_MAX_PIXELS = 512 * FACTOR * FACTOR
-#: Qwen2.5-VL refuses images more elongated than this.
-MAX_ASPECT_RATIO = 200
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -64,37 +64,6 @@ def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, *, where:
     if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
         raise DataPrepError(f"{src}min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels}); lower "
                             "min_pixels or raise max_pixels", field="min_pixels", value=min_pixels)
-
-
-def smart_resize(height: int, width: int, *, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = FACTOR) -> tuple[int, int]:
-    """Target ``(height, width)`` for a pixel budget, exactly as Qwen2.5-VL's processor computes it
-    (``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize``; tested side by side).
-
-    Both sides are rounded to the nearest multiple of ``factor``; if that exceeds ``max_pixels`` (or
-    falls below ``min_pixels``) the image is scaled down (up) by the square root of the ratio, with
-    sides floored (ceiled) to multiples of ``factor``.
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}")
-    if max_pixels < factor * factor or min_pixels > max_pixels:
-        raise ValueError(f"bad pixel budget min_pixels={min_pixels}, max_pixels={max_pixels} "
-                         f"(need {factor * factor} <= min <= max)")
-    h = round(height / factor) * factor  # 0 for a side under factor / 2: then the min_pixels branch scales up
-    w = round(width / factor) * factor
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * scale / factor) * factor
-        w = math.ceil(width * scale / factor) * factor
-    if h == 0 or w == 0:  # only with min_pixels == 0; transformers would return the 0 side
-        raise ValueError(f"{height}x{width} rounds to a 0-pixel side with min_pixels={min_pixels}")
-    return h, w
 
 
 def vision_tokens(height: int, width: int, factor: int = FACTOR) -> int:

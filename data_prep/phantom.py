@@ -438,6 +438,107 @@ def _render_frontal(a: _Anatomy, st: _Study, size: int, rng: np.random.Generator
     return _finish(img, rng, bank, devices)
 
 
+def _clip_box(label: str, x0: float, y0: float, x1: float, y1: float) -> dict[str, Any] | None:
+    """A detection box in fractions of the image, clipped to it (None when nothing of it is inside)."""
+    x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(1.0, x1), min(1.0, y1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return {"label": label, "x_min": round(x0, 4), "y_min": round(y0, 4), "x_max": round(x1, 4), "y_max": round(y1, 4)}
+
+
+#: The label of a device tip's box; the device names of :data:`_DEVICES`.
+DEVICE_TIP_LABELS = {"ett": "ETT tip", "cvc_rij": "CVC tip", "cvc_lsc": "CVC tip", "ngt": "NGT tip"}
+_TIP_HALF = 0.02  # half side of a device tip's box
+
+
+def _frontal_boxes(a: _Anatomy, st: _Study) -> list[dict[str, Any]]:
+    """Where :func:`_render_frontal` draws the heart and the findings, as detection boxes (fractions of
+    the image): the same geometry, recomputed without drawing and without touching any random state.
+
+    Heart (always; also as Cardiomegaly when present), one Pleural Effusion box per side of fluid (the
+    meniscus top to the costophrenic angle), the Consolidation blob, the Pneumothorax band (the affected
+    lung's outline: the band runs from the apex down the lateral wall), and each device's tip. Fluid and
+    opacity show only inside the lung, so beside a pneumothorax their boxes are cut to the collapsed lung
+    (and left out when nothing is left).
+    """
+    f = st.findings
+    out: list[dict[str, Any] | None] = []
+    ptx = f.get("Pneumothorax")
+
+    def in_lung(label: str, side: int, x0: float, y0: float, x1: float, y1: float) -> dict[str, Any] | None:
+        """Opacity and fluid are drawn inside the lung mask only: with a pneumothorax on that side, inside
+        the collapsed lung (its bounding box), so the box is cut to it."""
+        if ptx and (ptx["side"] == "right") == (side < 0):
+            x_lat, x_med, y_cp = _lung_geometry(a, side)
+            k = 1.0 - ptx["size"]
+            pts = [(x_med + k * (x - x_med), y_cp + k * (y - y_cp)) for x, y in _lung_outline(a, side, y_cp)]
+            x0, x1 = max(x0, min(p[0] for p in pts)), min(x1, max(p[0] for p in pts))
+            y0, y1 = max(y0, min(p[1] for p in pts)), min(y1, max(p[1] for p in pts))
+        return _clip_box(label, x0, y0, x1, y1)
+
+    ctr = f["Cardiomegaly"]["ctr"] if "Cardiomegaly" in f else st.ctr
+    width = ctr * 2.0 * a.half_thorax
+    hx, hy, hrx, hry = (a.cx + 0.14 * width, a.y_cp - 0.5 * a.dome - a.heart_ry + 0.025, width / 2.0,
+                        a.heart_ry + 0.1 * (ctr - 0.42))
+    out.append(_clip_box("Heart", hx - hrx, hy - hry, hx + hrx, hy + hry))
+    if "Cardiomegaly" in f:
+        out.append(_clip_box("Cardiomegaly", hx - hrx, hy - hry, hx + hrx, hy + hry))
+    if "Pleural Effusion" in f:
+        e = f["Pleural Effusion"]
+        for side in (-1, 1) if e["side"] == "bilateral" else ((-1,) if e["side"] == "right" else (1,)):
+            x_lat, x_med, y_cp = _lung_geometry(a, side)
+            h = e["size"] * (y_cp - a.y_top)
+            x_wall = x_lat - side * 0.01
+            out.append(in_lung("Pleural Effusion", side, min(x_wall, x_med), y_cp - h, max(x_wall, x_med), y_cp + 0.01))
+    if "Consolidation" in f:
+        d = f["Consolidation"]
+        side = -1 if d["side"] == "right" else 1
+        x_lat, x_med, y_cp = _lung_geometry(a, side)
+        zy = {"upper": 0.25, "middle": 0.5, "lower": 0.72}[d["zone"]]
+        cx, cy = x_lat + 0.48 * (x_med - x_lat) + d["dx"], a.y_top + zy * (y_cp - a.y_top) + d["dy"]
+        out.append(in_lung("Consolidation", side, cx - d["rx"], cy - d["ry"], cx + d["rx"], cy + d["ry"]))
+    if "Pneumothorax" in f:
+        side = -1 if f["Pneumothorax"]["side"] == "right" else 1
+        _, _, y_cp = _lung_geometry(a, side)
+        outline = _lung_outline(a, side, y_cp)
+        xs, ys = [x for x, _ in outline], [y for _, y in outline]
+        out.append(_clip_box("Pneumothorax", min(xs), min(ys), max(xs), max(ys)))
+    if "Support Devices" in f:
+        sd = f["Support Devices"]
+        for dev, (pts, _) in zip(sd["devices"], _device_paths(a, sd["devices"], sd["ett_cm"], lateral=False)):
+            tx, ty = pts[-1]
+            out.append(_clip_box(DEVICE_TIP_LABELS[dev], tx - _TIP_HALF, ty - _TIP_HALF, tx + _TIP_HALF, ty + _TIP_HALF))
+    return [b for b in out if b is not None]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+#: Which detection boxes ground a sentence about a finding.
+_GROUNDING_LABELS = {"Cardiomegaly": ("Cardiomegaly",), "Pleural Effusion": ("Pleural Effusion",),
+                     "Consolidation": ("Consolidation",), "Pneumothorax": ("Pneumothorax",),
+                     "Support Devices": tuple(sorted(set(DEVICE_TIP_LABELS.values())))}
+
+
+_TIP_WORDS = {"ETT tip": re.compile(r"endotracheal|\bett\b", re.I),
+              "CVC tip": re.compile(r"jugular|subclavian|central venous|catheter|\bcvc\b", re.I),
+              "NGT tip": re.compile(r"enteric|nasogastric|feeding|\bng\b|\bngt\b|orogastric", re.I)}
+
+
+def _grounded_findings(findings_text: str, boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The FINDINGS sentences, each with the frontal image's boxes of the findings it asserts (a negated
+    or normal sentence has ``boxes: None``)."""
+    out = []
+    for sentence in _SENTENCE_END.split(findings_text.strip()):
+        if not sentence:
+            continue
+        labels = {lab for name in phantom_findings(sentence) for lab in _GROUNDING_LABELS.get(name, ())}
+        tips = {lab for lab, rx in _TIP_WORDS.items() if lab in labels and rx.search(sentence)}
+        if tips:  # a sentence about one device is grounded by that device's tip only
+            labels = (labels - set(_TIP_WORDS)) | tips
+        mine = [{k: b[k] for k in ("x_min", "y_min", "x_max", "y_max")} for b in boxes if b["label"] in labels]
+        out.append({"text": sentence, "boxes": mine or None, "image": 0})
+    return out
+
+
 def _render_lateral(a: _Anatomy, st: _Study, size: int, rng: np.random.Generator, bank: _Bank) -> Image.Image:
     f = st.findings
     _, yy = _grid(size)
@@ -918,7 +1019,9 @@ def make_phantom(out_dir: str | os.PathLike, n: int = 200, seed: int = 0, *, lat
                 rel = f"images/{study_id}_{view}.png"
                 render = _render_lateral if view == "LATERAL" else _render_frontal
                 render(pose, st, image_size, rng, bank).save(out / rel, compress_level=1)
-                images.append(ImageRef(path=rel, view=view))
+                # boxes on the frontal view (the lateral view's are not recorded)
+                images.append(ImageRef(path=rel, view=view,
+                                       boxes=None if view == "LATERAL" else _frontal_boxes(pose, st)))
             prior_study = previous[0] if previous else None
             findings_text, impression_text, negated = _write_report(st, prior_study, rng)
             hallucinated = previous is None and (p, k) in halluc
@@ -952,6 +1055,7 @@ def make_phantom(out_dir: str | os.PathLike, n: int = 200, seed: int = 0, *, lat
                 study_time=_stamp(st.time), images=images, indication=_pick(rng, _INDICATIONS), technique=technique,
                 comparison=comparison, findings=findings_text, impression=impression_text, prior=prior_ref,
                 labels=_labels(st, negated), meta=meta,
+                grounded_findings=_grounded_findings(findings_text, images[0].boxes or []),
             )
             records.append(rec)
             previous = (st, rec)

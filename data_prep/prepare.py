@@ -146,12 +146,18 @@ def cache_images(records: list[StudyRecord], data_root: Path, cache: ImageCache,
     bar.close()
 
     def remap(refs: list[ImageRef]) -> list[ImageRef]:
-        return [ImageRef(cache.relpath(done[im.path]), im.view) for im in refs if im.path in done]
+        # boxes are fractions of the image, so they hold for the resized copy too
+        return [ImageRef(cache.relpath(done[im.path]), im.view, im.boxes) for im in refs if im.path in done]
 
     kept: list[StudyRecord] = []
     for r in records:
         had = bool(r.images)
         src = [im.path for im in r.images if im.path in done]
+        if r.grounded_findings and len(src) < len(r.images):  # an image dropped: renumber the findings' images
+            new_index = {i: src.index(im.path) for i, im in enumerate(r.images) if im.path in done}
+            r.grounded_findings = [
+                {**g, "image": new_index[g["image"]]} if g["image"] in new_index else
+                {**g, "boxes": None, "image": 0} for g in r.grounded_findings]
         r.images = remap(r.images)
         if had and not r.images:
             skips.add("all images unreadable", r.study_id)

@@ -7,6 +7,15 @@ Every converter writes it, everything else reads it::
     prior{study_id, findings, impression, images} | null,
     labels{CheXpert 14 -> 1/0/-1/null} | null, meta{}
 
+and, where a dataset has them (optional; left out of the JSON when absent):
+
+    grounded_findings[{text, boxes[{x_min, y_min, x_max, y_max}] | null, image}]   (RadFact's GroundedPhrase)
+    images[i].boxes[{label, x_min, y_min, x_max, y_max, polygon[[x, y], ...] | null, reader}]  (detection boxes)
+
+Box coordinates are fractions of the ORIGINAL image (0 <= min < max <= 1), so they survive any resize;
+``image`` indexes ``images`` (a record without images, a text-only grounded report, uses ``image: 0``).
+The model-family text forms of boxes are in :mod:`cxr_io.boxes` (``mllm_cxr.boxes``).
+
 Image paths are relative to a data root. ``mllm-cxr prepare`` records it in the manifest next to the
 records (``<stem>.summary.json``: ``data_root``, and ``data_root_relative`` to the records' folder), and
 every consumer finds it with :func:`resolve_data_root` (an explicit ``--data-root`` wins; without a
@@ -24,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_io import atomic_write, check_output, read_jsonl, write_jsonl
+from cxr_io.boxes import COORDS, box_problem
 from data_prep.errors import DataPrepError
 from reward.constants import CHEXPERT_LABELS
 
@@ -73,6 +83,15 @@ def comparison_is_empty(comparison: str | None) -> bool:
 class ImageRef:
     path: str
     view: str = "UNKNOWN"
+    #: detection boxes on this image: ``{label, x_min, y_min, x_max, y_max}`` (fractions of the original
+    #: image), optionally ``polygon`` (``[[x, y], ...]``, fractions) where the dataset outlines the finding
+    boxes: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "view": self.view}
+        if self.boxes is not None:
+            d["boxes"] = self.boxes
+        return d
 
 
 @dataclass
@@ -100,6 +119,8 @@ class StudyRecord:
     prior: Prior | None = None
     labels: dict[str, float | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: sentences with the regions they describe: ``{text, boxes: [{x_min, ...}] | None, image}``
+    grounded_findings: list[dict[str, Any]] | None = None
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -111,7 +132,13 @@ class StudyRecord:
         return sorted(self.images, key=lambda im: (im.view not in FRONTAL_VIEWS, im.view == "UNKNOWN"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["images"] = [im.to_dict() for im in self.images]
+        if self.prior is not None:
+            d["prior"]["images"] = [im.to_dict() for im in self.prior.images]
+        if self.grounded_findings is None:
+            del d["grounded_findings"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -123,7 +150,90 @@ class StudyRecord:
 
 _REQUIRED = ("study_id", "patient_id", "dataset", "split")
 _TEXT = ("study_time", "indication", "technique", "comparison", "findings", "impression")
-_ALL_FIELDS = set(_REQUIRED) | set(_TEXT) | {"images", "prior", "labels", "meta"}
+_ALL_FIELDS = set(_REQUIRED) | set(_TEXT) | {"images", "prior", "labels", "meta", "grounded_findings"}
+_IMAGE_FIELDS = frozenset({"path", "view", "boxes"})
+_BOX_FIELDS = frozenset(COORDS) | {"label"}
+_DET_FIELDS = _BOX_FIELDS | {"polygon", "reader"}
+_GROUNDED_FIELDS = frozenset({"text", "boxes", "image"})
+
+
+def _box(b: Any, *, file, line, fld: str, detection: bool) -> dict[str, Any]:
+    """One validated box (a new dict: the coordinates as floats, in the order x_min, y_min, x_max, y_max)."""
+    if not isinstance(b, dict):
+        raise DataPrepError("a box must be an object {x_min, y_min, x_max, y_max}", file=file, line=line,
+                            field=fld, value=b)
+    allowed = _DET_FIELDS if detection else _BOX_FIELDS
+    unknown = set(b) - allowed
+    if unknown:
+        raise DataPrepError(f"unknown box field(s) {sorted(unknown)} (allowed: {sorted(allowed)})", file=file,
+                            line=line, field=f"{fld}.{sorted(unknown)[0]}")
+    problem = box_problem(b)
+    if problem:
+        bad = problem.split()[0]  # box_problem names the coordinate first
+        bad = bad if bad in COORDS else COORDS[0]
+        raise DataPrepError(problem, file=file, line=line, field=f"{fld}.{bad}", value=b.get(bad))
+    out: dict[str, Any] = {}
+    if detection or "label" in b:
+        lab = b.get("label")
+        if not isinstance(lab, str) or not lab.strip():
+            raise DataPrepError("a detection box needs a non-empty 'label'" if detection else
+                                "label must be a non-empty string", file=file, line=line, field=f"{fld}.label",
+                                value=lab)
+        out["label"] = lab
+    out.update({k: float(b[k]) for k in COORDS})
+    if detection and b.get("polygon") is not None:
+        poly = b["polygon"]
+        ok = isinstance(poly, list) and all(
+            isinstance(p, list | tuple) and len(p) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in p)
+            for p in poly)
+        if not ok:
+            raise DataPrepError("polygon must be a list of [x, y] fractions in [0, 1]", file=file, line=line,
+                                field=f"{fld}.polygon", value=poly)
+        out["polygon"] = [[float(x), float(y)] for x, y in poly]
+    elif detection and "polygon" in b:
+        out["polygon"] = None
+    if detection and b.get("reader") is not None:
+        if not isinstance(b["reader"], str):
+            raise DataPrepError("reader must be a string (the annotator's id)", file=file, line=line,
+                                field=f"{fld}.reader", value=b["reader"])
+        out["reader"] = b["reader"]
+    return out
+
+
+def _grounded(value: Any, n_images: int, *, file, line) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DataPrepError("must be null or a list of {text, boxes, image}", file=file, line=line,
+                            field="grounded_findings", value=value)
+    out = []
+    for i, g in enumerate(value):
+        fld = f"grounded_findings[{i}]"
+        if not isinstance(g, dict):
+            raise DataPrepError("must be an object {text, boxes, image}", file=file, line=line, field=fld, value=g)
+        unknown = set(g) - _GROUNDED_FIELDS
+        if unknown:
+            raise DataPrepError(f"unknown field(s) {sorted(unknown)}", file=file, line=line,
+                                field=f"{fld}.{sorted(unknown)[0]}")
+        if not isinstance(g.get("text"), str):
+            raise DataPrepError("must be a string", file=file, line=line, field=f"{fld}.text", value=g.get("text"))
+        image = g.get("image", 0)
+        if isinstance(image, bool) or not isinstance(image, int):
+            raise DataPrepError("must be an integer index into images", file=file, line=line, field=f"{fld}.image",
+                                value=image)
+        if not (0 <= image < max(1, n_images)):
+            raise DataPrepError(f"image index out of range (the record has {n_images} image(s))", file=file,
+                                line=line, field=f"{fld}.image", value=image)
+        boxes = g.get("boxes")
+        if boxes is not None:
+            if not isinstance(boxes, list):
+                raise DataPrepError("must be null or a list of boxes", file=file, line=line, field=f"{fld}.boxes",
+                                    value=boxes)
+            boxes = [_box(b, file=file, line=line, fld=f"{fld}.boxes[{j}]", detection=False)
+                     for j, b in enumerate(boxes)]
+        out.append({"text": g["text"], "boxes": boxes, "image": image})
+    return out
 
 
 def _images(value: Any, *, file, line, fld: str) -> list[ImageRef]:
@@ -142,7 +252,18 @@ def _images(value: Any, *, file, line, fld: str) -> list[ImageRef]:
         if view not in VIEWS:
             raise DataPrepError(f"view must be one of {VIEWS}", file=file, line=line,
                                 field=f"{fld}[{i}].view", value=view)
-        out.append(ImageRef(path=im["path"], view=view))
+        unknown = set(im) - _IMAGE_FIELDS
+        if unknown:
+            raise DataPrepError(f"unknown image field(s) {sorted(unknown)}", file=file, line=line,
+                                field=f"{fld}[{i}].{sorted(unknown)[0]}")
+        boxes = im.get("boxes")
+        if boxes is not None:
+            if not isinstance(boxes, list):
+                raise DataPrepError("must be null or a list of {label, x_min, y_min, x_max, y_max}", file=file,
+                                    line=line, field=f"{fld}[{i}].boxes", value=boxes)
+            boxes = [_box(b, file=file, line=line, fld=f"{fld}[{i}].boxes[{j}]", detection=True)
+                     for j, b in enumerate(boxes)]
+        out.append(ImageRef(path=im["path"], view=view, boxes=boxes))
     return out
 
 
@@ -183,11 +304,12 @@ def validate_record(d: Any, *, file: str | None = None, line: int | None = None)
     meta = d.get("meta") or {}
     if not isinstance(meta, dict):
         raise DataPrepError("must be an object", file=file, line=line, field="meta", value=meta)
+    images = _images(d.get("images"), file=file, line=line, fld="images")
     return StudyRecord(
         study_id=d["study_id"], patient_id=d["patient_id"], dataset=d["dataset"], split=d["split"],
         **{k: d.get(k) or "" for k in _TEXT},
-        images=_images(d.get("images"), file=file, line=line, fld="images"),
-        prior=prior, labels=labels, meta=meta,
+        images=images, prior=prior, labels=labels, meta=meta,
+        grounded_findings=_grounded(d.get("grounded_findings"), len(images), file=file, line=line),
     )
 
 
@@ -247,6 +369,9 @@ def image_path(data_root: str | os.PathLike, path: str) -> Path:
 
 
 # -- IO --------------------------------------------------------------------------------------------
+#: Parquet columns stored as JSON text.
+_JSON_COLUMNS = ("meta", "labels", "grounded_findings")
+
 def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
     """Yield validated records from a ``.jsonl`` (or ``.parquet``) file."""
     path = Path(path)
@@ -256,7 +381,14 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
         import pyarrow.parquet as pq  # optional, comes with datasets
 
         for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            row = {k: (json.loads(v) if k in ("meta", "labels") and isinstance(v, str) else v) for k, v in row.items()}
+            row = {k: (json.loads(v) if k in _JSON_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
+            if row.get("grounded_findings", 0) is None:
+                del row["grounded_findings"]
+            for im in (row.get("images") or []) + ((row.get("prior") or {}).get("images") or []):
+                if isinstance(im, dict) and "boxes" in im:
+                    im["boxes"] = json.loads(im["boxes"]) if isinstance(im["boxes"], str) else im["boxes"]
+                    if im["boxes"] is None:
+                        del im["boxes"]
             yield validate_record(row, file=str(path), line=i)
         return
     for i, d in read_jsonl(path, role="study records", objects=False, error=DataPrepError):
@@ -283,6 +415,11 @@ def write_records(records: Iterable[StudyRecord], path: str | os.PathLike,
             d = r.to_dict()
             d["meta"] = json.dumps(d["meta"], ensure_ascii=False)
             d["labels"] = None if d["labels"] is None else json.dumps(d["labels"])
+            # boxes travel as JSON text (one column type whatever a record holds)
+            d["grounded_findings"] = (None if r.grounded_findings is None
+                                      else json.dumps(r.grounded_findings, ensure_ascii=False))
+            for im in d["images"] + (d["prior"]["images"] if d["prior"] else []):
+                im["boxes"] = None if im.get("boxes") is None else json.dumps(im["boxes"], ensure_ascii=False)
             rows.append(d)
         with atomic_write(path, "wb", inputs=inputs) as fh:
             pq.write_table(pa.Table.from_pylist(rows), fh)

@@ -35,6 +35,11 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
+    tasks: str | None = field(default=None, metadata={
+        "help": "task mixture (mllm_cxr/tasks.py): a YAML file with `tasks: [{name, weight}]`, or "
+                "'report:0.6,phrase_grounding:0.3,vqa:0.1'; default: the report task only"})
+    box_family: str = field(default="qwen2_5_vl", metadata={
+        "help": "how task targets write boxes: qwen2_5_vl, qwen2_vl, qwen3_vl, maira2, normalized"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
                 "(or resume_from_checkpoint) such a run is refused"})

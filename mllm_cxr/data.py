@@ -101,6 +101,32 @@ def sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **
     return _to_dataset(rows)
 
 
+def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
+                     family: str = "qwen2_5_vl", min_pixels: int | None = None, max_pixels: int | None = None,
+                     seed: int = 0, check_images: bool = True):
+    """prompt/completion rows of a task mixture (:mod:`mllm_cxr.tasks`): as many rows as studies, drawn by
+    the mixture's weights; each row also names its ``task`` and ``study_id``.
+
+    Box targets of the ``qwen2_5_vl`` family are pixels of the image as the processor resizes it, so a
+    mixture with a box task needs the pixel budget (``min_pixels`` and ``max_pixels``) set explicitly.
+    """
+    from mllm_cxr.config import ConfigError
+    from mllm_cxr.tasks import BOX_TASKS, TaskConfig, mix_examples
+
+    if family == "qwen2_5_vl" and any(e.name in BOX_TASKS for e in mixture) and (min_pixels is None or
+                                                                                  max_pixels is None):
+        raise ConfigError("tasks: box targets for qwen2_5_vl are pixels of the resized image; set min_pixels and "
+                          "max_pixels (the processor's budget) in the recipe config")
+    root = Path(data_root)
+    task_cfg = TaskConfig(prompt=cfg, family=family, min_pixels=min_pixels, max_pixels=max_pixels, data_root=root)
+    by_id = {s.study_id: s for s in records}
+    rows = []
+    for ex in mix_examples(records, mixture, task_cfg, seed=seed):
+        rows.append({"prompt": ex.messages, "images": _image_paths(by_id[ex.study_id], ex.images, root, check_images),
+                     "completion": assistant(ex.target), "study_id": ex.study_id, "task": ex.task})
+    return _to_dataset(rows)
+
+
 def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **kw):
     """prompt rows with the columns reward functions read (reference, comparison, has_prior, labels)."""
     rows, skipped = study_rows(records, data_root, cfg, **kw)
@@ -136,6 +162,11 @@ def load_split(path: str | Path, split: str | None, limit: int | None = None) ->
 def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, Any]:
     """A recipe's ``{"train", "eval"}`` datasets: ``build(records, data_root, prompt_cfg)`` on the train split
     and, when ``eval_split`` is set, on the eval split (else ``eval`` is None); ``max_*_studies`` apply."""
+    if getattr(data_args, "tasks", None) and getattr(build, "func", build) is not task_sft_dataset:
+        from mllm_cxr.config import ConfigError
+
+        raise ConfigError(f"tasks: {data_args.tasks!r}: only the SFT recipe trains on a task mixture so far; "
+                          "remove the tasks key from this recipe's config")
     root = data_args.root()
 
     def split(name: str | None, limit: int | None) -> Any:

@@ -76,8 +76,9 @@ def _instruction(cfg: PromptConfig) -> str:
     return f"Write the {names} section{'s' if len(cfg.sections) > 1 else ''} of the report for this chest X-ray."
 
 
-def prompt_text(study: StudyRecord, cfg: PromptConfig) -> str:
-    """The user-turn text (without image placeholders)."""
+def prompt_text(study: StudyRecord, cfg: PromptConfig, instruction: str | None = None) -> str:
+    """The user-turn text (without image placeholders). ``instruction`` replaces the report instruction
+    (the other tasks of :mod:`mllm_cxr.tasks`; the context lines stay the same)."""
     parts = []
     for f in cfg.context:
         value = (getattr(study, f) or "").strip()
@@ -89,9 +90,9 @@ def prompt_text(study: StudyRecord, cfg: PromptConfig) -> str:
         prior = target_text_from(study.prior.findings, study.prior.impression, cfg.sections)
         if prior:
             parts.append(f"PRIOR REPORT: {prior}")
-    if select_prior_images(study, cfg):
+    if instruction is None and select_prior_images(study, cfg):
         parts.append("The last image is from the prior study.")
-    parts.append(_instruction(cfg))
+    parts.append(_instruction(cfg) if instruction is None else instruction)
     return "\n".join(parts)
 
 
@@ -111,12 +112,18 @@ def has_target(study: StudyRecord, cfg: PromptConfig) -> bool:
     return all((getattr(study, s) or "").strip() for s in cfg.sections)
 
 
-def build_messages(study: StudyRecord, cfg: PromptConfig | None = None) -> tuple[list[dict[str, Any]], list[ImageRef]]:
-    """Chat messages (system + user with one ``{"type": "image"}`` per image) and the images in order."""
+def build_messages(study: StudyRecord, cfg: PromptConfig | None = None, *, instruction: str | None = None,
+                   images: Sequence[ImageRef] | None = None) -> tuple[list[dict[str, Any]], list[ImageRef]]:
+    """Chat messages (system + user with one ``{"type": "image"}`` per image) and the images in order.
+
+    The report task uses the defaults; the other tasks (:mod:`mllm_cxr.tasks`) pass their ``instruction``
+    and, when a question is about one image (boxes, view), that image as ``images``."""
     cfg = cfg or PromptConfig()
-    images = select_images(study, cfg) + select_prior_images(study, cfg)
+    if images is None:
+        images = select_images(study, cfg) + select_prior_images(study, cfg)
+    images = list(images)
     content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
-    content.append({"type": "text", "text": prompt_text(study, cfg)})
+    content.append({"type": "text", "text": prompt_text(study, cfg, instruction)})
     messages = []
     if cfg.system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system_prompt}]})

@@ -157,7 +157,8 @@ def _load_builtin() -> None:
     import importlib
 
     for mod in ("reward.chexpert", "reward.nlg", "reward.temporal", "reward.prior", "reward.radgraph",
-                "reward.green", "reward.ratescore", "reward.chexbert", "reward.measurements"):
+                "reward.green", "reward.ratescore", "reward.chexbert", "reward.measurements", "reward.box_rewards",
+                "reward.task_rewards"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # a module not written yet, or an optional dependency
