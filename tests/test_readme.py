@@ -85,7 +85,7 @@ class Case:
     extra: list[str] = field(default_factory=list)   # step limits / CPU switches appended
     vllm: bool = False                 # needs real vLLM: runs under the `vllm` marker only
     run: str = "command"               # command | late (after the walk-through) | makefile (checked against the
-    #                                    Makefile) | make | serve | gpu
+    #                                    Makefile) | make | serve | gpu | demo (the session's `demo_run`)
 
 
 #: The real-model configs train in bf16 on a GPU; on a CPU-only machine TrainingArguments refuses bf16 before
@@ -101,7 +101,8 @@ Q3 = "Qwen/Qwen2.5-VL-3B-Instruct"
 CASES: list[Case] = [
     # -- set up ----------------------------------------------------------------------------------
     Case("install", "make install", run="makefile"),
-    Case("demo", "make demo", extra=["DEMO_ARGS=--max-steps 2 --limit 4"], run="make"),
+    Case("demo", "make demo", run="demo"),  # the whole demo, once per session: the `demo_run` fixture
+    Case("demo-base", "make demo-base", run="demo"),  # built by `make demo` in `demo_run`
     Case("vllm-env", "make vllm-env", run="makefile"),  # built and used by `make test-vllm` in CI
     # -- the evaluation report (needs the walk-through's predictions: runs after it) ----------------
     Case("eval-html", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --compare runs/pred/sft.jsonl "
@@ -354,10 +355,12 @@ REAL_USE = [c for c in CASES if c.run == "command" and not c.vllm and c.id != "b
 
 
 @pytest.mark.slow
-def test_real_use_sequence_runs_as_written(workspace):
+def test_real_use_sequence_runs_as_written(workspace, demo_run):
     """prepare -> SFT -> pairs -> DPO -> GRPO -> generate -> eval -> score -> export, README order, no
     --data-root anywhere: each stage reads what the one before wrote."""
     ws = workspace["ws"]
+    for name in ("demo-base", "demo-sft", "phantom"):  # `make dpo && make grpo` after `make demo`, as the README has it
+        (workspace["runs"] / name).symlink_to(demo_run["runs"] / name)
     order = [c.id for c in CASES]
     for case in sorted(REAL_USE, key=lambda c: order.index(c.id)):
         run_case(case, workspace)
@@ -380,8 +383,9 @@ def test_real_use_sequence_runs_as_written(workspace):
     assert (ws / "labels.csv").read_text().count("\n") == 4
     card = (ws / "export/cxr/README.md").read_text()
     assert "Not evaluated at export time" not in card and "## Evaluation" in card  # the table from --metrics
-    for name in ("tiny-dpo", "tiny-grpo"):
+    for name in ("demo-dpo", "demo-grpo"):
         assert (workspace["runs"] / name / "adapter_config.json").is_file(), name
+        assert (workspace["runs"] / name / "curves.png").is_file(), name
     # the commands of the report and hallucination sections, on the walk-through's predictions
     for case in [c for c in CASES if c.run == "late"]:
         run_case(case, workspace)
@@ -394,12 +398,12 @@ def test_real_use_sequence_runs_as_written(workspace):
 
 
 @pytest.mark.slow
-def test_demo_runs(workspace):
-    """`make demo` with step limits: every stage runs and the before/after table is written."""
-    run_case(BY_ID["demo"], workspace, timeout=2400)
-    results = json.loads((workspace["runs"] / "demo_results.json").read_text())
-    assert list(results) == ["untrained", "SFT", "+DPO (prior suppression)", "+GRPO (clinical reward)",
-                             "exported (merged, reloaded)"]
+def test_demo_runs(demo_run):
+    """`make demo` as written: every stage runs, the table and the curves are written and named."""
+    assert list(demo_run["results"]["results"]) == ["base", "sft", "control", "grpo", "editgrpo", "dpo", "chexalign",
+                                                    "export"]
+    assert "demo finished in" in demo_run["stdout"] and str(demo_run["runs"] / "demo_table.md") in demo_run["stdout"]
+    assert demo_run["table"].count("\n") == 2 + 8
 
 
 @pytest.mark.slow
