@@ -831,6 +831,197 @@ def _(e):
     return "grpo", ["--config", str(c)], [c, r]
 
 
+# -- issue 19: faults met mid-run and every new option ----------------------------------------------
+def shipped(e, stage: str, cfg: str, *extra: str) -> tuple[str, list[str], list[Path]]:
+    """A shipped real-model recipe config pointed at the tiny model and phantom data (bf16 off: CPU)."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the row is about an environment without it")
+    a = fake_adapter(e.tmp / "sft")
+    return stage, ["--config", str(REPO / f"recipes/configs/qwen2.5-vl-3b/{cfg}.yaml"), "--studies",
+                   str(e.phantom / "studies.jsonl"), "--model_name_or_path", str(e.tiny), "--adapter_path", str(a),
+                   "--output_dir", str(e.tmp / "run"), "--bf16", "false", *extra], [a / "adapter_config.json"]
+
+
+def _no_run_written(e):
+    assert not (e.tmp / "run").exists(), sorted(p.name for p in (e.tmp / "run").iterdir())
+
+
+@case("grpo-shipped-config-use-vllm-without-vllm", "use_vllm", "make vllm-env", "--use_vllm false",
+      after=_no_run_written)
+def _(e):
+    return shipped(e, "grpo", "grpo")
+
+
+@case("editgrpo-shipped-config-use-vllm-without-vllm", "use_vllm", "make vllm-env", "--use_vllm false")
+def _(e):
+    return shipped(e, "grpo", "editgrpo")
+
+
+@case("grpo-dry-run-use-vllm-without-vllm", "use_vllm", "make vllm-env")
+def _(e):
+    return shipped(e, "grpo", "grpo_vllm_server", "--dry-run")
+
+
+@case("sft-resume-missing-path", "resume_from_checkpoint", "not found", "trainer_state.json")
+def _(e):
+    c = recipe_yaml(e, resume_from_checkpoint=str(e.tmp / "run" / "checkpoint-9"))
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-resume-a-file", "resume_from_checkpoint", "is a file", "trainer_state.json")
+def _(e):
+    f = raw(e.tmp / "ckpt.pt", b"x" * 10)
+    c = recipe_yaml(e, resume_from_checkpoint=str(f))
+    return "sft", ["--config", str(c)], [c, f]
+
+
+@case("sft-resume-folder-not-a-checkpoint", "is not a checkpoint", "found: adapter_config.json",
+      "trainer_state.json")
+def _(e):
+    a = fake_adapter(e.tmp / "ck")
+    c = recipe_yaml(e, resume_from_checkpoint=str(a))
+    return "sft", ["--config", str(c)], [c, a]
+
+
+@case("sft-resume-true-without-checkpoint", "no checkpoint-<step> folder", "found: no such folder",
+      "trainer_state.json")
+def _(e):
+    c = recipe_yaml(e, resume_from_checkpoint=True)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-negative-learning-rate", "learning_rate -0.0001", ">= 0")
+def _(e):
+    c = recipe_yaml(e, learning_rate=-1e-4)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-max-steps-minus-5", "max_steps -5", "or -1")
+def _(e):
+    c = recipe_yaml(e, max_steps=-5)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-duplicated-yaml-key", "cfg.yaml:3", "'learning_rate' is given twice", "keep one")
+def _(e):
+    c = raw(e.tmp / "cfg.yaml", f"studies: {e.phantom / 'studies.jsonl'}\nlearning_rate: 1e-4\n"
+                                f"learning_rate: 1e-3\nmodel_name_or_path: {e.tiny}\n")
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-flag-prefix-abbreviation", "'learning_rat'", "did you mean 'learning_rate'")
+def _(e):
+    c = recipe_yaml(e)
+    return "sft", ["--config", str(c), "--learning_rat", "1e-4"], [c]
+
+
+@case("grpo-dry-run-unknown-reward", "unknown scorer 'chexpert_f2'", "known:")
+def _(e):
+    c = recipe_yaml(e, reward_spec="chexpert_f2", max_train_studies=4)
+    return "grpo", ["--config", str(c), "--dry-run"], [c]
+
+
+@case("dpo-dry-run-missing-adapter", "adapter_path", "adapter folder", "not found")
+def _(e):
+    c = recipe_yaml(e, adapter_path=str(e.tmp / "no-sft"), pairs=str(e.tmp / "pairs.jsonl"))
+    return "dpo", ["--config", str(c), "--dry-run"], [c]
+
+
+@case("sft-output-dir-inside-the-model-folder", "output_dir", "lies inside the input folder",
+      after=lambda e: not (e.tiny / "run19").exists() or (_ for _ in ()).throw(AssertionError("written")))
+def _(e):
+    c = recipe_yaml(e, output_dir=str(e.tiny / "run19"))
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("grpo-output-dir-is-the-adapter-with-overwrite", "output_dir", "is the input folder")
+def _(e):
+    a = fake_adapter(e.tmp / "sft")
+    c = recipe_yaml(e, adapter_path=str(a), output_dir=str(a), overwrite_output_dir=True, max_train_studies=4)
+    return "grpo", ["--config", str(c)], [c, a]
+
+
+@case("serve-dry-run-port-99999", "--port 99999", "1 to 65535")
+def _(e):
+    return "cli", ["serve", "--model", str(e.tiny), "--backend", "hf", "--port", "99999", "--dry-run"], []
+
+
+@case("generate-temperature-negative", "--temperature -1.0", ">= 0")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--temperature", "-1"], [s]
+
+
+@case("generate-limit-0", "--limit 0", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--limit", "0"], [s]
+
+
+@case("generate-limit-negative", "--limit -3", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--limit", "-3"], [s]
+
+
+@case("pairs-limit-0", "--limit 0", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["pairs", "prior", "--studies", str(s), "--limit", "0", "--out", str(e.tmp / "pairs.jsonl")], [s]
+
+
+@case("export-unknown-dtype", "--dtype 'float64x'", "unknown dtype", "bfloat16")
+def _(e):
+    a = fake_adapter(e.tmp / "a")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "x"), "--dtype",
+                   "float64x"], [a]
+
+
+@case("export-merge-and-allow-vision-lora", "--merge and --allow-vision-lora conflict")
+def _(e):
+    a = fake_adapter(e.tmp / "a", vision=True)
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "x"), "--merge",
+                   "--allow-vision-lora"], [a]
+
+
+@case("export-merge-overwrite-out-is-the-base", "--out", "is the input folder", "never overwrites an input")
+def _(e):
+    base = e.tmp / "base"
+    shutil.copytree(e.tiny, base)
+    a = fake_adapter(e.tmp / "a")
+    return "cli", ["export", "--base", str(base), "--adapter", str(a), "--out", str(base), "--merge",
+                   "--overwrite"], [base, a]
+
+
+@case("generate-out-inside-the-adapter", "--out", "lies inside the input folder")
+def _(e):
+    s, a = studies_copy(e), fake_adapter(e.tmp / "a")
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--adapter", str(a), "--out",
+                   str(a / "adapter_config.json")], [s, a]
+
+
+@case("generate-out-not-a-predictions-file", "not a predictions file written by", "--overwrite")
+def _(e):
+    s = studies_copy(e)
+    notes = raw(e.tmp / "notes.jsonl", '{"my": "notes"}\nnot json at all\n')
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(notes)], [s, notes]
+
+
+@case("eval-out-holds-the-pred", "--out", "is (or contains) the input", "per_study.jsonl")
+def _(e):
+    p = preds(e.tmp / "ev" / "per_study.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev")], [p]
+
+
+@case("tiny-over-an-existing-model", "not empty", "--overwrite")
+def _(e):
+    m = raw(e.tmp / "m" / "config.json", '{"model_type": "mine"}')
+    return "cli", ["tiny", str(m.parent)], [m]
+
+
 # ------------------------------------------------------------------------------------------------
 # Running a row
 # ------------------------------------------------------------------------------------------------
@@ -946,6 +1137,33 @@ def test_recipe_error_under_accelerate_launch_is_one_line(tmp_path, phantom_dir)
                           text=True, env=_env(), timeout=600, cwd=tmp_path)
     assert "returned non-zero exit status 2" in loud.stderr
     assert loud.stderr.index("unknown config key(s)") < loud.stderr.index("Traceback")
+
+
+def test_mllm_cxr_launch_ends_with_the_recipe_line_and_exit_code(tmp_path):
+    """``mllm-cxr launch`` (accelerate launch's arguments): the recipe's one line, its exit code 2, nothing after
+    it, and nothing written; a good run still exits 0 (``--dry-run``)."""
+    base = [sys.executable, "-m", "mllm_cxr.cli", "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
+            str(REPO / "recipes/sft.py")]
+    bad = subprocess.run([*base, "--config", "nope.yaml"], capture_output=True, text=True, env=_env(), timeout=600,
+                         cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr and "CalledProcessError" not in bad.stderr, bad.stderr[-3000:]
+    errors = [x for x in bad.stderr.splitlines() if "error:" in x]
+    assert errors == ["sft.py: error: nope.yaml: config file not found"], bad.stderr[-3000:]
+    assert bad.stderr.strip().splitlines()[-1] == errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_launch_maps_the_launchers_exceptions_to_the_child_exit_code():
+    """Both launchers' failure exceptions give the recipe's exit code; anything else is not a child failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mllm_cxr.cli.launch import child_exit_code
+
+    assert child_exit_code(subprocess.CalledProcessError(2, ["python", "sft.py"])) == 2
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file="")
+    assert child_exit_code(ChildFailedError("sft.py", {0: failure})) == 2
+    assert child_exit_code(ValueError("accelerate config")) is None
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):

@@ -144,6 +144,78 @@ def check_output_dir(out: Path, *, overwrite: bool, resume) -> None:
                           "--output_dir")
 
 
+#: What a Trainer checkpoint folder (``output_dir/checkpoint-<step>``) holds: the trainer state and weights.
+CHECKPOINT_STATE = "trainer_state.json"
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+                      "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_CHECKPOINT_HOLDS = (f"a checkpoint folder (output_dir/checkpoint-<step>) holds {CHECKPOINT_STATE}, the weights "
+                     "(adapter_model.safetensors or model.safetensors) and optimizer.pt")
+
+
+def _listing(p: Path, n: int = 6) -> str:
+    try:
+        names = sorted(x.name + ("/" if x.is_dir() else "") for x in p.iterdir())
+    except OSError:
+        return "unreadable"
+    if not names:
+        return "nothing (an empty folder)"
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def resolve_resume(resume, output_dir: str | Path) -> str | None:
+    """``resume_from_checkpoint`` checked before anything loads: ``None``/false -> None; ``true``/``auto``/
+    ``last`` -> the last ``checkpoint-<step>`` of ``output_dir``; a path -> that checkpoint folder. Anything
+    else (no checkpoint, a missing path, a file, a folder that is not a checkpoint) is one ConfigError
+    naming what was found and what a checkpoint holds."""
+    if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "none", "no"):
+        return None
+    out = Path(output_dir)
+    if resume is True or str(resume).strip().lower() in ("true", "auto", "last", "yes"):
+        found = last_checkpoint(str(out))
+        if found is None:
+            seen = _listing(out) if out.is_dir() else "no such folder"
+            raise ConfigError(f"resume_from_checkpoint {resume!r}: no checkpoint-<step> folder in output_dir {out} "
+                              f"(found: {seen}); {_CHECKPOINT_HOLDS}. Leave resume_from_checkpoint out to start "
+                              "from scratch")
+        resume = found
+    p = Path(str(resume)).expanduser()
+    if not p.exists():
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r}: not found; give a checkpoint folder "
+                          f"({_CHECKPOINT_HOLDS}) or true for the last one in output_dir")
+    if not p.is_dir():
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r} is a file; {_CHECKPOINT_HOLDS}")
+    missing = [] if (p / CHECKPOINT_STATE).is_file() else [CHECKPOINT_STATE]
+    if not any((p / w).is_file() for w in CHECKPOINT_WEIGHTS):
+        missing.append("weights")
+    if missing:
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r} is not a checkpoint (no {' and no '.join(missing)};"
+                          f" found: {_listing(p)}); {_CHECKPOINT_HOLDS}")
+    return str(p)
+
+
+#: Keys of the recipe configs that name an input file or folder (output_dir may not be, or lie inside, one).
+INPUT_KEYS = ("studies", "pairs", "data_root", "model_name_or_path", "adapter_path", "reward_spec")
+
+
+def check_run_inputs(configs: Sequence[Any]) -> None:
+    """What ``--dry-run`` must catch without loading a model: the output folder apart from every input, the
+    base model and adapter folders, and vLLM importable when ``use_vllm`` asks for it."""
+    from cxr_io import check_disjoint
+    from mllm_cxr.modeling import check_adapter_dir, check_model_ref
+    from mllm_cxr.vllm_support import require_vllm_for_rollouts
+
+    args = configs[-1]
+    inputs = [getattr(c, k) for c in configs for k in INPUT_KEYS if isinstance(getattr(c, k, None), str)]
+    check_disjoint(args.output_dir, inputs, flag="output_dir")
+    for c in configs:
+        if getattr(c, "model_name_or_path", None):
+            check_model_ref(c.model_name_or_path)
+        if getattr(c, "adapter_path", None):
+            check_adapter_dir(c.adapter_path)
+    if getattr(args, "use_vllm", False):
+        require_vllm_for_rollouts()
+
+
 def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
                  datasets: Callable[..., dict[str, Any]],
                  trainer: Callable[..., Any],
@@ -170,6 +242,8 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     adapt_to_hardware(args)
     check_output_dir(Path(args.output_dir), overwrite=any(getattr(c, "overwrite_output_dir", False) for c in configs),
                      resume=args.resume_from_checkpoint)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    check_run_inputs(configs)
     t0 = time.perf_counter()
     data = datasets(*configs)
     if dry_run:
@@ -180,10 +254,8 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
         save_run_configs(args.output_dir, configs, args, argv)
     tr, processor = trainer(configs, data, model_args)
     log.info(trainable_summary(tr.model))
-    resume = args.resume_from_checkpoint
-    if resume in ("auto", "last", "true", "True"):
-        resume = last_checkpoint(args.output_dir)
-        print(f"resuming from {resume or 'scratch (no checkpoint found)'}", file=sys.stderr, flush=True)
+    if resume:
+        print(f"resuming from {resume}", file=sys.stderr, flush=True)
     result = tr.train(resume_from_checkpoint=resume)
     tr.save_model(args.output_dir)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
