@@ -56,8 +56,14 @@ TRAIN_ARGS ?=
 demo: tiny phantom
 	$(BIN)/python -m mllm_cxr.demo --runs $(RUNS) $(DEMO_ARGS)
 
+# Recipes run through `mllm-cxr launch` (accelerate launch's arguments; a failed recipe ends with its own one
+# line and exit code, no launcher traceback). The tiny targets rerun over their own finished runs
+# (TINY_OVERWRITE); the real recipes refuse to train over a finished run unless asked.
+LAUNCH ?= $(BIN)/mllm-cxr launch
+TINY_OVERWRITE ?= --overwrite_output_dir true
+
 sft: tiny phantom
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml $(TRAIN_ARGS)
+	$(LAUNCH) --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml $(TINY_OVERWRITE) $(TRAIN_ARGS)
 
 bench:
 	$(BIN)/python bench/run_all.py
@@ -121,19 +127,20 @@ GRPO_CFG ?= recipes/configs/tiny/grpo.yaml
 TINY_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --adapter_path $(RUNS)/tiny-sft
 
 $(RUNS)/tiny-sft/adapter_config.json: $(RUNS)/tiny-model/config.json $(RUNS)/phantom/studies.jsonl
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml \
+	$(LAUNCH) --config_file $(ACCEL) recipes/sft.py --config recipes/configs/tiny/sft.yaml \
 		--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --output_dir $(RUNS)/tiny-sft \
-		$(TRAIN_ARGS)
+		$(TINY_OVERWRITE) $(TRAIN_ARGS)
 
 $(RUNS)/pairs/prior.jsonl: $(RUNS)/phantom/studies.jsonl
 	$(BIN)/mllm-cxr pairs prior --studies $< --sections impression --out $@
 
 dpo: $(RUNS)/tiny-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/tiny/dpo.yaml \
-		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo $(TRAIN_ARGS)
+	$(LAUNCH) --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/tiny/dpo.yaml \
+		$(TINY_RUN_ARGS) --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/tiny-dpo $(TINY_OVERWRITE) $(TRAIN_ARGS)
 
 # With vLLM rollouts (CPU or GPU): make grpo VENV=.venv-vllm GRPO_ARGS="--use_vllm true --vllm_mode colocate"
 GRPO_ARGS ?=
 grpo: $(RUNS)/tiny-sft/adapter_config.json
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
-		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG))) $(TRAIN_ARGS) $(GRPO_ARGS)
+	$(LAUNCH) --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
+		$(TINY_RUN_ARGS) --output_dir $(RUNS)/tiny-$(basename $(notdir $(GRPO_CFG))) $(TINY_OVERWRITE) $(TRAIN_ARGS) \
+		$(GRPO_ARGS)

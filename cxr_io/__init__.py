@@ -384,7 +384,23 @@ def begin_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
     if p.is_dir() and any(p.iterdir()) and not overwrite:
         raise InputError(f"{flag} exists and is not empty; choose a new folder or pass --overwrite", file=p)
     make_parent(p, flag=flag)
-    return Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would survive the rename: honour the umask
+    return tmp
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def commit_dir(tmp: PathLike, path: PathLike) -> None:

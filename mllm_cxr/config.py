@@ -35,6 +35,9 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
+    skip_bad_images: bool = field(default=False, metadata={
+        "help": "a study whose image fails the header check when the dataset is built is skipped (counted, logged "
+                "once and listed in output_dir/skipped_images.json) instead of stopping the run"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
                 "(or resume_from_checkpoint) such a run is refused"})

@@ -1022,6 +1022,113 @@ def _(e):
     return "cli", ["tiny", str(m.parent)], [m]
 
 
+# -- images that went bad after `prepare`: met when the training dataset is built (before step 1) ------------
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def damaged_phantom(e, damage: Callable[[Path], None]) -> tuple[Path, Path, str]:
+    """A copy of the phantom data whose first train study's first image is damaged after `prepare`."""
+    root = e.tmp / "ph"
+    shutil.copytree(e.phantom, root)
+    first = next(json.loads(x) for x in (root / "studies.jsonl").read_text().splitlines()
+                 if json.loads(x)["split"] == "train")
+    img = root / first["images"][0]["path"]
+    damage(img)
+    return root / "studies.jsonl", img, first["study_id"]
+
+
+def _image_row(e, damage, *extra: str):
+    studies, img, sid = damaged_phantom(e, damage)
+    e.study_id = sid
+    c = recipe_yaml(e, studies=str(studies))
+    return "sft", ["--config", str(c), *extra], [c, studies, img]
+
+
+def _names_the_study(e):
+    assert not (e.tmp / "run").exists()
+
+
+@case("sft-image-corrupted-after-prepare", "unreadable or corrupt image", "image of study", "studies.jsonl",
+      "skip_bad_images", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300)))
+
+
+@case("sft-image-truncated-after-prepare", "truncated image", "PNG end marker", "image of study",
+      after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]))
+
+
+@case("sft-image-emptied-after-prepare", "image file is empty", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b""))
+
+
+@case("sft-image-decompression-bomb", "decompression bomb", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(png_bomb()))
+
+
+@case("sft-image-1x30000", "30000x1", "aspect ratio above 200", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: Image.new("L", (30000, 1)).save(p))
+
+
+@case("sft-dry-run-skip-bad-images-counts", "1 studies skipped for a bad image", rc=0, after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b""), "--skip_bad_images", "true", "--dry-run")
+
+
+# -- smaller items of issue 19 ------------------------------------------------------------------------------
+@case("generate-studies-repeated-study-id", "studies.jsonl:", "study_id repeated (first at line 1)")
+def _(e):
+    rows = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()][:3]
+    rows.append(dict(rows[0], split="test"))
+    s = jl(e.tmp / "studies.jsonl", rows)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--data-root", str(e.phantom)], [s]
+
+
+@case("sft-studies-repeated-study-id", "study_id repeated", "field 'study_id'")
+def _(e):
+    rows = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()]
+    s = jl(e.tmp / "studies.jsonl", [*rows, rows[5]])
+    c = recipe_yaml(e, studies=str(s), data_root=str(e.phantom))
+    return "sft", ["--config", str(c)], [c, s]
+
+
+@case("label-sections-bogus", "--sections", "'bogus' is not a report section", "known: findings")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,FINDINGS: No effusion.\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--sections", "bogus", "--out",
+                   str(e.tmp / "labels.csv")], [f]
+
+
+@case("label-jsonl-non-string-text", "reports.jsonl:2", "holds dict", "not report text")
+def _(e):
+    f = jl(e.tmp / "reports.jsonl", [{"report": "No effusion."}, {"report": {"findings": "Effusion."}}])
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "labels.csv")], [f]
+
+
+@case("prepare-mimic-report-not-utf8", "not UTF-8", ".txt", "re-save")
+def _(e):
+    root = make_mimic(e.tmp / "mimic")
+    rep = next(root.glob("files/**/s*.txt"))
+    rep.write_bytes(rep.read_bytes() + b"\nCOMPARISON: caf\xe9 \xff\n")
+    return "cli", ["prepare", "mimic-cxr", str(root), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [rep]
+
+
 # ------------------------------------------------------------------------------------------------
 # Running a row
 # ------------------------------------------------------------------------------------------------
@@ -1190,6 +1297,100 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert [x for x in err.splitlines() if "interrupted" in x] == ["mllm-cxr serve: interrupted (Ctrl-C); outputs "
                                                                    "being written were not replaced"]
+
+
+@pytest.mark.slow
+def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp_path, phantom_dir, tiny_model_dir):
+    """Images truncated after step 1 of a real SFT run: the run stops with one line naming the image, its
+    study and the records file, and the step's checkpoint; that checkpoint resumes once the images are back,
+    and with ``skip_bad_images`` a still-empty image is skipped, counted and listed in the run record."""
+    from transformers import TrainerCallback
+
+    from mllm_cxr.train.recipe import resolve_resume, run_recipe, run_training
+
+    recipe = _recipe("sft")
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_dir, root)
+    out = tmp_path / "run"
+
+    class TruncateImages(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                for p in (root / "images").glob("*.png"):
+                    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+    def trainer(configs, data, model_args):
+        tr, processor = recipe.trainer(configs, data, model_args)
+        tr.add_callback(TruncateImages())
+        return tr, processor
+
+    argv = ["--config", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", str(root / "studies.jsonl"),
+            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "4",
+            "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none"]
+    errbuf = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(errbuf), pytest.raises(SystemExit) as stop:
+        run_recipe(lambda a: run_training(recipe.CONFIG_CLASSES, a, datasets=recipe.datasets, trainer=trainer,
+                                          stage="sft"), argv)
+    err = errbuf.getvalue()
+    assert stop.value.code == 2 and "Traceback" not in err, err[-3000:]
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1 and err.strip().splitlines()[-1] == lines[0], err[-3000:]
+    line = lines[0]
+    for words in ("truncated image", "image of study", str(root / "studies.jsonl"), str(root / "images"),
+                  "stopped at step", "last checkpoint:", "--resume_from_checkpoint true"):
+        assert words in line, (words, line)
+    ckpt = resolve_resume(True, out)  # a real checkpoint (trainer state + weights) ...
+    assert Path(ckpt).name.startswith("checkpoint-")
+    # ... that resumes once the images are back; one image still empty is skipped with skip_bad_images
+    shutil.rmtree(root / "images")
+    shutil.copytree(phantom_dir / "images", root / "images")
+    first = next(json.loads(x) for x in (root / "studies.jsonl").read_text().splitlines()
+                 if json.loads(x)["split"] == "train")
+    (root / first["images"][0]["path"]).write_bytes(b"")
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        run_recipe(recipe.main, [*argv, "--resume_from_checkpoint", "true", "--skip_bad_images", "true"])
+    record = json.loads((out / "skipped_images.json").read_text())
+    assert [r["study_id"] for r in record] == [first["study_id"]] and record[0]["reason"] == "image file is empty"
+    assert json.loads((out / "train_results.json").read_text())["skipped_bad_images"] == 1
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_worker_error_is_unwrapped_to_its_one_line():
+    """A BadImageError raised in a DataLoader worker comes back with the worker's traceback as its text."""
+    from data_prep.errors import BadImageError
+    from mllm_cxr.train.recipe import unwrap_worker_error
+
+    wrapped = BadImageError("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                            "call last):\n  File \"x.py\", line 1\ndata_prep.errors.BadImageError: /a.png: image of "
+                            "study s1: truncated image")
+    assert str(unwrap_worker_error(wrapped)) == "/a.png: image of study s1: truncated image"
+    assert unwrap_worker_error(ValueError("x")) is None
+
+
+def test_output_folders_honour_the_umask(tmp_path):
+    """A folder filled in a temporary folder and renamed into place gets the umask's mode, not mkdtemp's 0700."""
+    from cxr_io import atomic_dir
+
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(tmp_path / "export") as tmp:
+            (Path(tmp) / "model.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o640
+
+
+def test_mimic_report_not_utf8_is_counted_under_skip_bad(tmp_path):
+    """A non-UTF-8 MIMIC report is counted (not read with replacement characters) under --skip-bad."""
+    from data_prep.prepare import prepare
+
+    root = make_mimic(tmp_path / "mimic")
+    rep = next(root.glob("files/**/s*.txt"))
+    rep.write_bytes(b"FINDINGS: caf\xe9.\n")
+    s = prepare("mimic-cxr", source=root, out=tmp_path / "o.jsonl", skip_bad=True, progress=False)
+    assert s["skipped"]["by_reason"]["report not UTF-8"]["count"] == 1
 
 
 def test_image_validation_happens_at_prepare_not_in_training(tmp_path):

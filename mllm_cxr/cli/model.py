@@ -16,7 +16,6 @@ from pathlib import Path
 from cxr_io import check_output
 from mllm_cxr.config import ConfigError
 
-
 #: The ``--dtype`` values every verb accepts (what :func:`mllm_cxr.modeling.resolve_dtype` knows).
 DTYPES = ("auto", "hardware", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
 

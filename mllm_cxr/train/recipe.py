@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import logging
 import sys
 import time
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cxr_io import debug_requested, handle, make_parent, write_text_atomic
+from data_prep.errors import BadImageError
 from mllm_cxr.config import ConfigError, adapt_to_hardware, parse_recipe_args
+from mllm_cxr.data import SKIPPED_IMAGES
 from mllm_cxr.run_config import write_run_config
 
 log = logging.getLogger("mllm_cxr")
@@ -199,17 +202,16 @@ INPUT_KEYS = ("studies", "pairs", "data_root", "model_name_or_path", "adapter_pa
 
 def check_run_inputs(configs: Sequence[Any]) -> None:
     """What ``--dry-run`` must catch without loading a model: the output folder apart from every input, the
-    base model and adapter folders, and vLLM importable when ``use_vllm`` asks for it."""
+    adapter folder, and vLLM importable when ``use_vllm`` asks for it. (The base model is not looked at: a dry
+    run checks a config on a machine that may not hold the model.)"""
     from cxr_io import check_disjoint
-    from mllm_cxr.modeling import check_adapter_dir, check_model_ref
+    from mllm_cxr.modeling import check_adapter_dir
     from mllm_cxr.vllm_support import require_vllm_for_rollouts
 
     args = configs[-1]
     inputs = [getattr(c, k) for c in configs for k in INPUT_KEYS if isinstance(getattr(c, k, None), str)]
     check_disjoint(args.output_dir, inputs, flag="output_dir")
     for c in configs:
-        if getattr(c, "model_name_or_path", None):
-            check_model_ref(c.model_name_or_path)
         if getattr(c, "adapter_path", None):
             check_adapter_dir(c.adapter_path)
     if getattr(args, "use_vllm", False):
@@ -246,20 +248,35 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     check_run_inputs(configs)
     t0 = time.perf_counter()
     data = datasets(*configs)
+    skipped_images = data.pop(SKIPPED_IMAGES, None) or []
     if dry_run:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items() if v is not None)
-        print(f"dry run: config parsed; datasets built ({sizes}); no model loaded, nothing written", flush=True)
+        skips = f"; {len(skipped_images)} studies skipped for a bad image" if skipped_images else ""
+        print(f"dry run: config parsed; datasets built ({sizes}){skips}; no model loaded, nothing written", flush=True)
         return None
     if args.process_index == 0:
         save_run_configs(args.output_dir, configs, args, argv)
+        if skipped_images:  # the run record of what skip_bad_images left out
+            write_text_atomic(Path(args.output_dir) / f"{SKIPPED_IMAGES}.json",
+                              json.dumps(skipped_images, indent=2, ensure_ascii=False) + "\n")
     tr, processor = trainer(configs, data, model_args)
     log.info(trainable_summary(tr.model))
     if resume:
         print(f"resuming from {resume}", file=sys.stderr, flush=True)
-    result = tr.train(resume_from_checkpoint=resume)
+    try:
+        result = tr.train(resume_from_checkpoint=resume)
+    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
+        raise mid_run_image_error(e, tr, args.output_dir) from None
+    except Exception as e:
+        wrapped = unwrap_worker_error(e)  # a DataLoader worker re-raises it with the worker's traceback as text
+        if wrapped is None:
+            raise
+        raise mid_run_image_error(wrapped, tr, args.output_dir) from None
     tr.save_model(args.output_dir)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
+    if skipped_images:
+        metrics["skipped_bad_images"] = len(skipped_images)
     tr.log_metrics("train", metrics)
     tr.save_metrics("train", metrics)  # train_results.json (+ all_results.json)
     tr.save_state()  # trainer_state.json
@@ -277,13 +294,36 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     return metrics
 
 
+def unwrap_worker_error(e: BaseException) -> BadImageError | None:
+    """A :class:`BadImageError` raised in a DataLoader worker comes back as ``BadImageError("Caught BadImageError in
+    DataLoader worker process 0. Original Traceback ...")``: the original one line, else None."""
+    if not isinstance(e, BadImageError):
+        return None
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = text.rstrip().splitlines()[-1]
+    return BadImageError(last.split("BadImageError: ", 1)[-1])
+
+
+def mid_run_image_error(e: BadImageError, tr, output_dir) -> BadImageError:
+    """The one line for an image that failed to decode during training: the image, the study, the records file,
+    the step, and the last checkpoint (which is usable: it was written before the failure)."""
+    step = getattr(getattr(tr, "state", None), "global_step", None)
+    ck = last_checkpoint(str(output_dir))
+    where = f"stopped at step {step}; " if step is not None else ""
+    state = f"last checkpoint: {ck}" if ck else "no checkpoint saved yet"
+    return BadImageError(f"{' '.join(str(e).split())} ({where}{state})")
+
+
 def run_recipe(main, argv: list[str] | None = None) -> None:
     """Run a recipe's main through the one top-level handler (:func:`cxr_io.handle`): bad input prints one
     line and exits 2, Ctrl-C one line and 130; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
 
     Under ``accelerate launch`` the launcher adds its own ``CalledProcessError`` traceback after any
-    non-zero exit of a single-process (or DeepSpeed) run; ``accelerate launch -q`` (``--quiet``) leaves
-    only our line (the launcher then exits 1).
+    non-zero exit of a single-process (or DeepSpeed) run; ``mllm-cxr launch`` (the same arguments,
+    :mod:`mllm_cxr.cli.launch`) leaves only our line and exits with our code (``accelerate launch -q``
+    leaves only our line but exits 1).
     """
 
     args = list(sys.argv[1:] if argv is None else argv)
