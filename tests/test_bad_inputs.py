@@ -833,10 +833,13 @@ def _(e):
 
 # -- issue 19: faults met mid-run and every new option ----------------------------------------------
 def shipped(e, stage: str, cfg: str, *extra: str) -> tuple[str, list[str], list[Path]]:
-    """A shipped real-model recipe config pointed at the tiny model and phantom data (bf16 off: CPU)."""
+    """A shipped real-model recipe config pointed at the tiny model, a LoRA adapter of it and phantom data (bf16
+    off: CPU), so that without the fix the run reaches TRL's vLLM set-up."""
+    from tests.model_helpers import make_random_adapter
+
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here: the row is about an environment without it")
-    a = fake_adapter(e.tmp / "sft")
+    a = make_random_adapter(e.tiny, e.tmp / "sft", run_config=False)
     return stage, ["--config", str(REPO / f"recipes/configs/qwen2.5-vl-3b/{cfg}.yaml"), "--studies",
                    str(e.phantom / "studies.jsonl"), "--model_name_or_path", str(e.tiny), "--adapter_path", str(a),
                    "--output_dir", str(e.tmp / "run"), "--bf16", "false", *extra], [a / "adapter_config.json"]
@@ -854,7 +857,7 @@ def _(e):
 
 @case("editgrpo-shipped-config-use-vllm-without-vllm", "use_vllm", "make vllm-env", "--use_vllm false")
 def _(e):
-    return shipped(e, "grpo", "editgrpo")
+    return shipped(e, "grpo", "editgrpo", "--reward_spec", str(REPO / "recipes/rewards/clinical.yaml"))
 
 
 @case("grpo-dry-run-use-vllm-without-vllm", "use_vllm", "make vllm-env")
@@ -950,21 +953,21 @@ def _(e):
 def _(e):
     s = studies_copy(e)
     return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
-                   "--temperature", "-1"], [s]
+                   "--temperature", "-1", "--data-root", str(e.phantom)], [s]
 
 
 @case("generate-limit-0", "--limit 0", "at least 1")
 def _(e):
     s = studies_copy(e)
     return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
-                   "--limit", "0"], [s]
+                   "--limit", "0", "--data-root", str(e.phantom)], [s]
 
 
 @case("generate-limit-negative", "--limit -3", "at least 1")
 def _(e):
     s = studies_copy(e)
     return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
-                   "--limit", "-3"], [s]
+                   "--limit", "-3", "--data-root", str(e.phantom)], [s]
 
 
 @case("pairs-limit-0", "--limit 0", "at least 1")
@@ -1000,14 +1003,15 @@ def _(e):
 def _(e):
     s, a = studies_copy(e), fake_adapter(e.tmp / "a")
     return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--adapter", str(a), "--out",
-                   str(a / "adapter_config.json")], [s, a]
+                   str(a / "adapter_config.json"), "--data-root", str(e.phantom)], [s, a]
 
 
 @case("generate-out-not-a-predictions-file", "not a predictions file written by", "--overwrite")
 def _(e):
     s = studies_copy(e)
     notes = raw(e.tmp / "notes.jsonl", '{"my": "notes"}\nnot json at all\n')
-    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(notes)], [s, notes]
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(notes), "--data-root",
+                   str(e.phantom)], [s, notes]
 
 
 @case("eval-out-holds-the-pred", "--out", "is (or contains) the input", "per_study.jsonl")

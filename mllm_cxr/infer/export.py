@@ -276,14 +276,14 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
         import_vllm()  # ImportError with the install hint before any work
     if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
         raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
-    # the one output rule: --out is not, does not hold, and does not lie inside any input (a merged export
-    # with --overwrite over --base would replace the base model it reads)
-    check_disjoint(dst, [base, adapter, verify_studies, metrics, data_root], flag="--out", folder=True)
     if dst.exists() and not dst.is_dir():
         raise ExportError(f"--out {dst} is an existing file; give a folder path")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ExportError(f"output folder {dst} exists and is not empty (pass --overwrite to replace it)")
     read_adapter_config(src)  # first: "not an adapter folder" before "no weights"
+    # the one output rule: --out is not, does not hold, and does not lie inside any input (a merged export
+    # with --overwrite over --base would replace the base model it reads)
+    check_disjoint(dst, [base, adapter, verify_studies, metrics, data_root], flag="--out", folder=True)
     tensors = read_adapter_weights(src)
     rep = inspect_adapter(src, tensors)
     warnings: list[str] = []
