@@ -138,7 +138,8 @@ class DecodeImages:
             err.reason = f"unreadable or corrupt image ({type(e).__name__}: {e})"  # type: ignore[attr-defined]
         raise bad_study_image(err, self.study_of.get(path, "?"), self.source, path,
                               hint="it changed after the dataset was built (mid-run); the last checkpoint is "
-                                   "usable: fix or remove the image, then rerun with --resume_from_checkpoint true")
+                                   "usable: fix the image and rerun with --resume_from_checkpoint true (add "
+                                   "--skip_bad_images true to leave its study out)")
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = dict(batch)

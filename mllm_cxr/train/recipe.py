@@ -83,11 +83,8 @@ def resolved_config(configs: Sequence[Any], argv: Sequence[str]) -> dict[str, An
         if key == "config":
             skip_next = True
             continue
-        if key not in fields:  # argparse's unambiguous prefixes (--max_step -> max_steps)
-            matches = [f for f in fields if f.startswith(key)]
-            if len(matches) != 1:
-                continue
-            key = matches[0]
+        if key not in fields:  # (abbreviated flags are refused by the parser: allow_abbrev is off)
+            continue
         out[key] = _plain(getattr(fields[key], key))
     return {k: v for k, v in out.items() if k not in _SECRET_KEYS}
 
