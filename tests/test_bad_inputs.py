@@ -1304,10 +1304,13 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp_path, phantom_dir, tiny_model_dir):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp_path, phantom_dir, tiny_model_dir,
+                                                                            workers):
     """Images truncated after step 1 of a real SFT run: the run stops with one line naming the image, its
-    study and the records file, and the step's checkpoint; that checkpoint resumes once the images are back,
-    and with ``skip_bad_images`` a still-empty image is skipped, counted and listed in the run record."""
+    study and the records file, and the step's checkpoint (also when a DataLoader worker meets it); that
+    checkpoint resumes once the images are back, and with ``skip_bad_images`` a still-empty image is skipped,
+    counted and listed in the run record."""
     from transformers import TrainerCallback
 
     from mllm_cxr.train.recipe import resolve_resume, run_recipe, run_training
@@ -1329,9 +1332,9 @@ def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp
         return tr, processor
 
     argv = ["--config", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", str(root / "studies.jsonl"),
-            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "4",
+            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "12",
             "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "2",
-            "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none"]
+            "--gradient_accumulation_steps", "1", "--dataloader_num_workers", str(workers), "--report_to", "none"]
     errbuf = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(errbuf), pytest.raises(SystemExit) as stop:
         run_recipe(lambda a: run_training(recipe.CONFIG_CLASSES, a, datasets=recipe.datasets, trainer=trainer,
@@ -1346,6 +1349,8 @@ def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp
         assert words in line, (words, line)
     ckpt = resolve_resume(True, out)  # a real checkpoint (trainer state + weights) ...
     assert Path(ckpt).name.startswith("checkpoint-")
+    if workers:
+        return
     # ... that resumes once the images are back; one image still empty is skipped with skip_bad_images
     shutil.rmtree(root / "images")
     shutil.copytree(phantom_dir / "images", root / "images")
@@ -1353,7 +1358,8 @@ def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp
                  if json.loads(x)["split"] == "train")
     (root / first["images"][0]["path"]).write_bytes(b"")
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        run_recipe(recipe.main, [*argv, "--resume_from_checkpoint", "true", "--skip_bad_images", "true"])
+        run_recipe(recipe.main, [*argv, "--resume_from_checkpoint", "true", "--skip_bad_images", "true",
+                                 "--max_steps", "4"])
     record = json.loads((out / "skipped_images.json").read_text())
     assert [r["study_id"] for r in record] == [first["study_id"]] and record[0]["reason"] == "image file is empty"
     assert json.loads((out / "train_results.json").read_text())["skipped_bad_images"] == 1

@@ -263,12 +263,8 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     try:
         result = tr.train(resume_from_checkpoint=resume)
     except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
-        raise mid_run_image_error(e, tr, args.output_dir) from None
-    except Exception as e:
-        wrapped = unwrap_worker_error(e)  # a DataLoader worker re-raises it with the worker's traceback as text
-        if wrapped is None:
-            raise
-        raise mid_run_image_error(wrapped, tr, args.output_dir) from None
+        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
+        raise mid_run_image_error(unwrap_worker_error(e), tr, args.output_dir) from None
     tr.save_model(args.output_dir)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
