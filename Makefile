@@ -62,6 +62,12 @@ TRAIN_ARGS ?=
 demo: demo-base phantom
 	$(BIN)/python -m mllm_cxr.demo --runs $(RUNS) $(DEMO_ARGS)
 
+# Recipes run through `mllm-cxr launch` (accelerate launch's arguments; a failed recipe ends with its own one
+# line and exit code, no launcher traceback). The demo targets rerun over their own finished runs
+# (DEMO_OVERWRITE); the real recipes refuse to train over a finished run unless asked.
+LAUNCH ?= $(BIN)/mllm-cxr launch
+DEMO_OVERWRITE ?= --overwrite_output_dir true
+
 bench:
 	$(BIN)/python bench/run_all.py
 
@@ -123,10 +129,10 @@ serve:
 # `make grpo` prints the reward curve and where the held-out learning curve (curves.png) is;
 # `make grpo GRPO_CFG=recipes/configs/demo/editgrpo.yaml` runs EditGRPO.
 GRPO_CFG ?= recipes/configs/demo/grpo.yaml
-DEMO_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/demo-base --overwrite_output_dir true
+DEMO_RUN_ARGS = --studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/demo-base $(DEMO_OVERWRITE)
 
 sft: demo-base phantom
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/sft.py --config recipes/configs/demo/sft.yaml \
+	$(LAUNCH) --config_file $(ACCEL) recipes/sft.py --config recipes/configs/demo/sft.yaml \
 		$(DEMO_RUN_ARGS) --output_dir $(RUNS)/demo-sft $(TRAIN_ARGS)
 
 $(RUNS)/demo-sft/adapter_config.json: $(RUNS)/demo-base/config.json $(RUNS)/phantom/studies.jsonl
@@ -136,13 +142,13 @@ $(RUNS)/pairs/prior.jsonl: $(RUNS)/phantom/studies.jsonl
 	$(BIN)/mllm-cxr pairs prior --studies $< --sections findings --out $@
 
 dpo: $(RUNS)/demo-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/demo/dpo.yaml \
+	$(LAUNCH) --config_file $(ACCEL) recipes/dpo.py --config recipes/configs/demo/dpo.yaml \
 		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/demo-dpo \
 		$(TRAIN_ARGS)
 
 # With vLLM rollouts (CPU or GPU): make grpo VENV=.venv-vllm GRPO_ARGS="--use_vllm true --vllm_mode colocate"
 GRPO_ARGS ?=
 grpo: $(RUNS)/demo-sft/adapter_config.json
-	$(BIN)/accelerate launch --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
+	$(LAUNCH) --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
 		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --output_dir $(RUNS)/demo-$(basename $(notdir $(GRPO_CFG))) \
 		$(TRAIN_ARGS) $(GRPO_ARGS)

@@ -173,6 +173,38 @@ def read_json(path: PathLike, *, role: str = "input", error: type[InputError] = 
         raise error("JSON nested too deeply", file=path) from None
 
 
+_UNIQUE_LOADER = None
+
+
+def _unique_key_loader():
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently, so a
+    duplicated ``learning_rate`` would train with whichever came second)."""
+    global _UNIQUE_LOADER
+    if _UNIQUE_LOADER is None:
+        import yaml
+
+        class UniqueKeyLoader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                                key_node.start_mark)
+                        seen[key] = line
+                    except TypeError:  # an unhashable key: PyYAML's own error follows
+                        continue
+                return super().construct_mapping(node, deep=deep)
+
+        _UNIQUE_LOADER = UniqueKeyLoader
+    return _UNIQUE_LOADER
+
+
 def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError] = InputError) -> Any:
     """A YAML file (``yaml.safe_load``): missing, folder, not UTF-8 or invalid YAML raise ``error`` naming
     the file (and line, for a syntax error). PyYAML is imported here only (a core dependency)."""
@@ -180,7 +212,7 @@ def read_yaml(path: PathLike, *, role: str = "YAML file", error: type[InputError
 
     text = read_text(path, role=role, error=error)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -242,16 +274,40 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_output(out: PathLike, inputs: Iterable[PathLike | None] = (), *, flag: str = "--out") -> Path:
-    """Refuse an output that is one of the inputs, or that lies under a file; create its folder."""
+def _inside(child: Path, folder: Path) -> bool:
+    """``child`` is ``folder`` or lies under it (links resolved)."""
+    try:
+        return child.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def check_disjoint(out: PathLike, inputs: Iterable[PathLike | None] = (), *, flag: str = "--out",
+                   folder: bool = False) -> None:
+    """The one output-safety rule of every verb and recipe: an output is never an input, never lies inside an
+    input folder, and an output *folder* (``folder``) never holds an input (its files could replace it)."""
     o = Path(out)
     for i in inputs:
         if i is None or str(i) == "":
             continue
         ip = Path(i)
         if _same_path(o, ip):
-            raise InputError(f"{flag} is the input file {ip}; choose another output path "
+            what = "folder" if ip.is_dir() else "file"
+            raise InputError(f"{flag} is the input {what} {ip}; choose another output path "
                              "(an output never overwrites an input)", file=o)
+        if ip.is_dir() and _inside(o, ip):
+            raise InputError(f"{flag} lies inside the input folder {ip}; choose an output path outside it "
+                             "(an output never writes into an input)", file=o)
+        if folder and ip.exists() and _inside(ip, o):
+            raise InputError(f"{flag} is (or contains) the input {ip}; choose another output folder "
+                             "(an output never overwrites an input)", file=o)
+
+
+def check_output(out: PathLike, inputs: Iterable[PathLike | None] = (), *, flag: str = "--out") -> Path:
+    """Refuse an output that is one of the inputs, lies inside an input folder or under a file; create its
+    folder."""
+    o = Path(out)
+    check_disjoint(o, inputs, flag=flag)
     make_parent(o, flag=flag)
     return o
 
@@ -322,15 +378,29 @@ def begin_dir(path: PathLike, *, overwrite: bool = False, flag: str = "--out",
     """Check ``path`` as an output folder and make a temporary folder beside it to fill (see
     :func:`atomic_dir`); finish with :func:`commit_dir` or :func:`abort_dir`."""
     p = Path(path)
-    for i in inputs:
-        if i is not None and str(i) and (_same_path(p, Path(i)) or Path(i).resolve().is_relative_to(p.resolve())):
-            raise InputError(f"{flag} is (or contains) the input {i}; choose another output folder", file=p)
+    check_disjoint(p, inputs, flag=flag, folder=True)
     if p.exists() and not p.is_dir():
         raise InputError(f"{flag} is an existing file; give a folder path", file=p)
     if p.is_dir() and any(p.iterdir()) and not overwrite:
         raise InputError(f"{flag} exists and is not empty; choose a new folder or pass --overwrite", file=p)
     make_parent(p, flag=flag)
-    return Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would survive the rename: honour the umask
+    return tmp
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def commit_dir(tmp: PathLike, path: PathLike) -> None:

@@ -147,6 +147,45 @@ def check_image(path: str | os.PathLike) -> None:
         raise bad_image("unreadable or corrupt image", p, e) from None
 
 
+#: Largest image (pixels) a trainer decodes: PIL's decompression-bomb limit (a cached image holds at most the
+#: pixel budget; a raw one a few tens of megapixels).
+MAX_DECODE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_TAILS = {"PNG": (b"IEND\xaeB`\x82",), "JPEG": (b"\xff\xd9",)}
+
+
+def check_image_header(path: str | os.PathLike, *, max_pixels: int = MAX_DECODE_PIXELS,
+                       max_aspect: float = MAX_ASPECT_RATIO) -> tuple[int, int]:
+    """The cheap check a training dataset makes of every image when it is built (no pixel decoding): the file
+    is there and not empty, its header opens, its size is within the decode limits (``max_pixels``: a
+    decompression bomb; ``max_aspect``: the vision processor refuses a 1x30000 image) and a PNG/JPEG ends with
+    its end marker (a truncated file does not). Returns ``(height, width)``; raises :class:`BadImageError`
+    whose ``reason`` is the short cause."""
+    p = Path(path)
+    _check_file(p)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            fmt = im.format
+    except Image.DecompressionBombError as e:
+        raise bad_image("decompression bomb (too many pixels to decode)", p, e) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise bad_image("unreadable or corrupt image", p, e) from None
+    if w < 1 or h < 1:
+        raise bad_image(f"image has no pixels ({w}x{h})", p)
+    if w * h > max_pixels:
+        raise bad_image(f"decompression bomb: {w}x{h} = {w * h} pixels, above the decode limit of {max_pixels}", p)
+    if max(w, h) / min(w, h) > max_aspect:
+        raise bad_image(f"{w}x{h}: aspect ratio above {max_aspect:g}, which the vision processor refuses", p)
+    tails = _TAILS.get(fmt or "")
+    if tails:
+        with open(p, "rb") as fh:
+            fh.seek(max(0, p.stat().st_size - 64))
+            tail = fh.read().rstrip(b"\x00\r\n ")
+        if not any(tail.endswith(t) for t in tails):
+            raise bad_image(f"truncated image (the {fmt} end marker is missing)", p)
+    return h, w
+
+
 def _minmax_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     a = arr.astype(np.float64, copy=False)
     lo = float(np.min(a)) if lo is None else float(lo)
@@ -358,12 +397,11 @@ class ImageCache:
         dest = self.path_for(src)
         if dest.is_file():
             try:
-                with Image.open(dest) as im:
-                    w, h = im.size
+                h, w = check_image_header(dest)  # a truncated or emptied entry is rebuilt, not handed on
                 with self._lock:
                     self.hits += 1
                 return CachedImage(dest, src, h, w, True)
-            except (OSError, SyntaxError):
+            except (BadImageError, OSError, SyntaxError):
                 pass  # unreadable cache entry: rebuild it
         img = load_resized(src, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cxr_io import not_utf8
 from data_prep._util import (
     SkipLog,
     build_prepare_summary,
@@ -170,10 +171,13 @@ def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = No
             fail_or_skip(skip_bad, skips, err, "report missing", rel_report)
             continue
         try:
-            text = report_file.read_text(encoding="utf-8", errors="replace")
+            text = report_file.read_bytes().decode("utf-8")
         except OSError as e:
             fail_or_skip(skip_bad, skips, DataPrepError(f"unreadable report ({e.strerror})", file=str(report_file)),
                          "report unreadable", rel_report)
+            continue
+        except UnicodeDecodeError:  # as the CheXpert Plus CSV: refused (or counted with skip_bad), never "\ufffd"
+            fail_or_skip(skip_bad, skips, not_utf8(report_file, DataPrepError), "report not UTF-8", rel_report)
             continue
         images = []
         for dicom, view in st["images"]:

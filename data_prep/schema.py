@@ -373,10 +373,21 @@ def image_path(data_root: str | os.PathLike, path: str) -> Path:
 _JSON_COLUMNS = ("meta", "labels", "grounded_findings")
 
 def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
-    """Yield validated records from a ``.jsonl`` (or ``.parquet``) file."""
+    """Yield validated records from a ``.jsonl`` (or ``.parquet``) file. A study id given twice is an error
+    naming both lines (every reader of a studies file goes through here, so no verb picks one silently)."""
     path = Path(path)
     if not path.exists():
         raise DataPrepError("file not found", file=str(path))
+    seen: dict[str, int] = {}
+
+    def once(rec: StudyRecord, line: int) -> StudyRecord:
+        first = seen.setdefault(rec.study_id, line)
+        if first != line:
+            raise DataPrepError(f"study_id repeated (first at line {first}); each study appears once in a studies "
+                                "file: remove or rename the repeat", file=str(path), line=line, field="study_id",
+                                value=rec.study_id)
+        return rec
+
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq  # optional, comes with datasets
 
@@ -389,10 +400,10 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
                     im["boxes"] = json.loads(im["boxes"]) if isinstance(im["boxes"], str) else im["boxes"]
                     if im["boxes"] is None:
                         del im["boxes"]
-            yield validate_record(row, file=str(path), line=i)
+            yield once(validate_record(row, file=str(path), line=i), i)
         return
     for i, d in read_jsonl(path, role="study records", objects=False, error=DataPrepError):
-        yield validate_record(d, file=str(path), line=i)
+        yield once(validate_record(d, file=str(path), line=i), i)
 
 
 def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:

@@ -40,6 +40,9 @@ class DataArguments:
                 "'report:0.6,phrase_grounding:0.3,vqa:0.1'; default: the report task only"})
     box_family: str = field(default="qwen2_5_vl", metadata={
         "help": "how task targets write boxes: qwen2_5_vl, qwen2_vl, qwen3_vl, maira2, normalized"})
+    skip_bad_images: bool = field(default=False, metadata={
+        "help": "a study whose image fails the header check when the dataset is built is skipped (counted, logged "
+                "once and listed in output_dir/skipped_images.json) instead of stopping the run"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
                 "(or resume_from_checkpoint) such a run is refused"})
@@ -98,8 +101,9 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> 
     where = cfg_path or "command line"
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     parser = TrlParser(dataclass_types)
+    parser.allow_abbrev = False  # --learning_rat is a typo, not learning_rate (argparse's prefix matching)
     try:
-        return tuple(parser.parse_args_and_config(argv))
+        configs = tuple(parser.parse_args_and_config(argv))
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({e})") from None
     except SystemExit as e:  # argparse already printed the offending flag/value
@@ -115,6 +119,38 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> 
             raise ConfigError(f"{where}: bf16 is on (the config's or TRL's default) but this machine has no CUDA GPU: "
                               "set bf16: false (--bf16 false) to train on CPU") from e
         raise ConfigError(f"{where}: {_with_hints(str(e), known)}") from e
+    check_training_args(configs, where)
+    return configs
+
+
+def check_training_args(configs: tuple, where: str = "command line") -> None:
+    """Hyper-parameters checked where they are parsed (the trainers would take them silently, or fail late
+    with a traceback): a learning rate that is negative or not finite, ``max_steps`` other than -1 or a
+    positive count, no epochs, batch sizes and accumulation below 1."""
+    import math
+
+    def bad(key: str, value, what: str):
+        raise ConfigError(f"{where}: {key} {value!r}: {what}")
+
+    for c in configs:
+        lr = getattr(c, "learning_rate", None)
+        if isinstance(lr, (int, float)) and (not math.isfinite(lr) or lr < 0):
+            bad("learning_rate", lr, "must be a finite number >= 0 (e.g. 1e-4)")
+        steps = getattr(c, "max_steps", None)
+        if isinstance(steps, int) and steps != -1 and steps < 1:
+            bad("max_steps", steps, "give a positive number of optimizer steps, or -1 to train num_train_epochs")
+        epochs = getattr(c, "num_train_epochs", None)
+        if steps == -1 and isinstance(epochs, (int, float)) and not (math.isfinite(epochs) and epochs > 0):
+            bad("num_train_epochs", epochs, "must be > 0 when max_steps is -1")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "num_generations"):
+            v = getattr(c, key, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                bad(key, v, "must be at least 1")
+        for key in ("max_train_studies", "max_eval_studies"):
+            v = getattr(c, key, None)
+            if isinstance(v, int) and v < 1:
+                bad(key, v, "must be at least 1 (leave it out for all studies)")
 
 
 def adapt_to_hardware(training_args) -> None:

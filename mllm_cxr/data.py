@@ -22,28 +22,51 @@ log = logging.getLogger(__name__)
 DECODABLE = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def _image_paths(study: StudyRecord, refs, data_root: Path, check: bool) -> list[str]:
+def _image_paths(study: StudyRecord, refs, data_root: Path, check: bool, source: str | None = None) -> list[str]:
+    """The absolute image files of a study's prompt; ``check``: each one's header checked (cheap, no pixel
+    decoding: :func:`data_prep.images.check_image_header`) so a bad image stops the run before step 1."""
+    from data_prep.images import check_image_header
+
     paths = []
     for r in refs:
         p = image_path(data_root, r.path).resolve()
         if p.suffix.lower() not in DECODABLE:
             raise BadImageError("trainers read PNG/JPG; convert DICOM once with `mllm-cxr prepare <dataset> "
                                 "--image-cache DIR`", file=str(p), field="images.path", value=r.path)
-        if check and not p.exists():
-            raise BadImageError(f"image of study {study.study_id} not found", file=str(p), field="images.path",
-                                value=r.path)
+        if check:
+            try:
+                check_image_header(p)
+            except BadImageError as e:
+                raise bad_study_image(e, study.study_id, source, p) from None
         paths.append(str(p))
     return paths
 
 
+def bad_study_image(e: BadImageError, study_id: str, source: str | None, path: str | Path,
+                    hint: str = "") -> BadImageError:
+    """One line naming the image, its study and the records file (with what to do)."""
+    reason = getattr(e, "reason", None) or str(e)
+    err = BadImageError(f"image of study {study_id}" + (f" (records {source})" if source else "") + f": {reason}; "
+                        + (hint or "re-run `mllm-cxr prepare` for it, or set skip_bad_images: true to skip such "
+                                    "studies (counted and listed in output_dir/skipped_images.json)"),
+                        file=str(path))
+    err.reason = reason  # type: ignore[attr-defined]
+    err.study_id = study_id  # type: ignore[attr-defined]
+    return err
+
+
 def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: PromptConfig, *,
-               check_images: bool = True, require_target: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+               check_images: bool = True, require_target: bool = True, skip_bad_images: bool = False,
+               bad_images: list[dict[str, str]] | None = None,
+               source: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One row per study: prompt messages, image paths, reference text and context columns.
 
-    Studies without text in the target sections are skipped and counted (``require_target``).
+    Studies without text in the target sections are skipped and counted (``require_target``). An image whose
+    header check fails stops with one line naming the image, the study and the records file (``source``), or
+    with ``skip_bad_images`` skips the study, counted and appended to ``bad_images``.
     """
     root = Path(data_root)
-    rows, skipped = [], {"no_target": 0, "no_image": 0}
+    rows, skipped = [], {"no_target": 0, "no_image": 0, "bad_image": 0}
     for s in records:
         if require_target and not has_target(s, cfg):
             skipped["no_target"] += 1
@@ -52,8 +75,20 @@ def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: Promp
         if not refs:
             skipped["no_image"] += 1
             continue
-        rows.append({"prompt": messages, "images": _image_paths(s, refs, root, check_images),
-                     **reward_columns(s, cfg)})
+        try:
+            images = _image_paths(s, refs, root, check_images, source)
+        except BadImageError as e:
+            if not skip_bad_images or getattr(e, "study_id", None) is None:
+                raise
+            skipped["bad_image"] += 1
+            if bad_images is not None:
+                bad_images.append({"study_id": s.study_id, "image": e.file, "reason": e.reason,
+                                   "records": str(source or "")})
+            continue
+        rows.append({"prompt": messages, "images": images, **reward_columns(s, cfg)})
+    if skipped["bad_image"]:
+        log.warning("skipped %d studies with a bad image (skip_bad_images: true); listed in skipped_images.json",
+                    skipped["bad_image"])
     return rows, skipped
 
 
@@ -77,14 +112,56 @@ def reward_columns(study: StudyRecord, cfg: PromptConfig) -> dict[str, Any]:
             **study_columns(study, labels_json=True)}
 
 
-def _to_dataset(rows: list[dict[str, Any]]):
+class DecodeImages:
+    """The ``images`` column decoded when a row is read (``Dataset.set_transform``), as ``datasets.Image`` would,
+    but a file that went bad after the dataset was built (corrupted, truncated or emptied mid-run, a
+    decompression bomb, a 1x30000 image) stops the run with one line naming the image, its study and the
+    records file (:class:`BadImageError`), not a PIL traceback from inside the data loader."""
+
+    def __init__(self, study_of: dict[str, str], source: str | None = None):
+        self.study_of, self.source = study_of, source
+
+    def open(self, path: str):
+        from PIL import Image
+
+        from data_prep.images import check_image_header
+
+        try:
+            check_image_header(path)
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+        except BadImageError as e:
+            err = e
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            err = BadImageError(f"unreadable or corrupt image ({type(e).__name__}: {e})", file=path)
+            err.reason = f"unreadable or corrupt image ({type(e).__name__}: {e})"  # type: ignore[attr-defined]
+        raise bad_study_image(err, self.study_of.get(path, "?"), self.source, path,
+                              hint="it changed after the dataset was built (mid-run); the last checkpoint is "
+                                   "usable: fix the image and rerun with --resume_from_checkpoint true (add "
+                                   "--skip_bad_images true to leave its study out)")
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out = dict(batch)
+        if "images" in batch:
+            out["images"] = [[self.open(p) if isinstance(p, str) else p for p in imgs] for imgs in batch["images"]]
+        return out
+
+
+def _to_dataset(rows: list[dict[str, Any]], *, source: str | None = None, checked_decode: bool = True):
+    """Rows -> a ``datasets.Dataset``. ``checked_decode``: images stay paths, decoded per row by
+    :class:`DecodeImages`; otherwise (DPO, whose trainer tokenizes with ``Dataset.map``) typed as
+    ``datasets.Image``."""
     from datasets import Dataset, Image
     from datasets import Sequence as HFSequence
 
     if not rows:
-        raise DataPrepError("no usable studies (all skipped: empty target sections or no images)")
+        raise DataPrepError("no usable studies (all skipped: empty target sections, no images or bad images)")
     ds = Dataset.from_list(rows)
-    return ds.cast_column("images", HFSequence(Image()))
+    if not checked_decode:
+        return ds.cast_column("images", HFSequence(Image()))
+    ds.set_transform(DecodeImages({p: r["study_id"] for r in rows for p in r["images"]}, source))
+    return ds
 
 
 def assistant(text: str) -> list[dict[str, Any]]:
@@ -98,7 +175,7 @@ def sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **
         r["completion"] = assistant(r["reference"])
     if any(skipped.values()):
         log.warning("SFT data: skipped %s", skipped)
-    return _to_dataset(rows)
+    return _to_dataset(rows, source=kw.get("source"))
 
 
 def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
@@ -132,7 +209,7 @@ def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *
     rows, skipped = study_rows(records, data_root, cfg, **kw)
     if any(skipped.values()):
         log.warning("GRPO data: skipped %s", skipped)
-    return _to_dataset(rows)
+    return _to_dataset(rows, source=kw.get("source"))
 
 
 def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyRecord], data_root,
@@ -149,7 +226,7 @@ def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyR
         (row,), _ = study_rows([s], data_root, cfg, require_target=False, **kw)
         row["chosen"], row["rejected"] = assistant(p["chosen"]), assistant(p["rejected"])
         rows.append(row)
-    return _to_dataset(rows)
+    return _to_dataset(rows, checked_decode=False)
 
 
 def load_split(path: str | Path, split: str | None, limit: int | None = None) -> list[StudyRecord]:
@@ -168,9 +245,20 @@ def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, An
         raise ConfigError(f"tasks: {data_args.tasks!r}: only the SFT recipe trains on a task mixture so far; "
                           "remove the tasks key from this recipe's config")
     root = data_args.root()
+    bad: list[dict[str, str]] = []
+    kw = {"skip_bad_images": bool(getattr(data_args, "skip_bad_images", False)), "bad_images": bad,
+          "source": str(data_args.studies)}
 
     def split(name: str | None, limit: int | None) -> Any:
-        return build(load_split(data_args.studies, name, limit), root, prompt_cfg)
+        return build(load_split(data_args.studies, name, limit), root, prompt_cfg, **kw)
 
-    return {"train": split(data_args.train_split, data_args.max_train_studies),
-            "eval": split(data_args.eval_split, data_args.max_eval_studies) if data_args.eval_split else None}
+    out = {"train": split(data_args.train_split, data_args.max_train_studies),
+           "eval": split(data_args.eval_split, data_args.max_eval_studies) if data_args.eval_split else None}
+    if bad:
+        out[SKIPPED_IMAGES] = bad
+    return out
+
+
+#: The key of :func:`recipe_datasets`' result (and the file in output_dir) listing the studies skipped for a bad
+#: image (``skip_bad_images: true``).
+SKIPPED_IMAGES = "skipped_images"

@@ -46,6 +46,19 @@ def import_vllm():
     return vllm
 
 
+def require_vllm_for_rollouts() -> None:
+    """``use_vllm: true`` needs the ``vllm`` package in this environment (TRL otherwise fails deep inside the
+    trainer with ``module 'trl.generation.vllm_generation' has no attribute 'LLM'``)."""
+    import importlib.util
+
+    from mllm_cxr.config import ConfigError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("use_vllm is true but vLLM is not installed in this environment: run `make vllm-env` and "
+                          "train with .venv-vllm (make grpo VENV=.venv-vllm), or pass --use_vllm false for "
+                          "model.generate rollouts")
+
+
 def vllm_max_lora_rank(rank: int) -> int:
     """The smallest ``--max-lora-rank`` choice of vLLM that holds ``rank``."""
     for choice in VLLM_MAX_LORA_RANKS:

@@ -32,7 +32,7 @@ from mllm_cxr.train.grpo import (
     reward_curve,
 )
 from mllm_cxr.train.recipe import run_recipe, run_training
-from reward.trl import reward_funcs_and_weights
+from reward.trl import check_reward_spec, reward_funcs_and_weights
 
 #: The dataclasses this recipe's YAML keys and --flags map to (EditGRPOConfig = GRPOConfig + edit_* keys).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, GRPOScriptArguments, EditGRPOConfig)
@@ -40,6 +40,7 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, G
 
 def datasets(data_args, model_args, prompt_cfg, curve_args, script, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
+    check_reward_spec(script.reward_spec)  # every reward name known before any model loads (and in --dry-run)
     return recipe_datasets(data_args, grpo_dataset, prompt_cfg)
 
 

@@ -137,8 +137,9 @@ def eval_group(name: str) -> str | None:
     return entry[0] if entry else None
 
 
-def get_scorer(name: str, **kwargs: Any) -> Scorer:
-    """A scorer instance by registry name; instances are cached per (name, kwargs) in this process."""
+def scorer_name(name: str) -> str:
+    """The registry name of a scorer written by name or alias; an unknown one is a RewardError listing the
+    known names (nothing is built: ``--dry-run`` uses this)."""
     _load_builtin()
     if name not in _REGISTRY and canonical_metric(name) in _REGISTRY:
         name = canonical_metric(name)
@@ -146,6 +147,12 @@ def get_scorer(name: str, **kwargs: Any) -> Scorer:
         raise RewardError(f"unknown scorer '{name}'; known: {', '.join(sorted(_REGISTRY))} "
                           "(aliases: " + ", ".join(sorted(a for a, c in _ALIAS.items() if a != c and c in _REGISTRY))
                           + ")")
+    return name
+
+
+def get_scorer(name: str, **kwargs: Any) -> Scorer:
+    """A scorer instance by registry name; instances are cached per (name, kwargs) in this process."""
+    name = scorer_name(name)
     key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
         _CACHE[key] = _REGISTRY[name][0](**kwargs)

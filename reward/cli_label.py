@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +41,31 @@ def _read_rows(path: Path, text_col: str, id_col: str | None) -> Iterator[tuple[
                     raise RewardError(f"{path}:{lineno}: column {col!r} not found "
                                       f"(keys: {', '.join(map(str, obj)) or 'none'})")
             text = obj.get(text_col)
-            text = "" if text is None else str(text)
-            yield (str(obj[id_col]) if id_col else text), text
+            if text is not None and not isinstance(text, str):
+                raise RewardError(f"{path}:{lineno}: column {text_col!r} holds {type(text).__name__} "
+                                  f"{json.dumps(text)[:60]}, not report text (a string or null); fix the line")
+            text = text or ""
+            rid = obj.get(id_col) if id_col else text
+            if id_col and (isinstance(rid, (dict, list, bool)) or rid is None):
+                raise RewardError(f"{path}:{lineno}: id column {id_col!r} holds {json.dumps(rid)[:60]}, not an id "
+                                  "(a string or a number)")
+            yield str(rid), text
     else:
         raise RewardError(f"{path}: unsupported input type {suffix or '(none)'!r}; use .csv or .jsonl")
+
+
+#: Report section headers ``--sections`` may name (a name outside these is a typo, not a header to look for).
+REPORT_SECTIONS = ("findings", "impression", "indication", "history", "clinical history", "comparison", "comparisons",
+                   "technique", "examination", "exam", "reason for exam", "reason for examination", "procedure",
+                   "conclusion", "conclusions", "recommendation", "recommendations", "addendum", "summary")
+
+
+def check_sections(sections: list[str] | None) -> None:
+    """Every ``--sections`` name is a report section header (case-insensitive)."""
+    bad = [s for s in sections or [] if s.lower() not in REPORT_SECTIONS]
+    if bad:
+        raise RewardError(f"--sections: {', '.join(map(repr, bad))} is not a report section; known: "
+                          f"{', '.join(REPORT_SECTIONS)}")
 
 
 def label_file(input_path: str | Path, text_column: str, out_path: str | Path, id_column: str | None = None,
@@ -52,15 +74,16 @@ def label_file(input_path: str | Path, text_column: str, out_path: str | Path, i
     """Label every record of a CSV/JSONL file and write the CheXpert CSV; returns a summary dict."""
     from tqdm.auto import tqdm
 
-    from reward.chexpert import ChexpertRulesLabeler
+    from reward.chexpert import ChexpertRulesLabeler, extract_sections
 
     src, out = Path(input_path), Path(out_path)
     if not src.is_file():
         raise RewardError(f"{src}: input file not found; check --input")
+    check_sections(sections)
     check_output(out, [src, rules_path])
     labeler = ChexpertRulesLabeler(rules_path=rules_path, sections=sections)
     t0 = time.perf_counter()
-    n = empty = 0
+    n = empty = whole = 0
     positives = dict.fromkeys(CHEXPERT_LABELS, 0)
     with atomic_write(out, inputs=[src, rules_path], newline="") as f:
         w = csv.writer(f)
@@ -69,11 +92,12 @@ def label_file(input_path: str | Path, text_column: str, out_path: str | Path, i
                               disable=not progress):
             lab = labeler.label(text)
             n += 1
+            whole += bool(sections) and extract_sections(text, sections) is None
             empty += not text.strip()
             for k, v in lab.items():
                 positives[k] += v == 1.0
             w.writerow([rid, *(_fmt(lab[k]) for k in CHEXPERT_LABELS)])
-    return {"reports": n, "empty": empty, "positives": positives, "out": str(out),
+    return {"reports": n, "empty": empty, "sections_not_found": whole, "positives": positives, "out": str(out),
             "elapsed_s": round(time.perf_counter() - t0, 3)}
 
 
@@ -82,7 +106,9 @@ def _cmd(args: argparse.Namespace) -> int:
     s = label_file(args.input, args.text_column, args.out, id_column=args.id_column, sections=sections,
                    rules_path=args.rules, progress=not args.quiet)
     rate = s["reports"] / s["elapsed_s"] if s["elapsed_s"] > 0 else float("inf")
-    print(f"label: {s['reports']} reports ({s['empty']} empty), {s['positives']['No Finding']} No Finding, "
+    whole = (f", {s['sections_not_found']} without a {'/'.join(sections)} header (whole text labelled)"
+             if s["sections_not_found"] else "")
+    print(f"label: {s['reports']} reports ({s['empty']} empty{whole}), {s['positives']['No Finding']} No Finding, "
           f"{s['elapsed_s']:.1f} s ({rate:.0f}/s) -> {s['out']}")
     return 0
 

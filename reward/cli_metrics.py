@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_io import check_output, read_text, write_jsonl, write_text_atomic
+from cxr_io import check_disjoint, check_output, read_text, write_jsonl, write_text_atomic
 from reward.base import (
     METRIC_VOCABULARY,
     MissingBackendError,
@@ -289,6 +289,8 @@ def metric_kwargs_arg(value: str | None) -> dict[str, dict[str, Any]]:
 def run_eval_cmd(args: argparse.Namespace) -> int:
     from reward.evaluate import eval_summary_line, run_eval
 
+    if not Path(args.out).is_file():  # (an existing file is refused by run_eval: eval writes a folder)
+        check_disjoint(args.out, [args.pred, args.compare], flag="--out", folder=True)  # --pred DIR/per_study.jsonl
     named = bool(args.metrics) and args.metrics.strip() != "all"
     metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
                else list(METRIC_GROUPS))

@@ -456,6 +456,22 @@ def reward_funcs_and_weights(spec: str | os.PathLike | Mapping | Sequence, *,
     return funcs, weights
 
 
+def check_reward_spec(spec: str | os.PathLike | Mapping | Sequence) -> list[dict[str, Any]]:
+    """The entries of a reward spec with every name checked (a registered scorer or alias, or an importable
+    dotted function), building no scorer: what ``--dry-run`` can afford."""
+    from reward.base import scorer_name
+
+    if isinstance(spec, str) and "\n" not in spec and not _looks_like_path(spec):
+        spec = [spec]
+    entries = load_reward_spec(spec)
+    for e in entries:
+        if is_dotted_reward(e["name"]):
+            import_dotted(e["name"])
+        else:
+            scorer_name(e["name"])
+    return entries
+
+
 class CompositeReward:
     """A weighted sum of reward functions as one TRL reward function.
 

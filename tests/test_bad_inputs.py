@@ -831,6 +831,308 @@ def _(e):
     return "grpo", ["--config", str(c)], [c, r]
 
 
+# -- issue 19: faults met mid-run and every new option ----------------------------------------------
+def shipped(e, stage: str, cfg: str, *extra: str) -> tuple[str, list[str], list[Path]]:
+    """A shipped real-model recipe config pointed at the tiny model, a LoRA adapter of it and phantom data (bf16
+    off: CPU), so that without the fix the run reaches TRL's vLLM set-up."""
+    from tests.model_helpers import make_random_adapter
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the row is about an environment without it")
+    a = make_random_adapter(e.tiny, e.tmp / "sft", run_config=False)
+    return stage, ["--config", str(REPO / f"recipes/configs/qwen2.5-vl-3b/{cfg}.yaml"), "--studies",
+                   str(e.phantom / "studies.jsonl"), "--model_name_or_path", str(e.tiny), "--adapter_path", str(a),
+                   "--output_dir", str(e.tmp / "run"), "--bf16", "false", *extra], [a / "adapter_config.json"]
+
+
+def _no_run_written(e):
+    assert not (e.tmp / "run").exists(), sorted(p.name for p in (e.tmp / "run").iterdir())
+
+
+@case("grpo-shipped-config-use-vllm-without-vllm", "use_vllm", "make vllm-env", "--use_vllm false",
+      after=_no_run_written)
+def _(e):
+    return shipped(e, "grpo", "grpo")
+
+
+@case("editgrpo-shipped-config-use-vllm-without-vllm", "use_vllm", "make vllm-env", "--use_vllm false")
+def _(e):
+    return shipped(e, "grpo", "editgrpo", "--reward_spec", str(REPO / "recipes/rewards/clinical.yaml"))
+
+
+@case("grpo-dry-run-use-vllm-without-vllm", "use_vllm", "make vllm-env")
+def _(e):
+    return shipped(e, "grpo", "grpo_vllm_server", "--dry-run")
+
+
+@case("sft-resume-missing-path", "resume_from_checkpoint", "not found", "trainer_state.json")
+def _(e):
+    c = recipe_yaml(e, resume_from_checkpoint=str(e.tmp / "run" / "checkpoint-9"))
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-resume-a-file", "resume_from_checkpoint", "is a file", "trainer_state.json")
+def _(e):
+    f = raw(e.tmp / "ckpt.pt", b"x" * 10)
+    c = recipe_yaml(e, resume_from_checkpoint=str(f))
+    return "sft", ["--config", str(c)], [c, f]
+
+
+@case("sft-resume-folder-not-a-checkpoint", "is not a checkpoint", "found: adapter_config.json",
+      "trainer_state.json")
+def _(e):
+    a = fake_adapter(e.tmp / "ck")
+    c = recipe_yaml(e, resume_from_checkpoint=str(a))
+    return "sft", ["--config", str(c)], [c, a]
+
+
+@case("sft-resume-true-without-checkpoint", "no checkpoint-<step> folder", "found: no such folder",
+      "trainer_state.json")
+def _(e):
+    c = recipe_yaml(e, resume_from_checkpoint=True)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-negative-learning-rate", "learning_rate -0.0001", ">= 0")
+def _(e):
+    c = recipe_yaml(e, learning_rate=-1e-4)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-max-steps-minus-5", "max_steps -5", "or -1")
+def _(e):
+    c = recipe_yaml(e, max_steps=-5)
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-duplicated-yaml-key", "cfg.yaml:3", "'learning_rate' is given twice", "keep one")
+def _(e):
+    c = raw(e.tmp / "cfg.yaml", f"studies: {e.phantom / 'studies.jsonl'}\nlearning_rate: 1e-4\n"
+                                f"learning_rate: 1e-3\nmodel_name_or_path: {e.tiny}\n")
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("sft-flag-prefix-abbreviation", "'learning_rat'", "did you mean 'learning_rate'")
+def _(e):
+    c = recipe_yaml(e)
+    return "sft", ["--config", str(c), "--learning_rat", "1e-4"], [c]
+
+
+@case("grpo-dry-run-unknown-reward", "unknown scorer 'chexpert_f2'", "known:")
+def _(e):
+    c = recipe_yaml(e, reward_spec="chexpert_f2", max_train_studies=4)
+    return "grpo", ["--config", str(c), "--dry-run"], [c]
+
+
+@case("dpo-dry-run-missing-adapter", "adapter_path", "adapter folder", "not found")
+def _(e):
+    c = recipe_yaml(e, adapter_path=str(e.tmp / "no-sft"), pairs=str(e.tmp / "pairs.jsonl"))
+    return "dpo", ["--config", str(c), "--dry-run"], [c]
+
+
+@case("sft-output-dir-inside-the-model-folder", "output_dir", "lies inside the input folder",
+      after=lambda e: not (e.tiny / "run19").exists() or (_ for _ in ()).throw(AssertionError("written")))
+def _(e):
+    c = recipe_yaml(e, output_dir=str(e.tiny / "run19"))
+    return "sft", ["--config", str(c)], [c]
+
+
+@case("grpo-output-dir-is-the-adapter-with-overwrite", "output_dir", "is the input folder")
+def _(e):
+    a = fake_adapter(e.tmp / "sft")
+    c = recipe_yaml(e, adapter_path=str(a), output_dir=str(a), overwrite_output_dir=True, max_train_studies=4)
+    return "grpo", ["--config", str(c)], [c, a]
+
+
+@case("serve-dry-run-port-99999", "--port 99999", "1 to 65535")
+def _(e):
+    return "cli", ["serve", "--model", str(e.tiny), "--backend", "hf", "--port", "99999", "--dry-run"], []
+
+
+@case("generate-temperature-negative", "--temperature -1.0", ">= 0")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--temperature", "-1", "--data-root", str(e.phantom)], [s]
+
+
+@case("generate-limit-0", "--limit 0", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--limit", "0", "--data-root", str(e.phantom)], [s]
+
+
+@case("generate-limit-negative", "--limit -3", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--limit", "-3", "--data-root", str(e.phantom)], [s]
+
+
+@case("pairs-limit-0", "--limit 0", "at least 1")
+def _(e):
+    s = studies_copy(e)
+    return "cli", ["pairs", "prior", "--studies", str(s), "--limit", "0", "--out", str(e.tmp / "pairs.jsonl")], [s]
+
+
+@case("export-unknown-dtype", "--dtype 'float64x'", "unknown dtype", "bfloat16")
+def _(e):
+    a = fake_adapter(e.tmp / "a")
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "x"), "--dtype",
+                   "float64x"], [a]
+
+
+@case("export-merge-and-allow-vision-lora", "--merge and --allow-vision-lora conflict")
+def _(e):
+    a = fake_adapter(e.tmp / "a", vision=True)
+    return "cli", ["export", "--base", str(e.tiny), "--adapter", str(a), "--out", str(e.tmp / "x"), "--merge",
+                   "--allow-vision-lora"], [a]
+
+
+@case("export-merge-overwrite-out-is-the-base", "--out", "is the input folder", "never overwrites an input")
+def _(e):
+    base = e.tmp / "base"
+    shutil.copytree(e.tiny, base)
+    a = fake_adapter(e.tmp / "a")
+    return "cli", ["export", "--base", str(base), "--adapter", str(a), "--out", str(base), "--merge",
+                   "--overwrite"], [base, a]
+
+
+@case("generate-out-inside-the-adapter", "--out", "lies inside the input folder")
+def _(e):
+    s, a = studies_copy(e), fake_adapter(e.tmp / "a")
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--adapter", str(a), "--out",
+                   str(a / "adapter_config.json"), "--data-root", str(e.phantom)], [s, a]
+
+
+@case("generate-out-not-a-predictions-file", "not a predictions file written by", "--overwrite")
+def _(e):
+    s = studies_copy(e)
+    notes = raw(e.tmp / "notes.jsonl", '{"my": "notes"}\nnot json at all\n')
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(notes), "--data-root",
+                   str(e.phantom)], [s, notes]
+
+
+@case("eval-out-holds-the-pred", "--out", "is (or contains) the input", "per_study.jsonl")
+def _(e):
+    p = preds(e.tmp / "ev" / "per_study.jsonl")
+    return "cli", ["eval", "--pred", str(p), "--out", str(e.tmp / "ev")], [p]
+
+
+@case("tiny-over-an-existing-model", "not empty", "--overwrite")
+def _(e):
+    m = raw(e.tmp / "m" / "config.json", '{"model_type": "mine"}')
+    return "cli", ["tiny", str(m.parent)], [m]
+
+
+# -- images that went bad after `prepare`: met when the training dataset is built (before step 1) ------------
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def damaged_phantom(e, damage: Callable[[Path], None]) -> tuple[Path, Path, str]:
+    """A copy of the phantom data whose first train study's first image is damaged after `prepare`."""
+    root = e.tmp / "ph"
+    shutil.copytree(e.phantom, root)
+    first = next(json.loads(x) for x in (root / "studies.jsonl").read_text().splitlines()
+                 if json.loads(x)["split"] == "train")
+    img = root / first["images"][0]["path"]
+    damage(img)
+    return root / "studies.jsonl", img, first["study_id"]
+
+
+def _image_row(e, damage, *extra: str):
+    studies, img, sid = damaged_phantom(e, damage)
+    e.study_id = sid
+    c = recipe_yaml(e, studies=str(studies))
+    return "sft", ["--config", str(c), *extra], [c, studies, img]
+
+
+def _names_the_study(e):
+    assert not (e.tmp / "run").exists()
+
+
+@case("sft-image-corrupted-after-prepare", "unreadable or corrupt image", "image of study", "studies.jsonl",
+      "skip_bad_images", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300)))
+
+
+@case("sft-image-truncated-after-prepare", "truncated image", "PNG end marker", "image of study",
+      after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]))
+
+
+@case("sft-image-emptied-after-prepare", "image file is empty", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b""))
+
+
+@case("sft-image-decompression-bomb", "decompression bomb", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(png_bomb()))
+
+
+@case("sft-image-1x30000", "30000x1", "aspect ratio above 200", "image of study", after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: Image.new("L", (30000, 1)).save(p))
+
+
+@case("sft-dry-run-skip-bad-images-counts", "1 studies skipped for a bad image", rc=0, after=_names_the_study)
+def _(e):
+    return _image_row(e, lambda p: p.write_bytes(b""), "--skip_bad_images", "true", "--dry-run")
+
+
+# -- smaller items of issue 19 ------------------------------------------------------------------------------
+@case("generate-studies-repeated-study-id", "studies.jsonl:", "study_id repeated (first at line 1)")
+def _(e):
+    rows = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()][:3]
+    rows.append(dict(rows[0], split="test"))
+    s = jl(e.tmp / "studies.jsonl", rows)
+    return "cli", ["generate", "--studies", str(s), "--model", str(e.tiny), "--out", str(e.tmp / "p.jsonl"),
+                   "--data-root", str(e.phantom)], [s]
+
+
+@case("sft-studies-repeated-study-id", "study_id repeated", "field 'study_id'")
+def _(e):
+    rows = [json.loads(x) for x in (e.phantom / "studies.jsonl").read_text().splitlines()]
+    s = jl(e.tmp / "studies.jsonl", [*rows, rows[5]])
+    c = recipe_yaml(e, studies=str(s), data_root=str(e.phantom))
+    return "sft", ["--config", str(c)], [c, s]
+
+
+@case("label-sections-bogus", "--sections", "'bogus' is not a report section", "known: findings")
+def _(e):
+    f = raw(e.tmp / "reports.csv", "id,report\n1,FINDINGS: No effusion.\n")
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--sections", "bogus", "--out",
+                   str(e.tmp / "labels.csv")], [f]
+
+
+@case("label-jsonl-non-string-text", "reports.jsonl:2", "holds dict", "not report text")
+def _(e):
+    f = jl(e.tmp / "reports.jsonl", [{"report": "No effusion."}, {"report": {"findings": "Effusion."}}])
+    return "cli", ["label", "--input", str(f), "--text-column", "report", "--out", str(e.tmp / "labels.csv")], [f]
+
+
+@case("prepare-mimic-report-not-utf8", "not UTF-8", ".txt", "re-save")
+def _(e):
+    root = make_mimic(e.tmp / "mimic")
+    rep = next(root.glob("files/**/s*.txt"))
+    rep.write_bytes(rep.read_bytes() + b"\nCOMPARISON: caf\xe9 \xff\n")
+    return "cli", ["prepare", "mimic-cxr", str(root), "--out", str(e.tmp / "o.jsonl"), "--quiet"], [rep]
+
+
 # ------------------------------------------------------------------------------------------------
 # Running a row
 # ------------------------------------------------------------------------------------------------
@@ -948,6 +1250,33 @@ def test_recipe_error_under_accelerate_launch_is_one_line(tmp_path, phantom_dir)
     assert loud.stderr.index("unknown config key(s)") < loud.stderr.index("Traceback")
 
 
+def test_mllm_cxr_launch_ends_with_the_recipe_line_and_exit_code(tmp_path):
+    """``mllm-cxr launch`` (accelerate launch's arguments): the recipe's one line, its exit code 2, nothing after
+    it, and nothing written; a good run still exits 0 (``--dry-run``)."""
+    base = [sys.executable, "-m", "mllm_cxr.cli", "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
+            str(REPO / "recipes/sft.py")]
+    bad = subprocess.run([*base, "--config", "nope.yaml"], capture_output=True, text=True, env=_env(), timeout=600,
+                         cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr and "CalledProcessError" not in bad.stderr, bad.stderr[-3000:]
+    errors = [x for x in bad.stderr.splitlines() if "error:" in x]
+    assert errors == ["sft.py: error: nope.yaml: config file not found"], bad.stderr[-3000:]
+    assert bad.stderr.strip().splitlines()[-1] == errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_launch_maps_the_launchers_exceptions_to_the_child_exit_code():
+    """Both launchers' failure exceptions give the recipe's exit code; anything else is not a child failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mllm_cxr.cli.launch import child_exit_code
+
+    assert child_exit_code(subprocess.CalledProcessError(2, ["python", "sft.py"])) == 2
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file="")
+    assert child_exit_code(ChildFailedError("sft.py", {0: failure})) == 2
+    assert child_exit_code(ValueError("accelerate config")) is None
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -972,6 +1301,106 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert [x for x in err.splitlines() if "interrupted" in x] == ["mllm-cxr serve: interrupted (Ctrl-C); outputs "
                                                                    "being written were not replaced"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp_path, phantom_dir, tiny_model_dir,
+                                                                            workers):
+    """Images truncated after step 1 of a real SFT run: the run stops with one line naming the image, its
+    study and the records file, and the step's checkpoint (also when a DataLoader worker meets it); that
+    checkpoint resumes once the images are back, and with ``skip_bad_images`` a still-empty image is skipped,
+    counted and listed in the run record."""
+    from transformers import TrainerCallback
+
+    from mllm_cxr.train.recipe import resolve_resume, run_recipe, run_training
+
+    recipe = _recipe("sft")
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_dir, root)
+    out = tmp_path / "run"
+
+    class TruncateImages(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                for p in (root / "images").glob("*.png"):
+                    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+    def trainer(configs, data, model_args):
+        tr, processor = recipe.trainer(configs, data, model_args)
+        tr.add_callback(TruncateImages())
+        return tr, processor
+
+    argv = ["--config", str(REPO / "recipes/configs/tiny/sft.yaml"), "--studies", str(root / "studies.jsonl"),
+            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "12",
+            "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--dataloader_num_workers", str(workers), "--report_to", "none"]
+    errbuf = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(errbuf), pytest.raises(SystemExit) as stop:
+        run_recipe(lambda a: run_training(recipe.CONFIG_CLASSES, a, datasets=recipe.datasets, trainer=trainer,
+                                          stage="sft"), argv)
+    err = errbuf.getvalue()
+    assert stop.value.code == 2 and "Traceback" not in err, err[-3000:]
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1 and err.strip().splitlines()[-1] == lines[0], err[-3000:]
+    line = lines[0]
+    for words in ("truncated image", "image of study", str(root / "studies.jsonl"), str(root / "images"),
+                  "stopped at step", "last checkpoint:", "--resume_from_checkpoint true"):
+        assert words in line, (words, line)
+    ckpt = resolve_resume(True, out)  # a real checkpoint (trainer state + weights) ...
+    assert Path(ckpt).name.startswith("checkpoint-")
+    if workers:
+        return
+    # ... that resumes once the images are back; one image still empty is skipped with skip_bad_images
+    shutil.rmtree(root / "images")
+    shutil.copytree(phantom_dir / "images", root / "images")
+    first = next(json.loads(x) for x in (root / "studies.jsonl").read_text().splitlines()
+                 if json.loads(x)["split"] == "train")
+    (root / first["images"][0]["path"]).write_bytes(b"")
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        run_recipe(recipe.main, [*argv, "--resume_from_checkpoint", "true", "--skip_bad_images", "true",
+                                 "--max_steps", "4"])
+    record = json.loads((out / "skipped_images.json").read_text())
+    assert [r["study_id"] for r in record] == [first["study_id"]] and record[0]["reason"] == "image file is empty"
+    assert json.loads((out / "train_results.json").read_text())["skipped_bad_images"] == 1
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_worker_error_is_unwrapped_to_its_one_line():
+    """A BadImageError raised in a DataLoader worker comes back with the worker's traceback as its text."""
+    from data_prep.errors import BadImageError
+    from mllm_cxr.train.recipe import unwrap_worker_error
+
+    wrapped = BadImageError("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                            "call last):\n  File \"x.py\", line 1\ndata_prep.errors.BadImageError: /a.png: image of "
+                            "study s1: truncated image")
+    assert str(unwrap_worker_error(wrapped)) == "/a.png: image of study s1: truncated image"
+    assert unwrap_worker_error(ValueError("x")) is None
+
+
+def test_output_folders_honour_the_umask(tmp_path):
+    """A folder filled in a temporary folder and renamed into place gets the umask's mode, not mkdtemp's 0700."""
+    from cxr_io import atomic_dir
+
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(tmp_path / "export") as tmp:
+            (Path(tmp) / "model.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o640
+
+
+def test_mimic_report_not_utf8_is_counted_under_skip_bad(tmp_path):
+    """A non-UTF-8 MIMIC report is counted (not read with replacement characters) under --skip-bad."""
+    from data_prep.prepare import prepare
+
+    root = make_mimic(tmp_path / "mimic")
+    rep = next(root.glob("files/**/s*.txt"))
+    rep.write_bytes(b"FINDINGS: caf\xe9.\n")
+    s = prepare("mimic-cxr", source=root, out=tmp_path / "o.jsonl", skip_bad=True, progress=False)
+    assert s["skipped"]["by_reason"]["report not UTF-8"]["count"] == 1
 
 
 def test_image_validation_happens_at_prepare_not_in_training(tmp_path):

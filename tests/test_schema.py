@@ -105,7 +105,7 @@ records = st.builds(
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(records, max_size=5))
+@given(st.lists(records, max_size=5, unique_by=lambda r: r.study_id))  # a studies file holds each study once
 def test_jsonl_and_parquet_round_trip(tmp_path_factory, recs):
     d = tmp_path_factory.mktemp("rt")
     for name in ("r.jsonl", "r.parquet"):
@@ -158,3 +158,10 @@ def test_link_priors_property(specs):
             latest = max(o.study_time for o in earlier)
             assert r.prior is not None and by[r.prior.study_id].study_time == latest
             assert by[r.prior.study_id].patient_id == r.patient_id
+
+
+def test_a_repeated_study_id_names_both_lines(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(rec(study_id=s)) + "\n" for s in ("a", "b", "a")))
+    with pytest.raises(DataPrepError, match=r"r.jsonl:3.*field 'study_id'.*repeated \(first at line 1\)"):
+        read_records(p)

@@ -95,3 +95,18 @@ def test_vllm_never_samples_image_placeholders():
     mine = suppress_image_tokens({"seed": 1, "logit_bias": {151655: 0.0, 7: 2.0}}, proc)
     assert mine == {"seed": 1, "logit_bias": {151655: 0.0, 151656: -100.0, 7: 2.0}}
     assert suppress_image_tokens({"seed": 1}, SimpleNamespace()) == {"seed": 1}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_grpo_trainer_with_use_vllm_says_how_to_get_vllm():
+    """Issue 19: without vLLM, use_vllm stops in the trainer's first line with the way out, not with TRL's
+    ``module 'trl.generation.vllm_generation' has no attribute 'LLM'``."""
+    from types import SimpleNamespace
+
+    from mllm_cxr.config import ConfigError
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
+    from mllm_cxr.train.grpo import ClinicalGRPOTrainer
+
+    for cls in (ClinicalGRPOTrainer, EditGRPOTrainer):
+        with pytest.raises(ConfigError, match=r"make vllm-env.*--use_vllm false"):
+            cls(model=None, reward_funcs=[], args=SimpleNamespace(use_vllm=True, vllm_mode="colocate"))

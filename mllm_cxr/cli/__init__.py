@@ -1,4 +1,4 @@
-"""``mllm-cxr <verb>``: prepare, label, score, generate, eval, export, serve, pairs, tiny.
+"""``mllm-cxr <verb>``: prepare, label, score, generate, eval, export, serve, pairs, tiny, launch.
 
 Each package area registers its own verbs (``register(subparsers)``); this module wires them in.
 User errors print one line and exit 2; ``--debug`` shows the traceback.
@@ -18,6 +18,7 @@ VERB_MODULES = (
     "reward.cli_metrics",     # score, eval
     "mllm_cxr.cli.model",     # generate, export, serve, report, tiny (and eval --html)
     "mllm_cxr.cli.pairs",     # pairs
+    "mllm_cxr.cli.launch",    # launch (accelerate launch with the recipe's own exit)
 )
 
 
@@ -56,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C: one line, exit 130; ``--debug`` (or ``MLLM_CXR_DEBUG=1``) shows the traceback instead."""
     from cxr_io import debug_requested, handle
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # accelerate launch's own arguments, passed on untouched
+        from mllm_cxr.cli.launch import run_launch
+
+        return run_launch(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(join_flag_values(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(join_flag_values(argv))
     logging.basicConfig(level=logging.INFO if not args.debug else logging.DEBUG,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):

@@ -16,6 +16,51 @@ from pathlib import Path
 from cxr_io import check_output
 from mllm_cxr.config import ConfigError
 
+#: The ``--dtype`` values every verb accepts (what :func:`mllm_cxr.modeling.resolve_dtype` knows).
+DTYPES = ("auto", "hardware", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+
+
+def check_number_args(args: argparse.Namespace) -> None:
+    """The numeric and choice options of generate / export / serve / pairs, checked before anything loads
+    (``--dry-run`` included): one line naming the option, the value and the accepted range."""
+    import math
+
+    def get(name):
+        return getattr(args, name, None)
+
+    def bad(flag, value, what):
+        raise ConfigError(f"{flag} {value}: {what}")
+
+    for name in ("limit", "batch_size", "max_new_tokens", "num_return_sequences", "max_lora_rank", "max_images",
+                 "tensor_parallel_size", "max_model_len", "max_concurrency", "verify_n", "verify_max_new_tokens",
+                 "min_pixels", "max_pixels"):
+        v = get(name)
+        if v is not None and v < 1:
+            bad("--" + name.replace("_", "-"), v, "must be at least 1" + (" (leave it out for every study)"
+                                                                         if name == "limit" else ""))
+    t = get("temperature")
+    if t is not None and not (math.isfinite(t) and t >= 0):
+        bad("--temperature", t, "must be a finite number >= 0 (0 = greedy)")
+    tp = get("top_p")
+    if tp is not None and not (0 < tp <= 1):
+        bad("--top-p", tp, "must be in (0, 1]")
+    rp = get("repetition_penalty")
+    if rp is not None and not (math.isfinite(rp) and rp > 0):
+        bad("--repetition-penalty", rp, "must be a finite number > 0 (1 = none)")
+    g = get("gpu_memory_utilization")
+    if g is not None and not (0 < g <= 1):
+        bad("--gpu-memory-utilization", g, "must be in (0, 1]")
+    for name in ("timeout", "merge_atol"):
+        v = get(name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            bad("--" + name.replace("_", "-"), v, "must be a finite number > 0")
+    port = get("port")
+    if port is not None and not (1 <= port <= 65535):
+        bad("--port", port, "must be a TCP port, 1 to 65535")
+    d = get("dtype")
+    if d is not None and d not in DTYPES:
+        bad("--dtype", repr(d), f"unknown dtype; use one of {', '.join(DTYPES)}")
+
 
 def _split(value: str | None) -> str | None:
     return None if value in (None, "", "all") else value
@@ -58,6 +103,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from mllm_cxr.run_config import resolve_prompt
     from reward.evaluate import meta_path
 
+    check_number_args(args)
     if args.backend in ("hf", "vllm") and not args.model:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
     if args.backend == "openai" and not args.base_url:
@@ -156,6 +202,11 @@ def _add_generate(sub) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from mllm_cxr.infer.export import export
 
+    check_number_args(args)
+    if args.merge and args.allow_vision_lora:
+        raise ConfigError("--merge and --allow-vision-lora conflict: --allow-vision-lora keeps vision-tower LoRA in "
+                          "an adapter export (vLLM drops it); --merge folds every LoRA weight into the checkpoint. "
+                          "Drop one of them")
     s = export(args.base, args.adapter, args.out, merge=args.merge, allow_vision_lora=args.allow_vision_lora,
                verify_studies=args.verify_studies, data_root=args.data_root, split=_split(args.split),
                n_verify=args.verify_n, metrics=args.metrics, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
@@ -267,6 +318,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from mllm_cxr.run_config import resolve_prompt
     from mllm_cxr.vllm_support import build_vllm_command
 
+    check_number_args(args)
     check_model_ref(args.model, field="--model")
     adapters = _adapters(args.adapter)
     check_servable(adapters, backend=args.backend, max_lora_rank=args.max_lora_rank)
@@ -331,9 +383,17 @@ def _add_serve(sub) -> None:
 # tiny
 # ------------------------------------------------------------------------------------------------
 def run_tiny(args: argparse.Namespace) -> int:
+    from cxr_io import abort_dir, begin_dir, commit_dir
     from mllm_cxr.tiny import build_tiny_model
 
-    path = build_tiny_model(args.out_dir, seed=args.seed)
+    tmp = begin_dir(args.out_dir, overwrite=args.overwrite, flag="tiny OUT_DIR")  # never over an existing model
+    try:
+        build_tiny_model(tmp, seed=args.seed)
+        commit_dir(tmp, args.out_dir)
+    except BaseException:
+        abort_dir(tmp)
+        raise
+    path = args.out_dir
     print(f"tiny Qwen2.5-VL written to {path}")
     return 0
 
@@ -351,4 +411,5 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("tiny", help="build the tiny random Qwen2.5-VL used by tests and the demo")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.set_defaults(func=run_tiny)

@@ -32,11 +32,16 @@ def _sections(args) -> list[str]:
 
 
 def _inputs(args) -> list:
-    return [args.studies, getattr(args, "reward_spec", None), getattr(args, "adapter", None)]
+    return [args.studies, getattr(args, "reward_spec", None), getattr(args, "adapter", None),
+            getattr(args, "model", None)]
 
 
 def _check_outputs(args) -> None:
-    """Before any work: --out / --summary-json must not be an input (nor lie under a file)."""
+    """Before any work: the numeric options in range; --out / --summary-json must not be an input (nor lie
+    inside an input folder or under a file)."""
+    from mllm_cxr.cli.model import check_number_args
+
+    check_number_args(args)
     check_output(args.out, _inputs(args))
     if args.summary_json:
         check_output(args.summary_json, [*_inputs(args), args.out], flag="--summary-json")

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_io import abort_dir, begin_dir, check_safetensors, commit_dir
+from cxr_io import abort_dir, begin_dir, check_disjoint, check_safetensors, commit_dir
 from data_prep.schema import resolve_data_root
 from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
@@ -281,6 +281,9 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ExportError(f"output folder {dst} exists and is not empty (pass --overwrite to replace it)")
     read_adapter_config(src)  # first: "not an adapter folder" before "no weights"
+    # the one output rule: --out is not, does not hold, and does not lie inside any input (a merged export
+    # with --overwrite over --base would replace the base model it reads)
+    check_disjoint(dst, [base, adapter, verify_studies, metrics, data_root], flag="--out", folder=True)
     tensors = read_adapter_weights(src)
     rep = inspect_adapter(src, tensors)
     warnings: list[str] = []
@@ -311,7 +314,7 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
 
     # everything checked: write into a temporary folder beside --out, put it in place only when the export
     # (and its verification) succeeded; a failure removes it, so nothing partial blocks the rerun
-    final, dst = dst, begin_dir(dst, overwrite=True)
+    final, dst = dst, begin_dir(dst, overwrite=True, inputs=[base, adapter, verify_studies, metrics, data_root])
     try:
         summary = _write_export(dst, final, base, src, merge, merged_model, rep, tensors, allow_vision_lora, prompt,
                                 dtype, max_new_tokens, before, studies, root, verify_max_new_tokens, merge_atol,

@@ -331,6 +331,12 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
         for p in (out, mp, part_path(out)):
             if p.exists():
                 p.unlink()
+    elif not mp.exists() and (out.exists() or part_path(out).exists()):
+        # resuming appends to --out: only to a predictions file this command wrote (its side file says so)
+        found = out if out.exists() else part_path(out)
+        raise GenerationError(f"{found} exists but is not a predictions file written by `mllm-cxr generate` (no side "
+                              f"file {mp.name} beside it), so it is not resumed or appended to: use another --out, "
+                              "or --overwrite to replace it")
     elif mp.exists() and (out.exists() or part_path(out).exists()):
         old = read_meta(out, strict=False)  # unreadable: nothing to compare with; it is rewritten below
         diffs = [_diff(old[k], meta.get(k), f"{k}.") for k in _RESUME_KEYS if k in old and old[k] != meta.get(k)]

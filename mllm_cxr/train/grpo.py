@@ -66,7 +66,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from mllm_cxr.modeling import pixel_budget
-from mllm_cxr.vllm_support import VLLM_SUPPORTED
+from mllm_cxr.vllm_support import VLLM_SUPPORTED, require_vllm_for_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,8 @@ class ClinicalGRPOTrainer(GRPOTrainer):
             guards.append(CollapseGuard())
             callbacks.append(guards[-1])
         args_ = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if getattr(args_, "use_vllm", False):
+            require_vllm_for_rollouts()  # else TRL fails with "vllm_generation has no attribute 'LLM'"
         colocate = getattr(args_, "use_vllm", False) and getattr(args_, "vllm_mode", None) == "colocate"
         with contextlib.ExitStack() as stack:
             if colocate:

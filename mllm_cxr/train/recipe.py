@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import logging
 import sys
 import time
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cxr_io import debug_requested, handle, make_parent, write_text_atomic
+from data_prep.errors import BadImageError
 from mllm_cxr.config import ConfigError, adapt_to_hardware, parse_recipe_args
+from mllm_cxr.data import SKIPPED_IMAGES
 from mllm_cxr.run_config import write_run_config
 
 log = logging.getLogger("mllm_cxr")
@@ -80,11 +83,8 @@ def resolved_config(configs: Sequence[Any], argv: Sequence[str]) -> dict[str, An
         if key == "config":
             skip_next = True
             continue
-        if key not in fields:  # argparse's unambiguous prefixes (--max_step -> max_steps)
-            matches = [f for f in fields if f.startswith(key)]
-            if len(matches) != 1:
-                continue
-            key = matches[0]
+        if key not in fields:  # (abbreviated flags are refused by the parser: allow_abbrev is off)
+            continue
         out[key] = _plain(getattr(fields[key], key))
     return {k: v for k, v in out.items() if k not in _SECRET_KEYS}
 
@@ -144,6 +144,77 @@ def check_output_dir(out: Path, *, overwrite: bool, resume) -> None:
                           "--output_dir")
 
 
+#: What a Trainer checkpoint folder (``output_dir/checkpoint-<step>``) holds: the trainer state and weights.
+CHECKPOINT_STATE = "trainer_state.json"
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+                      "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_CHECKPOINT_HOLDS = (f"a checkpoint folder (output_dir/checkpoint-<step>) holds {CHECKPOINT_STATE}, the weights "
+                     "(adapter_model.safetensors or model.safetensors) and optimizer.pt")
+
+
+def _listing(p: Path, n: int = 6) -> str:
+    try:
+        names = sorted(x.name + ("/" if x.is_dir() else "") for x in p.iterdir())
+    except OSError:
+        return "unreadable"
+    if not names:
+        return "nothing (an empty folder)"
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def resolve_resume(resume, output_dir: str | Path) -> str | None:
+    """``resume_from_checkpoint`` checked before anything loads: ``None``/false -> None; ``true``/``auto``/
+    ``last`` -> the last ``checkpoint-<step>`` of ``output_dir``; a path -> that checkpoint folder. Anything
+    else (no checkpoint, a missing path, a file, a folder that is not a checkpoint) is one ConfigError
+    naming what was found and what a checkpoint holds."""
+    if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "none", "no"):
+        return None
+    out = Path(output_dir)
+    if resume is True or str(resume).strip().lower() in ("true", "auto", "last", "yes"):
+        found = last_checkpoint(str(out))
+        if found is None:
+            seen = _listing(out) if out.is_dir() else "no such folder"
+            raise ConfigError(f"resume_from_checkpoint {resume!r}: no checkpoint-<step> folder in output_dir {out} "
+                              f"(found: {seen}); {_CHECKPOINT_HOLDS}. Leave resume_from_checkpoint out to start "
+                              "from scratch")
+        resume = found
+    p = Path(str(resume)).expanduser()
+    if not p.exists():
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r}: not found; give a checkpoint folder "
+                          f"({_CHECKPOINT_HOLDS}) or true for the last one in output_dir")
+    if not p.is_dir():
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r} is a file; {_CHECKPOINT_HOLDS}")
+    missing = [] if (p / CHECKPOINT_STATE).is_file() else [CHECKPOINT_STATE]
+    if not any((p / w).is_file() for w in CHECKPOINT_WEIGHTS):
+        missing.append("weights")
+    if missing:
+        raise ConfigError(f"resume_from_checkpoint {str(resume)!r} is not a checkpoint (no {' and no '.join(missing)};"
+                          f" found: {_listing(p)}); {_CHECKPOINT_HOLDS}")
+    return str(p)
+
+
+#: Keys of the recipe configs that name an input file or folder (output_dir may not be, or lie inside, one).
+INPUT_KEYS = ("studies", "pairs", "data_root", "model_name_or_path", "adapter_path", "reward_spec")
+
+
+def check_run_inputs(configs: Sequence[Any]) -> None:
+    """What ``--dry-run`` must catch without loading a model: the output folder apart from every input, the
+    adapter folder, and vLLM importable when ``use_vllm`` asks for it. (The base model is not looked at: a dry
+    run checks a config on a machine that may not hold the model.)"""
+    from cxr_io import check_disjoint
+    from mllm_cxr.modeling import check_adapter_dir
+    from mllm_cxr.vllm_support import require_vllm_for_rollouts
+
+    args = configs[-1]
+    inputs = [getattr(c, k) for c in configs for k in INPUT_KEYS if isinstance(getattr(c, k, None), str)]
+    check_disjoint(args.output_dir, inputs, flag="output_dir")
+    for c in configs:
+        if getattr(c, "adapter_path", None):
+            check_adapter_dir(c.adapter_path)
+    if getattr(args, "use_vllm", False):
+        require_vllm_for_rollouts()
+
+
 def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
                  datasets: Callable[..., dict[str, Any]],
                  trainer: Callable[..., Any],
@@ -170,24 +241,35 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     adapt_to_hardware(args)
     check_output_dir(Path(args.output_dir), overwrite=any(getattr(c, "overwrite_output_dir", False) for c in configs),
                      resume=args.resume_from_checkpoint)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    check_run_inputs(configs)
     t0 = time.perf_counter()
     data = datasets(*configs)
+    skipped_images = data.pop(SKIPPED_IMAGES, None) or []
     if dry_run:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items() if v is not None)
-        print(f"dry run: config parsed; datasets built ({sizes}); no model loaded, nothing written", flush=True)
+        skips = f"; {len(skipped_images)} studies skipped for a bad image" if skipped_images else ""
+        print(f"dry run: config parsed; datasets built ({sizes}){skips}; no model loaded, nothing written", flush=True)
         return None
     if args.process_index == 0:
         save_run_configs(args.output_dir, configs, args, argv)
+        if skipped_images:  # the run record of what skip_bad_images left out
+            write_text_atomic(Path(args.output_dir) / f"{SKIPPED_IMAGES}.json",
+                              json.dumps(skipped_images, indent=2, ensure_ascii=False) + "\n")
     tr, processor = trainer(configs, data, model_args)
     log.info(trainable_summary(tr.model))
-    resume = args.resume_from_checkpoint
-    if resume in ("auto", "last", "true", "True"):
-        resume = last_checkpoint(args.output_dir)
-        print(f"resuming from {resume or 'scratch (no checkpoint found)'}", file=sys.stderr, flush=True)
-    result = tr.train(resume_from_checkpoint=resume)
+    if resume:
+        print(f"resuming from {resume}", file=sys.stderr, flush=True)
+    try:
+        result = tr.train(resume_from_checkpoint=resume)
+    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
+        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
+        raise mid_run_image_error(unwrap_worker_error(e), tr, args.output_dir) from None
     tr.save_model(args.output_dir)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
+    if skipped_images:
+        metrics["skipped_bad_images"] = len(skipped_images)
     tr.log_metrics("train", metrics)
     tr.save_metrics("train", metrics)  # train_results.json (+ all_results.json)
     tr.save_state()  # trainer_state.json
@@ -205,13 +287,36 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     return metrics
 
 
+def unwrap_worker_error(e: BaseException) -> BadImageError | None:
+    """A :class:`BadImageError` raised in a DataLoader worker comes back as ``BadImageError("Caught BadImageError in
+    DataLoader worker process 0. Original Traceback ...")``: the original one line, else None."""
+    if not isinstance(e, BadImageError):
+        return None
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = text.rstrip().splitlines()[-1]
+    return BadImageError(last.split("BadImageError: ", 1)[-1])
+
+
+def mid_run_image_error(e: BadImageError, tr, output_dir) -> BadImageError:
+    """The one line for an image that failed to decode during training: the image, the study, the records file,
+    the step, and the last checkpoint (which is usable: it was written before the failure)."""
+    step = getattr(getattr(tr, "state", None), "global_step", None)
+    ck = last_checkpoint(str(output_dir))
+    where = f"stopped at step {step}; " if step is not None else ""
+    state = f"last checkpoint: {ck}" if ck else "no checkpoint saved yet"
+    return BadImageError(f"{' '.join(str(e).split())} ({where}{state})")
+
+
 def run_recipe(main, argv: list[str] | None = None) -> None:
     """Run a recipe's main through the one top-level handler (:func:`cxr_io.handle`): bad input prints one
     line and exits 2, Ctrl-C one line and 130; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
 
     Under ``accelerate launch`` the launcher adds its own ``CalledProcessError`` traceback after any
-    non-zero exit of a single-process (or DeepSpeed) run; ``accelerate launch -q`` (``--quiet``) leaves
-    only our line (the launcher then exits 1).
+    non-zero exit of a single-process (or DeepSpeed) run; ``mllm-cxr launch`` (the same arguments,
+    :mod:`mllm_cxr.cli.launch`) leaves only our line and exits with our code (``accelerate launch -q``
+    leaves only our line but exits 1).
     """
 
     args = list(sys.argv[1:] if argv is None else argv)
