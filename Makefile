@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 # CUDA-build pair that works with torchvision on CPU; elsewhere let pip resolve torch normally.
 TORCH_PIN := $(shell ls /opt/wheels/torch-2.14.1-* >/dev/null 2>&1 && echo "torch==2.14.1 torchvision==0.29.1")
 
-.PHONY: install test test-fast test-vllm vllm-env lint demo demo-base tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
+.PHONY: install test test-fast test-vllm vllm-env lint demo demo-base bench-demo-seeds tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,6 +70,10 @@ DEMO_OVERWRITE ?= --overwrite_output_dir true
 
 bench:
 	$(BIN)/python bench/run_all.py
+
+# The demo's headline rows over seeds 0, 1, 2 (mean and range into docs/benchmarks.md; ~15 min a seed on 2 CPU cores)
+bench-demo-seeds: demo-base phantom
+	$(BIN)/python bench/demo_seeds.py --runs $(RUNS)
 
 # The GPU benchmarks' code path on CPU with toy models (what tests/test_gpu_bench.py checks).
 bench-gpu-smoke:

@@ -59,12 +59,15 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=_env())
+    code = subprocess.run(cmd, env=_env()).returncode
+    if code:
+        raise SystemExit(f"demo: `{' '.join(cmd[:4])} ...` failed with exit code {code} (its error is above)")
 
 
 def _launch(recipe: str, config: str, extra: list[str]) -> None:
-    accel = str(Path(sys.executable).parent / "accelerate")
-    _run([accel, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
+    """``mllm-cxr launch`` (= ``accelerate launch``; a failed recipe ends with its own line and exit code)."""
+    launcher = str(Path(sys.executable).parent / "mllm-cxr")
+    _run([launcher, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
           str(REPO / "recipes" / recipe), "--config", str(CONFIGS / config), *extra])
 
 
