@@ -75,7 +75,7 @@ def check_server_pixels(trainer_budget: Mapping[str, int], server_info: Mapping[
     """Raise :class:`ServerMismatch` (one line) unless the server's min/max pixels equal the trainer's."""
     ours = {k: int(v) for k, v in trainer_budget.items() if k in _SIZE_KEYS}
     served = served_pixel_budget(server_info)
-    fix = f"--mm-processor-kwargs '{json.dumps(ours)}'"
+    fix = f"--mm-processor-kwargs '{json.dumps(ours, separators=(',', ':'))}'"
     if not served:
         raise ServerMismatch(f"the vLLM server at {url} runs without a pixel budget (no mm_processor_kwargs); the "
                              f"trainer cuts images to {ours}: start it with {fix} (python -m "
@@ -119,7 +119,7 @@ def serve_command(config: Mapping[str, Any], *, tensor_parallel_size: int = 1, d
     if config.get("trust_remote_code"):
         cmd += ["--trust_remote_code", "true"]
     # not a `trl vllm-serve` option: TRL forwards it to `vllm serve` unchanged
-    cmd += ["--mm-processor-kwargs", json.dumps(budget)]
+    cmd += ["--mm-processor-kwargs", json.dumps(budget, separators=(",", ":"))]
     return cmd + list(extra)
 
 
@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default: the config's vllm_server_port (8000)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--lines", action="store_true", help="one argument per line (for `mapfile -t` in scripts)")
     a, extra = p.parse_known_args(argv)
     try:
         config = yaml.safe_load(a.config.read_text()) or {}
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ConfigError, yaml.YAMLError) as e:
         print(f"vllm_server: {a.config}: {e}", file=sys.stderr)
         return 2
-    print(shlex.join(cmd))
+    print("\n".join(cmd) if a.lines else shlex.join(cmd))
     return 0
 
 
