@@ -10,7 +10,7 @@ the same accelerate config and the same seed.
   two-node run equals the one-node run's within ``REL_TOL`` (measured: bit-identical), and the saved
   LoRA adapters agree within ``ATOL``.
 * A killed node (its launcher and its worker, SIGKILL) makes the other node exit non-zero with gloo's
-  "Connection reset/closed by peer" within ``PEER_LOSS_S`` seconds (measured: about 6 s) instead of
+  "Connection reset/closed by peer" within ``PEER_LOSS_S`` seconds (measured: 4-6 s) instead of
   hanging. A node that hangs without closing its sockets is caught by ``ddp_timeout`` instead (TRL's
   default 1800 s; not tested).
 * A restart of both nodes with ``resume_from_checkpoint: auto`` continues from the last checkpoint and

@@ -479,12 +479,6 @@ class ClinicalGRPOTrainer(GRPOTrainer):
         self._record_time("sync", time.perf_counter() - t)
         return out
 
-    def end(self):
-        """Every rank reaches the end before any destroys the process group and exits: with several nodes,
-        node 0's torchrun hosts the rendezvous store, and a rank still tearing down when it is gone aborts."""
-        self.accelerator.wait_for_everyone()
-        return super().end()
-
     def _mode(self) -> str:
         return "train" if self.model.training else "eval"
 
