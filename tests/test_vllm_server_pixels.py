@@ -73,6 +73,13 @@ def test_serve_command_comes_from_the_trainers_config(tmp_path):
                                info(json.loads(flags["--mm-processor-kwargs"])), "x") == OURS
     with pytest.raises(ConfigError, match="min_pixels and max_pixels"):
         serve_command({"model_name_or_path": "m", "max_pixels": 1})
+    # `trl vllm-serve` takes the TRL options and hands --mm-processor-kwargs on to `vllm serve` unchanged
+    from trl.scripts.vllm_serve import build_command, make_parser
+
+    *parsed, extra = make_parser().parse_args_and_config(args=cmd[2:], return_remaining_strings=True)
+    served = build_command(parsed[0], extra)
+    assert served[served.index("--mm-processor-kwargs") + 1] == flags["--mm-processor-kwargs"]
+    assert served[served.index("--tensor-parallel-size") + 1] == "4"
     # the command-line form the launch scripts read (one argument per line)
     out = subprocess.run([sys.executable, "-m", "mllm_cxr.train.vllm_server", str(CFG_7B), "--lines", "--tp", "4"],
                          capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines()
