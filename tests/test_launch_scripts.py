@@ -62,3 +62,28 @@ def test_slurm_script_plain_training_uses_every_node(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (line,) = [" ".join(shlex.split(ln)) for ln in proc.stdout.splitlines() if ln.startswith("srun")]
     assert "--nodes=3" in line and "--nodelist=gpu01,gpu02,gpu03" in line and "vllm" not in line
+
+
+def test_ssh_fan_out_with_a_server_host(tmp_path):
+    """``HOSTS=... VLLM_HOST=...``: the server command from the config, then one launcher per host over ssh
+    (``ssh`` faked: it runs the remote command here), ranks in host order, the trainers pointed at the server."""
+    env = _env(tmp_path, HOSTS="gpu01 gpu02", VLLM_HOST="gpu09", VLLM_TP="2", GPUS_PER_NODE="8",
+               ACCELERATE="accelerate")
+    ssh = tmp_path / "bin" / "ssh"
+    ssh.write_text('#!/bin/bash\nwhile [ "$1" = "-o" ]; do shift 2; done\nhost=$1; shift\n'
+                   'echo "ssh $host" >&2\nexec bash -c "$*"\n')
+    ssh.chmod(0o755)
+    proc = subprocess.run(["bash", "scripts/multinode_launch.sh", "recipes/grpo.py", "--config", CFG_7B], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    (server,) = [ln for ln in lines if ln.startswith("server gpu09: ")]
+    server = " ".join(shlex.split(server.split(": ", 1)[1]))
+    assert "trl vllm-serve --model Qwen/Qwen2.5-VL-7B-Instruct --tensor_parallel_size 2" in server
+    assert '--mm-processor-kwargs {"min_pixels":200704,"max_pixels":401408}' in server
+    nodes = sorted(ln for ln in lines if ln.startswith("node "))
+    assert [ln.split(":")[0] for ln in nodes] == ["node 0/2", "node 1/2"]
+    for ln in nodes:
+        assert "--num_machines 2 --num_processes 16" in ln and "--main_process_ip gpu01" in ln
+        assert "--vllm_mode server --vllm_server_host gpu09 --vllm_server_port 8000" in ln
+    assert {"ssh gpu01", "ssh gpu02"} <= set(lines)
