@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "vision tokens); must match the model's image processor")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) missing or corrupt images/reports instead of stopping at the first")
-    g.add_argument("--workers", type=int, default=1, help="threads for image decoding/resizing (default 1)")
+    g.add_argument("--workers", type=int, default=1, help="processes for --image-cache decoding/resizing, threads for "
+                                                            "image checks (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -15,12 +15,13 @@ to ``image_cache``, which becomes ``data_root``), ``meta.source_images`` keeps t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +126,11 @@ def cache_images(records: list[StudyRecord], data_root: Path, cache: ImageCache,
     done: dict[str, CachedImage] = {}
     failed: dict[str, BadImageError] = {}
 
-    def work(rel: str) -> tuple[str, CachedImage | BadImageError]:
-        try:
-            return rel, cache.get(data_root / rel)
-        except BadImageError as e:
-            return rel, e
-
+    paths = [data_root / rel for rel in sources]
     bar = tqdm(total=len(sources), desc="images", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for rel, res in pool.map(work, sources) if workers > 1 else map(work, sources):
+    with _cache_pool(cache, workers) as pool:
+        results = pool.map(_cache_one, paths, chunksize=8) if pool else map(_cache_one_in(cache), paths)
+        for rel, res in zip(sources, results):
             bar.update(1)
             if isinstance(res, BadImageError):
                 if not skip_bad:
@@ -180,6 +177,47 @@ def cache_images(records: list[StudyRecord], data_root: Path, cache: ImageCache,
         "vision_tokens_per_study": {"mean": round(sum(per_study) / len(per_study), 1) if per_study else 0,
                                     "max": max(per_study, default=0), "total": sum(per_study)},
     }
+
+
+#: The image cache of a worker process (set by :func:`_init_cache_worker`).
+_WORKER_CACHE: ImageCache | None = None
+
+
+def _init_cache_worker(root: str, min_pixels: int, max_pixels: int) -> None:
+    global _WORKER_CACHE
+    _WORKER_CACHE = ImageCache(root, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def _cache_one_in(cache: ImageCache):
+    def one(path: Path) -> CachedImage | BadImageError:
+        try:
+            return cache.get(path)
+        except BadImageError as e:
+            return e
+    return one
+
+
+def _cache_one(path: Path) -> CachedImage | BadImageError:
+    """One image into the worker's cache; a bad image comes back as its error (to be counted or raised)."""
+    return _cache_one_in(_WORKER_CACHE)(path)
+
+
+@contextlib.contextmanager
+def _cache_pool(cache: ImageCache, workers: int):
+    """``workers`` > 1: a process pool (decoding and resizing hold the GIL, so threads barely help), each
+    process with its own :class:`ImageCache` on the same folder (entries are written to a temporary name and
+    renamed, so processes never see half-written files). Otherwise None (this process)."""
+    if workers <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_cache_worker,
+                               initargs=(str(cache.root), cache.min_pixels, cache.max_pixels))
+    try:
+        yield pool
+    except BaseException:  # a bad image (without skip_bad) or Ctrl-C: drop the queued work, do not wait for it
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def verify_images(records: list[StudyRecord], data_root: Path, *, skip_bad: bool, skips: SkipLog,

@@ -42,15 +42,61 @@ def test_config_keys_known_and_header_runs_it(path):
     assert not (set(data) - known), f"unknown keys in {path}: {sorted(set(data) - known)}"
 
 
+ACCEL = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
+MULTINODE = [p for p in ACCEL if p.stem.startswith("multinode_")]
+
+
 def test_accelerate_configs_parse():
-    paths = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"cpu", "single_gpu", "ddp", "zero2", "zero3", "zero3_offload",
-                                        "zero2_cpu", "zero3_cpu"}
-    for p in paths:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert {p.stem for p in ACCEL} >= {"cpu", "single_gpu", "ddp", "zero2", "zero3", "zero3_offload",
+                                       "zero2_cpu", "zero3_cpu", "multinode_ddp", "multinode_zero2",
+                                       "multinode_zero3", "multinode_zero3_offload", "multinode_fsdp2",
+                                       "multinode_zero2_cpu"}
+    for p in ACCEL:
         d = yaml.safe_load(p.read_text())
-        assert d["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED"}, p
+        assert d["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED", "FSDP"}, p
         if d["distributed_type"] == "DEEPSPEED":
             assert d["deepspeed_config"]["zero_stage"] in (2, 3), p
+        if d["distributed_type"] == "FSDP":
+            assert d["fsdp_config"]["fsdp_version"] == 2, p
+        cfg = load_config_from_file(str(p))  # accelerate's own reader accepts every key
+        assert cfg.distributed_type.value == d["distributed_type"], p
+
+
+@pytest.mark.parametrize("path", MULTINODE, ids=lambda p: p.stem)
+def test_multinode_values_come_from_launcher_flags(path):
+    """Machine count, rank, main address/port and process count come from ``accelerate launch`` flags
+    (scripts/multinode_*.sh pass them), overriding the file's one-node placeholders: no file edits."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    d = yaml.safe_load(path.read_text())
+    assert "main_process_ip" not in d and "main_process_port" not in d  # never baked into a file
+    if d["distributed_type"] == "DEEPSPEED":  # each node runs its own torchrun; no pdsh/ssh from node 0
+        assert d["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
+    argv = ["--config_file", str(path), "--num_machines", "3", "--num_processes", "24", "--machine_rank", "2",
+            "--main_process_ip", "10.1.2.3", "--main_process_port", "29555", "train.py"]
+    args, *_ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert (args.num_machines, args.num_processes, args.machine_rank) == (3, 24, 2)
+    assert (args.main_process_ip, args.main_process_port) == ("10.1.2.3", 29555)
+    plain, *_ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", str(path), "t.py"]))
+    assert plain.num_machines == 1 and plain.machine_rank == 0  # the file alone is a one-node run
+
+
+#: Configs of the scaling work (issue 21) and the test that runs each on this machine; the rest must say
+#: "GPU cluster only" and why in their header.
+RUN_HERE = {"recipes/accelerate/multinode_zero2_cpu.yaml": "tests/test_multinode.py"}
+SCALING = MULTINODE + [REPO / "recipes" / "configs" / m / "grpo_server.yaml" for m in ("qwen2.5-vl-7b", "qwen2.5-vl-72b")]
+
+
+@pytest.mark.parametrize("path", SCALING, ids=lambda p: str(p.relative_to(REPO)))
+def test_scaling_config_is_run_here_or_marked_gpu_cluster_only(path):
+    rel = str(path.relative_to(REPO))
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    if rel in RUN_HERE:
+        assert path.name in (REPO / RUN_HERE[rel]).read_text(), rel
+    else:
+        assert "GPU cluster only (" in header, f"{rel}: header must say 'GPU cluster only (reason ...)'"
 
 
 def test_env_block_of_a_config_is_applied(tmp_path, monkeypatch):

@@ -233,6 +233,7 @@ def test_recipe_runtime_order_files_card_and_log_level(tmp_path, phantom_dir, ti
     class Recorder:
         def __init__(self, args):
             self.args, self.model = args, torch.nn.Linear(2, 2)
+            self.accelerator = SimpleNamespace(wait_for_everyone=lambda: calls.append("barrier"))
 
         def train(self, resume_from_checkpoint=None):
             calls.append("train")
@@ -278,7 +279,7 @@ def test_recipe_runtime_order_files_card_and_log_level(tmp_path, phantom_dir, ti
     finally:
         logging.getLogger("mllm_cxr").setLevel(logging.NOTSET)
     assert calls == ["datasets", "trainer", "train", "save_model", "log_metrics", "save_metrics", "save_state",
-                     "processor", "end"]
+                     "processor", "barrier", "end"]
     assert metrics == {"train_loss": 0.5, "train_samples": 3}
     assert json.loads((out / "train_results.json").read_text()) == metrics
     from huggingface_hub import ModelCard

@@ -142,3 +142,17 @@ def test_server_mode_stops_on_a_different_pixel_budget(server, tiny_model_dir, p
     g = _server_generation(server, processor)
     with pytest.raises(VLLMRolloutMismatch, match=r"cut the images into \[16\] tokens.*runs of \[4\] image tokens"):
         g.generate(prompts=ids, images=images, num_generations=1)
+
+
+def test_server_info_carries_the_pixel_budget_the_trainer_checks(server):
+    """The start-up check of ``ClinicalGRPOTrainer`` (server mode) on a real ``trl vllm-serve``: the budget it
+    was started with (``--mm-processor-kwargs``) is found in ``/server_info``, and another trainer budget stops."""
+    from trl.generation.vllm_client import VLLMClient
+
+    from mllm_cxr.train.vllm_server import ServerMismatch, check_server_pixels, served_pixel_budget
+
+    info = VLLMClient(base_url=server, connection_timeout=60).get_server_info()
+    assert served_pixel_budget(info) == PIXELS
+    assert check_server_pixels(PIXELS, info, server) == PIXELS
+    with pytest.raises(ServerMismatch, match="max_pixels server 12544 != trainer 3136"):
+        check_server_pixels({"min_pixels": 3136, "max_pixels": 3136}, info, server)

@@ -1,6 +1,7 @@
-"""``mllm-cxr generate | export | serve | report | tiny``: the model-side verbs (``eval``: :mod:`reward.cli_metrics`).
+"""``mllm-cxr generate | merge-predictions | export | serve | report | tiny``: the model-side verbs (``eval``: :mod:`reward.cli_metrics`).
 
     mllm-cxr generate --studies S.jsonl --model BASE [--adapter DIR] --out pred.jsonl [--backend hf|vllm|openai]
+    mllm-cxr generate ... --shard 0/4 --out pred.0.jsonl   (one per shard) ; mllm-cxr merge-predictions pred.*.jsonl --out pred.jsonl
     mllm-cxr export --base BASE --adapter DIR --out exports/cxr [--merge] [--verify-studies S.jsonl]
     mllm-cxr serve --model BASE --adapter exports/cxr [--backend vllm|hf] [--dry-run]
     mllm-cxr tiny runs/tiny-model
@@ -115,6 +116,13 @@ def run_generate(args: argparse.Namespace) -> int:
         if args.adapter:
             check_adapter_dir(args.adapter, field="--adapter")
     studies = load_split(args.studies, _split(args.split), args.limit)
+    shard = None
+    if args.shard:
+        from mllm_cxr.infer.shard import parse_shard, shard_slice
+
+        index, count = parse_shard(args.shard)
+        shard = {"index": index, "count": count, "total": len(studies), "limit": args.limit}
+        studies = shard_slice(studies, index, count)
     root = resolve_data_root(args.studies, args.data_root)
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
@@ -127,6 +135,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
             "studies": str(Path(args.studies).resolve()), "data_root": str(Path(root).resolve()),
             "split": args.split}
+    if shard:
+        meta["shard"] = shard
     for o in (args.out, meta_path(args.out), part_path(args.out)):  # before --overwrite deletes anything
         check_output(o, [args.studies, args.adapter, args.model], flag="--out")
     check_resume(args.out, meta, overwrite=args.overwrite)
@@ -161,6 +171,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
     p.add_argument("--split", default="test", help="split to generate for (train/validate/test, or all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many studies (the first ones)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="only the I-th (0-based) of N contiguous blocks of the studies; one --out per shard, joined "
+                        "by `mllm-cxr merge-predictions`")
     p.add_argument("--model", default=None, help="base model (hub id or folder), or a merged export")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (a recipe's output_dir or an export)")
     p.add_argument("--out", required=True, help="predictions JSONL to write (appended to when resuming)")
@@ -398,10 +411,35 @@ def run_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# merge-predictions
+# ------------------------------------------------------------------------------------------------
+def run_merge_predictions(args: argparse.Namespace) -> int:
+    from mllm_cxr.infer.shard import merge_predictions
+
+    s = merge_predictions(args.shards, args.out, overwrite=args.overwrite)
+    extra = f" ({s['not_in_studies']} no longer in the studies file)" if s["not_in_studies"] else ""
+    print(f"merged {s['shards']} shards: {s['rows']} studies{extra} -> {s['out']}")
+    return 0
+
+
+def _add_merge_predictions(sub) -> None:
+    p = sub.add_parser("merge-predictions", help="join `generate --shard i/n` outputs into one predictions file",
+                       description="Join the predictions files of `mllm-cxr generate --shard i/n` (and their "
+                                   ".meta.json side files) into the file the unsharded run would have written. "
+                                   "Refuses shards of different runs, a missing shard, a study in two shards, and "
+                                   "names the studies in no shard.")
+    p.add_argument("shards", nargs="+", help="the shard predictions files (any order)")
+    p.add_argument("--out", required=True, help="merged predictions JSONL (its .meta.json is written beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run_merge_predictions)
+
+
 def register(subparsers) -> None:
     """Add ``generate``, ``export``, ``serve``, ``report`` and ``tiny``; give ``eval`` (registered by
     :mod:`reward.cli_metrics`) its ``--html`` report."""
     _add_generate(subparsers)
+    _add_merge_predictions(subparsers)
     _add_export(subparsers)
     _add_serve(subparsers)
     from mllm_cxr.report_html import add_html_to_eval, add_report_parser

@@ -340,6 +340,8 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
     elif mp.exists() and (out.exists() or part_path(out).exists()):
         old = read_meta(out, strict=False)  # unreadable: nothing to compare with; it is rewritten below
         diffs = [_diff(old[k], meta.get(k), f"{k}.") for k in _RESUME_KEYS if k in old and old[k] != meta.get(k)]
+        if old.get("shard") != meta.get("shard"):  # another shard (or unsharded) run's file
+            diffs.append(_diff(old.get("shard"), meta.get("shard"), "shard."))
         if diffs:
             raise GenerationError(f"{out} was generated with other settings ({'; '.join(diffs)}): use another "
                                   "--out, or --overwrite")

@@ -434,6 +434,24 @@ class ClinicalGRPOTrainer(GRPOTrainer):
             gen.generate, gen.sync_weights = self._vllm_generate, self._vllm_sync_weights
             if gen.mode == "server":
                 gen._place_features = functools.partial(checked_place_features, gen._place_features)
+                self._check_server_pixels()
+
+    def _check_server_pixels(self) -> None:
+        """Server mode, main process (the one TRL gives a client): stop at start-up unless ``trl vllm-serve``
+        runs with the trainer's min/max pixels (:func:`mllm_cxr.train.vllm_server.check_server_pixels`)."""
+        from mllm_cxr.train.vllm_server import ServerMismatch, check_server_pixels, server_url
+
+        client = getattr(self.vllm_generation, "vllm_client", None)
+        if client is None:
+            return
+        url = server_url(self.args)
+        try:
+            info = client.get_server_info()
+        except Exception as e:  # noqa: BLE001 - any transport/HTTP failure becomes one line
+            raise ServerMismatch(f"cannot read the vLLM server's config at {url}/server_info ({e}); start it with "
+                                 "`trl vllm-serve` (which sets VLLM_SERVER_DEV_MODE=1)") from None
+        served = check_server_pixels(pixel_budget(self.processing_class), info, url)
+        log.info("vLLM server at %s cuts images as the trainer does: %s", url, served)
 
     @staticmethod
     def _check_trl_version() -> None:

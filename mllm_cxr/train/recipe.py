@@ -283,6 +283,7 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
         print(f"done: {result.global_step} steps, train_loss {metrics.get('train_loss', float('nan')):.4f}, "
               f"{t:.0f} s on {args.world_size} process(es); adapter and processor saved to {args.output_dir}",
               flush=True)
+    tr.accelerator.wait_for_everyone()  # multi-node: no rank may outlive node 0's rendezvous store (docs/scaling.md)
     tr.end()  # trackers finished, process group destroyed: nothing distributed after this
     return metrics
 
