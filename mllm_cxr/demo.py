@@ -247,7 +247,9 @@ def main(argv=None) -> int:
         gen += ["--limit", str(args.limit)] if args.limit else []
         gen += ["--adapter", str(adapter)] if adapter is not None else BASE_PROMPT if model == base else []
         _cli(*gen, "--out", str(pred))
-        _cli(*gen, "--out", str(sampled), "--do-sample", "--num-return-sequences", str(args.samples))
+        # the untrained base writes to the token limit: one sample per study is enough to show its rate
+        k = 1 if name == "base" else args.samples
+        _cli(*gen, "--out", str(sampled), "--do-sample", "--num-return-sequences", str(k))
         r = score_stage(name, pred, sampled, truth)
         n = len(truth["ids"])
         if "sft" in results and name != "sft":
