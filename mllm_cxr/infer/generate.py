@@ -312,7 +312,7 @@ class OpenAIGenerator:
 # The predictions file
 # ------------------------------------------------------------------------------------------------
 #: Fields of the side file that must agree before a predictions file is continued.
-_RESUME_KEYS = ("model", "adapter", "prompt", "generation")
+_RESUME_KEYS = ("model", "adapter", "prompt", "generation", "task")
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> str:
@@ -342,19 +342,57 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
 
 
 def prompt_image_paths(study: StudyRecord, generator) -> list[str]:
-    """The absolute files of the images in the study's prompt (recorded in each prediction row)."""
+    """The absolute files of the images in the study's prompt (recorded in each prediction row); for a
+    task example, the images of its prompt."""
     from data_prep.schema import image_path
 
-    _, refs = build_messages(study, generator.cfg)
+    refs = study.images if hasattr(study, "task") else build_messages(study, generator.cfg)[1]
     return [str(image_path(generator.data_root, r.path).resolve()) for r in refs]
 
 
+def task_items(studies: Sequence[StudyRecord], task: str, task_cfg) -> list[Any]:
+    """The examples of ``task`` (:mod:`mllm_cxr.tasks`) in ``studies``, each with its row id in ``row_id``:
+    the study id for the report task (rows as without ``--task``), else ``<study_id>#<k>`` (the k-th
+    example of that study: a task may ask several questions of one study)."""
+    from mllm_cxr.tasks import get_task
+
+    t = get_task(task)
+    out = []
+    for s in studies:
+        for k, ex in enumerate(t.examples(s, task_cfg)):
+            ex.row_id = s.study_id if task == "report" else f"{s.study_id}#{k}"  # type: ignore[attr-defined]
+            out.append(ex)
+    return out
+
+
+def task_row_fields(example, task_cfg) -> dict[str, Any]:
+    """What eval needs to score a task's answer (``reward.box_eval``): the task, the box codec and pixel
+    budget, the image size and the reference boxes / grounded report (as lists), the asked label or phrase."""
+    cols = example.columns
+    row: dict[str, Any] = {"task": example.task, "study": example.study_id}
+    if "image_size" in cols:
+        row.update(box_family=task_cfg.family, min_pixels=task_cfg.min_pixels, max_pixels=task_cfg.max_pixels,
+                   image_size=list(cols["image_size"]))
+    for k in ("boxes", "grounded_findings"):
+        if k in cols:
+            row[k] = json.loads(cols[k]) if isinstance(cols[k], str) else cols[k]
+    for k in ("label", "phrase"):
+        if k in cols:
+            row[k] = cols[k]
+    return row
+
+
 def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: str | Path, *,
-                         batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+                         batch_size: int = 8, progress: bool = True, task: str | None = None,
+                         task_cfg: Any = None) -> dict[str, Any]:
     """Generate for every study not yet in ``out_path`` and append one JSON line per study.
 
     Each batch is flushed as soon as it is written, so a killed run loses at most the batch in flight;
     running again continues where it stopped and writes each study exactly once.
+
+    ``task`` (a :mod:`mllm_cxr.tasks` name, with its :class:`~mllm_cxr.tasks.TaskConfig`): one row per
+    example of the task instead (:func:`task_items`), its prompt the task's, its ``reference`` the task's
+    target, plus :func:`task_row_fields` (what eval scores the answer with).
     """
     from tqdm.auto import tqdm
 
@@ -367,7 +405,10 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
         shutil.copyfile(out, part)
     finished = resume_part_file(part)
     no_images = [s for s in studies if not s.images]  # nothing to look at: skipped and counted, never "reported"
-    todo = list({s.study_id: s for s in studies if s.study_id not in finished and s.images}.values())  # unique ids
+    items = task_items([s for s in studies if s.images], task, task_cfg) if task else list(studies)
+    rid = (lambda x: x.row_id) if task else (lambda x: x.study_id)
+    todo = list({rid(s): s for s in items if rid(s) not in finished and s.images}.values())  # unique ids
+    by_id = {s.study_id: s for s in studies}
     t0 = time.perf_counter()
     n_empty = 0
     with open(part, "a", encoding="utf-8") as fh, tqdm(total=len(todo), disable=not progress,
@@ -375,8 +416,14 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
         for chunk in batched(todo, batch_size):
             for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
-                row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
-                       "context": study_columns(s), "images": prompt_image_paths(s, generator)}
+                if task:
+                    study = by_id[s.study_id]
+                    row = {"study_id": s.row_id, "prediction": preds[0], "reference": s.target,
+                           "context": study_columns(study), "images": prompt_image_paths(s, generator),
+                           **task_row_fields(s, task_cfg)}
+                else:
+                    row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
+                           "context": study_columns(s), "images": prompt_image_paths(s, generator)}
                 if len(preds) > 1:
                     row["samples"] = preds
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -384,6 +431,6 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
             bar.update(len(chunk))
     os.replace(part, out)
     dt = time.perf_counter() - t0
-    return {"generated": len(todo), "skipped_done": len(finished & {s.study_id for s in studies}),
+    return {"generated": len(todo), "skipped_done": len(finished & {rid(s) for s in items}),
             "skipped_no_images": len(no_images), "empty_predictions": n_empty, "seconds": round(dt, 2),
             "studies_per_s": round(len(todo) / dt, 3) if dt > 0 and todo else None, "out": str(out)}
