@@ -176,3 +176,34 @@ def test_report_rows_skip_the_box_group_and_named_boxes_is_an_error(tmp_path):
                                "boxes": []}) + "\n")
     with pytest.raises(RewardError, match="box_family"):
         evaluate_predictions(bad, metrics=["boxes"], n_boot=0, progress=False)
+
+
+def test_html_report_draws_evals_boxes_and_shows_the_box_metrics(phantom_dir, tmp_path):
+    import re
+
+    from mllm_cxr.report_html import BOX_COLOURS, build_report
+
+    good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
+    bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", _shifted, "bad", n=6)
+    out = tmp_path / "eval"
+    res = run_eval(bad, out, metrics=["boxes"], compare=good, n_boot=20, plots=False, progress=False)
+    build_report(out)
+    doc = (out / "report.html").read_text()
+    assert "id=bx-ref" in doc and "id=bx-pred" in doc  # the toggles
+    assert BOX_COLOURS["ref"] in doc and BOX_COLOURS["pred"] in doc
+    assert res["metrics"]["box_mean_iou"]["label"] in doc and "rows by task phrase_grounding" in doc
+    per = {r["study_id"]: r["details"]["boxes"] for r in _rows(out / "per_study.jsonl")}
+    per_b = {r["study_id"]: r["details"]["boxes"] for r in _rows(out / "per_study_compare.jsonl")}
+    rows = re.findall(r'<tr class=study data-id="([^"]+)"(.*?)</tr>', doc, re.DOTALL)
+    assert len(rows) == len(per)
+    for sid, body in rows:
+        rects = re.findall(r'<rect class="([^"]+)" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"', body)
+        ref = [r for r in rects if r[0] == "bx-ref"]
+        pred_a = [r for r in rects if r[0] == "bx-pred sysA"]
+        pred_b = [r for r in rects if r[0] == "bx-pred sysB"]
+        assert len(ref) == len(per[sid]["ref_boxes"]) and len(pred_a) == len(per[sid]["pred_boxes"])
+        assert len(pred_b) == len(per_b[sid]["pred_boxes"])
+        want = per[sid]["pred_boxes"][0]
+        assert float(pred_a[0][1]) == pytest.approx(want["x_min"], abs=1e-4)
+        assert float(pred_a[0][3]) == pytest.approx(want["x_max"] - want["x_min"], abs=1e-4)
+        assert f'data-m-box-iou="{per[sid]["iou"]:.6g}"' in body  # sortable by eval's per-row IoU
