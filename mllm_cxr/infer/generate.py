@@ -361,6 +361,7 @@ def task_items(studies: Sequence[StudyRecord], task: str, task_cfg) -> list[Any]
     for s in studies:
         for k, ex in enumerate(t.examples(s, task_cfg)):
             ex.row_id = s.study_id if task == "report" else f"{s.study_id}#{k}"  # type: ignore[attr-defined]
+            ex.index, ex.record = k, s  # type: ignore[attr-defined]  # which example of which study
             out.append(ex)
     return out
 
