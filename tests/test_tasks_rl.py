@@ -144,3 +144,19 @@ def test_pairs_sample_per_task_and_the_dpo_dataset_rebuilds_the_prompts(phantom_
     _recipe("dpo").main(base + ["--tasks", "phrase_grounding"])
     with pytest.raises(ConfigError, match="not in tasks"):
         _recipe("dpo").main(base + ["--tasks", "report:1,vqa:1"])
+
+
+def test_grpo_trains_two_steps_on_a_report_and_grounding_mixture(tmp_path, phantom_dir, tiny_model_dir):
+    """TRL gets None from a reward for the other tasks' rows and logs each routed reward over its rows."""
+    out = tmp_path / "out"
+    _recipe("grpo").main(["--config", str(REPO / "recipes/configs/tiny/grpo.yaml"), "--studies",
+                          str(phantom_dir / "studies.jsonl"), "--model_name_or_path", str(tiny_model_dir),
+                          "--adapter_path", "", "--output_dir", str(out), "--tasks", "report:1,phrase_grounding:1",
+                          "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "2",
+                          "--max_completion_length", "12", "--max_train_studies", "16", "--beta", "0"])
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [x for x in state["log_history"] if "reward" in x]
+    assert state["global_step"] == 2 and logs
+    keys = set().union(*logs)
+    assert any(k.startswith("rewards/iou@phrase_grounding") for k in keys)
+    assert any(k.startswith("rewards/chexpert_f1@report") for k in keys)
