@@ -207,3 +207,33 @@ def test_html_report_draws_evals_boxes_and_shows_the_box_metrics(phantom_dir, tm
         assert float(pred_a[0][1]) == pytest.approx(want["x_min"], abs=1e-4)
         assert float(pred_a[0][3]) == pytest.approx(want["x_max"] - want["x_min"], abs=1e-4)
         assert f'data-m-box-iou="{per[sid]["iou"]:.6g}"' in body  # sortable by eval's per-row IoU
+
+
+def test_qwen2_vl_box_markers_survive_decoding(tiny_model_dir, phantom_dir):
+    """qwen2_vl's <|box_start|>... are special tokens: a skip_special_tokens decode loses the boxes, the
+    generators' decode for that family keeps them (and still drops end-of-turn and padding)."""
+    from transformers import AutoTokenizer
+
+    from cxr_io.boxes import decode_boxes
+    from mllm_cxr.infer.generate import OpenAIGenerator, decode_keeping_box_tokens, strip_special_text, task_items
+    from mllm_cxr.run_config import resolve_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    boxes = [{"x_min": 0.1, "y_min": 0.2, "x_max": 0.5, "y_max": 0.6, "label": "effusion"}]
+    text = encode_boxes(boxes, "qwen2_vl", (1000, 1000))
+    ids = tok(text + "<|im_end|>")["input_ids"]
+    assert decode_boxes(tok.decode(ids, skip_special_tokens=True), "qwen2_vl", (1000, 1000)) == []
+    kept = decode_keeping_box_tokens(tok, [ids])[0]
+    assert kept == text and "<|im_end|>" not in kept
+    got = decode_boxes(kept, "qwen2_vl", (1000, 1000))
+    assert got.ok and got[0]["x_min"] == pytest.approx(0.1, abs=1e-3)
+    assert strip_special_text(text + "<|im_end|><|endoftext|>") == text
+    # the OpenAI backend asks the server to keep them, and sends a task example's own prompt
+    cfg = TaskConfig(prompt=PromptConfig(), family="qwen2_vl", data_root=phantom_dir)
+    ex = task_items(load_split(phantom_dir / "studies.jsonl", None, 8), "phrase_grounding", cfg)[0]
+    gen = OpenAIGenerator("http://127.0.0.1:9", resolve_prompt(None, None), phantom_dir, served_model="m")
+    gen.keep_box_tokens = True
+    body = gen.request_body(ex)
+    user = body["messages"][-1]["content"]
+    assert body["skip_special_tokens"] is False and "bounding boxes" in user[-1]["text"]
+    assert sum(p["type"] == "image_url" for p in user) == 1

@@ -112,6 +112,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         gen = OpenAIGenerator(args.base_url, prompt, root, settings, served_model=args.served_model,
                               api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
+    if task_cfg is not None and task_cfg.family == "qwen2_vl":  # its box markers are special tokens: keep them
+        gen.keep_box_tokens = True
     s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet,
                              task=args.task, task_cfg=task_cfg)
     rate = f"{s['studies_per_s']} studies/s" if s["studies_per_s"] else "nothing to do"

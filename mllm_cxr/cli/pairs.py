@@ -125,6 +125,7 @@ def _cmd_sample(args) -> int:
         task_cfg = TaskConfig(prompt=prompt.prompt, family=args.box_family, min_pixels=prompt.min_pixels,
                               max_pixels=prompt.max_pixels, data_root=data_root)
         items = task_items([s for s in items if s.images], args.task, task_cfg)
+        generator.keep_box_tokens = args.box_family == "qwen2_vl"  # its box markers are special tokens
         if not (args.reward_spec or args.reward_given):
             reward = task_reward(args.task, None, family=args.box_family, min_pixels=prompt.min_pixels,
                                  max_pixels=prompt.max_pixels)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -139,6 +140,29 @@ def batched(items: Sequence, n: int) -> Iterator[Sequence]:
 # ------------------------------------------------------------------------------------------------
 # Backends
 # ------------------------------------------------------------------------------------------------
+#: Qwen2-VL's grounding markers (the ``qwen2_vl`` box family): special tokens, so a plain
+#: ``skip_special_tokens=True`` decode drops them and the boxes with them.
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                    "<|quad_start|>", "<|quad_end|>")
+_OTHER_SPECIAL_RE = re.compile(r"<\|(?!(?:object_ref|box|quad)_(?:start|end)\|>)[A-Za-z0-9_]+\|>")
+
+
+def decode_keeping_box_tokens(tokenizer, sequences) -> list[str]:
+    """Decode token ids dropping every special token except :data:`GROUNDING_TOKENS` (end-of-turn, padding,
+    vision markers go; the box markers stay), so ``qwen2_vl`` box answers survive decoding."""
+    keep = {tokenizer.convert_tokens_to_ids(t) for t in GROUNDING_TOKENS}
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    drop = special - keep
+    return [tokenizer.decode([int(i) for i in seq if int(i) not in drop], skip_special_tokens=False)
+            for seq in sequences]
+
+
+def strip_special_text(text: str) -> str:
+    """Special-token strings other than :data:`GROUNDING_TOKENS` removed from a text (a server's answer
+    decoded with ``skip_special_tokens: false``)."""
+    return _OTHER_SPECIAL_RE.sub("", text)
+
+
 class HFGenerator:
     """transformers ``generate`` on a (PEFT) model, left-padded batches."""
 
@@ -157,7 +181,10 @@ class HFGenerator:
         with torch.no_grad():
             out = self.model.generate(**inputs, **self.settings.hf_kwargs())
         new = out[:, inputs["input_ids"].shape[1]:]
-        decoded = self.processor.batch_decode(new, skip_special_tokens=True)
+        if getattr(self, "keep_box_tokens", False):  # qwen2_vl boxes are special tokens
+            decoded = decode_keeping_box_tokens(self.processor.tokenizer, new.tolist())
+        else:
+            decoded = self.processor.batch_decode(new, skip_special_tokens=True)
         k = self.settings.num_return_sequences
         return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(studies))]
 
@@ -223,6 +250,10 @@ class VLLMGenerator:
             messages, images = study_conversation(s, self.cfg, self.data_root)
             inputs.append({"prompt": chat_text(self.processor, messages), "multi_modal_data": {"image": images}})
         outs = self.llm.generate(inputs, self.sampling, lora_request=self.lora, use_tqdm=False)
+        if getattr(self, "keep_box_tokens", False):  # the same decoding of the same tokens as the HF backend
+            tok = self.processor.tokenizer
+            return [[t.strip() for t in decode_keeping_box_tokens(tok, [c.token_ids for c in o.outputs])]
+                    for o in outs]
         return [[c.text.strip() for c in o.outputs] for o in outs]
 
 
@@ -290,6 +321,8 @@ class OpenAIGenerator:
         mm = {k: v for k, v in (("min_pixels", self.prompt.min_pixels), ("max_pixels", self.prompt.max_pixels)) if v}
         if mm:
             body["mm_processor_kwargs"] = mm
+        if getattr(self, "keep_box_tokens", False):  # vLLM's extra field: keep qwen2_vl's box markers
+            body["skip_special_tokens"] = False
         return body
 
     def _one(self, study: StudyRecord) -> list[str]:
@@ -297,7 +330,10 @@ class OpenAIGenerator:
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
         if not choices:
             raise GenerationError(f"{self.root}/chat/completions: an answer without choices")
-        return [str((c.get("message") or {}).get("content") or "").strip() for c in choices]
+        texts = [str((c.get("message") or {}).get("content") or "") for c in choices]
+        if getattr(self, "keep_box_tokens", False):
+            texts = [strip_special_text(t) for t in texts]
+        return [t.strip() for t in texts]
 
     def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
         from concurrent.futures import ThreadPoolExecutor
