@@ -16,6 +16,7 @@ from mllm_cxr.config import DataArguments
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.dpo import (
     ClinicalDPOConfig,
     ClinicalDPOTrainer,
@@ -23,7 +24,6 @@ from mllm_cxr.train.dpo import (
     check_loss_type,
     load_pair_dataset,
 )
-from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.recipe import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).

@@ -215,7 +215,12 @@ def test_qwen2_vl_box_markers_survive_decoding(tiny_model_dir, phantom_dir):
     from transformers import AutoTokenizer
 
     from cxr_io.boxes import decode_boxes
-    from mllm_cxr.infer.generate import OpenAIGenerator, decode_keeping_box_tokens, strip_special_text, task_items
+    from mllm_cxr.infer.generate import (
+        OpenAIGenerator,
+        decode_keeping_box_tokens,
+        strip_special_text,
+        task_items,
+    )
     from mllm_cxr.run_config import resolve_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

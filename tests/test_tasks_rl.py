@@ -160,3 +160,12 @@ def test_grpo_trains_two_steps_on_a_report_and_grounding_mixture(tmp_path, phant
     keys = set().union(*logs)
     assert any(k.startswith("rewards/iou@phrase_grounding") for k in keys)
     assert any(k.startswith("rewards/chexpert_f1@report") for k in keys)
+
+
+def test_collapse_guard_watches_report_rollouts_only():
+    from mllm_cxr.train.grpo import report_texts
+
+    texts = ["No acute process.", '```json\n[]\n```', "Yes.", "Small effusion."]
+    rows = [{"task": "report"}, {"task": "detection"}, {"task": "vqa"}, {}]
+    assert report_texts(texts, rows) == ["No acute process.", "Small effusion."]
+    assert report_texts(texts, None) == texts  # no task column: every rollout is a report
