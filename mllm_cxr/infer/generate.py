@@ -17,6 +17,13 @@ adapter, prompt and generation settings, and where the inputs are (``studies``: 
 ``data_root``: the folder their image paths start from, both absolute); resuming with different ones is refused (``overwrite=True``
 starts over).
 
+With a task (``mllm-cxr generate --task NAME --box-family F``; :mod:`mllm_cxr.tasks`) each row answers one
+example of the task instead: :func:`task_items` builds them with the prompt function the recipes train on,
+``study_id`` is ``<study>#<k>``, ``reference`` the task's target, and :func:`task_row_fields` adds what
+``mllm-cxr eval`` scores the answer by (task, box family, pixel budget, image size, reference boxes). The
+``qwen2_vl`` family's box markers are special tokens, so its answers are decoded keeping them
+(:func:`decode_keeping_box_tokens`).
+
 Prompt settings follow the adapter: :func:`resolve_prompt` reads the ``mllm_cxr_config.json`` that the
 recipes write into their ``output_dir`` (keys ``PromptConfig`` and ``ModelArguments``), so generation
 uses the prompt and pixel budget the adapter was trained with; explicit overrides win.
