@@ -187,20 +187,58 @@ def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfi
     Box targets of the ``qwen2_5_vl`` family are pixels of the image as the processor resizes it, so a
     mixture with a box task needs the pixel budget (``min_pixels`` and ``max_pixels``) set explicitly.
     """
-    from mllm_cxr.config import ConfigError
-    from mllm_cxr.tasks import BOX_TASKS, TaskConfig, mix_examples
+    from mllm_cxr.tasks import mix_examples
 
-    if family == "qwen2_5_vl" and any(e.name in BOX_TASKS for e in mixture) and (min_pixels is None or
-                                                                                  max_pixels is None):
-        raise ConfigError("tasks: box targets for qwen2_5_vl are pixels of the resized image; set min_pixels and "
-                          "max_pixels (the processor's budget) in the recipe config")
     root = Path(data_root)
-    task_cfg = TaskConfig(prompt=cfg, family=family, min_pixels=min_pixels, max_pixels=max_pixels, data_root=root)
+    task_cfg = _task_config(cfg, [e.name for e in mixture], family, min_pixels, max_pixels, root)
     by_id = {s.study_id: s for s in records}
     rows = []
     for ex in mix_examples(records, mixture, task_cfg, seed=seed):
         rows.append({"prompt": ex.messages, "images": _image_paths(by_id[ex.study_id], ex.images, root, check_images),
                      "completion": assistant(ex.target), "study_id": ex.study_id, "task": ex.task})
+    return _to_dataset(rows)
+
+
+def _task_config(cfg: PromptConfig, mixture_names: Sequence[str], family: str, min_pixels: int | None,
+                 max_pixels: int | None, root: Path):
+    from mllm_cxr.config import ConfigError
+    from mllm_cxr.tasks import BOX_TASKS, TaskConfig
+
+    if family == "qwen2_5_vl" and any(n in BOX_TASKS for n in mixture_names) and (min_pixels is None or
+                                                                                  max_pixels is None):
+        raise ConfigError("tasks: box targets for qwen2_5_vl are pixels of the resized image; set min_pixels and "
+                          "max_pixels (the processor's budget) in the recipe config")
+    return TaskConfig(prompt=cfg, family=family, min_pixels=min_pixels, max_pixels=max_pixels, data_root=root)
+
+
+def task_reward_row(study: StudyRecord, ex: Any, cfg: PromptConfig) -> dict[str, Any]:
+    """The columns a task example's rewards read, the same keys for every task so one Arrow table holds a
+    mixture: the study's :func:`reward_columns`, ``task``, ``reference`` (the report for ``report``, else the
+    task's target, which ``answer_match`` compares with), ``boxes`` / ``grounded_findings`` (JSON text, ""
+    when the task has none) and ``image_size`` (None when none)."""
+    c = ex.columns
+    row = reward_columns(study, cfg)
+    row.update(task=ex.task, reference=ex.target if ex.task != "report" else row["reference"],
+               boxes=c.get("boxes", ""), grounded_findings=c.get("grounded_findings", ""),
+               image_size=list(c["image_size"]) if "image_size" in c else None)
+    return row
+
+
+def task_grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
+                      family: str = "qwen2_5_vl", min_pixels: int | None = None, max_pixels: int | None = None,
+                      seed: int = 0, check_images: bool = True):
+    """GRPO prompt rows of a task mixture (as :func:`task_sft_dataset` draws them), each with
+    :func:`task_reward_row`: the ``task`` column routes its rewards (:func:`mllm_cxr.tasks.task_reward_funcs`)."""
+    from mllm_cxr.tasks import mix_examples
+
+    root = Path(data_root)
+    task_cfg = _task_config(cfg, [e.name for e in mixture], family, min_pixels, max_pixels, root)
+    by_id = {s.study_id: s for s in records}
+    rows = []
+    for ex in mix_examples(records, mixture, task_cfg, seed=seed):
+        s = by_id[ex.study_id]
+        rows.append({"prompt": ex.messages, "images": _image_paths(s, ex.images, root, check_images),
+                     **task_reward_row(s, ex, cfg)})
     return _to_dataset(rows)
 
 
@@ -213,9 +251,14 @@ def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *
 
 
 def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyRecord], data_root,
-                cfg: PromptConfig, **kw):
-    """Preference pairs ({study_id, chosen, rejected}) -> prompt/chosen/rejected/images rows."""
+                cfg: PromptConfig, *, task_cfg: Any = None, **kw):
+    """Preference pairs ({study_id, chosen, rejected}) -> prompt/chosen/rejected/images rows.
+
+    A pair of a task other than ``report`` (``pairs sample --task``: ``task`` and ``example``, the index of
+    the example among the task's examples of the study) gets that example's prompt and image, rebuilt with
+    ``task_cfg`` (a :class:`mllm_cxr.tasks.TaskConfig`: the box family and pixel budget of the samples)."""
     rows = []
+    mixed = any((p.get("task") or "report") != "report" for p in pairs)
     for i, p in enumerate(pairs):
         for k in ("study_id", "chosen", "rejected"):
             if not isinstance(p.get(k), str) or not p[k].strip():
@@ -223,7 +266,25 @@ def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyR
         if p["study_id"] not in records_by_id:
             raise DataPrepError("pair refers to an unknown study", line=i + 1, field="study_id", value=p["study_id"])
         s = records_by_id[p["study_id"]]
-        (row,), _ = study_rows([s], data_root, cfg, require_target=False, **kw)
+        task = p.get("task") or "report"
+        if task != "report":
+            from mllm_cxr.tasks import get_task
+
+            if task_cfg is None:
+                raise DataPrepError("a pair of a task needs the task settings (box_family, min/max_pixels)",
+                                    line=i + 1, field="task", value=task)
+            exs = get_task(task).examples(s, task_cfg)
+            k = p.get("example", 0)
+            if not isinstance(k, int) or not 0 <= k < len(exs):
+                raise DataPrepError(f"study has {len(exs)} {task} examples", line=i + 1, field="example", value=k)
+            ex = exs[k]
+            row = {"prompt": ex.messages, "images": _image_paths(s, ex.images, Path(data_root),
+                                                                 kw.get("check_images", True)),
+                   **task_reward_row(s, ex, cfg)}
+        else:
+            (row,), _ = study_rows([s], data_root, cfg, require_target=False, **kw)
+            if mixed:  # the same columns on every row (one Arrow table)
+                row.update(task="report", boxes="", grounded_findings="", image_size=None)
         row["chosen"], row["rejected"] = assistant(p["chosen"]), assistant(p["rejected"])
         rows.append(row)
     return _to_dataset(rows, checked_decode=False)
@@ -239,11 +300,12 @@ def load_split(path: str | Path, split: str | None, limit: int | None = None) ->
 def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, Any]:
     """A recipe's ``{"train", "eval"}`` datasets: ``build(records, data_root, prompt_cfg)`` on the train split
     and, when ``eval_split`` is set, on the eval split (else ``eval`` is None); ``max_*_studies`` apply."""
-    if getattr(data_args, "tasks", None) and getattr(build, "func", build) is not task_sft_dataset:
+    if getattr(data_args, "tasks", None) and getattr(build, "func", build) not in (task_sft_dataset,
+                                                                                    task_grpo_dataset):
         from mllm_cxr.config import ConfigError
 
-        raise ConfigError(f"tasks: {data_args.tasks!r}: only the SFT recipe trains on a task mixture so far; "
-                          "remove the tasks key from this recipe's config")
+        raise ConfigError(f"tasks: {data_args.tasks!r}: this recipe's dataset is the report task's alone; build it "
+                          "with task_sft_dataset / task_grpo_dataset, or remove the tasks key")
     root = data_args.root()
     bad: list[dict[str, str]] = []
     kw = {"skip_bad_images": bool(getattr(data_args, "skip_bad_images", False)), "bad_images": bad,

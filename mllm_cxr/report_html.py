@@ -74,7 +74,11 @@ PER_STUDY_METRICS: dict[str, tuple[str, bool | None]] = {
     "measurement_hallucinations": ("measurement/device hallucinations", False),
     "length_pred_words": ("length of the generated report (words)", None),
     "length_ref_words": ("length of the reference (words)", None),
+    "box_iou": ("matched box IoU (grounding/detection)", True),
+    "grounded_score": ("grounded-report score (RadFact-style)", True),
 }
+#: Colours of the boxes drawn on the thumbnails (eval's ``details.boxes``): reference and predicted.
+BOX_COLOURS = {"ref": "#2f9e44", "pred": "#e8590c"}
 KIND_LABELS = {"fp": "false positive", "fn": "false negative", "neg": "negated here, present in the other report",
                "prior": "prior exam without a prior", "meas": "measurement/device disagreement"}
 
@@ -378,6 +382,7 @@ class SystemView:
     ref_marks: list[Highlight]
     outcome: dict[str, str]
     metrics: dict[str, float]
+    boxes: dict[str, Any] | None = None  # eval's details.boxes: pred_boxes, ref_boxes (fractions), task...
 
 
 def system_view(text: str, row: dict[str, Any], uncertain: str) -> SystemView:
@@ -401,7 +406,12 @@ def system_view(text: str, row: dict[str, Any], uncertain: str) -> SystemView:
         hm += measurement_highlights(text, me.get("hallucinations") or [])
     met = {k: float(v) for k, v in row.items()
            if k in PER_STUDY_METRICS and isinstance(v, int | float) and math.isfinite(v)}
-    return SystemView(text, hm, rm, outcome, met)
+    bx = det.get("boxes")
+    if isinstance(bx, dict):
+        for src, key in (("iou", "box_iou"), ("grounded_score", "grounded_score")):
+            if isinstance(bx.get(src), int | float) and math.isfinite(bx[src]):
+                met[key] = float(bx[src])
+    return SystemView(text, hm, rm, outcome, met, bx if isinstance(bx, dict) else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,6 +475,15 @@ def summary_html(result: dict[str, Any], counts: dict[str, Any]) -> str:
         if g in det and det[g].get("convention"):
             parts.append(f"<p class=muted>F1-{'CheXpert' if g == 'chexpert' else 'CheXbert'}: "
                          f"{_e(det[g].get('labeler'))} labeler, {_e(det[g]['convention'])}.</p>")
+    bx = det.get("boxes")
+    if isinstance(bx, dict):
+        by_task = ", ".join(f"{_e(k)} {_e(v)}" for k, v in (bx.get("rows_by_task") or {}).items())
+        fams = ", ".join(_e(f) for f in bx.get("families") or [])
+        per_class = bx.get("map_per_class") or {}
+        ap = ("; AP@0.5 per class: " + ", ".join(f"{_e(k)} {_f(v)}" for k, v in per_class.items())) if per_class else ""
+        parts.append(f"<p class=muted>Boxes: rows by task {by_task}; box codec {fams}; IoU threshold "
+                     f"{_e(bx.get('iou_threshold'))}{ap}. mAP's CI comes from recomputing it on each resample; it has "
+                     "no paired p-value.</p>")
     parts.append("<ul class=counts>" + "".join(f"<li>{_e(k)}: <b>{_e(v)}</b></li>" for k, v in counts.items()) + "</ul>")
     return "\n".join(parts)
 
@@ -547,6 +566,12 @@ button.tog{font-size:11px;margin-bottom:4px}
 #overlay{position:fixed;inset:0;background:rgba(0,0,0,.85);display:none;align-items:center;justify-content:center;
  z-index:10;cursor:zoom-out}#overlay img{height:90vh;max-width:95vw;object-fit:contain;image-rendering:auto}
 #pager{margin:10px 0}
+.bxwrap{position:relative;display:inline-block;line-height:0}
+.bxwrap svg{position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none;overflow:visible}
+.bxwrap rect{fill:none;stroke-width:2;vector-effect:non-scaling-stroke}
+.bxwrap rect.bx-ref{stroke:#2f9e44}.bxwrap rect.bx-pred{stroke:#e8590c;stroke-dasharray:4 2}
+body.hide-ref rect.bx-ref,body.hide-pred rect.bx-pred{display:none}
+.sw{display:inline-block;width:14px;height:9px;border:2px solid;vertical-align:middle;margin:0 3px}
 """
 
 JS = r"""
@@ -618,6 +643,8 @@ tbody.addEventListener('click',function(e){
     var ov=q('overlay');ov.querySelector('img').src=t.src;ov.querySelector('img').alt=t.alt;ov.style.display='flex';}
 });
 q('overlay').addEventListener('click',function(){this.style.display='none';});
+['pred','ref'].forEach(function(k){var c=q('bx-'+k);if(c)c.addEventListener('change',function(){
+  document.body.classList.toggle('hide-'+k,!c.checked);});});
 document.addEventListener('keydown',function(e){if(e.key==='Escape')q('overlay').style.display='none';});
 apply();
 window.__report={apply:apply,visible:function(){return rows.filter(function(r){return !r.hidden;}).length;}};
@@ -667,6 +694,39 @@ def _metric_text(v: SystemView, keys: Sequence[str]) -> str:
                       for k in keys if k in v.metrics and k != "length_ref_words")
 
 
+def _rects(boxes: Any, cls: str) -> list[str]:
+    out = []
+    for b in boxes or []:
+        try:
+            x1, y1, x2, y2 = (float(b[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            continue
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        label = b.get("label") if isinstance(b, dict) else None
+        tip = f"<title>{_e(label)}</title>" if label else ""
+        out.append(f'<rect class="{cls}" x="{x1:.4f}" y="{y1:.4f}" width="{x2 - x1:.4f}" height="{y2 - y1:.4f}">'
+                   f"{tip}</rect>")
+    return out
+
+
+def box_svg(a: SystemView, b: SystemView | None) -> str:
+    """The reference (solid) and predicted (dashed) boxes eval decoded for this row, as an SVG laid over the
+    thumbnail (boxes are fractions of the original image, which the thumbnail keeps the shape of); the
+    compared system's predicted boxes are shown with its text (the row's A/B toggle)."""
+    if a.boxes is None and (b is None or b.boxes is None):
+        return ""
+    rects = _rects((a.boxes or (b.boxes if b else None) or {}).get("ref_boxes"), "bx-ref")
+    if a.boxes is not None:
+        rects += _rects(a.boxes.get("pred_boxes"), "bx-pred" + (" sysA" if b is not None else ""))
+    if b is not None and b.boxes is not None:
+        rects += _rects(b.boxes.get("pred_boxes"), "bx-pred sysB")
+    return ('<svg viewBox="0 0 1 1" preserveAspectRatio="none" aria-hidden=true>' + "".join(rects) + "</svg>"
+            if rects else "")
+
+
 def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | None], text: bool) -> str:
     attrs = [f'data-id="{_e(r.sid)}"', f'data-split="{_e(r.split)}"']
     for k in metric_keys:
@@ -678,10 +738,13 @@ def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | No
             if k in r.a.metrics and k in r.b.metrics:
                 attrs.append(f'data-m-delta-{k.replace("_", "-")}="{r.a.metrics[k] - r.b.metrics[k]:.6g}"')
     figs = []
-    for cap, uri, why in r.thumbs:
+    for k, (cap, uri, why) in enumerate(r.thumbs):
         if uri:
-            figs.append(f'<figure><img class=thumb src="{uri}" alt="{_e(r.sid)} {_e(cap)}" loading=lazy>'
-                        f'<figcaption>{_e(cap)}</figcaption></figure>')
+            img = f'<img class=thumb src="{uri}" alt="{_e(r.sid)} {_e(cap)}" loading=lazy>'
+            svg = box_svg(r.a, r.b) if k == 0 else ""  # a box task's prompt holds the one image asked about
+            if svg:
+                img = f"<div class=bxwrap>{img}{svg}</div>"
+            figs.append(f'<figure>{img}<figcaption>{_e(cap)}</figcaption></figure>')
         else:
             figs.append(f'<figure><div class=ph title="{_e(why)}">image {_e(why)}</div><figcaption>{_e(cap)}'
                         "</figcaption></figure>")
@@ -713,7 +776,8 @@ def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | No
 
 def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], rows_html: list[str],
               metric_keys: Sequence[str], sort_key: str, sort_asc: bool, splits: Sequence[str],
-              compare_names: tuple[str, str | None], text: bool, notes: Sequence[str]) -> str:
+              compare_names: tuple[str, str | None], text: bool, notes: Sequence[str],
+              has_boxes: bool = False) -> str:
     has_b = compare_names[1] is not None
     opts = []
     for k in metric_keys:
@@ -741,6 +805,15 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
               'the reference, absent or negated in the generated report) <mark class="hl hl-neg">negated here'
               '</mark> <mark class="hl hl-prior">prior exam without a prior</mark> <mark class="hl hl-meas">'
               'measurement/device</mark>. Hover a highlight for its label; click a thumbnail to enlarge it.</p>')
+    box_ctl = ""
+    if has_boxes:
+        box_ctl = (f'<label><input type=checkbox id=bx-ref checked><span class=sw style="border-color:{BOX_COLOURS["ref"]}">'
+                   f'</span>reference boxes</label> <label><input type=checkbox id=bx-pred checked><span class=sw '
+                   f'style="border-color:{BOX_COLOURS["pred"]};border-style:dashed"></span>predicted boxes</label>')
+        legend += ('<p class=legend>Boxes on the first image: <span class=sw style="border-color:'
+                   f'{BOX_COLOURS["ref"]}"></span>reference, <span class=sw style="border-color:{BOX_COLOURS["pred"]};'
+                   'border-style:dashed"></span>predicted (as eval decoded the answer); the checkboxes above the '
+                   'table show or hide each.</p>')
     svg = per_finding_svg(result)
     svg_b = per_finding_svg(result, "chexbert")
     csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
@@ -765,6 +838,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 <label>split <select id=f-split><option value="">any</option>{split_opts}</select></label>
 <label>text <input id=f-text type=search placeholder="study id{', report text' if text else ''}"></label>
 {sys_sel}
+{box_ctl}
 <label>sort <select id=s-key>{sort_opts}</select></label>
 <select id=s-dir><option value=asc{" selected" if sort_asc else ""}>ascending</option>
 <option value=desc{"" if sort_asc else " selected"}>descending</option></select>
@@ -938,7 +1012,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     title = opt.title or (f"Evaluation: {names[0]}" + (f" vs {names[1]}" if names[1] else ""))
     doc = page_html(title=title, result=result, counts=counts, rows_html=rows_html, metric_keys=metric_keys,
                     sort_key=sort_key, sort_asc=sort_asc, splits=sorted(splits), compare_names=names,
-                    text=opt.text, notes=notes)
+                    text=opt.text, notes=notes, has_boxes=any(v.boxes is not None for v in va))
     out = Path(out_path) if out_path else ed / REPORT_NAME
     if out.suffix.lower() != ".html":
         if out.exists() and not out.is_dir():

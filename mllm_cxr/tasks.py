@@ -371,3 +371,63 @@ def decode_answer(example: Example, text: str, cfg: TaskConfig):
         return decode_boxes(text, cfg.family, example.columns["image_size"], min_pixels=cfg.min_pixels,
                             max_pixels=cfg.max_pixels)
     return text
+
+
+# -- rewards per task (GRPO, pairs sample) ----------------------------------------------------------
+def task_reward_entries(task: str, *, family: str, min_pixels: int | None = None,
+                        max_pixels: int | None = None) -> list[dict[str, Any]]:
+    """The reward-spec entries of a task other than ``report``: its registered :attr:`Task.rewards`, weight 1
+    each, the box rewards with the box family and pixel budget as kwargs."""
+    from mllm_cxr.boxes import FAMILIES as _FAMILIES
+
+    if family not in _FAMILIES:
+        raise ConfigError(f"box family must be one of {', '.join(_FAMILIES)}, got {family!r}")
+    out = []
+    for name in get_task(task).rewards:
+        kw: dict[str, Any] = {}
+        if name in ("iou", "box_f1", "box_format", "grounded_report"):
+            kw = {"family": family, "min_pixels": min_pixels, "max_pixels": max_pixels}
+        out.append({"name": name, "weight": 1.0, "kwargs": kw})
+    return out
+
+
+def task_reward_funcs(tasks: Sequence[str], report_spec: Any, *, family: str, min_pixels: int | None = None,
+                      max_pixels: int | None = None, reference_column: Any = None) -> tuple[list, list[float]]:
+    """Reward functions and weights for a multi-task GRPO run, each routed to its tasks' rows by the dataset's
+    ``task`` column (:class:`reward.trl.TaskRoutedReward`; other rows get None, which TRL leaves out):
+    ``report`` rows get ``report_spec`` (the recipe's ``reward_spec``), every other task its
+    :func:`task_reward_entries`; an entry shared by several tasks (``box_format``) is one function."""
+    from reward.trl import TaskRoutedReward, reward_funcs_and_weights
+
+    for t in tasks:
+        get_task(t)
+    out_f: list = []
+    out_w: list[float] = []
+    if "report" in tasks:
+        funcs, weights = reward_funcs_and_weights(report_spec, reference_column=reference_column)
+        out_f += [TaskRoutedReward(f, ["report"]) for f in funcs]
+        out_w += list(weights)
+    shared: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for t in tasks:
+        if t == "report":
+            continue
+        for e in task_reward_entries(t, family=family, min_pixels=min_pixels, max_pixels=max_pixels):
+            key = json.dumps([e["name"], e["kwargs"]], sort_keys=True)
+            shared.setdefault(key, (e, []))[1].append(t)
+    for e, ts in shared.values():
+        (f,), (w,) = reward_funcs_and_weights([e], reference_column="reference")
+        out_f.append(TaskRoutedReward(f, ts))
+        out_w.append(w)
+    return out_f, out_w
+
+
+def task_reward(task: str, report_spec: Any, *, family: str, min_pixels: int | None = None,
+                max_pixels: int | None = None):
+    """One reward function for one task's samples (``pairs sample --task``): the weighted sum of its rewards
+    (the report spec for ``report``)."""
+    from reward.trl import make_composite_reward
+
+    if task == "report":
+        return make_composite_reward(report_spec)
+    return make_composite_reward(task_reward_entries(task, family=family, min_pixels=min_pixels,
+                                                     max_pixels=max_pixels), name=task)

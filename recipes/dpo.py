@@ -12,10 +12,11 @@ Any YAML key can be overridden on the command line (``--beta 0.05 --length_alpha
 
 from __future__ import annotations
 
-from mllm_cxr.config import ConfigError, DataArguments
+from mllm_cxr.config import DataArguments
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.dpo import (
     ClinicalDPOConfig,
     ClinicalDPOTrainer,
@@ -23,7 +24,6 @@ from mllm_cxr.train.dpo import (
     check_loss_type,
     load_pair_dataset,
 )
-from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.recipe import run_recipe, run_training
 
 #: The dataclasses this recipe's YAML keys and --flags map to (tests check every shipped config against them).
@@ -31,12 +31,10 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, P
 
 
 def datasets(data_args, model_args, prompt_cfg, curve_args, pairs_args, args) -> dict:
-    if data_args.tasks:
-        raise ConfigError(f"tasks: {data_args.tasks!r}: only the SFT recipe trains on a task mixture so far; "
-                          "remove the tasks key from this recipe's config")
-    check_loss_type(args)
+    check_loss_type(args)  # pairs of a task (`pairs sample --task`) carry it: their prompts are the task's
     check_adapter_prompt(model_args, prompt_cfg)
-    return {"train": load_pair_dataset(pairs_args, data_args, prompt_cfg), "eval": None}
+    return {"train": load_pair_dataset(pairs_args, data_args, prompt_cfg, min_pixels=model_args.min_pixels,
+                                       max_pixels=model_args.max_pixels), "eval": None}
 
 
 def trainer(configs, data, model_args):

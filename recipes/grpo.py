@@ -14,14 +14,16 @@ At the end the reward curve is printed and written to ``output_dir/reward_curve.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from mllm_cxr.config import DataArguments
-from mllm_cxr.data import grpo_dataset, recipe_datasets
+from mllm_cxr.data import grpo_dataset, recipe_datasets, task_grpo_dataset
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
+from mllm_cxr.tasks import parse_mixture_arg, task_reward_funcs
 from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
 from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
 from mllm_cxr.train.grpo import (
@@ -41,12 +43,23 @@ CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, CurveArguments, G
 def datasets(data_args, model_args, prompt_cfg, curve_args, script, args) -> dict:
     check_adapter_prompt(model_args, prompt_cfg)
     check_reward_spec(script.reward_spec)  # every reward name known before any model loads (and in --dry-run)
+    if data_args.tasks:  # a task mixture: rows carry their task, which routes their rewards (trainer below)
+        return recipe_datasets(data_args, functools.partial(
+            task_grpo_dataset, mixture=parse_mixture_arg(data_args.tasks), family=data_args.box_family,
+            min_pixels=model_args.min_pixels, max_pixels=model_args.max_pixels, seed=args.seed), prompt_cfg)
     return recipe_datasets(data_args, grpo_dataset, prompt_cfg)
 
 
 def trainer(configs, data, model_args):
     data_args, _, prompt_cfg, curve_args, script, args = configs
-    reward_funcs, weights = reward_funcs_and_weights(script.reward_spec, reference_column=script.reward_reference_column)
+    if data_args.tasks:  # report rows: reward_spec; other tasks: their own rewards (mllm_cxr.tasks)
+        reward_funcs, weights = task_reward_funcs(
+            [e.name for e in parse_mixture_arg(data_args.tasks)], script.reward_spec, family=data_args.box_family,
+            min_pixels=model_args.min_pixels, max_pixels=model_args.max_pixels,
+            reference_column=script.reward_reference_column)
+    else:
+        reward_funcs, weights = reward_funcs_and_weights(script.reward_spec,
+                                                         reference_column=script.reward_reference_column)
     if args.reward_weights is None:
         args.reward_weights = weights
     processor = load_processor(model_args, trust_remote_code=args.trust_remote_code)

@@ -24,6 +24,10 @@ Metrics (the reward registry's scorers, :func:`reward.base.get_scorer`), in the 
                 per report, share of reports with one, precision/recall/F1 of device + tip-position
                 facts, and the MAE of the tube-to-carina distance over studies where both reports state it
 ``length``      report length in words (prediction and reference), their ratio, share of empty reports
+``boxes``       rows of a box task (``mllm-cxr generate --task phrase_grounding|detection|grounded_report``):
+                mean IoU, Acc@IoU>=0.5, box precision/recall/F1 from summed counts, mAP@0.5 (recomputed
+                on each resample; no p-value), parse-failure rate, RadFact-style grounded precision/recall/F1
+                (:mod:`reward.box_eval`); skipped when no row has a box task
 ==============  =========================================================================================
 
 A metric whose model or package is not installed is listed under ``skipped_metrics`` with the reason
@@ -72,7 +76,7 @@ from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 log = logging.getLogger(__name__)
 
 METRIC_GROUPS: tuple[str, ...] = ("bleu", "rouge_l", "radgraph", "green", "ratescore", "chexpert", "chexbert",
-                                  "prior", "measurement", "length")
+                                  "prior", "measurement", "length", "boxes")
 #: Groups whose scorer needs a model or package that may be missing: any loading error skips them.
 MODEL_GROUPS = frozenset({"radgraph", "green", "ratescore", "chexbert"})
 _IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
@@ -256,15 +260,35 @@ class MetricGroup:
     #: per study, what the numbers rest on (labels and mention spans, flagged facts, prior sentences): a
     #: JSON object each, written to ``per_study.jsonl`` under ``details.<group>`` for the HTML report
     study_details: list[dict[str, Any]] | None = None
+    #: stats that are no function of summed statistics (mAP): ``key -> f(items, weights)``, recomputed from
+    #: the per-study ``items`` with each study counted ``weights[i]`` times (so on every bootstrap resample);
+    #: their ``Stat.fn`` gives NaN, so they get no permutation p-value
+    resampled: dict[str, Callable[[list, np.ndarray], float]] = field(default_factory=dict)
+    items: list[Any] | None = None
 
     def values(self, totals: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore", divide="ignore"):
             return {k: np.asarray(s.fn(totals), dtype=float) for k, s in self.stats.items()}
 
+    def weighted_values(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """The stats on resample weights ``w`` (b, n): sums ``w @ S``, and the resampled stats per row of ``w``."""
+        out = self.values(w @ self.S)
+        for k, f in self.resampled.items():
+            out[k] = np.array([f(self.items, row) for row in w], dtype=float)
+        return out
+
+    def point_values(self) -> dict[str, np.ndarray]:
+        """The stats on all studies once each."""
+        out = self.values(self.S.sum(axis=0))
+        for k, f in self.resampled.items():
+            out[k] = np.asarray(f(self.items, np.ones(len(self.S))), dtype=float)
+        return out
+
     def subset(self, idx: np.ndarray) -> MetricGroup:
         return MetricGroup(self.name, self.S[idx], self.stats, self.info,
                            {k: v[idx] for k, v in self.per_study.items()},
-                           None if self.study_details is None else [self.study_details[i] for i in idx])
+                           None if self.study_details is None else [self.study_details[i] for i in idx],
+                           self.resampled, None if self.items is None else [self.items[i] for i in idx])
 
 
 def _ratio(a: int, b: int) -> Fn:
@@ -519,10 +543,17 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
                 groups[name] = measurement_group(hyps, refs, **kw)
             elif name == "length":
                 groups[name] = length_group(hyps, refs)
+            elif name == "boxes":
+                from reward.box_eval import box_statistics
+
+                b = box_statistics(preds.path, preds.records, hyps)
+                groups[name] = MetricGroup(name, b["S"], {k: Stat(*v) for k, v in b["stats"].items()}, b["info"], {},
+                                           b["details"], b["resampled"], b["items"])
         except MissingBackendError as e:
             skipped[name] = f"MissingBackendError: {e}"
         except (RewardError, OSError, ImportError) as e:
-            if name not in MODEL_GROUPS and not (name == "prior" and isinstance(e, RewardError)):
+            if name not in MODEL_GROUPS and not (name == "prior" and isinstance(e, RewardError)) \
+                    and not (name == "boxes" and getattr(e, "skippable", False)):
                 raise
             skipped[name] = f"{type(e).__name__}: {e}"
     return groups, skipped
@@ -568,10 +599,10 @@ def bootstrap_summary(groups: dict[str, MetricGroup], n: int, n_boot: int, seed:
         for w in bootstrap_weights(n, n_boot, seed):
             wf = w.astype(float)
             for g in groups.values():
-                for k, v in g.values(wf @ g.S).items():
+                for k, v in g.weighted_values(wf).items():
                     boots[k].append(v)
     for g in groups.values():
-        point = g.values(g.S.sum(axis=0))
+        point = g.point_values()
         for k, s in g.stats.items():
             out[k] = {"label": s.label, "value": _num(point[k]), "group": g.name,
                       "higher_is_better": s.higher_is_better, "main": s.main,
@@ -626,12 +657,12 @@ def paired_compare(a: dict[str, MetricGroup], b: dict[str, MetricGroup], n: int,
         for w in bootstrap_weights(n, n_boot, seed):
             wf = w.astype(float)
             for g in names:
-                va, vb = a[g].values(wf @ a[g].S), b[g].values(wf @ b[g].S)
+                va, vb = a[g].weighted_values(wf), b[g].weighted_values(wf)
                 for k in a[g].stats:
                     deltas[k].append(va[k] - vb[k])
     out: dict[str, dict[str, Any]] = {}
     for g in names:
-        pa, pb = a[g].values(a[g].S.sum(axis=0)), b[g].values(b[g].S.sum(axis=0))
+        pa, pb = a[g].point_values(), b[g].point_values()
         for k, s in a[g].stats.items():
             d = float(pa[k] - pb[k])
             row: dict[str, Any] = {"label": s.label, "group": g, "main": s.main, "value": _num(pa[k]),

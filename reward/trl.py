@@ -529,3 +529,51 @@ def make_composite_reward(spec: str | os.PathLike | Mapping | Sequence, *, name:
         spec = {"rewards": spec["rewards"]}
     funcs, weights = reward_funcs_and_weights(spec, reference_column=reference_column, error_value=error_value)
     return CompositeReward(funcs, weights, name=name, normalize=normalize)
+
+
+class TaskRoutedReward:
+    """A reward function that scores only the rows of some tasks (multi-task GRPO, ``pairs sample``).
+
+    ``func`` (a TRL reward function) is called on the rows whose ``task`` column is in ``tasks``, with every
+    per-row column cut to those rows; the other rows get ``None``, which TRL's GRPO trainer reads as "not
+    applicable" (NaN, left out of the weighted sum and of this reward's logged mean). Rows without a
+    ``task`` column count as ``report``. The logged name is ``<func name>@<tasks joined by +>``.
+    """
+
+    def __init__(self, func: Callable, tasks: Sequence[str], *, name: str | None = None) -> None:
+        if not tasks:
+            raise RewardError("a task-routed reward needs at least one task")
+        self.func = func
+        self.tasks = frozenset(tasks)
+        self.__name__ = name or f"{getattr(func, '__name__', 'reward')}@{'+'.join(sorted(self.tasks))}"
+
+    def __repr__(self) -> str:
+        return f"TaskRoutedReward({self.__name__!r})"
+
+    @property
+    def n_errors(self) -> int:
+        return int(getattr(self.func, "n_errors", 0))
+
+    def __call__(self, prompts: Any = None, completions: Any = None, completion_ids: Any = None,
+                 **columns: Any) -> list[float | None]:
+        if completions is None:
+            raise RewardError(f"reward '{self.__name__}' called without completions")
+        completions = list(completions)
+        n = len(completions)
+        tasks = columns.get("task")
+        tasks = list(tasks) if isinstance(tasks, list | tuple) and len(tasks) == n else ["report"] * n
+        idx = [i for i, t in enumerate(tasks) if (t or "report") in self.tasks]
+        out: list[float | None] = [None] * n
+        if not idx:
+            return out
+
+        def cut(v: Any) -> Any:
+            return [v[i] for i in idx] if isinstance(v, list | tuple) and len(v) == n else v
+
+        part = self.func(prompts=cut(list(prompts)) if prompts is not None else None,
+                         completions=[completions[i] for i in idx],
+                         completion_ids=cut(list(completion_ids)) if completion_ids is not None else None,
+                         **{k: cut(v) for k, v in columns.items()})
+        for i, s in zip(idx, part):
+            out[i] = s
+        return out

@@ -41,7 +41,7 @@ from tests.conftest import REPO, SHARED, require_shared
 
 README = REPO / "README.md"
 RUN_SECTIONS = ("Set up and run the demo", "The evaluation report", "Tests", "Real use, stage by stage",
-                "Hallucination metrics", "Benchmarks")
+                "Grounded reports and other tasks", "Hallucination metrics", "Benchmarks")
 BIN = Path(sys.executable).parent
 
 
@@ -85,7 +85,8 @@ class Case:
     extra: list[str] = field(default_factory=list)   # step limits / CPU switches appended
     vllm: bool = False                 # needs real vLLM: runs under the `vllm` marker only
     run: str = "command"               # command | late (after the walk-through) | makefile (checked against the
-    #                                    Makefile) | make | serve | gpu | demo (the session's `demo_run`)
+    #                                    Makefile) | make | serve | gpu | demo (the session's `demo_run`) |
+    #                                    tasks (test_task_commands_run_as_written)
 
 
 #: The real-model configs train in bf16 on a GPU; on a CPU-only machine TrainingArguments refuses bf16 before
@@ -168,6 +169,12 @@ CASES: list[Case] = [
     Case("generate-openai", "mllm-cxr generate --backend openai --base-url http://localhost:8000/v1 --served-model "
                             "cxr --studies data/mimic/studies.jsonl --split test --out runs/pred/served.jsonl",
          extra=GEN_LIMITS, vllm=True, run="serve"),
+    # -- grounded reports and other tasks ---------------------------------------------------------
+    Case("generate-grounding", f"mllm-cxr generate --studies data/phantom/studies.jsonl --split test --model {Q3} "
+                               "--task phrase_grounding --box-family qwen2_5_vl --min-pixels 3136 --max-pixels 401408 "
+                               "--out runs/pred/grounding.jsonl", extra=[*GEN_LIMITS, "--limit", "3"], run="tasks"),
+    Case("eval-grounding", "mllm-cxr eval --pred runs/pred/grounding.jsonl --out runs/eval/grounding --metrics boxes "
+                           "--html", extra=["--n-boot", "100"], run="tasks"),
     # -- hallucination metrics -------------------------------------------------------------------
     Case("eval-hallucination", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --metrics "
                                "prior,measurement --compare runs/pred/sft.jsonl", run="late"),
@@ -421,6 +428,23 @@ def test_gpu_benchmarks(workspace):
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_run.sh")], cwd=REPO, timeout=3600, capture_output=True,
                           text=True, env=dict(_env(), OUT=str(workspace["ws"] / "gpu-out")))
     assert proc.returncode == 0 and (workspace["ws"] / "gpu-out/gpu_benchmarks.md").is_file(), proc.stdout
+
+
+def test_task_commands_run_as_written(workspace):
+    """The grounding section: `generate --task phrase_grounding` on the phantom studies of stage 1, then
+    `eval --metrics boxes --html` on its rows."""
+    ws = workspace["ws"]
+    if not (ws / "data/phantom/studies.jsonl").is_file():  # stage 1's phantom records, unless already written
+        run_case(BY_ID["prepare-phantom"], workspace)
+    for case in [c for c in CASES if c.run == "tasks"]:
+        run_case(case, workspace)
+    rows = _rows(ws / "runs/pred/grounding.jsonl")
+    assert rows and all(r["task"] == "phrase_grounding" and r["box_family"] == "qwen2_5_vl" and r["boxes"]
+                        for r in rows)
+    metrics = json.loads((ws / "runs/eval/grounding/metrics.json").read_text())["metrics"]
+    assert metrics["box_mean_iou"]["ci"] is not None and "box_parse_failure_rate" in metrics
+    page = (ws / "runs/eval/grounding/report.html").read_text()
+    assert "id=bx-ref" in page and all(r["study_id"] in page for r in rows)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -151,3 +151,40 @@ def test_report_in_chromium(browser, tmp_path, phantom_dir):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     page.close()
     assert problems == []
+
+
+def test_box_overlays_and_their_toggles_in_chromium(browser, tmp_path, phantom_dir):
+    """The reference and predicted boxes lie over the thumbnail; each checkbox hides its kind; the row's A/B
+    toggle swaps the predicted boxes with the text."""
+    from mllm_cxr.report_html import build_report
+    from reward.evaluate import run_eval
+    from tests.test_box_eval import _shifted, _task_file
+
+    good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
+    bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", _shifted, "bad", n=6)
+    ev = tmp_path / "eval"
+    run_eval(bad, ev, metrics=["boxes"], compare=good, n_boot=20, plots=False, progress=False)
+    build_report(ev)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.goto((ev / "report.html").resolve().as_uri())
+    wait_until(page, "window.__report !== undefined")
+    row = page.locator("#studies tbody tr.study:not([hidden])").first
+    img = row.locator("img.thumb").first.bounding_box()
+    ref = row.locator("rect.bx-ref").first
+    pred_a, pred_b = row.locator("rect.bx-pred.sysA").first, row.locator("rect.bx-pred.sysB").first
+    assert ref.is_visible() and pred_a.is_visible() and not pred_b.is_visible()
+    box = ref.bounding_box()  # drawn inside the thumbnail, not beside it
+    assert img["x"] - 2 <= box["x"] and box["x"] + box["width"] <= img["x"] + img["width"] + 2
+    assert img["y"] - 2 <= box["y"] and box["y"] + box["height"] <= img["y"] + img["height"] + 2
+    page.uncheck("#bx-ref")
+    assert not ref.is_visible() and pred_a.is_visible()
+    page.uncheck("#bx-pred")
+    assert not pred_a.is_visible()
+    page.check("#bx-ref")
+    page.check("#bx-pred")
+    assert ref.is_visible() and pred_a.is_visible()
+    row.locator("button.tog").click()
+    assert pred_b.is_visible() and not pred_a.is_visible() and ref.is_visible()
+    assert problems == []

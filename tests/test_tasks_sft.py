@@ -83,23 +83,3 @@ def test_sft_recipe_trains_two_steps_on_a_mixture(tmp_path, phantom_dir, tiny_mo
     assert state["global_step"] == 2 and all(l.get("loss", 1.0) > 0 for l in state["log_history"])  # noqa: E741
     saved = (out / "config.yaml").read_text()  # the run's resolved config reruns the same mixture
     assert "tasks: report:1,phrase_grounding:1,detection:1,view:1" in saved
-
-
-def test_other_recipes_refuse_a_mixture(phantom_dir):
-    from types import SimpleNamespace
-
-    from mllm_cxr.data import grpo_dataset, recipe_datasets
-
-    args = SimpleNamespace(tasks="report:1,vqa:1", studies=str(phantom_dir / "studies.jsonl"), data_root=None)
-    with pytest.raises(ConfigError, match="only the SFT recipe"):
-        recipe_datasets(args, grpo_dataset, PromptConfig())
-
-
-def test_dpo_recipe_refuses_a_mixture(tmp_path, phantom_dir):
-    spec = importlib.util.spec_from_file_location("recipe_dpo_tasks", REPO / "recipes" / "dpo.py")
-    dpo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dpo)
-    with pytest.raises(ConfigError, match="only the SFT recipe"):
-        dpo.main(["--config", str(REPO / "recipes" / "configs" / "tiny" / "dpo.yaml"), "--studies",
-                  str(phantom_dir / "studies.jsonl"), "--model_name_or_path", str(tmp_path / "m"),
-                  "--output_dir", str(tmp_path / "out"), "--tasks", "report:1", "--dry-run"])

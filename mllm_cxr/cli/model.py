@@ -130,6 +130,17 @@ def run_generate(args: argparse.Namespace) -> int:
                                   temperature=args.temperature, top_p=args.top_p,
                                   num_return_sequences=args.num_return_sequences,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
+    task_cfg = None
+    if args.task:
+        from mllm_cxr.tasks import BOX_TASKS, TaskConfig, get_task
+
+        get_task(args.task)
+        if args.task in BOX_TASKS and args.box_family == "qwen2_5_vl" and (prompt.min_pixels is None
+                                                                           or prompt.max_pixels is None):
+            raise ConfigError(f"--task {args.task} with --box-family qwen2_5_vl: boxes are pixels of the resized "
+                              "image; set --min-pixels and --max-pixels (or use an adapter whose config has them)")
+        task_cfg = TaskConfig(prompt=prompt.prompt, family=args.box_family, min_pixels=prompt.min_pixels,
+                              max_pixels=prompt.max_pixels, data_root=root)
     model_id = args.model if args.backend != "openai" else f"{args.base_url}#{args.served_model or ''}"
     meta = {"model": model_id, "adapter": args.adapter, "backend": args.backend, "prompt": prompt.to_dict(),
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
@@ -137,6 +148,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "split": args.split}
     if shard:
         meta["shard"] = shard
+    if args.task:
+        meta["task"] = {"name": args.task, "box_family": args.box_family}
     for o in (args.out, meta_path(args.out), part_path(args.out)):  # before --overwrite deletes anything
         check_output(o, [args.studies, args.adapter, args.model], flag="--out")
     check_resume(args.out, meta, overwrite=args.overwrite)
@@ -155,7 +168,10 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         gen = OpenAIGenerator(args.base_url, prompt, root, settings, served_model=args.served_model,
                               api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
-    s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    if task_cfg is not None and task_cfg.family == "qwen2_vl":  # its box markers are special tokens: keep them
+        gen.keep_box_tokens = True
+    s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                             task=args.task, task_cfg=task_cfg)
     rate = f"{s['studies_per_s']} studies/s" if s["studies_per_s"] else "nothing to do"
     no_img = f", {s['skipped_no_images']} skipped: no images" if s["skipped_no_images"] else ""
     print(f"generated {s['generated']} studies ({s['skipped_done']} already done{no_img}) with the {args.backend} backend "
@@ -180,6 +196,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
     p.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
     p.add_argument("--batch-size", type=int, default=8, help="studies per generate call / per flush")
+    t = p.add_argument_group("tasks (mllm_cxr.tasks)")
+    t.add_argument("--task", default=None, help="answer one task instead of writing reports: report, grounded_report, "
+                   "phrase_grounding, detection, classification, vqa, view (one row per example, with what eval "
+                   "scores it by)")
+    t.add_argument("--box-family", default="qwen2_5_vl", help="box codec of the model's answers (qwen2_5_vl needs "
+                   "--min-pixels/--max-pixels); default qwen2_5_vl")
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")

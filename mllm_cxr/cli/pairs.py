@@ -98,6 +98,12 @@ def _cmd_sample(args) -> int:
 
     _check_outputs(args)
     args.sections = _sections(args)
+    args.reward_given = args.reward is not None
+    args.reward = args.reward or "chexpert_f1"
+    if args.task:
+        from mllm_cxr.tasks import get_task
+
+        get_task(args.task)
     if args.k < 2:
         raise ConfigError(f"--k must be at least 2 (best and worst of k samples), got {args.k}")
     overrides = {"max_images": args.max_images}
@@ -113,7 +119,22 @@ def _cmd_sample(args) -> int:
     data_root = resolve_data_root(args.studies, args.data_root)
     generator = make_generator(args, prompt, settings, data_root)
     reward = args.reward_spec or args.reward
-    pairs, summary = reward_ranked_pairs(_studies(args), generator, reward, margin_threshold=args.margin,
+    items = _studies(args)
+    if args.task and args.task != "report":  # one sample set per task example, ranked by the task's rewards
+        from mllm_cxr.infer.generate import task_items
+        from mllm_cxr.tasks import BOX_TASKS, TaskConfig, task_reward
+
+        if args.task in BOX_TASKS and args.box_family == "qwen2_5_vl" and (prompt.min_pixels is None
+                                                                           or prompt.max_pixels is None):
+            raise ConfigError(f"--task {args.task} with --box-family qwen2_5_vl: set --min-pixels and --max-pixels")
+        task_cfg = TaskConfig(prompt=prompt.prompt, family=args.box_family, min_pixels=prompt.min_pixels,
+                              max_pixels=prompt.max_pixels, data_root=data_root)
+        items = task_items([s for s in items if s.images], args.task, task_cfg)
+        generator.keep_box_tokens = args.box_family == "qwen2_vl"  # its box markers are special tokens
+        if not (args.reward_spec or args.reward_given):
+            reward = task_reward(args.task, None, family=args.box_family, min_pixels=prompt.min_pixels,
+                                 max_pixels=prompt.max_pixels)
+    pairs, summary = reward_ranked_pairs(items, generator, reward, margin_threshold=args.margin,
                                          batch_size=args.batch_size, cfg=prompt.prompt, progress=True,
                                          keep_samples=args.keep_samples)
     return _finish(pairs, summary, args)
@@ -136,7 +157,11 @@ def register(subparsers) -> None:
     ps.add_argument("--adapter", default=None, help="LoRA adapter (e.g. the SFT output); its prompt config is reused")
     ps.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     ps.add_argument("--k", type=int, default=4, help="samples per study (default 4)")
-    ps.add_argument("--reward", default="chexpert_f1", help="registered scorer name (default chexpert_f1)")
+    ps.add_argument("--reward", default=None, help="registered scorer name (default chexpert_f1; with --task: the "
+                                                  "task's rewards, e.g. iou + box_format for phrase_grounding)")
+    ps.add_argument("--task", default=None, help="sample answers to one task's examples (mllm_cxr/tasks.py) instead "
+                                                 "of reports; pairs then carry task and example")
+    ps.add_argument("--box-family", default="qwen2_5_vl", help="box codec of the samples (with a box --task)")
     ps.add_argument("--reward-spec", default=None, help="reward spec YAML (weighted composite); overrides --reward")
     ps.add_argument("--margin", type=float, default=0.1, help="keep pairs with best - worst > margin (default 0.1)")
     ps.add_argument("--temperature", type=float, default=1.0)

@@ -17,6 +17,13 @@ adapter, prompt and generation settings, and where the inputs are (``studies``: 
 ``data_root``: the folder their image paths start from, both absolute); resuming with different ones is refused (``overwrite=True``
 starts over).
 
+With a task (``mllm-cxr generate --task NAME --box-family F``; :mod:`mllm_cxr.tasks`) each row answers one
+example of the task instead: :func:`task_items` builds them with the prompt function the recipes train on,
+``study_id`` is ``<study>#<k>``, ``reference`` the task's target, and :func:`task_row_fields` adds what
+``mllm-cxr eval`` scores the answer by (task, box family, pixel budget, image size, reference boxes). The
+``qwen2_vl`` family's box markers are special tokens, so its answers are decoded keeping them
+(:func:`decode_keeping_box_tokens`).
+
 Prompt settings follow the adapter: :func:`resolve_prompt` reads the ``mllm_cxr_config.json`` that the
 recipes write into their ``output_dir`` (keys ``PromptConfig`` and ``ModelArguments``), so generation
 uses the prompt and pixel budget the adapter was trained with; explicit overrides win.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -139,6 +147,29 @@ def batched(items: Sequence, n: int) -> Iterator[Sequence]:
 # ------------------------------------------------------------------------------------------------
 # Backends
 # ------------------------------------------------------------------------------------------------
+#: Qwen2-VL's grounding markers (the ``qwen2_vl`` box family): special tokens, so a plain
+#: ``skip_special_tokens=True`` decode drops them and the boxes with them.
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                    "<|quad_start|>", "<|quad_end|>")
+_OTHER_SPECIAL_RE = re.compile(r"<\|(?!(?:object_ref|box|quad)_(?:start|end)\|>)[A-Za-z0-9_]+\|>")
+
+
+def decode_keeping_box_tokens(tokenizer, sequences) -> list[str]:
+    """Decode token ids dropping every special token except :data:`GROUNDING_TOKENS` (end-of-turn, padding,
+    vision markers go; the box markers stay), so ``qwen2_vl`` box answers survive decoding."""
+    keep = {tokenizer.convert_tokens_to_ids(t) for t in GROUNDING_TOKENS}
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    drop = special - keep
+    return [tokenizer.decode([int(i) for i in seq if int(i) not in drop], skip_special_tokens=False)
+            for seq in sequences]
+
+
+def strip_special_text(text: str) -> str:
+    """Special-token strings other than :data:`GROUNDING_TOKENS` removed from a text (a server's answer
+    decoded with ``skip_special_tokens: false``)."""
+    return _OTHER_SPECIAL_RE.sub("", text)
+
+
 class HFGenerator:
     """transformers ``generate`` on a (PEFT) model, left-padded batches."""
 
@@ -157,7 +188,10 @@ class HFGenerator:
         with torch.no_grad():
             out = self.model.generate(**inputs, **self.settings.hf_kwargs())
         new = out[:, inputs["input_ids"].shape[1]:]
-        decoded = self.processor.batch_decode(new, skip_special_tokens=True)
+        if getattr(self, "keep_box_tokens", False):  # qwen2_vl boxes are special tokens
+            decoded = decode_keeping_box_tokens(self.processor.tokenizer, new.tolist())
+        else:
+            decoded = self.processor.batch_decode(new, skip_special_tokens=True)
         k = self.settings.num_return_sequences
         return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(studies))]
 
@@ -223,6 +257,10 @@ class VLLMGenerator:
             messages, images = study_conversation(s, self.cfg, self.data_root)
             inputs.append({"prompt": chat_text(self.processor, messages), "multi_modal_data": {"image": images}})
         outs = self.llm.generate(inputs, self.sampling, lora_request=self.lora, use_tqdm=False)
+        if getattr(self, "keep_box_tokens", False):  # the same decoding of the same tokens as the HF backend
+            tok = self.processor.tokenizer
+            return [[t.strip() for t in decode_keeping_box_tokens(tok, [c.token_ids for c in o.outputs])]
+                    for o in outs]
         return [[c.text.strip() for c in o.outputs] for o in outs]
 
 
@@ -290,6 +328,8 @@ class OpenAIGenerator:
         mm = {k: v for k, v in (("min_pixels", self.prompt.min_pixels), ("max_pixels", self.prompt.max_pixels)) if v}
         if mm:
             body["mm_processor_kwargs"] = mm
+        if getattr(self, "keep_box_tokens", False):  # vLLM's extra field: keep qwen2_vl's box markers
+            body["skip_special_tokens"] = False
         return body
 
     def _one(self, study: StudyRecord) -> list[str]:
@@ -297,7 +337,10 @@ class OpenAIGenerator:
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
         if not choices:
             raise GenerationError(f"{self.root}/chat/completions: an answer without choices")
-        return [str((c.get("message") or {}).get("content") or "").strip() for c in choices]
+        texts = [str((c.get("message") or {}).get("content") or "") for c in choices]
+        if getattr(self, "keep_box_tokens", False):
+            texts = [strip_special_text(t) for t in texts]
+        return [t.strip() for t in texts]
 
     def generate(self, studies: Sequence[StudyRecord]) -> list[list[str]]:
         from concurrent.futures import ThreadPoolExecutor
@@ -312,7 +355,7 @@ class OpenAIGenerator:
 # The predictions file
 # ------------------------------------------------------------------------------------------------
 #: Fields of the side file that must agree before a predictions file is continued.
-_RESUME_KEYS = ("model", "adapter", "prompt", "generation")
+_RESUME_KEYS = ("model", "adapter", "prompt", "generation", "task")
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> str:
@@ -350,19 +393,58 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
 
 
 def prompt_image_paths(study: StudyRecord, generator) -> list[str]:
-    """The absolute files of the images in the study's prompt (recorded in each prediction row)."""
+    """The absolute files of the images in the study's prompt (recorded in each prediction row); for a
+    task example, the images of its prompt."""
     from data_prep.schema import image_path
 
-    _, refs = build_messages(study, generator.cfg)
+    refs = study.images if hasattr(study, "task") else build_messages(study, generator.cfg)[1]
     return [str(image_path(generator.data_root, r.path).resolve()) for r in refs]
 
 
+def task_items(studies: Sequence[StudyRecord], task: str, task_cfg) -> list[Any]:
+    """The examples of ``task`` (:mod:`mllm_cxr.tasks`) in ``studies``, each with its row id in ``row_id``:
+    the study id for the report task (rows as without ``--task``), else ``<study_id>#<k>`` (the k-th
+    example of that study: a task may ask several questions of one study)."""
+    from mllm_cxr.tasks import get_task
+
+    t = get_task(task)
+    out = []
+    for s in studies:
+        for k, ex in enumerate(t.examples(s, task_cfg)):
+            ex.row_id = s.study_id if task == "report" else f"{s.study_id}#{k}"  # type: ignore[attr-defined]
+            ex.index, ex.record = k, s  # type: ignore[attr-defined]  # which example of which study
+            out.append(ex)
+    return out
+
+
+def task_row_fields(example, task_cfg) -> dict[str, Any]:
+    """What eval needs to score a task's answer (``reward.box_eval``): the task, the box codec and pixel
+    budget, the image size and the reference boxes / grounded report (as lists), the asked label or phrase."""
+    cols = example.columns
+    row: dict[str, Any] = {"task": example.task, "study": example.study_id}
+    if "image_size" in cols:
+        row.update(box_family=task_cfg.family, min_pixels=task_cfg.min_pixels, max_pixels=task_cfg.max_pixels,
+                   image_size=list(cols["image_size"]))
+    for k in ("boxes", "grounded_findings"):
+        if k in cols:
+            row[k] = json.loads(cols[k]) if isinstance(cols[k], str) else cols[k]
+    for k in ("label", "phrase"):
+        if k in cols:
+            row[k] = cols[k]
+    return row
+
+
 def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: str | Path, *,
-                         batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+                         batch_size: int = 8, progress: bool = True, task: str | None = None,
+                         task_cfg: Any = None) -> dict[str, Any]:
     """Generate for every study not yet in ``out_path`` and append one JSON line per study.
 
     Each batch is flushed as soon as it is written, so a killed run loses at most the batch in flight;
     running again continues where it stopped and writes each study exactly once.
+
+    ``task`` (a :mod:`mllm_cxr.tasks` name, with its :class:`~mllm_cxr.tasks.TaskConfig`): one row per
+    example of the task instead (:func:`task_items`), its prompt the task's, its ``reference`` the task's
+    target, plus :func:`task_row_fields` (what eval scores the answer with).
     """
     from tqdm.auto import tqdm
 
@@ -375,7 +457,10 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
         shutil.copyfile(out, part)
     finished = resume_part_file(part)
     no_images = [s for s in studies if not s.images]  # nothing to look at: skipped and counted, never "reported"
-    todo = list({s.study_id: s for s in studies if s.study_id not in finished and s.images}.values())  # unique ids
+    items = task_items([s for s in studies if s.images], task, task_cfg) if task else list(studies)
+    rid = (lambda x: x.row_id) if task else (lambda x: x.study_id)
+    todo = list({rid(s): s for s in items if rid(s) not in finished and s.images}.values())  # unique ids
+    by_id = {s.study_id: s for s in studies}
     t0 = time.perf_counter()
     n_empty = 0
     with open(part, "a", encoding="utf-8") as fh, tqdm(total=len(todo), disable=not progress,
@@ -383,8 +468,14 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
         for chunk in batched(todo, batch_size):
             for s, preds in zip(chunk, generator.generate(chunk), strict=True):
                 n_empty += sum(1 for p in preds if not p)
-                row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
-                       "context": study_columns(s), "images": prompt_image_paths(s, generator)}
+                if task:
+                    study = by_id[s.study_id]
+                    row = {"study_id": s.row_id, "prediction": preds[0], "reference": s.target,
+                           "context": study_columns(study), "images": prompt_image_paths(s, generator),
+                           **task_row_fields(s, task_cfg)}
+                else:
+                    row = {"study_id": s.study_id, "prediction": preds[0], "reference": target_text(s, generator.cfg),
+                           "context": study_columns(s), "images": prompt_image_paths(s, generator)}
                 if len(preds) > 1:
                     row["samples"] = preds
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -392,6 +483,6 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
             bar.update(len(chunk))
     os.replace(part, out)
     dt = time.perf_counter() - t0
-    return {"generated": len(todo), "skipped_done": len(finished & {s.study_id for s in studies}),
+    return {"generated": len(todo), "skipped_done": len(finished & {rid(s) for s in items}),
             "skipped_no_images": len(no_images), "empty_predictions": n_empty, "seconds": round(dt, 2),
             "studies_per_s": round(len(todo) / dt, 3) if dt > 0 and todo else None, "out": str(out)}

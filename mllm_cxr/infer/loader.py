@@ -82,7 +82,10 @@ def chat_inputs(processor, conversations: Sequence[tuple[list[dict[str, Any]], l
 
 def study_conversation(study: Any, cfg: PromptConfig, data_root: str | Path) -> tuple[list[dict[str, Any]], list]:
     """``(messages, images)`` of one study record: the prompt of :func:`mllm_cxr.prompts.build_messages` and
-    its images loaded from ``data_root`` (what every backend sends)."""
+    its images loaded from ``data_root`` (what every backend sends). A task example
+    (:class:`mllm_cxr.tasks.Example`, whose prompt the task built with the same function) gives its own."""
+    if hasattr(study, "messages") and hasattr(study, "task"):
+        return study.messages, load_images(study.images, data_root)
     messages, refs = build_messages(study, cfg)
     return messages, load_images(refs, data_root)
 

@@ -105,8 +105,13 @@ class PairsArguments:
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs"})
 
 
-def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg):
-    """Pairs + study records -> TRL's vision preference dataset (prompt, images, chosen, rejected)."""
+def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_pixels: int | None = None,
+                      max_pixels: int | None = None):
+    """Pairs + study records -> TRL's vision preference dataset (prompt, images, chosen, rejected).
+
+    Pairs of a task (``pairs sample --task``) get their task's prompt and image back, rebuilt with
+    ``data_args.box_family`` and the pixel budget; when ``data_args.tasks`` is set, every pair's task must
+    be one of the mixture's (the pairs file itself is the mixture: its weights are not used)."""
     import logging
 
     from data_prep.schema import read_records
@@ -128,7 +133,21 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg):
         raise ConfigError(f"{pairs_args.pairs}: no pair left after min_margin={pairs_args.min_margin}")
     logging.getLogger(__name__).info("DPO data: %d of %d pairs from %s", len(pairs), n_all, pairs_args.pairs)
     records = {r.study_id: r for r in read_records(data_args.studies)}
-    return dpo_dataset(pairs, records, data_args.root(), prompt_cfg)
+    tasks = sorted({p.get("task") or "report" for p in pairs})
+    task_cfg = None
+    if getattr(data_args, "tasks", None):
+        from mllm_cxr.tasks import parse_mixture_arg
+
+        allowed = {e.name for e in parse_mixture_arg(data_args.tasks)}
+        if set(tasks) - allowed:
+            raise ConfigError(f"{pairs_args.pairs}: pairs of task(s) {sorted(set(tasks) - allowed)} are not in "
+                              f"tasks: {data_args.tasks!r}")
+    if tasks != ["report"]:
+        from mllm_cxr.data import _task_config
+
+        task_cfg = _task_config(prompt_cfg, tasks, getattr(data_args, "box_family", "qwen2_5_vl"), min_pixels,
+                                max_pixels, data_args.root())
+    return dpo_dataset(pairs, records, data_args.root(), prompt_cfg, task_cfg=task_cfg)
 
 
 def check_loss_type(args) -> None:

@@ -120,6 +120,15 @@ def is_normal_report(labels: dict[str, Any]) -> bool:
     return labels.get("No Finding") == 1.0
 
 
+def report_texts(texts: Sequence[str], inputs: Any) -> list[str]:
+    """The rollouts of report rows (the collapse guard's "normal report" share means nothing for a box or a
+    yes/no answer): rows whose ``task`` column (a task mixture, :mod:`mllm_cxr.tasks`) is absent or ``report``."""
+    rows = list(inputs) if isinstance(inputs, list | tuple) else []
+    if len(rows) != len(texts):
+        return list(texts)
+    return [t for t, r in zip(texts, rows) if not isinstance(r, dict) or (r.get("task") or "report") == "report"]
+
+
 class CollapseGuard(TrainerCallback):
     """Logs the share of "normal" and of empty completions per step; warns when they drift.
 
@@ -499,11 +508,12 @@ class ClinicalGRPOTrainer(GRPOTrainer):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._record_time("reward", time.perf_counter() - t)
         if self.collapse_guards and self._mode() == "train":
-            texts = self._guard_texts(completions)
-            for g in self.collapse_guards:
-                stats = g.observe(texts, step=self.state.global_step)
-            for k, v in stats.items():
-                self._metrics["train"][f"collapse/{k}"].append(v)
+            texts = report_texts(self._guard_texts(completions), inputs)
+            if texts:  # a batch of a task mixture may hold no report rollout: nothing to watch
+                for g in self.collapse_guards:
+                    stats = g.observe(texts, step=self.state.global_step)
+                for k, v in stats.items():
+                    self._metrics["train"][f"collapse/{k}"].append(v)
         return rewards
 
     def _guard_texts(self, completions) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Any
 from cxr_io import read_jsonl, write_jsonl
 from data_prep.errors import DataPrepError
 from data_prep.schema import StudyRecord, comparison_is_empty
-from mllm_cxr.data import reward_columns
+from mllm_cxr.data import reward_columns, task_reward_row
 from mllm_cxr.prompts import PromptConfig, build_messages, target_text_from
 from reward.trl import reward_function
 
@@ -182,8 +182,12 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
                 counts["samples"] += len(samples)
                 counts["empty_samples"] += sum(1 for x in samples if not (x or "").strip())
                 flat.extend(samples)
-                cols.extend([reward_columns(s, cfg)] * len(samples))
-                prompts.extend([build_messages(s, cfg)[0]] * len(samples))
+                if hasattr(s, "task"):  # a task example (mllm_cxr.infer.generate.task_items): its columns, prompt
+                    cols.extend([task_reward_row(s.record, s, cfg)] * len(samples))
+                    prompts.extend([s.messages] * len(samples))
+                else:
+                    cols.extend([reward_columns(s, cfg)] * len(samples))
+                    prompts.extend([build_messages(s, cfg)[0]] * len(samples))
             t = time.perf_counter()
             columns = {k: [c[k] for c in cols] for k in (cols[0] if cols else {})}
             scores = [float(x) for x in fn(prompts=prompts, completions=flat, **columns)] if flat else []
@@ -203,6 +207,8 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
                     counts["skipped_low_margin"] += 1
                     continue
                 pair = _pair(s.study_id, samples[b], samples[w], sc[b], sc[w], "reward_ranked")
+                if hasattr(s, "task"):  # dpo_dataset rebuilds the example's prompt from these
+                    pair.update(task=s.task, example=s.index)
                 if keep_samples:
                     pair["samples"], pair["scores"] = list(samples), list(sc)
                 pairs.append(pair)
