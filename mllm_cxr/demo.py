@@ -186,6 +186,20 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_stage_report(runs_out: Path, stage: str, against: str = "sft") -> Path:
+    """`mllm-cxr eval --html` of one stage against another (paired), then `mllm-cxr report`: the HTML report of the
+    demo's last RL stage, its path printed. Curves of the runs sit beside their adapters (curves.png)."""
+    label = LABELS.get(stage, stage)
+    ev = runs_out / "eval" / stage
+    _cli("eval", "--pred", str(runs_out / "pred" / f"{stage}.jsonl"), "--compare", str(runs_out / "pred" / f"{against}.jsonl"),
+         "--out", str(ev), "--metrics", "chexpert,prior,bleu,rouge_l,length", "--n-boot", str(N_BOOT), "--no-plots",
+         "--quiet")
+    _cli("report", "--eval", str(ev), "--title", f"mllm-cxr demo, last stage: {label}", "--quiet")
+    path = ev / "report.html"
+    print(f"HTML report of the last stage ({label}): {path}", flush=True)
+    return path
+
+
 def runtime_table(times: dict[str, dict[str, float]]) -> str:
     lines = ["| stage | train (s) | generate + score (s) |", "|---|---|---|"]
     for name, t in times.items():
@@ -319,6 +333,9 @@ def main(argv=None) -> int:
     print("\n" + table)
     print(runtime_table(times))
     print("example report after the last stage:", list(results.values())[-1]["example"][:300])
+    last_rl = next((s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in results), None)
+    if last_rl and "sft" in results:
+        write_stage_report(out, last_rl)
     for name in ("grpo", "editgrpo", "dpo", "chexalign"):
         png = runs / f"demo-{name}{tag}" / "curves.png"
         if png.is_file():

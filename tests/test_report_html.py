@@ -341,15 +341,17 @@ def test_cli_eval_html_and_report_verb(tmp_path, phantom_dir, capsys):
 
 
 def test_demo_writes_the_report_of_its_last_stage(tmp_path, phantom_dir, capsys):
-    """The demo's last step (`write_stage_report`) on an eval folder of the same shape as the demo's."""
+    """The demo's last step (`write_stage_report`): eval of the last RL stage against SFT, then its HTML report."""
     from mllm_cxr.demo import write_stage_report
 
-    ev = make_eval(tmp_path, phantom_dir, compare=False)
-    results = {"SFT": {"eval_dir": str(tmp_path / "missing")}, "+GRPO (clinical reward)": {"eval_dir": str(ev)}}
-    path = write_stage_report(results)
-    assert path == ev / "report.html" and path.is_file()
+    (tmp_path / "pred").mkdir()
+    write_predictions(phantom_dir, tmp_path / "pred" / "grpo.jsonl", 1)
+    write_predictions(phantom_dir, tmp_path / "pred" / "sft.jsonl", 2)
+    path = write_stage_report(tmp_path, "grpo")
+    assert path == tmp_path / "eval" / "grpo" / "report.html" and path.is_file()
     doc = path.read_text()
     assert "<title>mllm-cxr demo, last stage: +GRPO (clinical reward)</title>" in doc
+    assert json.loads((tmp_path / "eval" / "grpo" / "metrics.json").read_text())["compare"]["n_common"] > 0
     assert f"HTML report of the last stage (+GRPO (clinical reward)): {path}" in capsys.readouterr().out
 
 
