@@ -59,7 +59,7 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    code = subprocess.run(cmd, env=_env()).returncode
+    code = subprocess.run(cmd, env=_env(), cwd=REPO).returncode  # the configs name repository paths
     if code:
         raise SystemExit(f"demo: `{' '.join(cmd[:4])} ...` failed with exit code {code} (its error is above)")
 
