@@ -75,21 +75,33 @@ def study_rows(records: Sequence[StudyRecord], data_root: str | Path, cfg: Promp
         if not refs:
             skipped["no_image"] += 1
             continue
-        try:
-            images = _image_paths(s, refs, root, check_images, source)
-        except BadImageError as e:
-            if not skip_bad_images or getattr(e, "study_id", None) is None:
-                raise
+        images = checked_image_paths(s, refs, root, check_images, source, skip_bad_images, bad_images)
+        if images is None:
             skipped["bad_image"] += 1
-            if bad_images is not None:
-                bad_images.append({"study_id": s.study_id, "image": e.file, "reason": e.reason,
-                                   "records": str(source or "")})
             continue
         rows.append({"prompt": messages, "images": images, **reward_columns(s, cfg)})
-    if skipped["bad_image"]:
-        log.warning("skipped %d studies with a bad image (skip_bad_images: true); listed in skipped_images.json",
-                    skipped["bad_image"])
+    _warn_skipped(skipped["bad_image"])
     return rows, skipped
+
+
+def checked_image_paths(study: StudyRecord, refs, root: Path, check: bool, source: str | None, skip_bad_images: bool,
+                        bad_images: list[dict[str, str]] | None) -> list[str] | None:
+    """The study's image paths after the header check; ``None`` when an image is bad and ``skip_bad_images``
+    (the study is then appended to ``bad_images``), else the :class:`BadImageError` naming image, study, file."""
+    try:
+        return _image_paths(study, refs, root, check, source)
+    except BadImageError as e:
+        if not skip_bad_images or getattr(e, "study_id", None) is None:
+            raise
+        if bad_images is not None:
+            bad_images.append({"study_id": study.study_id, "image": e.file, "reason": e.reason,
+                               "records": str(source or "")})
+        return None
+
+
+def _warn_skipped(n: int) -> None:
+    if n:
+        log.warning("skipped %d studies with a bad image (skip_bad_images: true); listed in skipped_images.json", n)
 
 
 def study_columns(study: StudyRecord, *, labels_json: bool = False) -> dict[str, Any]:
@@ -180,7 +192,8 @@ def sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **
 
 def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
                      family: str = "qwen2_5_vl", min_pixels: int | None = None, max_pixels: int | None = None,
-                     seed: int = 0, check_images: bool = True):
+                     seed: int = 0, check_images: bool = True, skip_bad_images: bool = False,
+                     bad_images: list[dict[str, str]] | None = None, source: str | None = None):
     """prompt/completion rows of a task mixture (:mod:`mllm_cxr.tasks`): as many rows as studies, drawn by
     the mixture's weights; each row also names its ``task`` and ``study_id``.
 
@@ -192,11 +205,17 @@ def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfi
     root = Path(data_root)
     task_cfg = _task_config(cfg, [e.name for e in mixture], family, min_pixels, max_pixels, root)
     by_id = {s.study_id: s for s in records}
-    rows = []
+    rows, n_bad = [], 0
     for ex in mix_examples(records, mixture, task_cfg, seed=seed):
-        rows.append({"prompt": ex.messages, "images": _image_paths(by_id[ex.study_id], ex.images, root, check_images),
-                     "completion": assistant(ex.target), "study_id": ex.study_id, "task": ex.task})
-    return _to_dataset(rows)
+        images = checked_image_paths(by_id[ex.study_id], ex.images, root, check_images, source, skip_bad_images,
+                                     bad_images)
+        if images is None:
+            n_bad += 1
+            continue
+        rows.append({"prompt": ex.messages, "images": images, "completion": assistant(ex.target),
+                     "study_id": ex.study_id, "task": ex.task})
+    _warn_skipped(n_bad)
+    return _to_dataset(rows, source=source)
 
 
 def _task_config(cfg: PromptConfig, mixture_names: Sequence[str], family: str, min_pixels: int | None,
@@ -226,7 +245,8 @@ def task_reward_row(study: StudyRecord, ex: Any, cfg: PromptConfig) -> dict[str,
 
 def task_grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
                       family: str = "qwen2_5_vl", min_pixels: int | None = None, max_pixels: int | None = None,
-                      seed: int = 0, check_images: bool = True):
+                      seed: int = 0, check_images: bool = True, skip_bad_images: bool = False,
+                      bad_images: list[dict[str, str]] | None = None, source: str | None = None):
     """GRPO prompt rows of a task mixture (as :func:`task_sft_dataset` draws them), each with
     :func:`task_reward_row`: the ``task`` column routes its rewards (:func:`mllm_cxr.tasks.task_reward_funcs`)."""
     from mllm_cxr.tasks import mix_examples
@@ -234,12 +254,16 @@ def task_grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConf
     root = Path(data_root)
     task_cfg = _task_config(cfg, [e.name for e in mixture], family, min_pixels, max_pixels, root)
     by_id = {s.study_id: s for s in records}
-    rows = []
+    rows, n_bad = [], 0
     for ex in mix_examples(records, mixture, task_cfg, seed=seed):
         s = by_id[ex.study_id]
-        rows.append({"prompt": ex.messages, "images": _image_paths(s, ex.images, root, check_images),
-                     **task_reward_row(s, ex, cfg)})
-    return _to_dataset(rows)
+        images = checked_image_paths(s, ex.images, root, check_images, source, skip_bad_images, bad_images)
+        if images is None:
+            n_bad += 1
+            continue
+        rows.append({"prompt": ex.messages, "images": images, **task_reward_row(s, ex, cfg)})
+    _warn_skipped(n_bad)
+    return _to_dataset(rows, source=source)
 
 
 def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **kw):
