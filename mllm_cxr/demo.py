@@ -186,15 +186,18 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_stage_report(runs_out: Path, stage: str, against: str = "sft") -> Path:
-    """`mllm-cxr eval --html` of one stage against another (paired), then `mllm-cxr report`: the HTML report of the
-    demo's last RL stage, its path printed. Curves of the runs sit beside their adapters (curves.png)."""
+def write_stage_report(runs_out: Path, stage: str, against: str = "sft",
+                       curves: dict[str, Path] | None = None) -> Path:
+    """`mllm-cxr eval` of one stage against another (paired), then `mllm-cxr report`: the HTML report of the
+    demo's last RL stage, with the runs' held-out learning curves (``curves``: stage -> curves.png) embedded;
+    its path printed."""
     label = LABELS.get(stage, stage)
     ev = runs_out / "eval" / stage
     _cli("eval", "--pred", str(runs_out / "pred" / f"{stage}.jsonl"), "--compare", str(runs_out / "pred" / f"{against}.jsonl"),
          "--out", str(ev), "--metrics", "chexpert,prior,bleu,rouge_l,length", "--n-boot", str(N_BOOT), "--no-plots",
          "--quiet")
-    _cli("report", "--eval", str(ev), "--title", f"mllm-cxr demo, last stage: {label}", "--quiet")
+    figs = [a for st, png in (curves or {}).items() for a in ("--figure", f"held-out learning curve, {LABELS.get(st, st)}={png}")]
+    _cli("report", "--eval", str(ev), "--title", f"mllm-cxr demo, last stage: {label}", "--quiet", *figs)
     path = ev / "report.html"
     print(f"HTML report of the last stage ({label}): {path}", flush=True)
     return path
@@ -333,13 +336,13 @@ def main(argv=None) -> int:
     print("\n" + table)
     print(runtime_table(times))
     print("example report after the last stage:", list(results.values())[-1]["example"][:300])
+    curves = {name: runs / f"demo-{name}{tag}" / "curves.png" for name in ("grpo", "editgrpo", "dpo", "chexalign")}
+    curves = {k: v for k, v in curves.items() if v.is_file()}
+    for name, png in curves.items():
+        print(f"held-out learning curve of {name}: {png}")
     last_rl = next((s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in results), None)
     if last_rl and "sft" in results:
-        write_stage_report(out, last_rl)
-    for name in ("grpo", "editgrpo", "dpo", "chexalign"):
-        png = runs / f"demo-{name}{tag}" / "curves.png"
-        if png.is_file():
-            print(f"held-out learning curve of {name}: {png}")
+        write_stage_report(out, last_rl, curves=curves)
     print(f"\ndemo finished in {total:.0f} s; table in {runs / f'demo_table{tag}.md'}, numbers in "
           f"{runs / f'demo_results{tag}.json'}", flush=True)
     return 0

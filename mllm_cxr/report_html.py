@@ -774,10 +774,30 @@ def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | No
             f'<td class=txt>{ref}</td><td class=txt>{gen}</td></tr>')
 
 
+def figures_html(figures: Sequence[tuple[str, str]]) -> str:
+    """Figures handed to the report (``--figure CAPTION=PNG``, e.g. a run's held-out learning curve), inlined."""
+    if not figures:
+        return ""
+    items = "".join(f'<figure><img alt="{_e(cap)}" style="max-width:100%" src="{uri}"><figcaption>{_e(cap)}'
+                    f'</figcaption></figure>' for cap, uri in figures)
+    return f"<details open id=figures><summary>Figures ({len(figures)})</summary>{items}</details>"
+
+
+def _figure_uris(figures: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for cap, path in figures:
+        p = Path(path)
+        data = p.read_bytes() if p.is_file() else b""
+        if not data.startswith(b"\x89PNG"):
+            raise DataPrepError("--figure: not a PNG file", file=str(p), field="figure", value=cap)
+        out.append((f"{cap} ({p})", "data:image/png;base64," + base64.b64encode(data).decode()))
+    return out
+
+
 def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], rows_html: list[str],
               metric_keys: Sequence[str], sort_key: str, sort_asc: bool, splits: Sequence[str],
               compare_names: tuple[str, str | None], text: bool, notes: Sequence[str],
-              has_boxes: bool = False) -> str:
+              has_boxes: bool = False, figures: Sequence[tuple[str, str]] = ()) -> str:
     has_b = compare_names[1] is not None
     opts = []
     for k in metric_keys:
@@ -827,6 +847,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 <h1>{_e(title)}</h1>
 <div class=note id=privacy>{_e(privacy)}</div>
 {"".join(f'<div class=note>{_e(n)}</div>' for n in notes)}
+{figures_html(figures)}
 <div class=top><div><h2>Summary</h2>
 {summary_html(result, counts)}</div>
 <div>{f'<h2>Per-finding F1</h2>{svg}' if svg else ''}{svg_b}</div></div>
@@ -872,6 +893,7 @@ class ReportOptions:
     text: bool = True
     title: str | None = None
     thumb_cache: str | None = None
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG path): embedded, e.g. learning curves
 
 
 def read_per_study(eval_dir: Path, ids: Sequence[str], name: str = "per_study.jsonl") -> dict[str, dict[str, Any]]:
@@ -1012,7 +1034,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     title = opt.title or (f"Evaluation: {names[0]}" + (f" vs {names[1]}" if names[1] else ""))
     doc = page_html(title=title, result=result, counts=counts, rows_html=rows_html, metric_keys=metric_keys,
                     sort_key=sort_key, sort_asc=sort_asc, splits=sorted(splits), compare_names=names,
-                    text=opt.text, notes=notes, has_boxes=any(v.boxes is not None for v in va))
+                    text=opt.text, notes=notes, has_boxes=any(v.boxes is not None for v in va),
+                    figures=_figure_uris(opt.figures))
     out = Path(out_path) if out_path else ed / REPORT_NAME
     if out.suffix.lower() != ".html":
         if out.exists() and not out.is_dir():
@@ -1044,6 +1067,8 @@ def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     p.add_argument("--no-text", "--redact", dest="no_text", action="store_true",
                    help="leave report and indication texts out of the page")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--figure", action="append", default=[], metavar="CAPTION=PNG",
+                   help="embed a PNG (e.g. a run's curves.png) with its caption; repeatable")
     p.add_argument("--thumb-cache", default=None, metavar="DIR",
                    help="keep thumbnails in DIR and reuse them in later reports (they are patient images: keep DIR "
                         "with the data)")
@@ -1054,6 +1079,9 @@ def check_options(opt: ReportOptions) -> ReportOptions:
     if opt.thumb_size < 0 or opt.max_studies < 1 or opt.max_thumbs < 0:
         raise ConfigError(f"report: --thumb-size must be >= 0 (got {opt.thumb_size}), --max-studies >= 1 (got "
                           f"{opt.max_studies}), --max-thumbs >= 0 (got {opt.max_thumbs})")
+    for cap, path in opt.figures:
+        if not Path(path).is_file():
+            raise DataPrepError("--figure: file not found", file=str(path), field="figure", value=cap)
     base = opt.sort.removeprefix("b_").removeprefix("delta_")
     if base not in PER_STUDY_METRICS:
         raise ConfigError(f"--sort {opt.sort!r}: not a per-study metric; choose from {', '.join(PER_STUDY_METRICS)} "
@@ -1064,7 +1092,17 @@ def check_options(opt: ReportOptions) -> ReportOptions:
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
     return check_options(ReportOptions(sort=args.sort, thumb_size=args.thumb_size,
                          max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
-                         title=args.title, thumb_cache=args.thumb_cache))
+                         title=args.title, thumb_cache=args.thumb_cache, figures=_parse_figures(args.figure)))
+
+
+def _parse_figures(values: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for v in values or []:
+        cap, sep, path = v.partition("=")
+        if not sep or not cap.strip() or not path.strip():
+            raise ConfigError(f"--figure {v!r}: give CAPTION=PATH.png")
+        out.append((cap.strip(), path.strip()))
+    return out
 
 
 def report_summary_line(s: dict[str, Any]) -> str:

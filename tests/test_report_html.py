@@ -347,11 +347,16 @@ def test_demo_writes_the_report_of_its_last_stage(tmp_path, phantom_dir, capsys)
     (tmp_path / "pred").mkdir()
     write_predictions(phantom_dir, tmp_path / "pred" / "grpo.jsonl", 1)
     write_predictions(phantom_dir, tmp_path / "pred" / "sft.jsonl", 2)
-    path = write_stage_report(tmp_path, "grpo")
+    from mllm_cxr.train.curves import plot_curves
+
+    png = plot_curves([{"step": 0, "chexpert_f1_greedy": 0.5}, {"step": 8, "chexpert_f1_greedy": 0.6}],
+                      tmp_path / "curves.png")
+    path = write_stage_report(tmp_path, "grpo", curves={"grpo": png})
     assert path == tmp_path / "eval" / "grpo" / "report.html" and path.is_file()
     doc = path.read_text()
     assert "<title>mllm-cxr demo, last stage: +GRPO (clinical reward)</title>" in doc
     assert json.loads((tmp_path / "eval" / "grpo" / "metrics.json").read_text())["compare"]["n_common"] > 0
+    assert f"held-out learning curve, +GRPO (clinical reward) ({png})" in doc and 'src="data:image/png;base64,' in doc
     assert f"HTML report of the last stage (+GRPO (clinical reward)): {path}" in capsys.readouterr().out
 
 
@@ -530,3 +535,15 @@ def test_an_eval_folder_without_details_asks_for_eval_again(tmp_path):
     p.write_text(json.dumps(next(iter(per.values()))) + "\n")
     with pytest.raises(DataPrepError, match="4 evaluated studies have no line"):
         build_report(tmp_path / "ev-old")
+
+
+def test_report_figure_option_is_checked(tmp_path, phantom_dir, capsys):
+    from mllm_cxr.cli import main
+
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    assert main(["report", "--eval", str(ev), "--figure", "no-equals-sign", "--quiet"]) == 2
+    assert "give CAPTION=PATH.png" in capsys.readouterr().err
+    assert main(["report", "--eval", str(ev), "--figure", f"curve={tmp_path / 'missing.png'}", "--quiet"]) == 2
+    (tmp_path / "not.png").write_text("text")
+    assert main(["report", "--eval", str(ev), "--figure", f"curve={tmp_path / 'not.png'}", "--quiet"]) == 2
+    assert "not a PNG file" in capsys.readouterr().err
