@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         tag = f"-seed{s}"
         res = Path(args.runs) / f"demo_results{tag}.json"
         if not res.exists():
-            subprocess.run([sys.executable, "-m", "mllm_cxr.demo", "--runs", args.runs, "--seed", str(s), "--tag", tag],
+            subprocess.run([sys.executable, "-m", "mllm_cxr.demo", "--runs", args.runs, "--seed", str(s), f"--tag={tag}"],
                            check=True, cwd=ROOT)
         docs[s] = json.loads(res.read_text())
     body = "## Demo over seeds (held-out phantom test split)\n\n" + summarise(docs)

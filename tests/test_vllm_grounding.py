@@ -136,8 +136,11 @@ def test_vllm_grounded_tokens_and_boxes_equal_hf(grounding_adapter, tiny_model_d
         size = x.columns["image_size"]
         v_boxes, hf_boxes = _boxes(v_text, size, prompt), _boxes(hf_text, size, prompt)
         assert v_boxes == hf_boxes  # ...the same boxes and the same parse failures
-    # the backend's own path (VLLMGenerator.generate on task examples) gives those texts too
-    assert [g[0] for g in gen.generate(items)] == [o.outputs[0].text.strip() for o in outs]
+    # the backend's own path (VLLMGenerator.generate on task examples, its own longer token limit) continues
+    # those texts: greedy, so each of the MAX_TOKENS-token texts above is a prefix of its answer
+    own = [g[0] for g in gen.generate(items)]
+    assert len(own) == len(outs)
+    assert all(a.startswith(o.outputs[0].text.strip()) for a, o in zip(own, outs)), own
 
 
 def test_generate_task_vllm_rows_equal_hf_and_eval_agrees(grounding_adapter, tiny_model_dir, phantom_dir, tmp_path):
