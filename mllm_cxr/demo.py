@@ -132,10 +132,11 @@ def score_stage(name: str, pred: Path, sampled: Path, truth: dict[str, Any]) -> 
     order = list(truth["ids"])
     if sorted(p.ids) != sorted(order):
         raise SystemExit(f"demo: {pred} holds other studies than the test split")
-    idx = np.array([p.ids.index(s) for s in order])
+    pos = {s: i for i, s in enumerate(p.ids)}
+    idx = np.array([pos[s] for s in order])
     groups, _ = compute_groups(p, ["chexpert", "prior"], progress=False)
     groups = {k: g.subset(idx) for k, g in groups.items()}
-    texts = {r.study_id: r.prediction for r in read_predictions(pred)}
+    texts = dict(zip(p.ids, p.hyps))  # the greedy file, as eval read it
     samples = {r.study_id: list(r.record.get("samples") or [r.prediction]) for r in read_predictions(sampled)}
     groups["phantom"] = phantom_group([texts[s] for s in order], truth["findings"])
     groups["prior_sampled"] = sampled_prior_group([samples[s] for s in order], truth["has_prior"])

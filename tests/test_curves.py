@@ -7,7 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from mllm_cxr.train.curves import CURVES_JSON, CURVES_PNG, CurveArguments, HeldOutCurve, curve_callback, curve_point
+from mllm_cxr.train.curves import (
+    CURVES_JSON,
+    CURVES_PNG,
+    CurveArguments,
+    HeldOutCurve,
+    curve_callback,
+    curve_point,
+)
 
 EFF = "Moderate right pleural effusion."
 NORMAL = "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."

@@ -111,8 +111,6 @@ class HeldOutCurve(TrainerCallback):
         return self._images
 
     def _generate(self, model, *, sample: bool) -> list[str]:
-        import torch
-
         proc = self.processor
         images = self._load_images()
         texts: list[str] = []
