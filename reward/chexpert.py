@@ -4,7 +4,8 @@ The labeler reads a free-text chest radiograph report and returns the 14 CheXper
 (:data:`reward.constants.CHEXPERT_LABELS`) with the CheXpert value convention: ``1.0`` positive,
 ``0.0`` negative, ``-1.0`` uncertain, ``None`` not mentioned.
 
-How it works (rules in ``reward/resources/chexpert_rules.yaml``):
+How it works (rules in ``reward/resources/chexpert_rules.yaml``; the negation, hedge, change and
+clause-break words it shares with the project's other text engines in ``reward/resources/cues.yaml``):
 
 1. The text is lower-cased and split into sentences; scope breaks ("but", "however", ";", "there is",
    "is seen"...) cut sentences into clauses.
@@ -54,6 +55,7 @@ import numpy as np
 from cxr_io import read_yaml
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
+from reward.cues import expand_all
 from reward.text import GLUED_SENTENCE, find_sections, split_sentences
 
 RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
@@ -433,13 +435,18 @@ _QUALIFIER_KINDS = ("borderline", "normal", "abnormal", "unchanged")
 
 
 def load_rules(path: str | Path | None = None) -> dict[str, Any]:
-    """The rules YAML as a dict (the packaged ``chexpert_rules.yaml`` by default)."""
+    """The rules YAML as a dict (the packaged ``chexpert_rules.yaml`` by default), ``$name`` entries of its
+    cue and qualifier lists replaced by the shared cue lexicon's lists (:mod:`reward.cues`)."""
     p = Path(path) if path else RULES_PATH
     if not p.is_file():
         raise FileNotFoundError(f"chexpert rules file not found: {p}")
     data = read_yaml(p, role="chexpert rules", error=RewardError)
     if not isinstance(data, dict) or "observations" not in data:
         raise RewardError(f"{p}: field 'observations' missing (not a chexpert rules file)")
+    # "$name" entries of the cue and qualifier lists: the shared cue lexicon's list (reward/resources/cues.yaml)
+    for part, kinds in (("cues", _CUE_KINDS), ("qualifiers", _QUALIFIER_KINDS)):
+        if part in data:
+            data[part] = expand_all(data[part], kinds, f"{p}: field '{part}'")
     return data
 
 

@@ -87,6 +87,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.cues import alternation, cues
 from reward.text import split_sentences
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,9 +268,9 @@ def _lower(text: str) -> str:
     return low
 
 
-# Context around a mention
-_NEG_PRE = re.compile(r"\b(?:no|without|absence\s+of|negative\s+for|free\s+of|removal\s+of|discontinu\w+|"
-                      r"removed|extubation\s+and)\b")
+# Context around a mention (the shared words from the cue lexicon, reward/resources/cues.yaml, then ours)
+_NEG_PRE = re.compile(r"\b(?:" + alternation(cues("negation"), [r"discontinu\w+", "removed", "extubation and"],
+                                              space=r"\s+") + r")\b")
 _NEG_KIND = re.compile(r"removal|removed|discontinu|extubation")
 _NEG_POST = re.compile(
     r"\b(?:(?:is|are|was|were|has|have)\s+(?:also\s+)?(?:been\s+)?(?:(?:interval(?:ly)?|since|subsequently|"
@@ -279,17 +280,16 @@ _NEG_POST = re.compile(
 _NEG_POST_REMOVAL = re.compile(r"remov|withdraw|discontinu|pulled")
 #: Where a negation's scope before a mention ends: punctuation that closes a clause, a contrast word, a
 #: new clause after a comma, or a verb (the negated noun phrase is over).
-_SCOPE_END = re.compile(r"[;:]|\b(?:but|however|although|though|whereas|except|which|while)\b|"
+_SCOPE_END = re.compile(r"[;:]|\b(?:" + alternation(cues("clause_breaks"), ["except", "which", "while"]) + r")\b|"
                         r",\s*(?:the|a|an|there|this|it|and\s+(?:the|a|an|there))\b|"
                         r"\b(?:is|are|was|were|has|have|terminates?|projects?|courses?|ends?|extends?|seen|noted|"
                         r"identified|in\s+place|with|status\s+post|s/p|after|following|since|placement|placed|insertion)\b")
-_HEDGE_RX = re.compile(r"\b(?:possibl[ey]|questionabl[ey]|question\s+of|likely|probabl[ey]|may|might|could|"
-                       r"suspect\w*|presum\w*|suggest\w*|cannot\s+(?:be\s+)?exclude\w*|uncertain|indeterminate|"
-                       r"vs\.?|versus|either|or\s+(?:in|within|at)\b|\?)")
+_HEDGE_RX = re.compile(r"\b(?:" + alternation(cues("hedge"), [r"presum\w*", r"cannot (be )?exclude\w*", "either",
+                                                               r"or (in|within|at)\b", r"\?"], space=r"\s+") + ")")
 _HEDGE_ALT = re.compile(r"^\s*(?:or|versus|vs\.?|and/or)\s+(?:the\s+)?(?:\w+\s+){0,3}?")
-_COMPARE_RX = re.compile(r"\b(?:unchanged|un-changed|stable|stably|again|redemonstrat\w*|re-demonstrat\w*|"
-                         r"remains?|remained|persist\w*|similar|no\s+(?:significant\s+)?change|as\s+before|"
-                         r"previously|still|continue[sd]?)\b")
+_COMPARE_RX = re.compile(r"\b(?:" + alternation(cues("unchanged"), cues("seen_before"), [
+    "un-changed", r"no (significant )?change", "as before", "previously", "continue[sd]?"], space=r"\s+")
+    + r")\b")
 #: Words that make "leads" something other than a cardiac device.
 _NOT_LEAD = re.compile(r"\b(?:monitor(?:ing)?|ecg|ekg|external|telemetry|electrocardiogra\w*|overlying|"
                        r"overlie|skin)\s+(?:\w+\s+){0,2}$")

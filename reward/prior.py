@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reward.base import RewardError, Scorer, ScoreResult, register_scorer, to_scorable_text
+from reward.cues import alternation, cue
 from reward.text import sentences, split_sentences  # noqa: F401 (sentences: part of this module's API)
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,7 +69,14 @@ _AFTER_BARE_PRIOR = (r"(?:and|or|but|which|that|dated|from|of|on|in|at|with|with
                      r"were|exam\w*|stud\w+|film\w*|radiograph\w*|images?|imaging|ct|cxr|x-?ray\w*|x-xxxx|xxxx)")
 _PREP = r"(?:from|than|to|on|in|with|since|versus|vs\.?|relative\s+to|compared\s+(?:to|with)|over|at)"
 
-#: Cue patterns: (name, regex). Each is searched in a clause of a sentence.
+
+def _lex(name: str, key: str) -> str:
+    """One named entry of the shared cue lexicon (reward/resources/cues.yaml) as a regex."""
+    return alternation([cue(name, key)])
+
+
+#: Cue patterns: (name, regex). Each is searched in a clause of a sentence. The words of "stable", "again",
+#: "redemonstrated", "persistent", "remains" and "still" come from the shared cue lexicon.
 _CUE_SOURCES: list[tuple[str, str]] = [
     # An earlier examination named outright.
     ("prior_exam", rf"\b{_PRIOR_ADJ}\s+(?:{_EXAM_MOD}\s+){{0,4}}?{_EXAM}\b|"
@@ -85,7 +93,7 @@ _CUE_SOURCES: list[tuple[str, str]] = [
     ("since", r"\bsince\b"),
     # No change.
     ("unchanged", r"\bun-?chang(?:ed|ing)\b|\bunaltered\b"),
-    ("stable", r"\bstabl[ey]\b|\bstability\b|\bstabiliz\w+"),
+    ("stable", rf"\b{_lex('unchanged', 'stable')}\b|\bstability\b|\bstabiliz\w+"),
     ("no_change", r"\b(?:no|not|without)\s+(?:(?:significant|significantly|appreciable|appreciably|interval|"
                   r"definite|definitely|substantial|substantially|marked|major|gross|grossly|radiographic|"
                   r"visible|apparent|real|much|further|other|measurable|xxxx|been|has|have|had|otherwise|relevant|notable|"
@@ -98,11 +106,8 @@ _CUE_SOURCES: list[tuple[str, str]] = [
                 r"\b(?:appears?|is|are|remains?)\s+similar\b|\bappearance\s+is\s+similar\b"),
     ("as_before", r"\bas\s+(?:before|previously)\b"),
     # Seen before.
-    ("again", r"\bagain\b"),
-    ("redemonstrated", r"\bre-?demonstrat\w*"),
-    ("persistent", r"\bpersist\w*"),
-    ("remains", r"\bremain(?:s|ed)?\b"),
-    ("still", r"\bstill\b"),
+    *((name, rf"\b(?:{_lex('seen_before', name)})\b") for name in ("again", "redemonstrated", "persistent", "remains",
+                                                                   "still")),
     ("continued", r"\bcontinu(?:e|es|ed|ing)\b"),
     # Change over time.
     ("interval", r"\bintervals?\b(?!\s+(?:film|follow|followup|follow-up|imaging|chest|radiograph|evaluation|"
@@ -135,7 +140,8 @@ _CUES = [(name, re.compile(rx, re.IGNORECASE)) for name, rx in _CUE_SOURCES]
 #: Cue matches to ignore when the text right before them matches (checked on the 16 characters before).
 _CUE_GUARDS = {"improved": re.compile(r"\b(?:to|would|could|may|might)\s+$", re.IGNORECASE)}
 #: Every cue needs one of these words (or a word starting with one of the stems): a sentence without
-#: any is dismissed without running the patterns (most sentences of a report).
+#: any is dismissed without running the patterns (most sentences of a report). A word added to the cue
+#: lexicon's "unchanged"/"seen_before" entries used above must be added here too.
 _TRIGGER_WORDS = frozenset("""
 prior previous preceding earlier last recent old outside remote comparison older compared previously since
 unchanged unchanging unaltered un-changed un-changing stable stably stability change changes changed similar similarly
