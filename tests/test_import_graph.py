@@ -99,8 +99,10 @@ def test_layering():
             assert not {d for d in deps if d.startswith("mllm_cxr")}, (mod, deps)
         if pkg == "reward":
             assert not {d for d in deps if d.startswith("data_prep")}, (mod, deps)
-        if pkg == "data_prep":  # the label names are the only thing data_prep takes from reward
-            assert {d for d in deps if d.startswith("reward")} <= {"reward.constants"}, (mod, deps)
+        if pkg == "data_prep":  # the label names and the shared cue lexicon are all data_prep takes from reward
+            assert {d for d in deps if d.startswith("reward")} <= {"reward.constants", "reward.cues"}, (mod, deps)
+    # the cue lexicon is data: it imports nothing of reward but the error type
+    assert {d for d in graph["reward.cues"] if d.startswith("reward")} <= {"reward.base"}
     # the vLLM facts are a leaf: export, generate and serve import it, it imports none of them
     assert not graph["mllm_cxr.vllm_support"] & {"mllm_cxr.infer.export", "mllm_cxr.infer.generate", "mllm_cxr.infer.serve"}
     assert "mllm_cxr.vllm_support" in graph["mllm_cxr.infer.export"] & graph["mllm_cxr.infer.generate"] & graph["mllm_cxr.infer.serve"]
