@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +26,12 @@ def iu_report_texts(limit: int) -> list[str]:
     out: list[str] = []
     if not tgz.exists():
         return out
-    with tarfile.open(tgz) as tar:
-        for m in tar:
-            if not m.name.endswith(".xml"):
-                continue
-            root = ET.parse(tar.extractfile(m)).getroot()
-            parts = [(a.text or "").strip() for a in root.iter("AbstractText")
-                     if a.get("Label") in ("FINDINGS", "IMPRESSION")]
-            text = " ".join(p for p in parts if p)
-            if text:
-                out.append(text)
-            if len(out) >= limit:
-                break
+    from data_prep.iu_xray import iter_reports  # the project's one reader of the Open-i archive
+
+    for r in iter_reports(tgz):
+        text = " ".join(p for p in (r["findings"], r["impression"]) if p)
+        if text:
+            out.append(text)
+        if len(out) >= limit:
+            break
     return out

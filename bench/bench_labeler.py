@@ -94,14 +94,8 @@ def run() -> str:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from reward.chexpert import (
-        RULES_PATH,
-        ChexpertRulesLabeler,
-        _compiled,
-        evaluate_iu_gold,
-        load_rules,
-        read_iu_reports,
-    )
+    from bench.iu_gold import evaluate_iu_gold, read_iu_reports
+    from reward.chexpert import ChexpertRulesLabeler, _compiled, load_rules
     from reward.f1 import f1_report, per_sample_f1, to_matrix
 
     tgz = SHARED / "iu_xray" / "NLMCXR_reports.tgz"
@@ -125,8 +119,13 @@ def run() -> str:
         t_lab = _best_of(lambda: labeler.label_many(texts))
         old = _labeler_at(BASELINE_COMMIT)
         same_labels = None
-        if old is not None:  # the same rules file for both: only the code differs
-            old_labeler = old.ChexpertRulesLabeler(rules_path=RULES_PATH)
+        if old is not None:  # the same rules for both: only the code differs (the old code reads no "$name"
+            # entries, so it gets the rules with the shared cue lexicon's lists written out)
+            import yaml
+
+            expanded = Path(tempfile.mkdtemp()) / "chexpert_rules.yaml"
+            expanded.write_text(yaml.safe_dump(load_rules(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+            old_labeler = old.ChexpertRulesLabeler(rules_path=expanded)
             same_labels = sum(a == b for a, b in zip(old_labeler.label_many(texts), labeler.label_many(texts)))
             cpu = _interleaved_cpu({"now": labeler.label_many, "old": old_labeler.label_many}, texts, rounds=9)
         no_index = ChexpertRulesLabeler(prefix_index=False)

@@ -18,9 +18,7 @@ import json
 import os
 import re
 import sys
-import tarfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,17 +29,15 @@ BATCH = 64
 
 
 def _iu_reports(limit: int) -> list[str]:
+    from data_prep.iu_xray import iter_reports  # the project's one reader of the Open-i archive
+
     out = []
-    with tarfile.open(SHARED / "iu_xray" / "NLMCXR_reports.tgz") as tf:
-        for m in tf:
-            if not m.name.endswith(".xml"):
-                continue
-            secs = {a.get("Label"): (a.text or "") for a in ET.parse(tf.extractfile(m)).getroot().iter("AbstractText")}
-            text = f"{secs.get('FINDINGS') or ''} {secs.get('IMPRESSION') or ''}".strip()
-            if text:
-                out.append(text)
-            if len(out) >= limit:
-                break
+    for r in iter_reports(SHARED / "iu_xray" / "NLMCXR_reports.tgz"):
+        text = f"{r['findings']} {r['impression']}".strip()
+        if text:
+            out.append(text)
+        if len(out) >= limit:
+            break
     return out
 
 

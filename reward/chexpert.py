@@ -39,11 +39,8 @@ one CPU core (``bench/bench_labeler.py``).
 from __future__ import annotations
 
 import bisect
-import csv
 import difflib
 import re
-import tarfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -927,117 +924,6 @@ def label_report(text: str | None) -> dict[str, float | None]:
 def label_reports(texts: Iterable[str | None], progress: bool = False) -> list[dict[str, float | None]]:
     """The 14 CheXpert labels of each report, in order (see :func:`label_report`)."""
     return _default_labeler().label_many(texts, progress=progress)
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation against the IU X-ray (Open-i) gold labels
-# ------------------------------------------------------------------------------------------------
-#: CheXpert observation -> columns of the Open-i gold file (openi_gld_std14 layout) that mean it.
-IU_GOLD_MAP: dict[str, tuple[str, ...]] = {
-    "Atelectasis": ("Atelectasis",),
-    "Cardiomegaly": ("Cardiomegaly",),
-    "Pleural Effusion": ("Effusion",),
-    "Pneumonia": ("Pneumonia",),
-    "Pneumothorax": ("Pneumothorax",),
-    "Consolidation": ("Consolidation",),
-    "Edema": ("Edema",),
-    "Lung Lesion": ("Mass", "Nodule"),
-    "No Finding": ("normal",),
-}
-
-
-def read_iu_reports(tgz_path: str | Path) -> dict[str, dict[str, str]]:
-    """Sections of the Open-i IU report archive (``NLMCXR_reports.tgz``) by uid (``CXR<n>``).
-
-    Each value maps lower-case section names (comparison, indication, findings, impression) to text
-    ("" when empty). Read with :mod:`tarfile`; nothing is extracted to disk.
-    """
-    out: dict[str, dict[str, str]] = {}
-    with tarfile.open(tgz_path, "r:gz") as tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            f = tar.extractfile(member)
-            if f is None:
-                continue
-            try:
-                root = ET.fromstring(f.read())
-            except ET.ParseError as e:
-                raise RewardError(f"{tgz_path}:{member.name}: not valid XML ({e})") from e
-            uid_el = root.find("uId")
-            uid = uid_el.get("id") if uid_el is not None else "CXR" + Path(member.name).stem
-            secs = {}
-            for el in root.iter("AbstractText"):
-                label = (el.get("Label") or "").lower()
-                if label:
-                    secs[label] = (el.text or "").strip()
-            out[uid] = secs
-    return out
-
-
-def evaluate_iu_gold(tgz_path: str | Path, gold_csv: str | Path, labeler: ChexpertRulesLabeler | None = None,
-                     uncertain: str = "positive", sections: Sequence[str] = ("findings", "impression"),
-                     return_errors: bool = False,
-                     reports: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
-    """Per-class precision/recall/F1 of the rule labeler against the Open-i gold labels.
-
-    Text = the given sections (FINDINGS + IMPRESSION). A class counts as predicted when its label is
-    1 (and -1 when ``uncertain="positive"``). Gold columns are mapped by :data:`IU_GOLD_MAP`
-    (Mass or Nodule -> Lung Lesion, normal -> No Finding). ``micro`` pools the eight finding classes
-    (No Finding apart). With ``return_errors`` the result lists false positives/negatives per class
-    (report uids only). ``reports``: the output of :func:`read_iu_reports`, to read the archive once.
-    """
-    if uncertain not in ("positive", "negative"):
-        raise RewardError(f"evaluate_iu_gold: uncertain must be positive|negative, got {uncertain!r}")
-    labeler = labeler or _default_labeler()
-    if reports is None:
-        reports = read_iu_reports(tgz_path)
-    with open(gold_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        need = {c for v in IU_GOLD_MAP.values() for c in v} | {"filename"}
-        missing = sorted(need - set(cols))
-        if missing:
-            raise RewardError(f"{gold_csv}: columns {missing} missing")
-        gold_rows = list(reader)
-    present = (POSITIVE, UNCERTAIN) if uncertain == "positive" else (POSITIVE,)
-    counts = {c: [0, 0, 0] for c in IU_GOLD_MAP}  # tp, fp, fn
-    errors: dict[str, dict[str, list[str]]] = {c: {"fp": [], "fn": []} for c in IU_GOLD_MAP}
-    n = no_report = 0
-    for row in gold_rows:
-        uid = row["filename"]
-        rep = reports.get(uid)
-        if rep is None:
-            no_report += 1
-            continue
-        n += 1
-        text = "\n\n".join(rep.get(s, "") for s in sections if rep.get(s))
-        lab = labeler.label(text)
-        for cls, gcols in IU_GOLD_MAP.items():
-            g = any(row[c].strip() == "1" for c in gcols)
-            p = lab[cls] in present
-            if p and g:
-                counts[cls][0] += 1
-            elif p:
-                counts[cls][1] += 1
-                errors[cls]["fp"].append(uid)
-            elif g:
-                counts[cls][2] += 1
-                errors[cls]["fn"].append(uid)
-
-    def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-                "support": tp + fn, "tp": tp, "fp": fp, "fn": fn}
-
-    classes = {c: prf(*v) for c, v in counts.items()}
-    pooled = [sum(counts[c][i] for c in IU_GOLD_MAP if c != NO_FINDING) for i in range(3)]
-    result: dict[str, Any] = {"n_reports": n, "gold_rows_without_report": no_report, "uncertain": uncertain,
-                              "sections": list(sections), "classes": classes, "micro": prf(*pooled)}
-    if return_errors:
-        result["errors"] = errors
-    return result
 
 
 # ------------------------------------------------------------------------------------------------

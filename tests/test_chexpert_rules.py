@@ -10,15 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.iu_gold import evaluate_iu_gold, read_iu_reports
 from reward.base import RewardError, get_scorer
-from reward.chexpert import (
-    ChexpertRulesLabeler,
-    evaluate_iu_gold,
-    label_report,
-    label_reports,
-    load_rules,
-    read_iu_reports,
-)
+from reward.chexpert import ChexpertRulesLabeler, label_report, label_reports, load_rules
 from reward.constants import CHEXPERT_LABELS
 from tests.conftest import require_shared
 

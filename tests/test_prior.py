@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tarfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -202,16 +200,13 @@ def test_strip_on_labelled_sentences():
 
 
 def _iu_texts(limit: int) -> list[str]:
+    from data_prep.iu_xray import iter_reports
+
     out = []
-    with tarfile.open(require_shared("iu_xray", "NLMCXR_reports.tgz")) as tf:
-        for m in tf:
-            if not m.name.endswith(".xml"):
-                continue
-            root = ET.parse(tf.extractfile(m)).getroot()
-            secs = {a.get("Label"): (a.text or "") for a in root.iter("AbstractText")}
-            out.append(f"{secs.get('FINDINGS', '')} {secs.get('IMPRESSION', '')}".strip())
-            if len(out) >= limit:
-                break
+    for r in iter_reports(require_shared("iu_xray", "NLMCXR_reports.tgz")):
+        out.append(f"{r['findings']} {r['impression']}".strip())
+        if len(out) >= limit:
+            break
     return out
 
 
