@@ -53,7 +53,8 @@ def _env() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 def grpo_step_times(model_dir: Path, data, out: Path, **config_kw) -> dict[str, float]:
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo import ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo_config import ClinicalGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", max_pixels=12544, min_pixels=3136)
