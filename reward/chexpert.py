@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cxr_io import read_yaml
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 from reward.text import GLUED_SENTENCE, find_sections, split_sentences
 
@@ -1039,7 +1039,6 @@ def evaluate_iu_gold(tgz_path: str | Path, gold_csv: str | Path, labeler: Chexpe
 _AVERAGES = ("micro", "exact")
 
 
-@register_scorer("chexpert_f1", "Per-sample F1 of CheXpert labels (hypothesis vs reference), rule labeler")
 class ChexpertF1Scorer(Scorer):
     """Per-sample F1 between the CheXpert labels of each hypothesis and its reference.
 

@@ -61,15 +61,6 @@ def test_server_feature_check_compares_token_counts():
         checked_place_features(place, served, [1, 9, 9, 2])
 
 
-def test_trl_is_pinned_to_the_tested_range():
-    import trl
-    from packaging.specifiers import SpecifierSet
-
-    from mllm_cxr.vllm_support import TRL_SUPPORTED
-
-    assert trl.__version__ in SpecifierSet(TRL_SUPPORTED)
-
-
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here (the vllm tests cover the real path)")
 def test_export_verify_backend_vllm_says_how_to_get_vllm(tiny_model_dir, phantom_dir, tmp_path, capsys):
     from mllm_cxr.cli import main
