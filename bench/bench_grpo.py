@@ -37,8 +37,9 @@ def run_grpo(kind: str, spec: str, model_dir: Path, data, out: Path, *, model_kw
     :class:`EditGRPOConfig` fields on top of the CPU defaults. Also used by ``bench/gpu_grpo.py``.
     """
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
     from mllm_cxr.train.grpo import ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), **{"dtype": "float32", "max_pixels": 12544,

@@ -14,8 +14,10 @@
 3. ``mllm-cxr generate`` studies/s, ``--backend vllm`` vs ``--backend hf``, batch 8 (model loading excluded:
    the rate ``generate`` prints).
 
-CPU numbers on the shared 2-core development machine: they say the paths work and how they compare here,
-not what vLLM does on a GPU.
+Each comparison runs ``ROUNDS`` interleaved rounds (``BENCH_VLLM_ROUNDS``, default 3); every sentence the
+benchmark writes is computed from the per-round ratios (bench/_prose.py: faster, slower or within noise,
+with the range). CPU numbers on the shared 2-core development machine: they say the paths work and how
+they compare here, not what vLLM does on a GPU.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ if str(ROOT) not in sys.path:
 
 REQUIRES = "vllm"
 STEPS, MAX_TOKENS, GENERATIONS, PROMPTS = 6, 64, 4, 2
+#: Interleaved rounds of every comparison (the spread the sentences report comes from them).
+ROUNDS = int(os.environ.get("BENCH_VLLM_ROUNDS", "3"))
 GEN_STUDIES, GEN_TOKENS = 32, 64
 BIN = Path(sys.executable).parent
 
@@ -53,7 +57,8 @@ def _env() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 def grpo_step_times(model_dir: Path, data, out: Path, **config_kw) -> dict[str, float]:
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
-    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo import ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo_config import ClinicalGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     margs = ModelArguments(model_name_or_path=str(model_dir), dtype="float32", max_pixels=12544, min_pixels=3136)
@@ -183,45 +188,73 @@ def _lm_adapter(model_dir: Path, out: Path) -> Path:
     return out / "export"
 
 
+def _grpo_round(backend: str, model_dir: Path, ph: Path, out: Path) -> dict[str, float]:
+    """One GRPO measurement in a fresh process (a colocated vLLM engine and its process group per process)."""
+    res = out.with_suffix(".json")
+    cmd = [sys.executable, __file__, "--grpo-step-times", backend, str(model_dir), str(ph), str(out), str(res)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(res.read_text())
+
+
+def _grpo_child(backend: str, model_dir: str, ph: str, out: str, res: str) -> None:
+    import torch
+
+    from mllm_cxr.data import grpo_dataset, load_split
+    from mllm_cxr.prompts import PromptConfig
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    torch.set_num_threads(1)
+    data = grpo_dataset(load_split(Path(ph) / "studies.jsonl", "train"), Path(ph),
+                        PromptConfig(max_images=1, context=[], sections=["impression"]))
+    kw = {"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 1024} if backend == "vllm" else {}
+    Path(res).write_text(json.dumps(grpo_step_times(Path(model_dir), data, Path(out), **kw)))
+
+
+def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
 def run() -> str:
     import torch
     import trl
     import vllm
 
+    from bench._prose import interleaved, rate_ratios, speed_ratios, speed_sentence, speed_verdict, spread
     from data_prep.phantom import make_phantom
     from data_prep.schema import read_records
-    from mllm_cxr.data import grpo_dataset, load_split
-    from mllm_cxr.prompts import PromptConfig
     from mllm_cxr.tiny import build_tiny_model
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            model_dir = build_tiny_model(tmp / "tiny")
-            make_phantom(tmp / "ph", n=48, seed=0)
-            studies = tmp / "ph" / "studies.jsonl"
-            data = grpo_dataset(load_split(studies, "train"), tmp / "ph",
-                                PromptConfig(max_images=1, context=[], sections=["impression"]))
-            hf = grpo_step_times(model_dir, data, tmp / "g-hf")
-            vl = grpo_step_times(model_dir, data, tmp / "g-vllm", use_vllm=True, vllm_mode="colocate",
-                                 vllm_max_model_length=1024)
-            torch.set_num_threads(threads)
-            adapter = _lm_adapter(model_dir, tmp / "ad")
-            rate = {b: generate_rate(b, model_dir, adapter, studies, tmp / f"pred-{b}.jsonl") for b in ("hf", "vllm")}
-            study = read_records(studies)[0]
-            srv = {b: serve_latency(b, model_dir, adapter, study, tmp / "ph", tmp / f"serve-{b}.log")
-                   for b in ("hf", "vllm")}
-    finally:
-        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = build_tiny_model(tmp / "tiny")
+        make_phantom(tmp / "ph", n=48, seed=0)
+        studies = tmp / "ph" / "studies.jsonl"
+        grpo = interleaved(lambda b, r: _grpo_round(b, model_dir, tmp / "ph", tmp / f"g-{b}-{r}"), ["hf", "vllm"],
+                           ROUNDS)
+        adapter = _lm_adapter(model_dir, tmp / "ad")
+        rate = interleaved(lambda b, r: generate_rate(b, model_dir, adapter, studies, tmp / f"pred-{b}-{r}.jsonl"),
+                           ["hf", "vllm"], ROUNDS)
+        study = read_records(studies)[0]
+        srv = interleaved(lambda b, r: serve_latency(b, model_dir, adapter, study, tmp / "ph",
+                                                     tmp / f"serve-{b}-{r}.log"), ["hf", "vllm"], ROUNDS)
+    hf, vl = _median(grpo["hf"]), _median(grpo["vllm"])
+    gen_ratios = speed_ratios([r["generation"] for r in grpo["hf"]], [r["generation"] for r in grpo["vllm"]])
+    step_ratios = speed_ratios([r["step"] for r in grpo["hf"]], [r["step"] for r in grpo["vllm"]])
+    rate_r = rate_ratios(rate["hf"], rate["vllm"])
+    first_r = speed_ratios([r["first"] for r in srv["hf"]], [r["first"] for r in srv["vllm"]])
+    lat_r = speed_ratios([r["latency"] for r in srv["hf"]], [r["latency"] for r in srv["vllm"]])
+    checked = sum(int(r["checked"]) for r in grpo["vllm"])
     lines = ["## vLLM on the CPU machine: GRPO rollouts, serving, generation", "",
              f"vllm {vllm.__version__} (vllm-cpu), torch {torch.__version__}, trl {trl.__version__}, in ./.venv-vllm "
              "(`make vllm-env`). The shared 2-core development machine, other jobs running: **CPU numbers, not GPU "
-             "claims**: on a GPU vLLM's batching and kernels change the picture completely.", "",
+             f"claims**: on a GPU vLLM's batching and kernels change the picture completely. Every comparison is "
+             f"{ROUNDS} interleaved rounds (the backends take turns, the order alternating); tables show medians, "
+             "the sentences the ratio per round, its range and what it supports (bench/_prose.py).", "",
              f"### GRPO step with vLLM rollouts vs `model.generate` rollouts (tiny model, {PROMPTS} prompts x "
-             f"{GENERATIONS} rollouts, {MAX_TOKENS} tokens, same process)", "",
+             f"{GENERATIONS} rollouts, {MAX_TOKENS} tokens, one process per round)", "",
              "| rollouts | step s | generation | weight sync | other scoring | optimisation | step vs generate | "
              "trainer init s | vLLM-trainer logp gap |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -229,25 +262,35 @@ def run() -> str:
         gap = f"{r['gap']:.4f}" if name.startswith("vLLM") else "-"
         lines.append(f"| {name} | {r['step']:.2f} | {r['generation']:.2f} s | {r['sync']:.2f} s | {r['other']:.2f} s "
                      f"| {r['optimisation']:.2f} s | {r['step'] / hf['step']:.2f}x | {r['init']:.1f} | {gap} |")
-    lines += ["", f"Means over steps 2-{STEPS}. vLLM's generation is {hf['generation'] / max(vl['generation'], 1e-9):.1f}x "
-                  f"as fast as `model.generate` here; every one of the {int(vl['checked'])} vLLM rollouts had the "
-                  "trainer's prompt ids (the guard checks each). The weight sync pushes the merged LoRA weights "
-                  "into vLLM after each optimizer step. Trainer init includes building the vLLM engine.", "",
+    lines += ["", f"Means over steps 2-{STEPS} of each round. "
+                  + speed_sentence("vLLM's rollout generation", "`model.generate`", gen_ratios) + " "
+                  + speed_sentence("The whole GRPO step with vLLM", "the step with `model.generate`", step_ratios)
+                  + f" Every one of the {checked} vLLM rollouts had the trainer's prompt ids (the guard checks each). "
+                  "The weight sync pushes the merged LoRA weights into vLLM after each optimizer step. Trainer init "
+                  "includes building the vLLM engine.", "",
               f"### `mllm-cxr generate`, batch 8, {GEN_STUDIES} phantom studies, {GEN_TOKENS} new tokens, LoRA adapter",
-              "", "| backend | studies/s | vs hf |", "|---|---|---|",
-              f"| hf (baseline) | {rate['hf']:.2f} | 1.00x |",
-              f"| vllm | {rate['vllm']:.2f} | {rate['vllm'] / rate['hf']:.2f}x |", "",
+              "", "| backend | studies/s (median) | vs hf |", "|---|---|---|",
+              f"| hf (baseline) | {statistics.median(rate['hf']):.2f} | 1.00x |",
+              f"| vllm | {statistics.median(rate['vllm']):.2f} | {spread(rate_r)} |", "",
+              speed_sentence("`generate --backend vllm`", "`--backend hf`", rate_r), "",
               "### `mllm-cxr serve`: launch to first answer (one study, greedy, LoRA adapter)", "",
               "| server | /health after | first answer after | next requests, mean latency |", "|---|---|---|---|"]
-    for name, r in (("transformers (`--backend hf`, baseline)", srv["hf"]), ("`vllm serve --enable-lora`", srv["vllm"])):
+    for name, b in (("transformers (`--backend hf`, baseline)", "hf"), ("`vllm serve --enable-lora`", "vllm")):
+        r = _median(srv[b])
         lines.append(f"| {name} | {r['health']:.1f} s | {r['first']:.1f} s | {r['latency'] * 1000:.0f} ms |")
-    lines += ["", f"vLLM's first answer comes {srv['vllm']['first'] / srv['hf']['first']:.1f}x as late as the "
-                  "transformers server's (engine start: process spawn, imports, profiling, KV cache); a further "
-                  f"request takes {srv['vllm']['latency'] / srv['hf']['latency']:.1f}x the transformers server's time. "
-                  "On this CPU, LoRA requests in vLLM (its CPU LoRA kernels, eager mode) are slower than transformers, "
-                  "while the GRPO rollouts above, where vLLM holds the merged weights and no LoRA, are faster."]
+    served, rollouts = speed_verdict(lat_r), speed_verdict(gen_ratios)
+    word = {"faster": "faster than", "slower": "slower than", "within noise": "within noise of"}
+    lines += ["", speed_sentence("vLLM's first answer (engine start: process spawn, imports, profiling, KV cache)",
+                                 "the transformers server", first_r) + " "
+                  + speed_sentence("A further request to vLLM", "one to the transformers server", lat_r) + " "
+                  + f"On this CPU, LoRA requests in vLLM (its CPU LoRA kernels, eager mode) are {word[served]} "
+                  f"transformers, and the GRPO rollouts above, where vLLM holds the merged weights and no LoRA, are "
+                  f"{word[rollouts]} `model.generate`."]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(run())
+    if sys.argv[1:2] == ["--grpo-step-times"]:
+        _grpo_child(*sys.argv[2:7])
+    else:
+        print(run())

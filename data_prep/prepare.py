@@ -47,7 +47,10 @@ from data_prep.schema import (
 )
 from data_prep.schema import link_priors as _link_priors
 
-#: CLI name -> (canonical dataset name, converter import path)
+#: The converter table: CLI name -> (canonical dataset name, "module:converter"). A converter's module is
+#: imported when the dataset is prepared; a row naming a missing module or function is a
+#: :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports every row).
+#: Adding a converter: its function, and one row here (plus any alias in ``_ALIASES``).
 DATASETS: dict[str, tuple[str, str]] = {
     "iu-xray": ("iu_xray", "data_prep.iu_xray:convert_iu_xray"),
     "mimic-cxr": ("mimic_cxr", "data_prep.mimic:convert_mimic"),
@@ -70,10 +73,9 @@ def dataset_name(name: str) -> str:
 
 
 def _converter(name: str) -> Callable[..., tuple[list[StudyRecord], dict[str, Any]]]:
-    import importlib
+    from cxr_io.registry import import_entry
 
-    mod, fn = DATASETS[name][1].split(":")
-    return getattr(importlib.import_module(mod), fn)
+    return import_entry("data_prep.prepare.DATASETS", name, DATASETS[name][1])
 
 
 def convert_phantom(root: str | os.PathLike, *, n: int = 48, seed: int = 0, out: str | os.PathLike | None = None,

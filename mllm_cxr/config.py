@@ -80,8 +80,11 @@ def _load_yaml(path: str) -> dict:
     return data
 
 
-def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None, check=None) -> tuple:
     """Parse ``--config FILE.yaml`` plus overriding ``--flags`` into the dataclasses (in order).
+
+    ``check(configs, given, where)``, when given, runs on the parsed configs with ``given`` the keys that the
+    config file and the flags set (a recipe's own rule between keys, e.g. GRPO's ``edit_*`` keys).
 
     TRL's :class:`~trl.TrlParser` does the work: it rejects unknown YAML keys and flags and applies the
     config's ``env:`` block (environment variables set before the run). Its errors become
@@ -120,7 +123,27 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None) -> 
                               "set bf16: false (--bf16 false) to train on CPU") from e
         raise ConfigError(f"{where}: {_with_hints(str(e), known)}") from e
     check_training_args(configs, where)
+    if check is not None:
+        check(configs, given_keys(argv), where)
     return configs
+
+
+def given_keys(argv: list[str]) -> set[str]:
+    """The config keys a run sets: those of the ``--config`` file (``env`` aside) and every ``--flag``."""
+    argv = list(argv)
+    keys = set()
+    if "--config" in argv:
+        keys |= {k for k in _load_yaml(argv[argv.index("--config") + 1]) if k != "env"}
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok == "--config":
+            skip = True
+        elif tok.startswith("--"):
+            keys.add(tok[2:].split("=", 1)[0])
+    return keys
 
 
 def check_training_args(configs: tuple, where: str = "command line") -> None:

@@ -26,7 +26,11 @@ VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: Language-model modules vLLM applies LoRA to for Qwen2/2.5-VL (qkv and gate/up are packed there).
 VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-#: The vLLM versions TRL 1.16 supports, and the range mllm-cxr's vLLM paths are tested in (pyproject's `gpu` extra).
+#: The one statement of the TRL and vLLM versions mllm-cxr supports: pyproject.toml (`trl` and the `gpu` extra),
+#: scripts/vllm_env.py and the docs must agree (tests/test_configs.py checks). The vLLM rollout fixes
+#: (mllm_cxr/train/upstream_fixes.py) wrap TRL private methods: TRL is pinned to the tested minor version;
+#: vLLM to the range that TRL supports.
+TRL_SUPPORTED = ">=1.16,<1.17"
 VLLM_SUPPORTED = ">=0.22,<=0.31"
 
 VLLM_INSTALL_HINT = ("vllm is not importable in this environment: `make vllm-env` builds ./.venv-vllm with vLLM "

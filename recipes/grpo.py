@@ -6,8 +6,9 @@
         --config recipes/configs/qwen2.5-vl-3b/grpo.yaml
 
 ``reward_spec`` names the rewards (a YAML spec under ``recipes/rewards/`` or one registered scorer),
-``algorithm`` picks plain GRPO or EditGRPO (post-rollout edits toward the reference report). The
-defaults are EditGRPO's published setup (:class:`mllm_cxr.train.grpo.ClinicalGRPOConfig`); rollouts use
+``algorithm`` picks plain GRPO or EditGRPO (post-rollout edits toward the reference report; its
+``edit_*`` keys are an error with ``algorithm: grpo``). The
+defaults are EditGRPO's published setup (:class:`mllm_cxr.train.grpo_config.ClinicalGRPOConfig`); rollouts use
 ``model.generate`` unless ``use_vllm`` (colocate or server mode, see the qwen2.5-vl-3b configs).
 At the end the reward curve is printed and written to ``output_dir/reward_curve.json``.
 """
@@ -24,15 +25,11 @@ from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.run_config import check_adapter_prompt
 from mllm_cxr.tasks import parse_mixture_arg, task_reward_funcs
+from mllm_cxr.train.collapse import CollapseGuard
 from mllm_cxr.train.curves import CurveArguments, curve_callback, print_curve_location
-from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
-from mllm_cxr.train.grpo import (
-    ClinicalGRPOTrainer,
-    CollapseGuard,
-    GRPOScriptArguments,
-    format_reward_curve,
-    reward_curve,
-)
+from mllm_cxr.train.editgrpo import EditGRPOTrainer
+from mllm_cxr.train.grpo import ClinicalGRPOTrainer, format_reward_curve, reward_curve
+from mllm_cxr.train.grpo_config import EditGRPOConfig, GRPOScriptArguments, check_algorithm_keys
 from mllm_cxr.train.recipe import run_recipe, run_training
 from reward.trl import check_reward_spec, reward_funcs_and_weights
 
@@ -86,7 +83,8 @@ def print_reward_curve(tr, configs) -> None:
 
 
 def main(argv=None) -> None:
-    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="grpo", after=print_reward_curve)
+    run_training(CONFIG_CLASSES, argv, datasets=datasets, trainer=trainer, stage="grpo", after=print_reward_curve,
+                 check=check_algorithm_keys)
 
 
 if __name__ == "__main__":

@@ -86,12 +86,54 @@ def to_scorable_text(text: Any) -> str:
     return text[:MAX_TEXT_CHARS]
 
 
+#: The built-in scorers, one row each: registry name -> ("module:factory", description). The module is
+#: imported when the scorer is first built (``get_scorer``), so listing the scorers imports none of them;
+#: a row naming a missing module or attribute is a :class:`cxr_io.registry.RegistryError` naming the row
+#: (tests/test_import_graph.py imports every row). Adding a scorer: its class, and one row here.
+BUILTIN_SCORERS: dict[str, tuple[str, str]] = {
+    "chexpert_f1": ("reward.chexpert:ChexpertF1Scorer",
+        "Per-sample F1 of CheXpert labels (hypothesis vs reference), rule labeler"),
+    "chexbert_f1": ("reward.chexbert:ChexbertF1Scorer",
+        "F1 between the CheXbert labels of hypothesis and reference (needs chexbert.pth)"),
+    "radgraph_f1": ("reward.radgraph:RadGraphF1Scorer",
+        "RadGraph F1 (simple/partial/complete) with a local RadGraph model"),
+    "green": ("reward.green:GreenScorer",
+        "GREEN: LLM-judged clinically significant errors vs matched findings (needs a judge)"),
+    "ratescore": ("reward.ratescore:RaTEScoreScorer",
+        "RaTEScore: entity-aware similarity of two reports (optional RaTEScore package)"),
+    "bleu": ("reward.nlg:BleuScorer", "sentence BLEU-n per sample (COCO/RadEval); corpus BLEU-1..n in corpus"),
+    "rouge": ("reward.nlg:RougeScorer", "ROUGE-1/2/L F (rouge-score, stemmer); per-sample key rougeL by default"),
+    "rouge_l": ("reward.nlg:RougeLScorer", "ROUGE-L F per sample (rouge-score, stemmer); corpus mean in corpus"),
+    "temporal_f1": ("reward.temporal:TemporalF1Scorer",
+        "Temporal F1 (RadEval/Libra): overlap of BioViL-T change words"),
+    "prior_penalty": ("reward.prior:PriorPenalty",
+        "-1 per completion (or per sentence) that refers to a prior exam the study did not have"),
+    "measurement_hallucination": ("reward.measurements:MeasurementHallucination",
+        "number of hallucinated device/position/measurement/size facts per report (vs the reference)"),
+    "measurement_f1": ("reward.measurements:MeasurementF1",
+        "F1 of device + tip-position facts of the generation vs the reference"),
+    "measurement_penalty": ("reward.measurements:MeasurementPenalty",
+        "-penalty per hallucinated device/position/measurement/size fact (capped at max_count)"),
+    "iou": ("reward.box_rewards:IoUReward",
+        "Matched IoU of the completion's boxes with the reference boxes (VLM-R1 style)"),
+    "box_f1": ("reward.box_rewards:BoxF1Reward", "Box F1 at IoU >= threshold with Hungarian matching"),
+    "box_format": ("reward.box_rewards:BoxFormatReward",
+        "1 when the completion's boxes parse, lie inside the image and have ordered corners"),
+    "grounded_report": ("reward.box_rewards:GroundedReportReward",
+        "RadFact-style grounded report score (rule labeler + pixel precision > 0.5)"),
+    "answer_match": ("reward.task_rewards:AnswerMatch",
+        "The completion gives the reference short answer (classification, vqa, view)"),
+}
+
+#: Scorers registered at run time (:func:`register_scorer`: a user's or a test's); they win over a built-in
+#: of the same name.
 _REGISTRY: dict[str, tuple[Callable[..., Scorer], str]] = {}
 _CACHE: dict[tuple, Scorer] = {}
 
 
 def register_scorer(name: str, description: str = "") -> Callable:
-    """Decorator: register a scorer factory (a class or function returning a :class:`Scorer`)."""
+    """Decorator: register a scorer factory (a class or function returning a :class:`Scorer`) at run time
+    (a user's own scorer; the built-in ones are rows of :data:`BUILTIN_SCORERS`)."""
 
     def deco(factory):
         _REGISTRY[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
@@ -101,8 +143,19 @@ def register_scorer(name: str, description: str = "") -> Callable:
 
 
 def available_scorers() -> dict[str, str]:
-    _load_builtin()
-    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+    """Registry name -> description of every scorer, built-in and registered (imports no scorer module)."""
+    out = {k: d for k, (_, d) in BUILTIN_SCORERS.items()}
+    out.update({k: v[1] for k, v in _REGISTRY.items()})
+    return dict(sorted(out.items()))
+
+
+def scorer_factory(name: str) -> Callable[..., Scorer]:
+    """The factory of a scorer by registry name (a registered one, else the built-in row, imported now)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name][0]
+    from cxr_io.registry import import_entry
+
+    return import_entry("reward.base.BUILTIN_SCORERS", name, BUILTIN_SCORERS[name][0])
 
 
 #: The one metric vocabulary of ``score``, ``eval`` and reward specs: canonical scorer name -> the
@@ -140,12 +193,12 @@ def eval_group(name: str) -> str | None:
 def scorer_name(name: str) -> str:
     """The registry name of a scorer written by name or alias; an unknown one is a RewardError listing the
     known names (nothing is built: ``--dry-run`` uses this)."""
-    _load_builtin()
-    if name not in _REGISTRY and canonical_metric(name) in _REGISTRY:
+    known = available_scorers()
+    if name not in known and canonical_metric(name) in known:
         name = canonical_metric(name)
-    if name not in _REGISTRY:
-        raise RewardError(f"unknown scorer '{name}'; known: {', '.join(sorted(_REGISTRY))} "
-                          "(aliases: " + ", ".join(sorted(a for a, c in _ALIAS.items() if a != c and c in _REGISTRY))
+    if name not in known:
+        raise RewardError(f"unknown scorer '{name}'; known: {', '.join(known)} "
+                          "(aliases: " + ", ".join(sorted(a for a, c in _ALIAS.items() if a != c and c in known))
                           + ")")
     return name
 
@@ -155,20 +208,5 @@ def get_scorer(name: str, **kwargs: Any) -> Scorer:
     name = scorer_name(name)
     key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
-        _CACHE[key] = _REGISTRY[name][0](**kwargs)
+        _CACHE[key] = scorer_factory(name)(**kwargs)
     return _CACHE[key]
-
-
-def _load_builtin() -> None:
-    """Import the modules that register the built-in scorers (lazy: no heavy imports at startup)."""
-    import importlib
-
-    for mod in ("reward.chexpert", "reward.nlg", "reward.temporal", "reward.prior", "reward.radgraph",
-                "reward.green", "reward.ratescore", "reward.chexbert", "reward.measurements", "reward.box_rewards",
-                "reward.task_rewards"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet, or an optional dependency
-            if e.name and e.name.startswith("reward."):
-                continue
-            raise

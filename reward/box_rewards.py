@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr_io.boxes import FAMILIES, box_problem, decode_boxes, decode_grounded
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 from reward.box_metrics import box_f1, grounded_report_score, matched_iou
 
 #: Image size assumed for families whose coordinates do not depend on it (0-1000 and fractions).
@@ -85,7 +85,6 @@ class _BoxScorer(Scorer):
         return out
 
 
-@register_scorer("iou", "Matched IoU of the completion's boxes with the reference boxes (VLM-R1 style)")
 class IoUReward(_BoxScorer):
     name = "iou"
 
@@ -101,7 +100,6 @@ class IoUReward(_BoxScorer):
         return ScoreResult(scores, details)
 
 
-@register_scorer("box_f1", "Box F1 at IoU >= threshold with Hungarian matching")
 class BoxF1Reward(_BoxScorer):
     name = "box_f1"
 
@@ -126,7 +124,6 @@ class BoxF1Reward(_BoxScorer):
         return ScoreResult(scores, details)
 
 
-@register_scorer("box_format", "1 when the completion's boxes parse, lie inside the image and have ordered corners")
 class BoxFormatReward(_BoxScorer):
     name = "box_format"
 
@@ -140,7 +137,6 @@ class BoxFormatReward(_BoxScorer):
         return ScoreResult(scores)
 
 
-@register_scorer("grounded_report", "RadFact-style grounded report score (rule labeler + pixel precision > 0.5)")
 class GroundedReportReward(_BoxScorer):
     name = "grounded_report"
 

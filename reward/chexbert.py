@@ -37,7 +37,6 @@ from reward.base import (
     RewardError,
     Scorer,
     ScoreResult,
-    register_scorer,
     to_scorable_text,
 )
 from reward.constants import CHEXPERT_LABELS
@@ -315,7 +314,6 @@ _SUBSETS = ("14", "5")
 _UNCERTAIN = ("positive", "negative")
 
 
-@register_scorer("chexbert_f1", "F1 between the CheXbert labels of hypothesis and reference (needs chexbert.pth)")
 class ChexbertF1Scorer(Scorer):
     """Per-sample F1 between CheXbert labels of hypothesis and reference; corpus F1 report.
 

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cxr_io import read_yaml
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 from reward.cues import expand_all
 from reward.text import GLUED_SENTENCE, find_sections, split_sentences
@@ -932,7 +932,6 @@ def label_reports(texts: Iterable[str | None], progress: bool = False) -> list[d
 _AVERAGES = ("micro", "exact")
 
 
-@register_scorer("chexpert_f1", "Per-sample F1 of CheXpert labels (hypothesis vs reference), rule labeler")
 class ChexpertF1Scorer(Scorer):
     """Per-sample F1 between the CheXpert labels of each hypothesis and its reference.
 

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult
 from reward.http import RETRY_STATUSES, retrying_session
 
 CATEGORIES: tuple[str, str, str] = (
@@ -450,7 +450,6 @@ class OpenAIGreenJudge:
 # ----------------------------------------------------------------------------------------------------
 
 
-@register_scorer("green", "GREEN: LLM-judged clinically significant errors vs matched findings (needs a judge)")
 class GreenScorer(Scorer):
     """GREEN per sample, with a local HF judge (``model=``) or a server (``base_url=`` + ``model=``).
 

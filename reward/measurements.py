@@ -86,7 +86,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 from reward.cues import alternation, cues
 from reward.text import split_sentences
 
@@ -880,8 +880,6 @@ class _MeasurementScorer(Scorer):
                 for c in comps]
 
 
-@register_scorer("measurement_hallucination",
-                 "number of hallucinated device/position/measurement/size facts per report (vs the reference)")
 class MeasurementHallucination(_MeasurementScorer):
     """Per sample: the number of hallucinated device, tip-position, tip-distance and size facts of the
     generation against its reference (omissions do not count); ``details[i]["hallucinations"]`` lists
@@ -895,7 +893,6 @@ class MeasurementHallucination(_MeasurementScorer):
         return ScoreResult([float(c.count) for c in comps], self.details(comps), self.corpus(comps))
 
 
-@register_scorer("measurement_f1", "F1 of device + tip-position facts of the generation vs the reference")
 class MeasurementF1(_MeasurementScorer):
     """Per sample: F1 in [0, 1] of the device and (device, landmark[, distance]) facts; ``empty_score``
     (1.0) when neither report states any. Corpus: micro precision/recall/F1, hallucination rate, MAE of
@@ -908,8 +905,6 @@ class MeasurementF1(_MeasurementScorer):
         return ScoreResult([c.f1(self.empty_score) for c in comps], self.details(comps), self.corpus(comps))
 
 
-@register_scorer("measurement_penalty",
-                 "-penalty per hallucinated device/position/measurement/size fact (capped at max_count)")
 class MeasurementPenalty(_MeasurementScorer):
     """A GRPO reward: ``-penalty * min(count, max_count)`` (``per_fact=True``, the default) or ``-penalty``
     when a generation has any hallucinated device/position/measurement/size fact (``per_fact=False``)."""

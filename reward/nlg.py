@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 
 #: The COCO BleuScorer's epsilons (numerator, denominator).
 _TINY = 1e-15
@@ -212,7 +212,6 @@ def corpus_rouge(hyps: Sequence[str], refs: Sequence[str], types: Sequence[str] 
 # Scorers
 # ----------------------------------------------------------------------------------------------------
 
-@register_scorer("bleu", "sentence BLEU-n per sample (COCO/RadEval); corpus BLEU-1..n in corpus")
 class BleuScorer(Scorer):
     """BLEU (COCO-caption / RadEval): per-sample sentence BLEU-n, corpus BLEU-1..n.
 
@@ -240,7 +239,6 @@ class BleuScorer(Scorer):
         return ScoreResult([s[-1] for s in res.per_sample], details, corpus)
 
 
-@register_scorer("rouge", "ROUGE-1/2/L F (rouge-score, stemmer); per-sample key rougeL by default")
 class RougeScorer(Scorer):
     """ROUGE-1, ROUGE-2 and ROUGE-L F-measures (RadEval's settings).
 
@@ -264,7 +262,6 @@ class RougeScorer(Scorer):
         return ScoreResult(list(per[self.key]), details, corpus)
 
 
-@register_scorer("rouge_l", "ROUGE-L F per sample (rouge-score, stemmer); corpus mean in corpus")
 class RougeLScorer(RougeScorer):
     """ROUGE-L F-measure per sample; ``corpus["rougeL"]`` is the mean (RadEval's ``rougeL``)."""
 

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer, to_scorable_text
+from reward.base import RewardError, Scorer, ScoreResult, to_scorable_text
 from reward.cues import alternation, cue
 from reward.text import sentences, split_sentences  # noqa: F401 (sentences: part of this module's API)
 
@@ -581,7 +581,6 @@ def _as_bool(v: Any, column: str, i: int) -> bool:
     raise RewardError(f"prior_penalty: column '{column}' row {i} has value {v!r} (expected true/false)")
 
 
-@register_scorer("prior_penalty", "-1 per completion (or per sentence) that refers to a prior exam the study did not have")
 class PriorPenalty(Scorer):
     """Penalty for referring to a previous examination when the study had none.
 

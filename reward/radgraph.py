@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,6 @@ def make_tiny_radgraph_model(out_dir: str | os.PathLike, model_type: str = "radg
 Annotator = Callable[[list[str]], Sequence[Annotation]]
 
 
-@register_scorer("radgraph_f1", "RadGraph F1 (simple/partial/complete) with a local RadGraph model")
 class RadGraphF1Scorer(Scorer):
     """RadGraph F1 per sample at ``level`` (default ``partial``); all three levels in details/corpus.
 

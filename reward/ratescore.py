@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult
 
 DEFAULT_NER_MODEL = "Angelakeke/RaTE-NER-Deberta"
 DEFAULT_EMBED_MODEL = "FremyCompany/BioLORD-2023-C"
@@ -88,7 +88,6 @@ def load_affinity_matrix(spec: str | os.PathLike = "long") -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
-@register_scorer("ratescore", "RaTEScore: entity-aware similarity of two reports (optional RaTEScore package)")
 class RaTEScoreScorer(Scorer):
     """RaTEScore per sample through the ``RaTEScore`` package.
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from reward.base import Scorer, ScoreResult, register_scorer
+from reward.base import Scorer, ScoreResult
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -45,7 +45,6 @@ def answer_match(hyp: str, ref: str) -> float:
     return 1.0 if h == r or h.split(" ")[: len(r.split(" "))] == r.split(" ") else 0.0
 
 
-@register_scorer("answer_match", "The completion gives the reference short answer (classification, vqa, view)")
 class AnswerMatch(Scorer):
     name = "answer_match"
 

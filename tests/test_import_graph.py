@@ -134,3 +134,50 @@ def test_one_home_for_the_run_config_and_the_jsonl_readers():
                 assert '"mllm_cxr_config.json"' not in text, rel
             if rel not in allowed_loads:
                 assert "for line in fh" not in text or "json.loads(line)" not in text, rel
+
+
+# ------------------------------------------------------------------------------------------------
+# The registries: explicit tables whose every row imports
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_registry_row_with_a_typo_is_an_error_naming_the_row():
+    import pytest
+
+    from cxr_io.registry import RegistryError, import_entry
+
+    with pytest.raises(RegistryError, match=r"T: row 'x' names module 'reward\.chexpertt'"):
+        import_entry("T", "x", "reward.chexpertt:ChexpertF1Scorer")
+    with pytest.raises(RegistryError, match=r"T: row 'x' .* reward\.chexpert has no 'ChexpertF1Scorr'"):
+        import_entry("T", "x", "reward.chexpert:ChexpertF1Scorr")
+
+
+def test_every_scorer_row_imports_a_scorer_factory():
+    from reward.base import BUILTIN_SCORERS, Scorer, available_scorers, scorer_factory
+
+    assert set(BUILTIN_SCORERS) <= set(available_scorers())
+    for name in BUILTIN_SCORERS:
+        factory = scorer_factory(name)
+        assert isinstance(factory, type) and issubclass(factory, Scorer) and factory.name == name, (name, factory)
+
+
+def test_every_converter_row_imports_a_function():
+    from data_prep.prepare import DATASETS, _converter
+
+    for name in DATASETS:
+        assert callable(_converter(name)), name
+
+
+def test_every_verb_row_registers_exactly_its_verbs():
+    import argparse
+
+    from cxr_io.registry import import_entry
+    from mllm_cxr.cli import VERB_MODULES, build_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()  # in table order: a row may extend an earlier verb
+    for module, verbs in VERB_MODULES.items():
+        before = list(sub.choices)
+        import_entry("VERB_MODULES", module, f"{module}:register")(sub)
+        assert tuple(v for v in sub.choices if v not in before) == verbs, module
+    choices = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert list(choices) == [v for verbs in VERB_MODULES.values() for v in verbs]

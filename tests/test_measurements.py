@@ -169,7 +169,6 @@ def _predicted(text: str) -> set[tuple]:
 
 
 def test_cases_cover_every_device_and_landmark_family():
-    assert len(CASES) >= 60
     gold = [g for _, spec in CASES for g in _parse_gold(spec)]
     assert {g[0] for g in gold} == set(DEVICES)
     assert {g[1] for g in gold} == {"present", "absent", "removed", "uncertain"}

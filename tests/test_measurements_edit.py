@@ -9,11 +9,11 @@ REF = ("FINDINGS: Endotracheal tube tip 1 cm above the carina. The heart is mild
 
 
 def test_measurement_edit_replaces_or_deletes_the_hallucinated_sentence():
-    from mllm_cxr.train.editgrpo import EDIT_KINDS, SentenceEditor
+    from mllm_cxr.train.editor import EDIT_KINDS, SentenceEditor
     from reward.measurements import compare
 
     assert "measurement" in EDIT_KINDS
-    ed = SentenceEditor(measurement_edits=True)
+    ed = SentenceEditor(measurements=True)
     hyp = "FINDINGS: Endotracheal tube tip approximately 4.5 cm above the carina. The heart is mildly enlarged."
     r = ed.edit(hyp, REF)
     assert r.changed and r.kind == "measurement" and r.ops[0].observation == "measurement:ett"
@@ -39,7 +39,8 @@ def test_trainer_injects_measurement_edits(one_thread, tmp_path, phantom_dir, ti
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.editgrpo import EditGRPOConfig, EditGRPOTrainer
+    from mllm_cxr.train.editgrpo import EditGRPOTrainer
+    from mllm_cxr.train.grpo_config import EditGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     ds = grpo_dataset(read_records(phantom_dir / "studies.jsonl", split="train")[:2], phantom_dir,

@@ -22,7 +22,8 @@ def _run(penalty_weight: float, out, align_phantom, tiny_model_dir, sft_adapter)
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo import ClinicalGRPOTrainer
+    from mllm_cxr.train.grpo_config import ClinicalGRPOConfig
     from reward.trl import reward_funcs_and_weights
     from tests._alignment_fixtures import adapter_settings
 

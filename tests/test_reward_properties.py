@@ -1,6 +1,8 @@
 """Property tests: every scorer that needs no model gives finite scores and raises nothing on any
 completion (empty, huge, unicode, markup, control characters, chat messages, non-strings), called
-directly and through the TRL adapter.
+directly and through the TRL adapter. The scores checked are the scorer's raw output: ``ScoreResult``
+replaces a non-finite score by 0.0, so a check of ``result.scores`` alone could never fail
+(:func:`raw_scores` records what the scorer handed to ``ScoreResult``).
 
 Scorers are taken from the registry (``available_scorers()``). The model-backed ``chexbert_f1`` and
 ``green`` run on the tiny random CheXbert checkpoint and the tiny random GREEN judge that
@@ -10,6 +12,7 @@ that is not installed: MissingBackendError, or a required argument: RewardError)
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -106,6 +109,45 @@ def _check(scores, n):
     assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
 
 
+@contextlib.contextmanager
+def raw_scores():
+    """The ``scores`` every :class:`reward.base.ScoreResult` built in the block was given, before its coercion."""
+    from reward import base
+
+    seen: list[list] = []
+    coerce = base.ScoreResult.__post_init__
+
+    def record(self):
+        seen.append(list(self.scores))
+        coerce(self)
+
+    base.ScoreResult.__post_init__ = record
+    try:
+        yield seen
+    finally:
+        base.ScoreResult.__post_init__ = coerce
+
+
+def _check_raw(seen: list[list], n: int | None) -> None:
+    """The scorer's own scores: a real number per sample, finite (None, NaN or inf would be hidden by coercion).
+    ``n``: the length of the last result; None checks every result built (the TRL adapter may split a batch)."""
+    assert seen, "the scorer built no ScoreResult"
+    raw = seen[-1] if n is not None else [s for r in seen for s in r]
+    assert n is None or len(raw) == n, raw
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)]
+    assert not bad, f"non-finite or non-numeric raw scores {bad[:5]} (hidden by ScoreResult's coercion)"
+
+
+def test_raw_score_check_sees_what_coercion_hides():
+    from reward.base import ScoreResult
+
+    with raw_scores() as seen:
+        res = ScoreResult([1.0, float("nan"), None])
+    assert res.scores == [1.0, 0.0, 0.0]
+    with pytest.raises(AssertionError, match="non-finite"):
+        _check_raw(seen, 3)
+
+
 def test_some_scorer_is_checked():
     assert any(not p.marks for p in SCORERS), "no model-free scorer registered"
     checked = {p.values[0] for p in SCORERS + MODEL_SCORERS if not p.marks}
@@ -121,8 +163,10 @@ def test_fixed_nasty_inputs(name, scorer):
     sc = scorer(name)
     cols = _columns(len(batch))
     hyps = [completion_text(c) for c in batch]
-    _check(sc(hyps, cols["reference"] if sc.needs_reference else None,
-              **select_context(sc, cols, len(batch))).scores, len(batch))
+    with raw_scores() as seen:
+        res = sc(hyps, cols["reference"] if sc.needs_reference else None, **select_context(sc, cols, len(batch)))
+    _check_raw(seen, len(batch))
+    _check(res.scores, len(batch))
     f = reward_function(scorer(name), name=name)
     _check(f(prompts=[None] * len(batch), completions=batch, **cols), len(batch))
     assert f.n_errors == 0
@@ -132,8 +176,10 @@ def _finite_scores(name, scorer, batch):
     sc = scorer(name)
     n = len(batch)
     cols = _columns(n)
-    res = sc([completion_text(c) for c in batch], cols["reference"] if sc.needs_reference else None,
-             **select_context(sc, cols, n))
+    with raw_scores() as seen:
+        res = sc([completion_text(c) for c in batch], cols["reference"] if sc.needs_reference else None,
+                 **select_context(sc, cols, n))
+    _check_raw(seen, n)
     _check(res.scores, n)
 
 
@@ -142,9 +188,11 @@ def _finite_through_trl(name, scorer, batch, refs):
     cols = _columns(n)
     cols["reference"] = refs[:n]  # strange references too
     f = reward_function(scorer(name), name=name)
-    out = f(prompts=[[{"role": "user", "content": "Write the report."}]] * n, completions=batch,
-            completion_ids=[[1, 2]] * n, trainer_state=None, log_extra=lambda *a: None,
-            log_metric=lambda *a: None, **cols)
+    with raw_scores() as seen:
+        out = f(prompts=[[{"role": "user", "content": "Write the report."}]] * n, completions=batch,
+                completion_ids=[[1, 2]] * n, trainer_state=None, log_extra=lambda *a: None,
+                log_metric=lambda *a: None, **cols)
+    _check_raw(seen, None)
     _check(out, n)
     assert f.n_errors == 0
 

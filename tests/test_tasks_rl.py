@@ -163,7 +163,7 @@ def test_grpo_trains_two_steps_on_a_report_and_grounding_mixture(tmp_path, phant
 
 
 def test_collapse_guard_watches_report_rollouts_only():
-    from mllm_cxr.train.grpo import report_texts
+    from mllm_cxr.train.collapse import report_texts
 
     texts = ["No acute process.", '```json\n[]\n```', "Yes.", "Small effusion."]
     rows = [{"task": "report"}, {"task": "detection"}, {"task": "vqa"}, {}]

@@ -35,7 +35,8 @@ def run(tiny_model_dir, phantom_dir, tmp_path_factory):
     from mllm_cxr.data import grpo_dataset, load_split
     from mllm_cxr.modeling import ModelArguments, load_model, load_processor
     from mllm_cxr.prompts import PromptConfig
-    from mllm_cxr.train.grpo import ClinicalGRPOConfig, ClinicalGRPOTrainer, reward_curve
+    from mllm_cxr.train.grpo import ClinicalGRPOTrainer, reward_curve
+    from mllm_cxr.train.grpo_config import ClinicalGRPOConfig
     from reward.trl import reward_funcs_and_weights
 
     torch.set_num_threads(1)
@@ -92,7 +93,7 @@ def test_weight_sync_reaches_vllm(run):
     trainer, _, train = run
     from vllm import SamplingParams
 
-    from mllm_cxr.train.grpo import collapse_image_runs
+    from mllm_cxr.train.upstream_fixes import collapse_image_runs
 
     row = train[0]
     proc = trainer.processing_class
@@ -130,7 +131,7 @@ def test_guard_stops_on_trls_expanded_prompt(run):
     """The regression: TRL's own colocate path (processor-expanded ids + images) must stop with a clear error."""
     import trl
 
-    from mllm_cxr.train.grpo import VLLMRolloutMismatch
+    from mllm_cxr.train.upstream_fixes import VLLMRolloutMismatch
 
     trainer, _, train = run
     inputs = [dict(train[i]) for i in range(PROMPTS_PER_STEP) for _ in range(GENERATIONS)]

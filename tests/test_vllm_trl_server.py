@@ -5,7 +5,7 @@ tokens in the trainer's own processor-expanded ids, so the server must generate 
 trainer's prompt. This runs TRL's own server path (``VLLMGeneration.generate``, mode ``server``) against
 the server and checks that (a) the prompt ids are the trainer's, (b) greedy completions equal
 transformers' on those ids, and (c) a trainer prompt cut to a different pixel budget is stopped by
-:func:`mllm_cxr.train.grpo.checked_place_features`. Weight sync (NCCL) does not run on CPU and is not tested.
+:func:`mllm_cxr.train.upstream_fixes.checked_place_features`. Weight sync (NCCL) does not run on CPU and is not tested.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _server_generation(url, processor):
     from trl.generation.vllm_client import VLLMClient
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from mllm_cxr.train.grpo import checked_place_features, suppress_image_tokens
+    from mllm_cxr.train.upstream_fixes import checked_place_features, suppress_image_tokens
 
     g = VLLMGeneration.__new__(VLLMGeneration)
     g.mode, g.accelerator, g.processing_class = "server", Accelerator(cpu=True), processor
@@ -113,7 +113,7 @@ def test_server_mode_generates_from_the_trainers_prompt(server, tiny_model_dir, 
     import torch
 
     from mllm_cxr.modeling import ModelArguments, load_model
-    from mllm_cxr.train.grpo import check_rollout_prompts
+    from mllm_cxr.train.upstream_fixes import check_rollout_prompts
 
     processor, texts, ids, images = _trainer_prompts(tiny_model_dir, phantom_dir, PIXELS)
     assert all(sum(t == processor.image_token_id for t in x) == 16 for x in ids)  # expanded: 16 per image
@@ -135,7 +135,7 @@ def test_server_mode_generates_from_the_trainers_prompt(server, tiny_model_dir, 
 
 
 def test_server_mode_stops_on_a_different_pixel_budget(server, tiny_model_dir, phantom_dir):
-    from mllm_cxr.train.grpo import VLLMRolloutMismatch
+    from mllm_cxr.train.upstream_fixes import VLLMRolloutMismatch
 
     processor, _, ids, images = _trainer_prompts(tiny_model_dir, phantom_dir, {"min_pixels": 3136, "max_pixels": 3136})
     assert all(sum(t == processor.image_token_id for t in x) == 4 for x in ids)

@@ -23,7 +23,7 @@ def test_vllm_args_are_taken_as_written(tiny_model_dir, capsys):
 
 
 def test_collapse_image_runs_gives_one_placeholder_per_image():
-    from mllm_cxr.train.grpo import collapse_image_runs
+    from mllm_cxr.train.upstream_fixes import collapse_image_runs
 
     pad, start, end = 9, 7, 8
     ids = [1, start] + [pad] * 16 + [end, 2, start] + [pad] * 4 + [end, 3]
@@ -32,7 +32,7 @@ def test_collapse_image_runs_gives_one_placeholder_per_image():
 
 
 def test_rollout_prompt_guard_names_the_versions():
-    from mllm_cxr.train.grpo import VLLMRolloutMismatch, check_rollout_prompts
+    from mllm_cxr.train.upstream_fixes import VLLMRolloutMismatch, check_rollout_prompts
 
     ok = [[1, 9, 9, 2], [3, 9, 4]]
     check_rollout_prompts(ok, ok, 9, "colocate")
@@ -47,7 +47,7 @@ def test_rollout_prompt_guard_names_the_versions():
 
 
 def test_server_feature_check_compares_token_counts():
-    from mllm_cxr.train.grpo import VLLMRolloutMismatch, checked_place_features
+    from mllm_cxr.train.upstream_fixes import VLLMRolloutMismatch, checked_place_features
 
     def place(features, ids):  # TRL's placement: the runs of image tokens in the trainer's ids
         if features is None:
@@ -59,15 +59,6 @@ def test_server_feature_check_compares_token_counts():
     assert checked_place_features(place, None, [1, 2]) is None
     with pytest.raises(VLLMRolloutMismatch, match=r"into \[4\] tokens.*runs of \[2\] image tokens"):
         checked_place_features(place, served, [1, 9, 9, 2])
-
-
-def test_trl_is_pinned_to_the_tested_range():
-    import trl
-    from packaging.specifiers import SpecifierSet
-
-    from mllm_cxr.train.grpo import TESTED_TRL
-
-    assert trl.__version__ in SpecifierSet(TESTED_TRL)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here (the vllm tests cover the real path)")
@@ -88,7 +79,7 @@ def test_export_verify_backend_vllm_says_how_to_get_vllm(tiny_model_dir, phantom
 def test_vllm_never_samples_image_placeholders():
     from types import SimpleNamespace
 
-    from mllm_cxr.train.grpo import suppress_image_tokens
+    from mllm_cxr.train.upstream_fixes import suppress_image_tokens
 
     proc = SimpleNamespace(image_token_id=151655, video_token_id=151656)
     assert suppress_image_tokens(None, proc) == {"logit_bias": {151655: -100.0, 151656: -100.0}}

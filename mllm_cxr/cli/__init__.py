@@ -1,25 +1,31 @@
-"""``mllm-cxr <verb>``: prepare, label, score, generate, eval, export, serve, pairs, tiny, launch.
+"""``mllm-cxr <verb>``: the verbs of :data:`VERB_MODULES` (prepare, label, score, eval, generate, export, serve, ...).
 
-Each package area registers its own verbs (``register(subparsers)``); this module wires them in.
+Each package area registers its own verbs (``register(subparsers)``); :data:`VERB_MODULES` is the table
+of those modules, wired in here.
 User errors print one line and exit 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
-#: Modules that provide ``register(subparsers)``, in the order their verbs appear in --help.
-VERB_MODULES = (
-    "data_prep.cli",          # prepare
-    "reward.cli_label",       # label
-    "reward.cli_metrics",     # score, eval
-    "mllm_cxr.cli.model",     # generate, export, serve, report, tiny (and eval --html)
-    "mllm_cxr.cli.pairs",     # pairs
-    "mllm_cxr.cli.launch",    # launch (accelerate launch with the recipe's own exit)
-)
+from cxr_io.registry import import_entry
+
+#: The verb table, in --help order: module (providing ``register(subparsers)``) -> the verbs it adds. Every row
+#: is imported when the parser is built; a row naming a missing module or no ``register`` is a
+#: :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports every row, and
+#: tests/test_cli_metrics.py checks that ``--help`` lists the verbs). Adding a verb: its ``register`` in a
+#: module, and that module's row here (a module's new verb: its name in its row).
+VERB_MODULES: dict[str, tuple[str, ...]] = {
+    "data_prep.cli": ("prepare",),
+    "reward.cli_label": ("label",),
+    "reward.cli_metrics": ("score", "eval"),
+    "mllm_cxr.cli.model": ("generate", "merge-predictions", "export", "serve", "report", "tiny"),  # and eval --html
+    "mllm_cxr.cli.pairs": ("pairs",),
+    "mllm_cxr.cli.launch": ("launch",),  # accelerate launch with the recipe's own exit
+}
 
 
 #: Options whose value is itself a list of flags (``--vllm-args "--enforce-eager --max-num-seqs 8"``): argparse
@@ -41,14 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllm-cxr", description="Chest X-ray report generation toolkit.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
-    for name in VERB_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # this area has no verbs in this version
-                continue
-            raise
-        mod.register(sub)
+    for module in VERB_MODULES:
+        import_entry("mllm_cxr.cli.VERB_MODULES", module, f"{module}:register")(sub)
     return parser
 
 

@@ -219,13 +219,15 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
                  datasets: Callable[..., dict[str, Any]],
                  trainer: Callable[..., Any],
                  stage: str,
-                 after: Callable[[Any, tuple], None] | None = None) -> dict[str, float] | None:
+                 after: Callable[[Any, tuple], None] | None = None,
+                 check: Callable[[tuple, set[str], str], None] | None = None) -> dict[str, float] | None:
     """The runtime of a recipe around its TRL trainer.
 
     ``config_classes``: the dataclasses of the recipe's YAML keys, the TRL config last.
     ``datasets(*configs)`` -> ``{"train": ..., "eval": ... | None}`` (no model needed);
     ``trainer(configs, datasets, model_args)`` -> ``(trainer, processor)`` (loads the model);
-    ``after(trainer, configs)`` runs on the finished run (e.g. GRPO's reward curve).
+    ``after(trainer, configs)`` runs on the finished run (e.g. GRPO's reward curve);
+    ``check(configs, given_keys, where)`` runs on the parsed configs (:func:`mllm_cxr.config.parse_recipe_args`).
     ``--dry-run`` in ``argv``: parse the config and build the datasets, then stop (returns None).
     Returns the training metrics.
     """
@@ -234,7 +236,7 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     argv = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
-    configs = parse_recipe_args(tuple(config_classes), argv)
+    configs = parse_recipe_args(tuple(config_classes), argv, check=check)
     args = configs[-1]
     model_args = next((c for c in configs if hasattr(c, "model_name_or_path")), None)
     setup_logging(args.get_process_log_level())
