@@ -506,14 +506,48 @@ def describe_error(e: BaseException) -> str | None:
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, a launcher stopping the other ranks) turned into an exception by
+    :func:`sigterm_raises`, so that atomic writes remove their temporary files and :func:`handle` prints one
+    line and returns 143 (128 + SIGTERM). Its text, if any, says where the work stood. A ``BaseException``, so
+    that library code catching ``Exception`` does not swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While inside: SIGTERM raises :class:`Terminated` in this process's main thread (elsewhere, or in a
+    forked child such as a DataLoader worker, SIGTERM keeps its default action)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def raise_terminated(signum, frame):
+        if os.getpid() != pid:  # a forked child inherited the handler: die as SIGTERM says
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _print_err(prog: str, text: str) -> None:
     one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
     print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
 
 
 def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> int:
-    """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130; with ``debug``
-    every error is re-raised with its traceback."""
+    """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130, :class:`Terminated`
+    (SIGTERM under :func:`sigterm_raises`) -> one line and 143; with ``debug`` every error is re-raised with its
+    traceback."""
     try:
         return int(fn() or 0)
     except KeyboardInterrupt:
@@ -522,6 +556,13 @@ def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> i
         print(f"\n{prog}: interrupted (Ctrl-C); outputs being written were not replaced", file=sys.stderr,
               flush=True)
         return 130
+    except Terminated as e:
+        if debug:
+            raise
+        detail = " ".join(str(e).split())
+        print(f"{prog}: terminated (SIGTERM){': ' + detail if detail else ''}; outputs being written were not "
+              "replaced", file=sys.stderr, flush=True)
+        return 143
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - classified below, re-raised when not the user's input

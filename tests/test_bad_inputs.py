@@ -1094,6 +1094,109 @@ def _(e):
     return _image_row(e, lambda p: p.write_bytes(b""), "--skip_bad_images", "true", "--dry-run")
 
 
+# -- faults met during training and while saving (tests/fault_recipe.py injects them into a real SFT run) -----
+def _fault_run(e, fault: str, *extra: str, studies: Path | None = None):
+    """The tiny SFT on 4 studies, 4 steps of 2, a checkpoint after every step, with ``fault`` injected."""
+    c = recipe_yaml(e, studies=str(studies or e.phantom / "studies.jsonl"), max_steps=4, max_train_studies=4,
+                    per_device_train_batch_size=2, gradient_accumulation_steps=1, save_strategy="steps",
+                    save_steps=1, max_pixels=12544, min_pixels=3136, max_images=1, context=[],
+                    sections=["impression"], activation_checkpointing=False, dtype="float32")
+    return "tests/fault_recipe", ["--fault", fault, "--config", str(c), *extra], [c]
+
+
+def _checkpoint_loads(path: Path) -> None:
+    """A complete checkpoint: trainer state, adapter weights and optimizer all read back."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mllm_cxr.train.recipe import resolve_resume
+
+    assert resolve_resume(str(path), path.parent) == str(path)
+    assert json.loads((path / "trainer_state.json").read_text())["global_step"] == int(path.name.split("-")[1])
+    assert load_file(str(path / "adapter_model.safetensors"))
+    torch.load(path / "optimizer.pt", weights_only=True)
+
+
+def _nothing_partial(run: Path) -> None:
+    hidden = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert not hidden, hidden  # no staging folder left
+
+
+def _image_mid_run(e, *extra: str):
+    studies, img, sid = damaged_phantom(e, lambda p: None)  # intact when the dataset is built
+    e.study_id, e.image = sid, img
+    runner, argv, inputs = _fault_run(e, f"corrupt-image={img}", *extra, studies=studies)
+    return runner, argv, [*inputs, studies]
+
+
+def _stopped_with_a_usable_checkpoint(e):
+    run = e.tmp / "run"
+    assert not (run / "adapter_model.safetensors").exists()
+    cks = sorted(run.glob("checkpoint-*"))
+    assert cks, sorted(p.name for p in run.iterdir())
+    for ck in cks:
+        _checkpoint_loads(ck)
+    _nothing_partial(run)
+
+
+@case("sft-image-truncated-mid-run", "image of study", "truncated image", "studies.jsonl", "stopped at step",
+      "last checkpoint:", "--resume_from_checkpoint true", "--skip_bad_images true",
+      after=_stopped_with_a_usable_checkpoint)
+def _(e):
+    return _image_mid_run(e)
+
+
+def _skipped_mid_run(e):
+    run = e.tmp / "run"
+    record = json.loads((run / "skipped_images.json").read_text())
+    assert [(r["study_id"], r["image"], r["when"]) for r in record] == [(e.study_id, str(e.image), "mid-run")], record
+    assert "truncated" in record[0]["reason"] or "corrupt" in record[0]["reason"], record
+    assert json.loads((run / "train_results.json").read_text())["skipped_bad_images"] == 1
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 4  # the run went on
+    assert (run / "adapter_model.safetensors").is_file() and not (run / "skipped_images.mid-run.jsonl").exists()
+    _nothing_partial(run)
+
+
+@case("sft-image-truncated-mid-run-skip-bad-images", "done: 4 steps", "1 studies skipped for a bad image",
+      "skipped_images.json", rc=0, after=_skipped_mid_run)
+def _(e):
+    return _image_mid_run(e, "--skip_bad_images", "true")
+
+
+def _checkpoint_1_only(e):
+    run = e.tmp / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
+    _checkpoint_loads(run / "checkpoint-1")
+    _nothing_partial(run)
+
+
+@case("sft-disk-full-saving-checkpoint", "no space left on device", "while saving checkpoint-2",
+      "partial save was removed", "last complete checkpoint:", "checkpoint-1", "--resume_from_checkpoint true",
+      after=_checkpoint_1_only)
+def _(e):
+    return _fault_run(e, "disk-full-checkpoint")
+
+
+@case("sft-sigterm-saving-checkpoint", "terminated (SIGTERM)", "stopped at step 2", "checkpoint-1", rc=143,
+      after=_checkpoint_1_only)
+def _(e):
+    return _fault_run(e, "sigterm-checkpoint")
+
+
+def _no_half_written_adapter(e):
+    run = e.tmp / "run"
+    assert not (run / "adapter_model.safetensors").exists()  # not half of one
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 5)]
+    _checkpoint_loads(run / "checkpoint-4")
+    _nothing_partial(run)
+
+
+@case("sft-disk-full-saving-the-adapter", "no space left on device", "while saving the final adapter",
+      "last complete checkpoint:", "checkpoint-4", after=_no_half_written_adapter)
+def _(e):
+    return _fault_run(e, "disk-full-final")
+
+
 # -- smaller items of issue 19 ------------------------------------------------------------------------------
 @case("generate-studies-repeated-study-id", "studies.jsonl:", "study_id repeated (first at line 1)")
 def _(e):
@@ -1137,7 +1240,9 @@ def _(e):
 # Running a row
 # ------------------------------------------------------------------------------------------------
 def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"_recipe_{name}", REPO / "recipes" / f"{name}.py")
+    """``recipes/<name>.py``, or a recipe file named by its path in the repository (``tests/fault_recipe``)."""
+    path = REPO / f"{name}.py" if "/" in name else REPO / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_recipe_{name.replace('/', '_')}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -1197,8 +1302,8 @@ def test_bad_input(c: Case, tmp_path, adapter_free_env, monkeypatch):
             env.hold.close()
     assert "Traceback" not in out + err
     assert rc == c.rc, (rc, err[-2000:])
-    if c.rc == 2:
-        lines = [x for x in err.splitlines() if "error:" in x]
+    if c.rc != 0:
+        lines = [x for x in err.splitlines() if "error:" in x or "terminated (SIGTERM)" in x]
         assert len(lines) == 1, err[-2000:]  # one line ...
         text = lines[0]
         assert err.strip().splitlines()[-1] == text  # ... and the last thing printed
