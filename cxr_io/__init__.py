@@ -506,6 +506,11 @@ def describe_error(e: BaseException) -> str | None:
     return None
 
 
+#: Set by :func:`handle` once the work it runs has failed: a SIGTERM then (a launcher stopping every process after
+#: this one's error) lets the process end with the line already printed instead of raising again.
+_STOPPING = False
+
+
 class Terminated(BaseException):
     """SIGTERM (a scheduler's stop, a launcher stopping the other ranks) turned into an exception by
     :func:`sigterm_raises`, so that atomic writes remove their temporary files and :func:`handle` prints one
@@ -530,6 +535,8 @@ def sigterm_raises():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        if _STOPPING:  # handle() is already ending the work with its one line: exit as it says, nothing more
+            return
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -548,8 +555,19 @@ def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> i
     """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130, :class:`Terminated`
     (SIGTERM under :func:`sigterm_raises`) -> one line and 143; with ``debug`` every error is re-raised with its
     traceback."""
+    global _STOPPING
+    _STOPPING = False
+
+    def guarded():
+        global _STOPPING
+        try:
+            return fn()
+        except BaseException:
+            _STOPPING = True
+            raise
+
     try:
-        return int(fn() or 0)
+        return int(guarded() or 0)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -277,22 +277,11 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     if resume:
         print(f"resuming from {resume}", file=sys.stderr, flush=True)
     try:
-        try:
-            result = tr.train(resume_from_checkpoint=resume)
-            save_final(tr, processor, args.output_dir)
-        except BaseException:
-            close_progress_bars(tr)  # the line that follows starts on a line of its own, not after the bar
+        result = _train_and_save(tr, processor, resume, args.output_dir)
+    except Terminated as e:  # SIGTERM (run_recipe), wherever it landed: say where the run stands
+        if str(e):
             raise
-    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
-        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
-        raise mid_run_image_error(unwrap_worker_error(e), tr, args.output_dir) from None
-    except Terminated:  # SIGTERM (run_recipe): the staged save was removed; say where the run stands
         raise Terminated(where_run_stands(tr, args.output_dir)) from None
-    except Exception as e:  # a full disk, a lost peer process: one line, else the traceback of a bug
-        stop = stopped_error(e, tr, args.output_dir)
-        if stop is None:
-            raise
-        raise stop from None
     skipped_images = skipped_images + record_mid_run_skips(tr, out, spool, skipped_images)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
@@ -314,6 +303,29 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     tr.accelerator.wait_for_everyone()  # multi-node: no rank may outlive node 0's rendezvous store (docs/scaling.md)
     tr.end()  # trackers finished, process group destroyed: nothing distributed after this
     return metrics
+
+
+def _train_and_save(tr, processor, resume: str | None, output_dir: str):
+    """``tr.train()`` and the final save (:func:`mllm_cxr.train.saving.save_final`); a fault met on the way is one
+    line: an image that stopped decoding, a full disk, a lost peer, SIGTERM (the staged save removed)."""
+    try:
+        try:
+            result = tr.train(resume_from_checkpoint=resume)
+            save_final(tr, processor, output_dir)
+        except BaseException:
+            close_progress_bars(tr)  # the line that follows starts on a line of its own, not after the bar
+            raise
+    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
+        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
+        raise mid_run_image_error(unwrap_worker_error(e), tr, output_dir) from None
+    except Terminated:
+        raise Terminated(where_run_stands(tr, output_dir)) from None
+    except Exception as e:  # a full disk, a lost peer process: one line, else the traceback of a bug
+        stop = stopped_error(e, tr, output_dir)
+        if stop is None:
+            raise
+        raise stop from None
+    return result
 
 
 def close_progress_bars(tr) -> None:

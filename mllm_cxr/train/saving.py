@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,12 @@ _PEER_LOST = ("connection closed by peer", "connection reset by peer", "nccl com
               "remote process exited or there was a network error")
 
 
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
+def _peer_message(e: BaseException) -> str:
+    """gloo's/NCCL's message without the source location and the advice that follows ("... by peer")."""
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp):\d+\]\s*", "", " ".join(str(e).split()))
+    m = re.search(r"by peer", text, flags=re.IGNORECASE)
+    text = text[:m.end()] if m else text
+    return text[:240] + ("..." if len(text) > 240 else "")
 
 
 def where_run_stands(tr, output_dir: str | Path) -> str:
@@ -185,7 +189,7 @@ def stopped_error(e: BaseException, tr, output_dir: str | Path) -> RunStopped | 
                               f"{where_run_stands(tr, output_dir)}. Free space, then rerun with "
                               "--resume_from_checkpoint true")
         if any(w in low for w in _PEER_LOST) or type(link).__name__ == "DistBackendError":
-            return RunStopped(f"another process of this run was lost ({_first_line(link)}); "
+            return RunStopped(f"another process of this run was lost ({_peer_message(link)}); "
                               f"{where_run_stands(tr, output_dir)}. Restart every node/process with "
                               "--resume_from_checkpoint true")
     return None
