@@ -403,9 +403,27 @@ def current_umask() -> int:
     return mask
 
 
+def honour_umask(path: PathLike) -> None:
+    """Give ``path`` and everything under it the modes the umask gives new files (0666) and folders (0777).
+    Writers that go through a temporary file of their own keep its 0600 after their rename (safetensors'
+    ``save_file``, hence every adapter and model weights file), and mkdtemp's folders are 0700: an output
+    folder shared with a group would then hold weights nobody else can read."""
+    mask = current_umask()
+    root = Path(path)
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if p.is_symlink():
+            continue
+        mode = (0o777 if p.is_dir() else 0o666) & ~mask
+        with contextlib.suppress(OSError):
+            if p.stat().st_mode & 0o777 != mode:
+                os.chmod(p, mode)
+
+
 def commit_dir(tmp: PathLike, path: PathLike) -> None:
-    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now)."""
+    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now), its files
+    and folders given the umask's modes first (:func:`honour_umask`)."""
     p, t = Path(path), Path(tmp)
+    honour_umask(t)
     if p.exists():
         old = p.with_name(f".{p.name}.old-{os.getpid()}")
         os.replace(p, old)

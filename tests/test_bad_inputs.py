@@ -1608,6 +1608,34 @@ def test_output_folders_honour_the_umask(tmp_path):
     assert (tmp_path / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o640
 
 
+def test_training_and_export_outputs_honour_the_umask(tmp_path, phantom_dir, tiny_model_dir):
+    """Under umask 027 every folder and file a training run (checkpoints staged and renamed, the final adapter
+    moved in) and ``export`` (filled in a temporary folder) leave is 0750 / 0640: none keeps a temporary
+    file's 0600 or mkdtemp's 0700, and none is wider than the umask allows."""
+    from mllm_cxr.cli import main
+
+    env = Env(tmp_path, phantom_dir, tiny_model_dir)
+    _, argv, _ = _fault_run(env, "none")
+    argv = argv[2:]  # the plain SFT recipe: no fault
+    old = os.umask(0o027)
+    try:
+        rc, _, err = run_in_process("sft", [*argv, "--max_steps", "2"])
+        assert rc == 0, err[-2000:]
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            assert main(["export", "--base", str(tiny_model_dir), "--adapter", str(tmp_path / "run"), "--out",
+                         str(tmp_path / "export")]) == 0
+    finally:
+        os.umask(old)
+    modes = {}
+    for top in (tmp_path / "run", tmp_path / "export"):
+        for p in [top, *top.rglob("*")]:
+            modes[str(p.relative_to(tmp_path))] = p.stat().st_mode & 0o777
+    assert "run/checkpoint-2/adapter_model.safetensors" in modes and "export/adapter_model.safetensors" in modes
+    wrong = {k: oct(m) for k, m in modes.items()
+             if m != (0o750 if (tmp_path / k).is_dir() else 0o640)}
+    assert not wrong, wrong
+
+
 def test_mimic_report_not_utf8_is_counted_under_skip_bad(tmp_path):
     """A non-UTF-8 MIMIC report is counted (not read with replacement characters) under --skip-bad."""
     from data_prep.prepare import prepare

@@ -9,6 +9,7 @@
 * The adapter/model and processor at the end (:func:`save_final`): written into ``output_dir/.final.partial``,
   then each file renamed into ``output_dir``, the weights last (their presence marks a finished run), so
   ``output_dir`` never holds a half-written ``adapter_model.safetensors``.
+* Both get the umask's modes before they are renamed into place (safetensors writes 0600 whatever the umask).
 * :func:`stopped_error`: a full disk (``ENOSPC``/``EDQUOT``, also inside safetensors' writer) and a lost peer
   process (gloo/NCCL "connection closed/reset by peer") become one line naming the step and the last
   complete checkpoint, to resume from.
@@ -27,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cxr_io import InputError, commit_dir
+from cxr_io import InputError, commit_dir, honour_umask
 
 #: Where checkpoints are written before they are renamed into ``output_dir``.
 CHECKPOINT_STAGING = ".checkpoint-staging"
@@ -113,6 +114,7 @@ def atomic_checkpoints(tr) -> None:
 
 def _move_into(src: Path, dst: Path) -> None:
     """Every entry of ``src`` renamed into ``dst`` (folders replaced whole), weights files last."""
+    honour_umask(src)  # (safetensors writes its files 0600 whatever the umask)
     entries = sorted(src.iterdir(), key=lambda p: (p.name in _WEIGHTS_LAST, p.name))
     for p in entries:
         if p.is_dir():
