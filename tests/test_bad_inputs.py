@@ -1614,6 +1614,35 @@ def test_image_corrupted_mid_run_stops_with_one_line_and_a_usable_checkpoint(tmp
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_skip_bad_images_fills_a_bad_rows_slot_with_the_same_good_study(tmp_path, phantom_dir):
+    """Mid-run with ``skip_bad_images``: a row whose image stopped decoding is replaced by the next study whose
+    images decode, the same one each time (a GRPO group's copies of one prompt stay one group), the batch keeps
+    its size, the skip is recorded once (spooled for the run record); when no study decodes, one line says so."""
+    from data_prep.errors import BadImageError
+    from data_prep.schema import read_records
+    from mllm_cxr.data import mid_run_skips, sft_dataset, transforms_of
+    from mllm_cxr.prompts import PromptConfig
+
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_dir, root)
+    recs = read_records(root / "studies.jsonl", split="train")[:4]
+    ds = sft_dataset(recs, root, PromptConfig(max_images=1), skip_bad_images=True, source="studies.jsonl")
+    (decode,) = transforms_of({"train": ds})
+    decode.spool = str(tmp_path / "spool.jsonl")
+    bad = Path(ds.with_format(None)[1]["images"][0])
+    bad.write_bytes(bad.read_bytes()[:100])  # after the dataset was built
+    batch = ds[[1, 0, 1, 1]]
+    assert len(batch["images"]) == 4 and all(im for im in batch["images"])
+    assert batch["completion"][0] == batch["completion"][2] == batch["completion"][3] == ds[2]["completion"]
+    assert [r["study_id"] for r in mid_run_skips(tmp_path / "spool.jsonl")] == [recs[1].study_id]
+    ds[[1]]  # met again: skipped silently, not recorded twice
+    assert len(decode.skipped) == 1 and decode.skipped[0]["when"] == "mid-run"
+    for r in ds.with_format(None):
+        Path(r["images"][0]).write_bytes(b"")
+    with pytest.raises(BadImageError, match="no study of studies.jsonl has images that still decode"):
+        ds[[0]]
+
+
 def test_worker_error_is_unwrapped_to_its_one_line():
     """A BadImageError raised in a DataLoader worker comes back with the worker's traceback as its text."""
     from data_prep.errors import BadImageError
