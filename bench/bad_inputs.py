@@ -87,12 +87,12 @@ def classify(case, env) -> tuple[str, str]:
         return "traceback", f"{type(escaped).__name__ if escaped else 'Traceback'}: {str(escaped)[:120]}"
     if changed:
         return "silent", "an input file changed"
-    if case.rc == 0 or rc != 2:
+    if case.rc == 0 or rc != case.rc:
         if rc != case.rc:
             return "silent", f"exit code {rc}, expected {case.rc}"
         text = out
     else:
-        lines = [x for x in err.splitlines() if "error" in x.lower()]
+        lines = [x for x in err.splitlines() if "error" in x.lower() or "terminated (sigterm)" in x.lower()]
         text = lines[-1] if lines else ""
     if case.after is not None:
         try:
@@ -100,7 +100,7 @@ def classify(case, env) -> tuple[str, str]:
         except BaseException as e:  # noqa: BLE001
             return "silent", f"check failed: {e}"[:160]
     missing = [w for w in case.words if w.lower() not in text.lower()]
-    if missing and case.rc == 2:
+    if missing and case.rc != 0:
         return "unclear", f"line lacks {missing}: {text[:160]}"
     if missing:
         return "silent", f"output lacks {missing}"

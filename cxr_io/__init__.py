@@ -403,9 +403,27 @@ def current_umask() -> int:
     return mask
 
 
+def honour_umask(path: PathLike) -> None:
+    """Give ``path`` and everything under it the modes the umask gives new files (0666) and folders (0777).
+    Writers that go through a temporary file of their own keep its 0600 after their rename (safetensors'
+    ``save_file``, hence every adapter and model weights file), and mkdtemp's folders are 0700: an output
+    folder shared with a group would then hold weights nobody else can read."""
+    mask = current_umask()
+    root = Path(path)
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if p.is_symlink():
+            continue
+        mode = (0o777 if p.is_dir() else 0o666) & ~mask
+        with contextlib.suppress(OSError):
+            if p.stat().st_mode & 0o777 != mode:
+                os.chmod(p, mode)
+
+
 def commit_dir(tmp: PathLike, path: PathLike) -> None:
-    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now)."""
+    """Put the filled temporary folder in place of ``path`` (an old ``path`` is removed only now), its files
+    and folders given the umask's modes first (:func:`honour_umask`)."""
     p, t = Path(path), Path(tmp)
+    honour_umask(t)
     if p.exists():
         old = p.with_name(f".{p.name}.old-{os.getpid()}")
         os.replace(p, old)
@@ -506,22 +524,81 @@ def describe_error(e: BaseException) -> str | None:
     return None
 
 
+#: Set by :func:`handle` once the work it runs has failed: a SIGTERM then (a launcher stopping every process after
+#: this one's error) lets the process end with the line already printed instead of raising again.
+_STOPPING = False
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, a launcher stopping the other ranks) turned into an exception by
+    :func:`sigterm_raises`, so that atomic writes remove their temporary files and :func:`handle` prints one
+    line and returns 143 (128 + SIGTERM). Its text, if any, says where the work stood. A ``BaseException``, so
+    that library code catching ``Exception`` does not swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While inside: SIGTERM raises :class:`Terminated` in this process's main thread (elsewhere, or in a
+    forked child such as a DataLoader worker, SIGTERM keeps its default action)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def raise_terminated(signum, frame):
+        if os.getpid() != pid:  # a forked child inherited the handler: die as SIGTERM says
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if _STOPPING:  # handle() is already ending the work with its one line: exit as it says, nothing more
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _print_err(prog: str, text: str) -> None:
     one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
     print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
 
 
 def handle(fn: Callable[[], int | None], *, prog: str, debug: bool = False) -> int:
-    """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130; with ``debug``
-    every error is re-raised with its traceback."""
+    """Run ``fn``; user errors -> one line on stderr and 2, Ctrl-C -> one line and 130, :class:`Terminated`
+    (SIGTERM under :func:`sigterm_raises`) -> one line and 143; with ``debug`` every error is re-raised with its
+    traceback."""
+    global _STOPPING
+    _STOPPING = False
+
+    def guarded():
+        global _STOPPING
+        try:
+            return fn()
+        except BaseException:
+            _STOPPING = True
+            raise
+
     try:
-        return int(fn() or 0)
+        return int(guarded() or 0)
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"\n{prog}: interrupted (Ctrl-C); outputs being written were not replaced", file=sys.stderr,
               flush=True)
         return 130
+    except Terminated as e:
+        if debug:
+            raise
+        detail = " ".join(str(e).split())
+        print(f"{prog}: terminated (SIGTERM){': ' + detail if detail else ''}; outputs being written were not "
+              "replaced", file=sys.stderr, flush=True)
+        return 143
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - classified below, re-raised when not the user's input

@@ -41,8 +41,9 @@ class DataArguments:
     box_family: str = field(default="qwen2_5_vl", metadata={
         "help": "how task targets write boxes: qwen2_5_vl, qwen2_vl, qwen3_vl, maira2, normalized"})
     skip_bad_images: bool = field(default=False, metadata={
-        "help": "a study whose image fails the header check when the dataset is built is skipped (counted, logged "
-                "once and listed in output_dir/skipped_images.json) instead of stopping the run"})
+        "help": "a study whose image fails the header check when the dataset is built, or stops decoding during "
+                "training (the next good study then takes its place in the batch), is skipped (counted, logged once "
+                "and listed in output_dir/skipped_images.json) instead of stopping the run"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an output_dir that already holds a finished adapter (replacing it); without this "
                 "(or resume_from_checkpoint) such a run is refused"})

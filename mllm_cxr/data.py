@@ -128,42 +128,179 @@ class DecodeImages:
     """The ``images`` column decoded when a row is read (``Dataset.set_transform``), as ``datasets.Image`` would,
     but a file that went bad after the dataset was built (corrupted, truncated or emptied mid-run, a
     decompression bomb, a 1x30000 image) stops the run with one line naming the image, its study and the
-    records file (:class:`BadImageError`), not a PIL traceback from inside the data loader."""
+    records file (:class:`BadImageError`), not a PIL traceback from inside the data loader.
 
-    def __init__(self, study_of: dict[str, str], source: str | None = None):
-        self.study_of, self.source = study_of, source
+    With ``skip`` (``skip_bad_images: true``) such a row is skipped instead: its place in the batch is taken by
+    the next study of the dataset whose images decode (:meth:`replacement`), so the batch keeps its size, a GRPO
+    group stays one prompt, and every rank steps with the same number of examples; dropping the row would leave
+    an empty batch at ``per_device_train_batch_size: 1``. Each bad image is logged once, appended to
+    ``self.skipped`` and, when the recipe set ``spool`` (a file in ``output_dir``), written there as one JSON
+    line, which reaches the run record from DataLoader worker processes too (:func:`mid_run_skips`).
+    """
 
-    def open(self, path: str):
+    def __init__(self, study_of: dict[str, str], source: str | None = None, *, skip: bool = False):
+        self.study_of, self.source, self.skip = study_of, source, skip
+        self.rows: Any = None  # the dataset without this transform: where a replacement row is read
+        self.index_of: dict[tuple[str, ...], int] = {}  # a row's image paths -> its index in ``rows``
+        self.spool: str | None = None
+        self.bad: dict[str, str] = {}  # image path -> why it failed (this process)
+        self.skipped: list[dict[str, str]] = []
+
+    def attach(self, rows: Any) -> None:
+        """The untransformed dataset (``Dataset.with_format(None)``), for replacement rows and study ids."""
+        self.rows = rows
+        if self.skip:
+            self.index_of = {tuple(imgs): i for i, imgs in enumerate(rows["images"])}
+
+    def load(self, path: str):
+        """The decoded image, or :class:`BadImageError` with ``reason`` set (no study named yet)."""
         from PIL import Image
 
         from data_prep.images import check_image_header
 
+        if path in self.bad:
+            err = BadImageError(self.bad[path], file=path)
+            err.reason = self.bad[path]  # type: ignore[attr-defined]
+            raise err
         try:
             check_image_header(path)
             with Image.open(path) as im:
                 im.load()
                 return im.copy()
-        except BadImageError as e:
-            err = e
+        except BadImageError:
+            raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            err = BadImageError(f"unreadable or corrupt image ({type(e).__name__}: {e})", file=path)
-            err.reason = f"unreadable or corrupt image ({type(e).__name__}: {e})"  # type: ignore[attr-defined]
-        raise bad_study_image(err, self.study_of.get(path, "?"), self.source, path,
-                              hint="it changed after the dataset was built (mid-run); the last checkpoint is "
-                                   "usable: fix the image and rerun with --resume_from_checkpoint true (add "
-                                   "--skip_bad_images true to leave its study out)")
+            reason = f"unreadable or corrupt image ({type(e).__name__}: {e})"
+            err = BadImageError(reason, file=path)
+            err.reason = reason  # type: ignore[attr-defined]
+            raise err from None
+
+    def open(self, path: str):
+        try:
+            return self.load(path)
+        except BadImageError as e:
+            raise bad_study_image(e, self.study_of.get(path, "?"), self.source, path,
+                                  hint="it changed after the dataset was built (mid-run); the last checkpoint is "
+                                       "usable: fix the image and rerun with --resume_from_checkpoint true (add "
+                                       "--skip_bad_images true to leave its study out)") from None
+
+    def _study(self, index: int | None, path: str) -> str:
+        if index is not None and self.rows is not None and "study_id" in self.rows.column_names:
+            return self.rows[index]["study_id"]
+        return self.study_of.get(path, "?")
+
+    def _record(self, path: str, study_id: str, reason: str) -> None:
+        """Log, keep and spool a skipped image, once per image (an image met again is skipped silently)."""
+        if path in self.bad:
+            return
+        self.bad[path] = reason
+        rec = {"study_id": study_id, "image": path, "reason": reason, "records": str(self.source or ""),
+               "when": "mid-run"}
+        self.skipped.append(rec)
+        log.warning("skip_bad_images: study %s skipped mid-run, its image %s no longer decodes (%s); the next "
+                    "good study takes its place in the batch; listed in skipped_images.json", study_id, path, reason)
+        if self.spool:
+            try:
+                with open(self.spool, "a", encoding="utf-8") as fh:  # one short line: appends do not interleave
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            except OSError as e:
+                log.warning("could not record the skipped image in %s (%s)", self.spool, e)
+
+    def _decode_row(self, paths: Sequence[Any], index: int | None) -> list[Any]:
+        """Every image of a row decoded; with ``skip`` a failure is recorded before it is raised."""
+        out = []
+        for p in paths:
+            if not isinstance(p, str):
+                out.append(p)
+                continue
+            if not self.skip:
+                out.append(self.open(p))
+                continue
+            try:
+                out.append(self.load(p))
+            except BadImageError as e:
+                self._record(p, self._study(index, p), getattr(e, "reason", None) or str(e))
+                raise
+        return out
+
+    def replacement(self, index: int | None, columns: Sequence[str]) -> dict[str, Any]:
+        """The first row after ``index`` (wrapping round) whose images all decode, restricted to ``columns``,
+        its images decoded. The same bad row always gets the same replacement (a GRPO group's copies agree)."""
+        n = 0 if self.rows is None else len(self.rows)
+        start = -1 if index is None else index
+        for k in range(1, n + 1):
+            j = (start + k) % n
+            if j == index:
+                continue
+            paths = self.rows[j]["images"]
+            if any(p in self.bad for p in paths):
+                continue
+            try:
+                images = self._decode_row(paths, j)
+            except BadImageError:
+                continue
+            raw = self.rows[j]
+            return {c: (images if c == "images" else raw[c]) for c in columns}
+        raise BadImageError(f"skip_bad_images: no study of {self.source or 'the dataset'} has images that still "
+                            f"decode ({len(self.bad)} bad, listed in skipped_images.json); restore the images and "
+                            "rerun with --resume_from_checkpoint true")
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = dict(batch)
-        if "images" in batch:
-            out["images"] = [[self.open(p) if isinstance(p, str) else p for p in imgs] for imgs in batch["images"]]
+        if "images" not in batch:
+            return out
+        images, fills = [], {}
+        for i, imgs in enumerate(batch["images"]):
+            index = self.index_of.get(tuple(imgs)) if self.skip and all(isinstance(p, str) for p in imgs) else None
+            try:
+                images.append(self._decode_row(imgs, index))
+            except BadImageError:
+                if not self.skip:
+                    raise
+                fills[i] = self.replacement(index, list(batch))
+                images.append(fills[i]["images"])
+        out["images"] = images
+        for i, row in fills.items():
+            for c, v in row.items():
+                if c != "images":
+                    out[c] = list(out[c])
+                    out[c][i] = v
         return out
 
 
-def _to_dataset(rows: list[dict[str, Any]], *, source: str | None = None, checked_decode: bool = True):
+def transforms_of(datasets: dict[str, Any]) -> list[DecodeImages]:
+    """The :class:`DecodeImages` transforms of a recipe's datasets (those built with ``checked_decode``)."""
+    found = []
+    for ds in datasets.values():
+        t = (getattr(ds, "format", None) or {}).get("format_kwargs", {}).get("transform") if ds is not None else None
+        if isinstance(t, DecodeImages):
+            found.append(t)
+    return found
+
+
+def mid_run_skips(spool: str | Path) -> list[dict[str, str]]:
+    """The images skipped mid-run, read back from the spool file (one per study and image)."""
+    p = Path(spool)
+    if not p.is_file():
+        return []
+    seen, out = set(), []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            continue
+        key = (rec.get("study_id"), rec.get("image")) if isinstance(rec, dict) else None
+        if key is not None and key not in seen:
+            seen.add(key)
+            out.append(rec)
+    return out
+
+
+def _to_dataset(rows: list[dict[str, Any]], *, source: str | None = None, checked_decode: bool = True,
+                skip_bad_images: bool = False):
     """Rows -> a ``datasets.Dataset``. ``checked_decode``: images stay paths, decoded per row by
-    :class:`DecodeImages`; otherwise (DPO, whose trainer tokenizes with ``Dataset.map``) typed as
-    ``datasets.Image``."""
+    :class:`DecodeImages` (``skip_bad_images``: an image that fails mid-run is skipped); otherwise (DPO, whose
+    trainer tokenizes with ``Dataset.map``) typed as ``datasets.Image``."""
     from datasets import Dataset, Image
     from datasets import Sequence as HFSequence
 
@@ -172,7 +309,9 @@ def _to_dataset(rows: list[dict[str, Any]], *, source: str | None = None, checke
     ds = Dataset.from_list(rows)
     if not checked_decode:
         return ds.cast_column("images", HFSequence(Image()))
-    ds.set_transform(DecodeImages({p: r["study_id"] for r in rows for p in r["images"]}, source))
+    decode = DecodeImages({p: r["study_id"] for r in rows for p in r["images"]}, source, skip=skip_bad_images)
+    ds.set_transform(decode)
+    decode.attach(ds.with_format(None))
     return ds
 
 
@@ -187,7 +326,7 @@ def sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **
         r["completion"] = assistant(r["reference"])
     if any(skipped.values()):
         log.warning("SFT data: skipped %s", skipped)
-    return _to_dataset(rows, source=kw.get("source"))
+    return _to_dataset(rows, source=kw.get("source"), skip_bad_images=kw.get("skip_bad_images", False))
 
 
 def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *, mixture: Sequence[Any],
@@ -215,7 +354,7 @@ def task_sft_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfi
         rows.append({"prompt": ex.messages, "images": images, "completion": assistant(ex.target),
                      "study_id": ex.study_id, "task": ex.task})
     _warn_skipped(n_bad)
-    return _to_dataset(rows, source=source)
+    return _to_dataset(rows, source=source, skip_bad_images=skip_bad_images)
 
 
 def _task_config(cfg: PromptConfig, mixture_names: Sequence[str], family: str, min_pixels: int | None,
@@ -263,7 +402,7 @@ def task_grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConf
             continue
         rows.append({"prompt": ex.messages, "images": images, **task_reward_row(s, ex, cfg)})
     _warn_skipped(n_bad)
-    return _to_dataset(rows, source=source)
+    return _to_dataset(rows, source=source, skip_bad_images=skip_bad_images)
 
 
 def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, **kw):
@@ -271,7 +410,7 @@ def grpo_dataset(records: Sequence[StudyRecord], data_root, cfg: PromptConfig, *
     rows, skipped = study_rows(records, data_root, cfg, **kw)
     if any(skipped.values()):
         log.warning("GRPO data: skipped %s", skipped)
-    return _to_dataset(rows, source=kw.get("source"))
+    return _to_dataset(rows, source=kw.get("source"), skip_bad_images=kw.get("skip_bad_images", False))
 
 
 def dpo_dataset(pairs: Sequence[dict[str, Any]], records_by_id: dict[str, StudyRecord], data_root,

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cxr_io import honour_umask
+
 #: The phantom seed of the pretraining corpus; the demo draws its studies with another (1).
 PRETRAIN_SEED = 1000
 #: The model size of the demo base (see :data:`mllm_cxr.tiny.SIZES`).
@@ -222,6 +224,7 @@ def build_demo_base(out_dir: str | Path, *, n: int = 3000, seed: int = PRETRAIN_
         "torch": torch.__version__,
     }
     (staging / "mllm_cxr_base.json").write_text(json.dumps(record, indent=2))
+    honour_umask(staging)  # safetensors writes the weights 0600 whatever the umask
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

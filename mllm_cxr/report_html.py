@@ -27,8 +27,13 @@ computed with its settings (``--uncertain``, ``--metric-kwargs``), and the summa
 An image that is missing or unreadable gets a placeholder and is counted in the summary; it never fails
 the report. A row without image paths gets a note.
 
-Patient text: the page says at its top that it contains report text and images; ``--no-text`` (alias
-``--redact``) leaves every report and indication text out (labels, metrics and images stay).
+What the page holds (:class:`Holds`, stated at its top): by default everything, report and indication texts,
+the radiographs (thumbnails), study ids and local file paths, so it stays where the data may be kept. The
+shareable mode, ``--no-text`` (aliases ``--redact``, ``--shareable``), leaves every one of those out: texts
+and highlights, images and box overlays, study ids (each row is numbered by its line in the predictions file)
+and file paths (file names only; paths in skipped-metric reasons, absolute or relative, become ``<path>``). Metrics, CIs,
+finding labels, disagreement chips and splits stay. ``--include images,ids,paths,text`` brings back any
+of them, item by item; the page says which it holds.
 
 Size: above ``--max-studies`` (default 2,000) only the worst studies by the sort metric are shown, with
 a note; the summary always covers all studies. Thumbnails are ``--thumb-size`` pixels on the long side
@@ -44,6 +49,7 @@ import html
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,6 +87,73 @@ PER_STUDY_METRICS: dict[str, tuple[str, bool | None]] = {
 BOX_COLOURS = {"ref": "#2f9e44", "pred": "#e8590c"}
 KIND_LABELS = {"fp": "false positive", "fn": "false negative", "neg": "negated here, present in the other report",
                "prior": "prior exam without a prior", "meas": "measurement/device disagreement"}
+
+
+#: What identifies a patient or a site in the page; the shareable mode leaves each out unless ``--include``-d.
+SHARE_ITEMS = {"text": "report and indication texts", "images": "chest X-ray images", "ids": "study ids",
+               "paths": "local file paths"}
+#: A file path in free text, absolute or relative (two or more parts): ``/data/x``, ``runs/pred/a.jsonl``, ``C:\\d``.
+_PATH = re.compile(r"(?<![\w.:/\\<])(?:~|[A-Za-z]:)?[/\\]?(?:[\w.@+~-]+[/\\])+[\w.@+~-]*")
+
+
+@dataclass(frozen=True)
+class Holds:
+    """Which identifying items the page holds; ``shareable`` when made with ``--no-text``."""
+
+    text: bool = True
+    images: bool = True
+    ids: bool = True
+    paths: bool = True
+    shareable: bool = False
+
+    @classmethod
+    def of(cls, shareable: bool, include: Sequence[str] = ()) -> Holds:
+        if not shareable:
+            return cls()
+        return cls(**{k: k in include for k in SHARE_ITEMS}, shareable=True)
+
+    def held(self) -> list[str]:
+        return [k for k in SHARE_ITEMS if getattr(self, k)]
+
+    def statement(self) -> str:
+        """The page's first note: what it holds, plainly."""
+        if not self.shareable:
+            return ("This file contains report text, chest X-ray images, study ids and local file paths of the "
+                    "evaluated studies. Keep it where the data may be kept; do not share it outside.")
+        out = [SHARE_ITEMS[k] for k in SHARE_ITEMS if not getattr(self, k)]
+        inc = [SHARE_ITEMS[k] for k in self.held()]
+        text = ("Shareable version (--no-text): it holds metrics with their confidence intervals, finding labels, "
+                "per-study scores and splits" + (f", and {_and(inc)} (--include)" if inc else "") + ". It holds no "
+                + (_and(out, "or") if out else "other identifying data") + ".")
+        if not self.ids:
+            text += " Rows are numbered by their line in the predictions file instead of a study id."
+        if inc:
+            text += f" Share it only where {_and(inc)} may be shared."
+        return text
+
+    def path(self, p: Any) -> str:
+        """A file path as the page shows it: whole, or its name only."""
+        return str(p) if self.paths or not p else Path(str(p)).name
+
+    def scrub(self, text: Any) -> str:
+        """Free text (a skipped metric's reason) with file paths replaced by ``<path>``, unless paths are held."""
+        return str(text) if self.paths else _PATH.sub("<path>", str(text))
+
+
+def _and(items: Sequence[str], conj: str = "and") -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + f" {conj} " + items[-1]
+
+
+def parse_include(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--include images,ids``: the items checked against :data:`SHARE_ITEMS`."""
+    items = [x.strip() for x in (value.split(",") if isinstance(value, str) else value or []) if x.strip()]
+    bad = [x for x in items if x not in SHARE_ITEMS]
+    if bad:
+        raise ConfigError(f"--include {bad[0]!r}: not an item of the shareable report; choose from "
+                          f"{', '.join(SHARE_ITEMS)} (comma-separated)")
+    return tuple(dict.fromkeys(items))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,10 +506,11 @@ def _digits(key: str) -> int:
     return 1 if key.startswith(("length_pred", "length_ref")) else 3
 
 
-def summary_html(result: dict[str, Any], counts: dict[str, Any]) -> str:
+def summary_html(result: dict[str, Any], counts: dict[str, Any], holds: Holds | None = None) -> str:
+    holds = holds or Holds()
     c = result.get("compare")
     name = result.get("name", "predictions")
-    parts = [f"<p>{_e(result.get('n'))} studies evaluated from <code>{_e(result.get('pred'))}</code>; 95% CIs "
+    parts = [f"<p>{_e(result.get('n'))} studies evaluated from <code>{_e(holds.path(result.get('pred')))}</code>; 95% CIs "
              f"from {_e(result.get('bootstrap', {}).get('n_boot'))} bootstrap resamples of studies "
              f"(seed {_e(result.get('bootstrap', {}).get('seed'))}).</p>"]
     if not c:
@@ -469,7 +543,7 @@ def summary_html(result: dict[str, Any], counts: dict[str, Any]) -> str:
     for who, sk in (("", result.get("skipped_metrics") or {}), (" (B)", (c or {}).get("skipped_metrics") or {})):
         if sk:
             parts.append(f"<p class=muted>Skipped metrics{who}: " + "; ".join(
-                f"<b>{_e(k)}</b>: {_e(v[:200])}" for k, v in sk.items()) + "</p>")
+                f"<b>{_e(k)}</b>: {_e(holds.scrub(v)[:200])}" for k, v in sk.items()) + "</p>")
     det = result.get("details", {})
     for g in ("chexpert", "chexbert"):
         if g in det and det[g].get("convention"):
@@ -662,6 +736,7 @@ class StudyRow:
     b: SystemView | None
     thumbs: list[tuple[str, str | None, str | None]]  # (caption, data uri, reason if none)
     image_note: str | None
+    line: int = 0  # the row's line in the predictions file (1-based): its name when study ids are left out
 
 
 def _data_attrs(prefix: str, v: SystemView | None) -> str:
@@ -727,8 +802,10 @@ def box_svg(a: SystemView, b: SystemView | None) -> str:
             if rects else "")
 
 
-def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | None], text: bool) -> str:
-    attrs = [f'data-id="{_e(r.sid)}"', f'data-split="{_e(r.split)}"']
+def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | None], text: bool,
+             ids: bool = True) -> str:
+    sid = r.sid if ids else f"row {r.line}"
+    attrs = [f'data-id="{_e(sid)}"', f'data-split="{_e(r.split)}"']
     for k in metric_keys:
         for tag, v in (("", r.a), ("b-", r.b)):
             if v is not None and k in v.metrics:
@@ -740,7 +817,7 @@ def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | No
     figs = []
     for k, (cap, uri, why) in enumerate(r.thumbs):
         if uri:
-            img = f'<img class=thumb src="{uri}" alt="{_e(r.sid)} {_e(cap)}" loading=lazy>'
+            img = f'<img class=thumb src="{uri}" alt="{_e(sid)} {_e(cap)}" loading=lazy>'
             svg = box_svg(r.a, r.b) if k == 0 else ""  # a box task's prompt holds the one image asked about
             if svg:
                 img = f"<div class=bxwrap>{img}{svg}</div>"
@@ -769,7 +846,7 @@ def row_html(r: StudyRow, metric_keys: Sequence[str], names: tuple[str, str | No
            else '<span class=muted>(text left out)</span>')
     ind = _e(r.indication) if text else ""
     return (f'<tr class=study {" ".join(attrs)}{_data_attrs("a", r.a)}{_data_attrs("b", r.b)}>'
-            f'<td><div class=sid>{_e(r.sid)}</div><div class=muted>{_e(r.split)}</div></td>'
+            f'<td><div class=sid>{_e(sid)}</div><div class=muted>{_e(r.split)}</div></td>'
             f'<td><div class=thumbs>{"".join(figs)}</div></td><td class=txt>{ind}</td>'
             f'<td class=txt>{ref}</td><td class=txt>{gen}</td></tr>')
 
@@ -783,22 +860,24 @@ def figures_html(figures: Sequence[tuple[str, str]]) -> str:
     return f"<details open id=figures><summary>Figures ({len(figures)})</summary>{items}</details>"
 
 
-def _figure_uris(figures: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def _figure_uris(figures: Sequence[tuple[str, str]], holds: Holds | None = None) -> list[tuple[str, str]]:
+    holds = holds or Holds()
     out = []
     for cap, path in figures:
         p = Path(path)
         data = p.read_bytes() if p.is_file() else b""
         if not data.startswith(b"\x89PNG"):
             raise DataPrepError("--figure: not a PNG file", file=str(p), field="figure", value=cap)
-        out.append((f"{cap} ({p})", "data:image/png;base64," + base64.b64encode(data).decode()))
+        out.append((f"{cap} ({holds.path(p)})", "data:image/png;base64," + base64.b64encode(data).decode()))
     return out
 
 
 def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], rows_html: list[str],
               metric_keys: Sequence[str], sort_key: str, sort_asc: bool, splits: Sequence[str],
-              compare_names: tuple[str, str | None], text: bool, notes: Sequence[str],
+              compare_names: tuple[str, str | None], holds: Holds, notes: Sequence[str],
               has_boxes: bool = False, figures: Sequence[tuple[str, str]] = ()) -> str:
     has_b = compare_names[1] is not None
+    text = holds.text
     opts = []
     for k in metric_keys:
         label, hib = PER_STUDY_METRICS.get(k, (k, None))
@@ -817,9 +896,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
     split_opts = "".join(f'<option value="{_e(s)}">{_e(s)}</option>' for s in splits)
     sys_sel = (f'<label>system <select id=f-system><option value=a>A: {_e(compare_names[0])}</option>'
                f'<option value=b>B: {_e(compare_names[1])}</option></select></label>' if has_b else "")
-    privacy = ("This file contains report text and chest X-ray images of the evaluated studies. Keep it where the "
-               "data may be kept; do not share it outside." if text else
-               "Report texts were left out of this file (--no-text); it still contains chest X-ray images.")
+    privacy = holds.statement()
     legend = ('<p class=legend>Highlights: <mark class="hl hl-fp">false positive</mark> (present in the generated '
               'report, absent or negated in the reference) <mark class="hl hl-fn">false negative</mark> (present in '
               'the reference, absent or negated in the generated report) <mark class="hl hl-neg">negated here'
@@ -849,7 +926,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 {"".join(f'<div class=note>{_e(n)}</div>' for n in notes)}
 {figures_html(figures)}
 <div class=top><div><h2>Summary</h2>
-{summary_html(result, counts)}</div>
+{summary_html(result, counts, holds)}</div>
 <div>{f'<h2>Per-finding F1</h2>{svg}' if svg else ''}{svg_b}</div></div>
 <h2>Studies</h2>
 {legend}
@@ -857,7 +934,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 <label>finding <select id=f-finding><option value="">any</option>{find_opts}</select></label>
 <label>error <select id=f-kind><option value="">any</option>{kind_opts}</select></label>
 <label>split <select id=f-split><option value="">any</option>{split_opts}</select></label>
-<label>text <input id=f-text type=search placeholder="study id{', report text' if text else ''}"></label>
+<label>text <input id=f-text type=search placeholder="{'study id' if holds.ids else 'row'}{', report text' if text else ''}"></label>
 {sys_sel}
 {box_ctl}
 <label>sort <select id=s-key>{sort_opts}</select></label>
@@ -875,7 +952,7 @@ def page_html(*, title: str, result: dict[str, Any], counts: dict[str, Any], row
 <option value=100000>all</option></select></label></div>
 <div id=overlay><img alt=""></div>
 <p class=muted>Written by <code>mllm-cxr report</code> ({_e(time.strftime('%Y-%m-%d %H:%M'))}). Self-contained: no
-network access; images are inlined thumbnails.</p>
+network access{'; images are inlined thumbnails' if holds.images else ''}.</p>
 <script>{JS}</script>
 </body></html>
 """
@@ -890,7 +967,8 @@ class ReportOptions:
     thumb_size: int = DEFAULT_THUMB
     max_studies: int = DEFAULT_MAX_STUDIES
     max_thumbs: int = 2
-    text: bool = True
+    shareable: bool = False  # --no-text: leave out texts, images, study ids and paths ...
+    include: tuple[str, ...] = ()  # ... except these (SHARE_ITEMS)
     title: str | None = None
     thumb_cache: str | None = None
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG path): embedded, e.g. learning curves
@@ -964,6 +1042,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     hib = PER_STUDY_METRICS[base_key][1]
     sort_asc = hib is not False  # worst first: ascending for higher-is-better metrics
 
+    holds = Holds.of(opt.shareable, opt.include)
+
     def key_of(i: int) -> float:
         v = va[i] if not sort_key.startswith("b_") else vb[i]
         if v is None or base_key not in v.metrics:
@@ -986,7 +1066,7 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
 
     # images: the files each prediction row names (`generate` records the prompt's images in "images")
     thumbs = Thumbs(size=opt.thumb_size, cache_dir=Path(opt.thumb_cache) if opt.thumb_cache else None) \
-        if opt.thumb_size > 0 else None
+        if opt.thumb_size > 0 and holds.images else None
     n_no_paths = n_missing_studies = 0
     rows_html, splits = [], set()
     from tqdm.auto import tqdm
@@ -1010,8 +1090,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
             if thumbs.missing + thumbs.unreadable > before:
                 n_missing_studies += 1
         indication = str(ctx.get("indication") or "")
-        rows_html.append(row_html(StudyRow(sid, split, indication, refs[i], va[i], vb[i], tl, note),
-                                  metric_keys, names, opt.text))
+        rows_html.append(row_html(StudyRow(sid, split, indication, refs[i], va[i], vb[i], tl, note, line=i + 1),
+                                  metric_keys, names, holds.text, holds.ids))
     if thumbs is not None and n_no_paths:
         notes.append(f"{n_no_paths:,} studies have no image paths in their prediction row (the 'images' field "
                      "`mllm-cxr generate` writes), so no images are shown for them.")
@@ -1034,8 +1114,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     title = opt.title or (f"Evaluation: {names[0]}" + (f" vs {names[1]}" if names[1] else ""))
     doc = page_html(title=title, result=result, counts=counts, rows_html=rows_html, metric_keys=metric_keys,
                     sort_key=sort_key, sort_asc=sort_asc, splits=sorted(splits), compare_names=names,
-                    text=opt.text, notes=notes, has_boxes=any(v.boxes is not None for v in va),
-                    figures=_figure_uris(opt.figures))
+                    holds=holds, notes=notes, has_boxes=any(v.boxes is not None for v in va),
+                    figures=_figure_uris(opt.figures, holds))
     out = Path(out_path) if out_path else ed / REPORT_NAME
     if out.suffix.lower() != ".html":
         if out.exists() and not out.is_dir():
@@ -1044,7 +1124,8 @@ def build_report(eval_dir: str | Path, out_path: str | Path | None = None, *, pr
     if out.resolve() in {pa.path.resolve(), *( [pb.path.resolve()] if pb else []), mj.resolve()}:
         raise ConfigError(f"report output {out} would overwrite an input")
     write_text_atomic(out, doc)
-    return {"path": str(out), "studies_shown": len(order), "studies": len(ids),
+    return {"path": str(out), "studies_shown": len(order), "studies": len(ids), "holds": holds.held(),
+            "shareable": holds.shareable,
             "images": (thumbs.encoded + thumbs.disk_hits) if thumbs else 0,
             "images_from_cache": thumbs.disk_hits if thumbs else 0, "images_missing": thumbs.missing if thumbs else 0,
             "images_unreadable": thumbs.unreadable if thumbs else 0, "studies_with_missing_image": n_missing_studies,
@@ -1064,8 +1145,11 @@ def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                                                              "names (the prompt's, frontal first)")
     p.add_argument("--max-studies", type=int, default=DEFAULT_MAX_STUDIES,
                    help="above this many studies, show the worst ones (with a note)")
-    p.add_argument("--no-text", "--redact", dest="no_text", action="store_true",
-                   help="leave report and indication texts out of the page")
+    p.add_argument("--no-text", "--redact", "--shareable", dest="no_text", action="store_true",
+                   help="a page to share: leave out report and indication texts, images, study ids (rows are "
+                        "numbered) and local file paths; --include brings items back")
+    p.add_argument("--include", default=None, metavar="ITEMS",
+                   help=f"with --no-text: keep these, comma-separated ({', '.join(SHARE_ITEMS)})")
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--figure", action="append", default=[], metavar="CAPTION=PNG",
                    help="embed a PNG (e.g. a run's curves.png) with its caption; repeatable")
@@ -1082,6 +1166,10 @@ def check_options(opt: ReportOptions) -> ReportOptions:
     for cap, path in opt.figures:
         if not Path(path).is_file():
             raise DataPrepError("--figure: file not found", file=str(path), field="figure", value=cap)
+    if opt.include and not opt.shareable:
+        raise ConfigError(f"--include {','.join(opt.include)}: only with --no-text (the page without it holds "
+                          "everything)")
+    parse_include(opt.include)
     base = opt.sort.removeprefix("b_").removeprefix("delta_")
     if base not in PER_STUDY_METRICS:
         raise ConfigError(f"--sort {opt.sort!r}: not a per-study metric; choose from {', '.join(PER_STUDY_METRICS)} "
@@ -1091,7 +1179,8 @@ def check_options(opt: ReportOptions) -> ReportOptions:
 
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
     return check_options(ReportOptions(sort=args.sort, thumb_size=args.thumb_size,
-                         max_studies=args.max_studies, max_thumbs=args.max_thumbs, text=not args.no_text,
+                         max_studies=args.max_studies, max_thumbs=args.max_thumbs, shareable=args.no_text,
+                         include=parse_include(args.include),
                          title=args.title, thumb_cache=args.thumb_cache, figures=_parse_figures(args.figure)))
 
 
@@ -1108,8 +1197,11 @@ def _parse_figures(values: Sequence[str]) -> list[tuple[str, str]]:
 def report_summary_line(s: dict[str, Any]) -> str:
     img = (f", {s['images']} images ({s['studies_with_missing_image']} studies with a missing or unreadable image)"
            if s["images"] or s["studies_with_missing_image"] else "")
+    share = ""
+    if s.get("shareable"):
+        share = "; shareable, holding " + (", ".join(s["holds"]) if s.get("holds") else "no texts, images, ids or paths")
     return (f"report: {s['studies_shown']} of {s['studies']} studies{img}, {s['bytes'] / 1e6:.1f} MB in "
-            f"{s['seconds']:.1f} s -> {s['path']}")
+            f"{s['seconds']:.1f} s{share} -> {s['path']}")
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -185,7 +185,7 @@ def test_report_from_eval_folder(tmp_path, phantom_dir):
             assert f"{m['value']:.{1 if k.startswith(('length_pred', 'length_ref')) else 3}f}" in doc, k
     assert "delta A−B" in doc and "show B: sys_b" in doc and "<svg class=plot" in doc
     assert (ev / "per_study_compare.jsonl").is_file() and doc.count("data-m-b-rouge-l=") == n
-    assert "This file contains report text and chest X-ray images" in doc
+    assert "This file contains report text, chest X-ray images, study ids and local file paths" in doc
     # worst first by per-study CheXpert F1
     f1 = [float(x) for x in re.findall(r'data-m-chexpert-f1="([^"]+)"', doc)]
     assert f1 == sorted(f1) and f1[0] < f1[-1]
@@ -241,16 +241,57 @@ def test_rows_without_image_paths_get_a_note_and_relative_paths_are_the_files(tm
     assert s["images"] == s["studies"] and s["images_missing"] == 0
 
 
-def test_no_text_leaves_the_texts_out(tmp_path, phantom_dir):
-    ev = make_eval(tmp_path, phantom_dir, compare=False)
-    build_report(ev, tmp_path / "redacted", options=ReportOptions(text=False, thumb_size=0))
-    doc = (tmp_path / "redacted" / "report.html").read_text()
+def _shareable(ev: Path, out: Path, *include: str) -> str:
+    build_report(ev, out, options=ReportOptions(shareable=True, include=include))
+    return (out / "report.html").read_text()
+
+
+def test_shareable_report_holds_nothing_identifying_unless_included(tmp_path, phantom_dir):
+    """``--no-text``: no report or indication text, no image (no data URI at all), no study id (rows are numbered
+    by their predictions-file line), no local path (file names only, paths in free text replaced), and the page
+    says so; ``--include`` brings each item back on its own."""
+    ev = make_eval(tmp_path, phantom_dir)
+    res = json.loads((ev / "metrics.json").read_text())
+    res["skipped_metrics"] = {"radgraph": f"model folder {tmp_path}/models/radgraph not found"}
+    (ev / "metrics.json").write_text(json.dumps(res))
     rows = [json.loads(x) for x in open(tmp_path / "sys_a.jsonl")]
+    ids = [r["study_id"] for r in rows]
+    doc = _shareable(ev, tmp_path / "share")
+    body = doc.split("<h2>Studies</h2>")[1]
     for r in rows:
         assert r["reference"] not in doc and r["prediction"] not in doc
-        assert r["context"]["indication"] not in doc.split("<h2>Studies</h2>")[1]
-    assert "Report texts were left out of this file" in doc and "data:image" not in doc
-    assert len(rows_of(doc)) == len(rows) and "FN " in doc  # labels and outcomes stay
+        assert r["context"]["indication"] not in body
+    assert not [i for i in ids if i in doc]  # no study id anywhere
+    assert "data:image" not in doc and "<img" not in doc.split("<div id=overlay>")[0]
+    assert str(tmp_path) not in doc and str(phantom_dir) not in doc  # no local path (the pred file: its name)
+    assert "<code>sys_a.jsonl</code>" in doc and "model folder &lt;path&gt; not found" in doc
+    assert sorted(rows_of(doc), key=lambda x: int(x.split()[1])) == [f"row {i}" for i in range(1, len(rows) + 1)]
+    assert "FN " in doc and "data-m-chexpert-f1=" in doc  # labels, outcomes and scores stay
+    assert ("Shareable version (--no-text): it holds metrics with their confidence intervals, finding labels, "
+            "per-study scores and splits. It holds no report and indication texts, chest X-ray images, study ids "
+            "or local file paths.") in doc
+    # each opt-in brings back its item, and only it
+    imgs = _shareable(ev, tmp_path / "i", "images")
+    assert imgs.count('src="data:image/jpeg;base64,') == 2 * len(rows) and not [i for i in ids if i in imgs]
+    assert "and chest X-ray images (--include)" in imgs and "Share it only where chest X-ray images may be" in imgs
+    with_ids = _shareable(ev, tmp_path / "d", "ids")
+    assert sorted(rows_of(with_ids)) == sorted(ids) and "data:image" not in with_ids
+    assert str(tmp_path) in _shareable(ev, tmp_path / "p", "paths")
+    text = _shareable(ev, tmp_path / "t", "text")
+    assert rows[0]["reference"] in text and str(tmp_path) not in text and not [i for i in ids if i in text]
+
+
+def test_shareable_options_on_the_command_line(tmp_path, phantom_dir, capsys):
+    from mllm_cxr.cli import main
+
+    ev = make_eval(tmp_path, phantom_dir, compare=False)
+    assert main(["report", "--eval", str(ev), "--out", str(tmp_path / "s"), "--no-text", "--include", "images",
+                 "--quiet"]) == 0
+    assert "shareable, holding images" in capsys.readouterr().out
+    assert main(["report", "--eval", str(ev), "--no-text", "--include", "images,faces"]) == 2
+    assert "--include 'faces': not an item of the shareable report" in capsys.readouterr().err
+    assert main(["report", "--eval", str(ev), "--include", "ids"]) == 2
+    assert "only with --no-text" in capsys.readouterr().err
 
 
 def test_max_studies_keeps_the_worst_with_a_note_and_sort_choices(tmp_path, phantom_dir):
@@ -329,7 +370,7 @@ def test_cli_eval_html_and_report_verb(tmp_path, phantom_dir, capsys):
     doc = (out / "report.html").read_text()
     assert 'value="delta-chexpert-f1" data-dir=asc selected' in doc
     assert main(["report", "--eval", str(out), "--out", str(tmp_path / "r2"), "--redact", "--quiet"]) == 0
-    assert "Report texts were left out" in (tmp_path / "r2" / "report.html").read_text()
+    assert "Shareable version (--no-text)" in (tmp_path / "r2" / "report.html").read_text()
     assert main(["report", "--eval", str(tmp_path / "nothing")]) == 2
     assert "metrics.json not found" in capsys.readouterr().err
     assert main(["report", "--eval", str(out), "--out", str(a)]) == 2  # never overwrite an input
@@ -380,7 +421,8 @@ def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
         assert main(c[1:]) == 0, c
     assert (tmp_path / "runs/eval/grpo/report.html").is_file()
     doc = (tmp_path / "runs/eval/grpo-shareable/report.html").read_text()
-    assert "Report texts were left out" in doc and 'value="errors" data-dir=desc selected' in doc
+    assert "Shareable version (--no-text)" in doc and 'value="errors" data-dir=desc selected' in doc
+    assert "data:image" not in doc and "runs/pred" not in doc and "<div class=sid>row " in doc
 
 
 def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):

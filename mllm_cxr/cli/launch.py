@@ -8,7 +8,10 @@ and exited 2; ``accelerate launch`` then raises ``subprocess.CalledProcessError`
 or torch's ``ChildFailedError`` (torchrun) and Python prints that exception's traceback after our line.
 ``accelerate launch -q`` hides the traceback but turns every failure into exit code 1. Here the launcher's
 exception is caught and the process exits with the recipe's own exit code (2 for bad input, 130 for
-Ctrl-C), printing nothing more; the recipe's stdout and stderr went through to the terminal as they came.
+Ctrl-C, 143 for SIGTERM), printing nothing more; the recipe's stdout and stderr went through to the terminal as
+they came. A recipe process killed by a signal (SIGKILL, the out-of-memory killer) cannot print its line: then
+this prints one naming the rank and the signal, and exits 128 + the signal's number (137 for SIGKILL); the
+other processes, stopped by the launcher with SIGTERM, each print where the run stands.
 """
 
 from __future__ import annotations
@@ -20,16 +23,46 @@ import sys
 from cxr_io import debug_requested, handle
 
 
-def child_exit_code(error: BaseException) -> int | None:
-    """The failed recipe process's exit code inside the launcher's exception, else None (not a child failure)."""
+def _first_failure(error: BaseException) -> tuple[int | None, int | None, int | None] | None:
+    """``(raw exit code, rank, pid)`` of the first recipe process that failed inside the launcher's exception
+    (a negative code: killed by that signal), else None (not a child failure)."""
     if isinstance(error, subprocess.CalledProcessError):
-        return error.returncode
+        return error.returncode, None, None
     failures = getattr(error, "failures", None)  # torch.distributed.elastic ChildFailedError: rank -> failure
     if type(error).__name__ == "ChildFailedError" and isinstance(failures, dict) and failures:
-        first = failures[min(failures, key=lambda r: getattr(failures[r], "timestamp", 0))]
-        code = getattr(first, "exitcode", None)
-        return code if isinstance(code, int) and code > 0 else 1
+        rank = min(failures, key=lambda r: getattr(failures[r], "timestamp", 0))
+        code = getattr(failures[rank], "exitcode", None)
+        return (code if isinstance(code, int) else None), rank, getattr(failures[rank], "pid", None)
     return None
+
+
+def child_exit_code(error: BaseException) -> int | None:
+    """The failed recipe process's exit code inside the launcher's exception (128 + N for one killed by
+    signal N, as a shell reports it), else None (not a child failure)."""
+    first = _first_failure(error)
+    if first is None:
+        return None
+    code = first[0]
+    if isinstance(code, int) and code < 0:
+        return 128 - code
+    return code if isinstance(code, int) and code > 0 else 1
+
+
+def killed_child_line(error: BaseException) -> str | None:
+    """The one line for a recipe process killed by a signal (it could print nothing itself), else None."""
+    import signal
+
+    first = _first_failure(error)
+    if first is None or not isinstance(first[0], int) or first[0] >= 0:
+        return None
+    code, rank, pid = first
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    who = "the recipe process" if rank is None else f"process rank {rank}" + (f" (pid {pid})" if pid else "")
+    return (f"{who} was killed by {name}; the launcher stopped the other processes (each surviving one printed "
+            "the last complete checkpoint); rerun every process with --resume_from_checkpoint true")
 
 
 def launch(argv: list[str]) -> int:
@@ -45,6 +78,9 @@ def launch(argv: list[str]) -> int:
         code = child_exit_code(e)
         if code is None:
             raise
+        line = killed_child_line(e)
+        if line:
+            print(f"mllm-cxr launch: error: {line}", file=sys.stderr, flush=True)
         sys.stderr.flush()
         return code
     return 0

@@ -20,11 +20,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_io import debug_requested, handle, make_parent, write_text_atomic
+from cxr_io import Terminated, debug_requested, handle, make_parent, sigterm_raises, write_text_atomic
 from data_prep.errors import BadImageError
 from mllm_cxr.config import ConfigError, adapt_to_hardware, parse_recipe_args
-from mllm_cxr.data import SKIPPED_IMAGES
+from mllm_cxr.data import SKIPPED_IMAGES, mid_run_skips, transforms_of
 from mllm_cxr.run_config import write_run_config
+from mllm_cxr.train.saving import (
+    atomic_checkpoints,
+    clear_staging,
+    save_final,
+    stopped_error,
+    where_run_stands,
+)
 
 log = logging.getLogger("mllm_cxr")
 
@@ -253,21 +260,31 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
         skips = f"; {len(skipped_images)} studies skipped for a bad image" if skipped_images else ""
         print(f"dry run: config parsed; datasets built ({sizes}){skips}; no model loaded, nothing written", flush=True)
         return None
+    out = Path(args.output_dir)
+    spool = out / MID_RUN_SKIPS  # images skip_bad_images skips mid-run, appended by whichever process decodes
+    for t in transforms_of(data):
+        t.spool = str(spool)
     if args.process_index == 0:
         save_run_configs(args.output_dir, configs, args, argv)
+        if not resume:
+            spool.unlink(missing_ok=True)  # a stale record of an earlier run in this folder
         if skipped_images:  # the run record of what skip_bad_images left out
-            write_text_atomic(Path(args.output_dir) / f"{SKIPPED_IMAGES}.json",
+            write_text_atomic(out / f"{SKIPPED_IMAGES}.json",
                               json.dumps(skipped_images, indent=2, ensure_ascii=False) + "\n")
+    if args.local_process_index == 0:
+        clear_staging(out)
     tr, processor = trainer(configs, data, model_args)
+    atomic_checkpoints(tr)
     log.info(trainable_summary(tr.model))
     if resume:
         print(f"resuming from {resume}", file=sys.stderr, flush=True)
     try:
-        result = tr.train(resume_from_checkpoint=resume)
-    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
-        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
-        raise mid_run_image_error(unwrap_worker_error(e), tr, args.output_dir) from None
-    tr.save_model(args.output_dir)
+        result = _train_and_save(tr, processor, resume, args.output_dir)
+    except Terminated as e:  # SIGTERM (run_recipe), wherever it landed: say where the run stands
+        if str(e):
+            raise
+        raise Terminated(where_run_stands(tr, args.output_dir)) from None
+    skipped_images = skipped_images + record_mid_run_skips(tr, out, spool, skipped_images)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}  # TRL may report None (GRPO)
     metrics["train_samples"] = len(data["train"])
     if skipped_images:
@@ -275,19 +292,70 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     tr.log_metrics("train", metrics)
     tr.save_metrics("train", metrics)  # train_results.json (+ all_results.json)
     tr.save_state()  # trainer_state.json
-    if tr.is_world_process_zero():
-        processor.save_pretrained(args.output_dir)
     write_model_card(tr, model_args, stage=stage, dataset=None)  # studies are local files, not hub datasets
     if after is not None:
         after(tr, configs)
     t = time.perf_counter() - t0
     if tr.is_world_process_zero():
+        skips = (f"; {len(skipped_images)} studies skipped for a bad image (listed in "
+                 f"{out / SKIPPED_IMAGES}.json)" if skipped_images else "")
         print(f"done: {result.global_step} steps, train_loss {metrics.get('train_loss', float('nan')):.4f}, "
-              f"{t:.0f} s on {args.world_size} process(es); adapter and processor saved to {args.output_dir}",
+              f"{t:.0f} s on {args.world_size} process(es); adapter and processor saved to {args.output_dir}{skips}",
               flush=True)
     tr.accelerator.wait_for_everyone()  # multi-node: no rank may outlive node 0's rendezvous store (docs/scaling.md)
     tr.end()  # trackers finished, process group destroyed: nothing distributed after this
     return metrics
+
+
+def _train_and_save(tr, processor, resume: str | None, output_dir: str):
+    """``tr.train()`` and the final save (:func:`mllm_cxr.train.saving.save_final`); a fault met on the way is one
+    line: an image that stopped decoding, a full disk, a lost peer, SIGTERM (the staged save removed)."""
+    try:
+        try:
+            result = tr.train(resume_from_checkpoint=resume)
+            save_final(tr, processor, output_dir)
+        except BaseException:
+            close_progress_bars(tr)  # the line that follows starts on a line of its own, not after the bar
+            raise
+    except BadImageError as e:  # an image that went bad after the dataset was built: say where the run stands
+        # (from a DataLoader worker it comes back with the worker's traceback as its text: unwrapped)
+        raise mid_run_image_error(unwrap_worker_error(e), tr, output_dir) from None
+    except Terminated:
+        raise Terminated(where_run_stands(tr, output_dir)) from None
+    except Exception as e:  # a full disk, a lost peer process: one line, else the traceback of a bug
+        stop = stopped_error(e, tr, output_dir)
+        if stop is None:
+            raise
+        raise stop from None
+    return result
+
+
+def close_progress_bars(tr) -> None:
+    """Close the trainer's tqdm bars (a stopped run leaves them open mid-line on stderr)."""
+    for cb in getattr(getattr(tr, "callback_handler", None), "callbacks", []):
+        for name in ("training_bar", "prediction_bar"):
+            bar = getattr(cb, name, None)
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()
+                setattr(cb, name, None)
+
+
+#: The file in output_dir that images skipped mid-run are appended to (merged into skipped_images.json at the end).
+MID_RUN_SKIPS = "skipped_images.mid-run.jsonl"
+
+
+def record_mid_run_skips(tr, out: Path, spool: Path, before: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The images ``skip_bad_images`` skipped during training (read from the spool every process appends to),
+    merged by the main process into ``skipped_images.json`` beside the ones skipped when the dataset was built."""
+    tr.accelerator.wait_for_everyone()  # every rank's skips are in the spool
+    found = mid_run_skips(spool)
+    if found and tr.is_world_process_zero():
+        path = out / f"{SKIPPED_IMAGES}.json"
+        write_text_atomic(path, json.dumps(before + found, indent=2, ensure_ascii=False) + "\n")
+        spool.unlink(missing_ok=True)
+        log.warning("skip_bad_images: %d studies skipped mid-run (their images stopped decoding); listed in %s",
+                    len(found), path)
+    return found
 
 
 def unwrap_worker_error(e: BaseException) -> BadImageError | None:
@@ -314,7 +382,7 @@ def mid_run_image_error(e: BadImageError, tr, output_dir) -> BadImageError:
 
 def run_recipe(main, argv: list[str] | None = None) -> None:
     """Run a recipe's main through the one top-level handler (:func:`cxr_io.handle`): bad input prints one
-    line and exits 2, Ctrl-C one line and 130; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
+    line and exits 2, Ctrl-C one line and 130, SIGTERM one line and 143; ``--debug`` or ``MLLM_CXR_DEBUG=1`` shows the traceback.
 
     Under ``accelerate launch`` the launcher adds its own ``CalledProcessError`` traceback after any
     non-zero exit of a single-process (or DeepSpeed) run; ``mllm-cxr launch`` (the same arguments,
@@ -326,7 +394,8 @@ def run_recipe(main, argv: list[str] | None = None) -> None:
     debug = debug_requested(args)
     args = [a for a in args if a != "--debug"]
     prog = Path(sys.argv[0]).name if argv is None and sys.argv and sys.argv[0] else "recipe"
-    code = handle(lambda: main(args), prog=prog, debug=debug)
+    with sigterm_raises():  # SIGTERM: staged saves removed, one line, exit 143 (cxr_io.handle)
+        code = handle(lambda: main(args), prog=prog, debug=debug)
     if code:
         sys.stdout.flush()
         raise SystemExit(code)
