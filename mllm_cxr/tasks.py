@@ -158,7 +158,7 @@ class GroundedReportTask(Task):
 class PhraseGroundingTask(Task):
     name = "phrase_grounding"
     metrics = ("mean_iou", "acc_at_iou_0.5", "parse_failure_rate")
-    rewards = ("iou", "box_format")
+    rewards = ("iou",)
 
     def examples(self, study, cfg):
         out = []
