@@ -28,6 +28,9 @@ Metrics (the reward registry's scorers, :func:`reward.base.get_scorer`), in the 
                 mean IoU, Acc@IoU>=0.5, box precision/recall/F1 from summed counts, mAP@0.5 (recomputed
                 on each resample; no p-value), parse-failure rate, RadFact-style grounded precision/recall/F1
                 (:mod:`reward.box_eval`); skipped when no row has a box task
+``answers``     rows of a question task (``--task classification|vqa|view``): answer accuracy, the mean of
+                :func:`reward.task_rewards.answer_match` (1/0 per answer; for classification the share of
+                ``finding: answer`` lines right), over those rows; skipped when no row has a question task
 ==============  =========================================================================================
 
 A metric whose model or package is not installed is listed under ``skipped_metrics`` with the reason
@@ -76,7 +79,7 @@ from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 log = logging.getLogger(__name__)
 
 METRIC_GROUPS: tuple[str, ...] = ("bleu", "rouge_l", "radgraph", "green", "ratescore", "chexpert", "chexbert",
-                                  "prior", "measurement", "length", "boxes")
+                                  "prior", "measurement", "length", "boxes", "answers")
 #: Groups whose scorer needs a model or package that may be missing: any loading error skips them.
 MODEL_GROUPS = frozenset({"radgraph", "green", "ratescore", "chexbert"})
 _IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
@@ -479,6 +482,31 @@ def length_group(hyps: Sequence[str], refs: Sequence[str]) -> MetricGroup:
     return MetricGroup("length", S, stats, info, {"length_pred_words": lp, "length_ref_words": lr})
 
 
+#: The tasks whose answers are scored by the ``answers`` group (mllm_cxr.tasks' question tasks).
+QUESTION_TASKS = ("classification", "vqa", "view")
+
+
+class NoQuestionRows(RewardError):
+    """No row of a question task: the ``answers`` group has nothing to score (a skip, not an error)."""
+
+    skippable = True
+
+
+def answers_group(records: Sequence[dict], hyps: Sequence[str], refs: Sequence[str]) -> MetricGroup:
+    """Answer accuracy over the rows of a question task; other rows weigh 0 (columns: score, is-question)."""
+    from reward.task_rewards import answer_match
+
+    asked = np.array([(r or {}).get("task") in QUESTION_TASKS for r in records], dtype=float)
+    if not asked.any():
+        raise NoQuestionRows("no row of a question task (generate --task classification|vqa|view)")
+    v = np.array([answer_match(h, r) if a else 0.0 for h, r, a in zip(hyps, refs, asked)])
+    S = np.stack([v, asked], axis=1)
+    tasks = sorted({r.get("task") for r in records if r.get("task") in QUESTION_TASKS})
+    return MetricGroup("answers", S, {"answer_accuracy": Stat("Answer accuracy (classification/VQA/view)",
+                                                              _ratio(0, 1), True)},
+                       {"tasks": tasks, "n_questions": int(asked.sum())}, {"answer_accuracy": v})
+
+
 def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *, uncertain: str = "positive",
                    metric_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = True
                    ) -> tuple[dict[str, MetricGroup], dict[str, str]]:
@@ -543,6 +571,8 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
                 groups[name] = measurement_group(hyps, refs, **kw)
             elif name == "length":
                 groups[name] = length_group(hyps, refs)
+            elif name == "answers":
+                groups[name] = answers_group(preds.records, hyps, refs)
             elif name == "boxes":
                 from reward.box_eval import box_statistics
 
@@ -553,7 +583,7 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
             skipped[name] = f"MissingBackendError: {e}"
         except (RewardError, OSError, ImportError) as e:
             if name not in MODEL_GROUPS and not (name == "prior" and isinstance(e, RewardError)) \
-                    and not (name == "boxes" and getattr(e, "skippable", False)):
+                    and not (name in ("boxes", "answers") and getattr(e, "skippable", False)):
                 raise
             skipped[name] = f"{type(e).__name__}: {e}"
     return groups, skipped

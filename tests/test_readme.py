@@ -175,6 +175,19 @@ CASES: list[Case] = [
                                "--out runs/pred/grounding.jsonl", extra=[*GEN_LIMITS, "--limit", "3"], run="tasks"),
     Case("eval-grounding", "mllm-cxr eval --pred runs/pred/grounding.jsonl --out runs/eval/grounding --metrics boxes "
                            "--html", extra=["--n-boot", "100"], run="tasks"),
+    *[c for task, metrics in (("grounded_report", "boxes"), ("detection", "boxes"), ("vqa", "answers"))
+      for c in (Case(f"generate-{task}", f"mllm-cxr generate --studies data/phantom/studies.jsonl --split test --model "
+                     f"{Q3} --task {task} " + ("--box-family qwen2_5_vl --min-pixels 3136 --max-pixels 401408 "
+                                               if metrics == "boxes" else "") + f"--out runs/pred/{task}.jsonl",
+                     extra=[*GEN_LIMITS, "--limit", "3"], run="tasks"),
+                Case(f"eval-{task}", f"mllm-cxr eval --pred runs/pred/{task}.jsonl --out runs/eval/{task} --metrics "
+                     f"{metrics}", extra=["--n-boot", "100"], run="tasks"))],
+    Case("sft-tasks", "accelerate launch recipes/sft.py --config recipes/configs/demo/sft_tasks.yaml --studies "
+                      "data/phantom/studies.jsonl", extra=TINY_SFT_LIMITS, run="tasks"),
+    Case("grpo-tasks", "accelerate launch recipes/grpo.py --config recipes/configs/demo/grpo_tasks.yaml --studies "
+                       "data/phantom/studies.jsonl",
+         extra=[*CPU, "--max_steps", "1", "--per_device_train_batch_size", "8", "--num_generations", "4",
+                "--max_completion_length", "8", "--dataloader_num_workers", "0"], run="tasks"),
     # -- hallucination metrics -------------------------------------------------------------------
     Case("eval-hallucination", "mllm-cxr eval --pred runs/pred/grpo.jsonl --out runs/eval/grpo --metrics "
                                "prior,measurement --compare runs/pred/sft.jsonl", run="late"),
@@ -447,6 +460,14 @@ def test_task_commands_run_as_written(workspace):
     assert metrics["box_mean_iou"]["ci"] is not None and "box_parse_failure_rate" in metrics
     page = (ws / "runs/eval/grounding/report.html").read_text()
     assert "id=bx-ref" in page and all(r["study_id"] in page for r in rows)
+    for task, key in (("grounded_report", "grounded_"), ("detection", "box_map_0.5"), ("vqa", "answer_accuracy")):
+        rows = _rows(ws / f"runs/pred/{task}.jsonl")
+        assert rows and {r["task"] for r in rows} == {task}, task
+        metrics = json.loads((ws / f"runs/eval/{task}/metrics.json").read_text())["metrics"]
+        assert any(k.startswith(key) for k in metrics), (task, list(metrics))
+    for run in ("runs/demo-sft-tasks", "runs/demo-grpo-tasks"):  # the mixture's SFT, then GRPO from its adapter
+        assert (ws / run / "adapter_model.safetensors").is_file(), run
+    assert json.loads((ws / "runs/demo-grpo-tasks/mllm_cxr_config.json").read_text())["DataArguments"]["tasks"], "no mixture"
 
 
 # ------------------------------------------------------------------------------------------------
