@@ -8,6 +8,15 @@ line. Bad input raises our exception types (the main CLI prints one line and exi
     mllm-cxr prepare chexpert-plus /data/chexpert-plus --image-root /data/chexpert-plus/PNG --out cxp.jsonl
     mllm-cxr prepare rexgradient /data/ReXGradient-160K --out rex.jsonl
     mllm-cxr prepare phantom --n 48 --seed 0 --out data/phantom/studies.jsonl
+
+Box annotations (docs/boxes.md): the annotation file is SOURCE; --images-dir (the image folder) makes
+the records' paths relative to it, checks the images and allows --image-cache.
+
+    mllm-cxr prepare nih-bbox ../shared/data/boxes/nih_bbox_list_2017.csv --images-dir /data/nih/images --out nih.jsonl
+    mllm-cxr prepare chestx-det ../shared/data/boxes/chestx_det_test.json --out chestx_det.jsonl
+    mllm-cxr prepare radfact ../shared/data/boxes/radfact_grounded_reporting_examples.json --out radfact.jsonl
+    mllm-cxr prepare vindr-cxr annotations_test.csv --images-dir /data/vindr/test --split test --out vindr.jsonl
+    mllm-cxr prepare ms-cxr MS_CXR_Local_Alignment_v1.0.0.csv --images-dir /data/mimic-cxr-jpg/2.1.0 --out ms_cxr.jsonl
 """
 
 from __future__ import annotations
@@ -45,8 +54,22 @@ def _add(sub, name: str, help_: str, positional: str | None, pos_help: str = "")
     return p
 
 
+_SPLITS = ("train", "validate", "test")
+
+
+def _split(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=_SPLITS, default="test", help="split of every record (default: test)")
+
+
+def _images_dir(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--images-dir", metavar="DIR",
+                   help=f"{what}; the records' image paths are relative to it, every image is checked (or cached "
+                        "with --image-cache; --skip-bad leaves a missing or unreadable one out)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``prepare <dataset>`` (iu-xray, mimic-cxr, chexpert-plus, rexgradient, phantom)."""
+    """Add ``prepare <dataset>`` (iu-xray, mimic-cxr, chexpert-plus, rexgradient, phantom; the box annotations
+    nih-bbox, chestx-det, radfact, vindr-cxr, ms-cxr)."""
     prep = subparsers.add_parser("prepare", help="convert a dataset into study records (and cache resized images)",
                                  description="Convert a public chest X-ray dataset into canonical study records.")
     sub = prep.add_subparsers(dest="prepare_dataset", metavar="DATASET", required=True)
@@ -84,6 +107,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--root", help="folder to generate the phantom data in (default: the --out folder)")
 
+    # box annotations (data_prep/grounding.py); a malformed row stops with its file, line and field
+    p = _add(sub, "nih-bbox", "NIH ChestX-ray14 radiologist boxes (BBox_List_2017.csv)", "source",
+             "BBox_List_2017.csv")
+    _images_dir(p, "folder of the NIH PNGs: each image's size is read from its header (default: no folder, the "
+                   "stated 1024x1024, paths images/<file>)")
+    _split(p)
+
+    p = _add(sub, "chestx-det", "ChestX-Det boxes and polygons (JSON list of file_name, syms, boxes, polygons)",
+             "source", "the ChestX-Det JSON (e.g. ChestX_Det_test.json)")
+    _images_dir(p, "folder of the ChestX-Det / NIH PNGs: each image's size is read from its header (default: no "
+                   "folder, the stated 1024x1024, paths images/<file>)")
+    _split(p)
+
+    p = _add(sub, "radfact", "RadFact grounded-report examples (text-only records; no images)", "source",
+             "the examples JSON ([{example_id, prediction, target}])")
+    _split(p)
+
+    p = _add(sub, "vindr-cxr", "VinDr-CXR boxes (annotations_train/test.csv or train.csv; DICOM pixels)", "source",
+             "the VinDr-CXR annotations CSV")
+    _images_dir(p, "folder of the images (<image_id><suffix>): sizes not in --sizes-csv are read from their "
+                   "headers (DICOM, or full-resolution PNG/JPG)")
+    p.add_argument("--sizes-csv", metavar="CSV",
+                   help="image sizes as image_id,width,height (pixels of the DICOM); wins over --images-dir. "
+                        "One of --sizes-csv / --images-dir is needed")
+    p.add_argument("--image-suffix", default=".dicom", help="image file suffix (default .dicom, as released)")
+    _split(p)
+
+    p = _add(sub, "ms-cxr", "MS-CXR phrase grounding (MS_CXR_Local_Alignment_v1.0.0.csv; sizes in the CSV)",
+             "source", "MS_CXR_Local_Alignment_v1.0.0.csv")
+    _images_dir(p, "the MIMIC-CXR-JPG folder the CSV's path column is relative to (files/p1x/...)")
+    _split(p)
+
 
 def _options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     d = args.prepare_dataset
@@ -99,6 +154,13 @@ def _options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if d == "rexgradient":
         return args.root, {"splits": tuple(args.splits) if args.splits else None,
                            "check_images": not args.no_check_images}
+    if d in ("nih-bbox", "chestx-det", "ms-cxr"):
+        return args.source, {"images_dir": args.images_dir, "split": args.split}
+    if d == "radfact":
+        return args.source, {"split": args.split}
+    if d == "vindr-cxr":
+        return args.source, {"images_dir": args.images_dir, "sizes_csv": args.sizes_csv,
+                             "image_suffix": args.image_suffix, "split": args.split}
     return args.root, {"n": args.n, "seed": args.seed}
 
 

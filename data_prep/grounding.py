@@ -26,13 +26,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cxr_io import iter_csv_rows, read_json
+from data_prep._util import SkipLog, build_prepare_summary
 from data_prep.errors import DataPrepError, UnknownLayoutError
-from data_prep.schema import SPLITS, StudyRecord, validate_record
+from data_prep.schema import SPLITS, StudyRecord, validate_record, write_records
+from data_prep.schema import link_priors as _link_priors
 
 NIH_SIZE = (1024, 1024)
 CHESTX_DET_SIZE = (1024, 1024)
@@ -45,12 +47,17 @@ MS_CXR_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "
 Size = tuple[int, int]
 
 
-def _sizer(images_dir: str | os.PathLike | None, default: Size) -> Callable[[str], Size]:
-    """(width, height) of an image: read from ``images_dir/<name>`` when a folder is given, else ``default``."""
+def _sizer(images_dir: str | os.PathLike | None, default: Size,
+           on_bad_image: Callable[[str, DataPrepError], None] | None = None) -> Callable[[str], Size | None]:
+    """(width, height) of an image: read from ``images_dir/<name>`` when a folder is given, else ``default``.
+
+    A missing or unreadable image is an error naming it; with ``on_bad_image`` it is reported there (once)
+    and its size is ``None`` (the reader then leaves the image out)."""
     if images_dir is None:
         return lambda name: default
+    known: dict[str, Size | None] = {}
 
-    def size(name: str) -> Size:
+    def read(name: str) -> Size:
         from PIL import Image, UnidentifiedImageError
 
         p = Path(images_dir) / name
@@ -58,10 +65,24 @@ def _sizer(images_dir: str | os.PathLike | None, default: Size) -> Callable[[str
             with Image.open(p) as im:
                 return im.size
         except FileNotFoundError:
-            raise DataPrepError("image not found (pass the folder of the dataset's images, or no folder to use "
-                                f"the stated size {default[0]}x{default[1]})", file=str(p)) from None
+            err = DataPrepError("image not found (pass the folder of the dataset's images, or no folder to use "
+                                f"the stated size {default[0]}x{default[1]})", file=str(p))
+            err.reason = "image not found"  # type: ignore[attr-defined]
         except (OSError, UnidentifiedImageError) as e:
-            raise DataPrepError(f"not a readable image ({e})", file=str(p)) from None
+            err = DataPrepError(f"not a readable image ({e})", file=str(p))
+            err.reason = "not a readable image"  # type: ignore[attr-defined]
+        raise err
+
+    def size(name: str) -> Size | None:
+        if name not in known:
+            try:
+                known[name] = read(name)
+            except DataPrepError as e:
+                if on_bad_image is None:
+                    raise
+                on_bad_image(name, e)
+                known[name] = None
+        return known[name]
 
     return size
 
@@ -78,11 +99,15 @@ def _check_split(split: str) -> str:
 
 # -- NIH ChestX-ray14 ------------------------------------------------------------------------------
 def nih_bbox_to_records(path: str | os.PathLike, *, images_dir: str | os.PathLike | None = None,
-                        split: str = "test", image_prefix: str = "images/") -> list[StudyRecord]:
-    """``BBox_List_2017.csv`` -> one record per image (in first-appearance order) with its detection boxes."""
+                        split: str = "test", image_prefix: str = "images/",
+                        on_bad_image: Callable[[str, DataPrepError], None] | None = None) -> list[StudyRecord]:
+    """``BBox_List_2017.csv`` -> one record per image (in first-appearance order) with its detection boxes.
+
+    ``on_bad_image(name, error)``: with ``images_dir``, an image that is missing or unreadable is reported
+    there and left out (its record too) instead of being an error."""
     path = Path(path)
     _check_split(split)
-    size_of = _sizer(images_dir, NIH_SIZE)
+    size_of = _sizer(images_dir, NIH_SIZE, on_bad_image)
     by_image: dict[str, list[dict]] = {}
     lines: dict[str, int] = {}
     try:
@@ -108,7 +133,10 @@ def nih_bbox_to_records(path: str | os.PathLike, *, images_dir: str | os.PathLik
             except ValueError:
                 raise DataPrepError("x, y, w, h must be numbers", file=str(path), line=line,
                                     field="Bbox [x,y,w,h]", value=values[2:6]) from None
-            W, H = size_of(name)
+            size = size_of(name)
+            if size is None:
+                continue
+            W, H = size
             box = {"label": label, "x_min": x / W, "y_min": y / H, "x_max": (x + w) / W, "y_max": (y + h) / H}
             by_image.setdefault(name, []).append(box)
             lines.setdefault(name, line)
@@ -143,16 +171,17 @@ def _g(v: float) -> str:
 
 # -- ChestX-Det ------------------------------------------------------------------------------------
 def chestx_det_to_records(path: str | os.PathLike, *, images_dir: str | os.PathLike | None = None,
-                          split: str = "test", image_prefix: str = "images/") -> list[StudyRecord]:
+                          split: str = "test", image_prefix: str = "images/",
+                          on_bad_image: Callable[[str, DataPrepError], None] | None = None) -> list[StudyRecord]:
     """ChestX-Det JSON -> one record per image: detection boxes with their polygons (``boxes: []`` when
-    the image was read and had no finding)."""
+    the image was read and had no finding). ``on_bad_image``: as for :func:`nih_bbox_to_records`."""
     path = Path(path)
     _check_split(split)
     data = read_json(path, role="ChestX-Det annotations", error=DataPrepError)
     if not isinstance(data, list):
         raise UnknownLayoutError("not ChestX-Det annotations (expected a JSON list of {file_name, syms, boxes, "
                                  "polygons})", file=str(path))
-    size_of = _sizer(images_dir, CHESTX_DET_SIZE)
+    size_of = _sizer(images_dir, CHESTX_DET_SIZE, on_bad_image)
     out = []
     for i, item in enumerate(data):
         where = f"[{i}]"
@@ -162,7 +191,10 @@ def chestx_det_to_records(path: str | os.PathLike, *, images_dir: str | os.PathL
         if not (len(syms) == len(boxes) == len(polys)):
             raise DataPrepError("syms, boxes and polygons must have one entry per finding", file=str(path),
                                 field=f"{where}.boxes", value=item["file_name"])
-        W, H = size_of(item["file_name"])
+        size = size_of(item["file_name"])
+        if size is None:
+            continue
+        W, H = size
         dets = []
         for j, (sym, b, poly) in enumerate(zip(syms, boxes, polys)):
             if not (isinstance(b, list) and len(b) == 4):
@@ -244,15 +276,19 @@ def _float(v: str, *, file: str, line: int, field: str) -> float:
 
 
 def vindr_to_records(path: str | os.PathLike, image_sizes: Mapping[str, Size], *, split: str = "test",
-                     image_prefix: str = "", image_suffix: str = ".dicom") -> list[StudyRecord]:
+                     image_prefix: str = "", image_suffix: str = ".dicom",
+                     skip_ids: Collection[str] = ()) -> list[StudyRecord]:
     """VinDr-CXR box CSV -> one record per image; every radiologist's boxes (``reader`` = ``rad_id``);
     ``No finding`` rows (empty coordinates) as ``meta.no_finding_readers``. ``image_sizes``: image_id ->
-    (width, height) of the DICOM (the CSV's pixels are the DICOM's)."""
+    (width, height) of the DICOM (the CSV's pixels are the DICOM's). Rows of ``skip_ids`` (images that
+    could not be read) are left out."""
     path = Path(path)
     _check_split(split)
     by_image: dict[str, dict[str, Any]] = {}
     for line, row in iter_csv_rows(path, required=VINDR_COLUMNS, role="VinDr-CXR annotations", error=DataPrepError):
         iid = row["image_id"].strip()
+        if iid in skip_ids:
+            continue
         entry = by_image.setdefault(iid, {"boxes": [], "no_finding": [], "line": line})
         if row["class_name"] == VINDR_NO_FINDING or not row["x_min"].strip():
             if row["class_name"] != VINDR_NO_FINDING:
@@ -261,7 +297,8 @@ def vindr_to_records(path: str | os.PathLike, image_sizes: Mapping[str, Size], *
             entry["no_finding"].append(row["rad_id"])
             continue
         if iid not in image_sizes:
-            raise DataPrepError("no image size for this image_id (pass image_sizes from the DICOM headers)",
+            raise DataPrepError("no image size for this image_id (the sizes are the DICOM's: image_sizes=, "
+                                "or prepare vindr-cxr --sizes-csv / --images-dir)",
                                 file=str(path), line=line, field="image_id", value=iid)
         W, H = image_sizes[iid]
         c = {k: _float(row[k], file=str(path), line=line, field=k) for k in ("x_min", "y_min", "x_max", "y_max")}
@@ -364,3 +401,167 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
 
     with atomic_write(path, "w") as fh:
         json.dump(data, fh, ensure_ascii=False)
+
+
+# -- mllm-cxr prepare ------------------------------------------------------------------------------
+# The converters of ``mllm-cxr prepare nih-bbox | chestx-det | radfact | vindr-cxr | ms-cxr`` (rows of
+# data_prep.prepare.DATASETS): the readers above, with the signature and summary of the other converters.
+# With ``images_dir`` the records' image paths are relative to it and it is the summary's ``data_root``, so
+# prepare() checks the images (or caches them with --image-cache); without it there is no data_root.
+def _on_bad_image(skip_bad: bool, skips: SkipLog, images_dir: str | os.PathLike | None):
+    """The readers' ``on_bad_image``: None (an error) unless ``skip_bad``, then count the image as skipped."""
+    if not skip_bad:
+        return None
+
+    def count(name: str, err: DataPrepError) -> None:
+        skips.add(f"bad image: {getattr(err, 'reason', None) or err}", str(Path(images_dir or "") / name),
+                  kind="image")
+    return count
+
+
+def _box_summary(dataset: str, records: list[StudyRecord], skips: SkipLog, *, data_root, link_priors: bool,
+                 out, source, **extra: Any) -> tuple[list[StudyRecord], dict[str, Any]]:
+    n_priors = _link_priors(records) if link_priors else 0
+    summary = build_prepare_summary(
+        dataset, records, skips, data_root=data_root, priors_linked=n_priors, source=str(source),
+        boxes=sum(len(im.boxes or []) for r in records for im in r.images),
+        grounded_phrases=sum(len(r.grounded_findings or []) for r in records), **extra)
+    if out is not None:
+        write_records(records, out)
+        summary["out"] = str(out)
+    return records, summary
+
+
+def _require_images(records: list[StudyRecord], root: Path, *, skip_bad: bool, skips: SkipLog) -> None:
+    """Every record's images must exist below ``root`` (an error naming the first missing one; with
+    ``skip_bad`` the record is left out and counted)."""
+    kept = []
+    for r in records:
+        missing = [im.path for im in r.images if not (root / im.path).is_file()]
+        if not missing:
+            kept.append(r)
+            continue
+        if not skip_bad:
+            raise DataPrepError("image not found (check --images-dir, the folder the annotation's image paths "
+                                "are relative to)", file=str(root / missing[0]), field="study", value=r.study_id)
+        for m in missing:
+            skips.add("bad image: image not found", str(root / m), kind="image")
+    records[:] = kept
+
+
+def convert_nih_bbox(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                     images_dir: str | os.PathLike | None = None, split: str = "test", skip_bad: bool = False,
+                     link_priors: bool = True, progress: bool = True,
+                     skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """NIH ``BBox_List_2017.csv`` -> records (:func:`nih_bbox_to_records`). With ``images_dir`` (the folder of
+    the PNGs) each image's size is read from its header and paths are relative to it; without, images are
+    1024 x 1024 and paths are ``images/<file>`` (the NIH download's layout)."""
+    skips = skip_log if skip_log is not None else SkipLog()
+    records = nih_bbox_to_records(source, images_dir=images_dir, split=split,
+                                  image_prefix="images/" if images_dir is None else "",
+                                  on_bad_image=_on_bad_image(skip_bad, skips, images_dir))
+    return _box_summary("nih_cxr14_bbox", records, skips, data_root=images_dir, link_priors=link_priors, out=out,
+                        source=source, image_sizes="from image headers" if images_dir else "1024x1024 (stated)")
+
+
+def convert_chestx_det(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                       images_dir: str | os.PathLike | None = None, split: str = "test", skip_bad: bool = False,
+                       link_priors: bool = True, progress: bool = True,
+                       skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """ChestX-Det JSON -> records (:func:`chestx_det_to_records`); ``images_dir`` as for :func:`convert_nih_bbox`."""
+    skips = skip_log if skip_log is not None else SkipLog()
+    records = chestx_det_to_records(source, images_dir=images_dir, split=split,
+                                    image_prefix="images/" if images_dir is None else "",
+                                    on_bad_image=_on_bad_image(skip_bad, skips, images_dir))
+    return _box_summary("chestx_det", records, skips, data_root=images_dir, link_priors=link_priors, out=out,
+                        source=source, image_sizes="from image headers" if images_dir else "1024x1024 (stated)",
+                        no_finding_images=sum(1 for r in records if r.images[0].boxes == []))
+
+
+def convert_radfact(source: str | os.PathLike, *, out: str | os.PathLike | None = None, split: str = "test",
+                    skip_bad: bool = False, link_priors: bool = True, progress: bool = True,
+                    skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """RadFact grounded-report examples -> text-only records (:func:`radfact_examples_to_records`).
+    ``text_only`` tells prepare() not to drop them for having no image under ``skip_bad``."""
+    skips = skip_log if skip_log is not None else SkipLog()
+    records = radfact_examples_to_records(source, split=split)
+    return _box_summary("radfact_examples", records, skips, data_root=None, link_priors=link_priors, out=out,
+                        source=source, text_only=True)
+
+
+def read_image_sizes(path: str | os.PathLike) -> dict[str, Size]:
+    """A CSV of image sizes, ``image_id,width,height`` (pixels of the DICOM) -> ``{image_id: (width, height)}``."""
+    sizes: dict[str, Size] = {}
+    for line, row in iter_csv_rows(path, required=("image_id", "width", "height"), role="image sizes CSV",
+                                   error=DataPrepError):
+        wh = []
+        for k in ("width", "height"):
+            try:
+                v = int(row[k])
+            except ValueError:
+                v = 0
+            if v <= 0:
+                raise DataPrepError("must be a positive whole number of pixels", file=str(path), line=line,
+                                    field=k, value=row[k])
+            wh.append(v)
+        sizes[row["image_id"].strip()] = (wh[0], wh[1])
+    return sizes
+
+
+def convert_vindr(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                  images_dir: str | os.PathLike | None = None, sizes_csv: str | os.PathLike | None = None,
+                  image_suffix: str = ".dicom", split: str = "test", skip_bad: bool = False,
+                  link_priors: bool = True, progress: bool = True,
+                  skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """VinDr-CXR box CSV -> records (:func:`vindr_to_records`). The CSV's pixels are the DICOM's, so each
+    image's size is needed: from ``sizes_csv`` (``image_id,width,height``) and/or read from the header of
+    ``images_dir/<image_id><image_suffix>`` (DICOM via pydicom, or a full-resolution PNG/JPG; a resized
+    copy gives wrong boxes). A size in ``sizes_csv`` wins; with ``images_dir`` every image must be there
+    (``skip_bad``: a missing or unreadable one is left out and counted)."""
+    from tqdm import tqdm
+
+    from data_prep.errors import BadImageError
+    from data_prep.images import image_size
+
+    if sizes_csv is None and images_dir is None:
+        raise DataPrepError("VinDr-CXR boxes are DICOM pixels: give the image sizes with --sizes-csv "
+                            "(image_id,width,height) and/or --images-dir (sizes read from the image headers)",
+                            field="sizes_csv")
+    skips = skip_log if skip_log is not None else SkipLog()
+    sizes = read_image_sizes(sizes_csv) if sizes_csv is not None else {}
+    bad: set[str] = set()
+    if images_dir is not None:
+        ids = dict.fromkeys(row["image_id"].strip() for _, row in
+                            iter_csv_rows(source, required=VINDR_COLUMNS, role="VinDr-CXR annotations",
+                                          error=DataPrepError))
+        for iid in tqdm(ids, desc="vindr image sizes", unit="img", disable=not progress):
+            p = Path(images_dir) / f"{iid}{image_suffix}"
+            try:
+                h, w = image_size(p)
+            except BadImageError as e:
+                if not skip_bad:
+                    raise
+                bad.add(iid)
+                skips.add(f"bad image: {getattr(e, 'reason', None) or e}", str(p), kind="image")
+                continue
+            sizes.setdefault(iid, (w, h))
+    records = vindr_to_records(source, sizes, split=split, image_suffix=image_suffix, skip_ids=bad)
+    how = " + ".join(w for w, given in (("sizes CSV", sizes_csv), ("image headers", images_dir)) if given)
+    return _box_summary("vindr_cxr", records, skips, data_root=images_dir, link_priors=link_priors, out=out,
+                        source=source, image_sizes=how,
+                        no_finding_images=sum(1 for r in records if not r.images[0].boxes))
+
+
+def convert_ms_cxr(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                   images_dir: str | os.PathLike | None = None, split: str = "test", skip_bad: bool = False,
+                   link_priors: bool = True, progress: bool = True,
+                   skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """MS-CXR local-alignment CSV -> records (:func:`ms_cxr_to_records`). The CSV states each image's size;
+    its ``path`` column is relative to the MIMIC-CXR-JPG folder (``images_dir``: every image must exist
+    there, then it is checked or cached like the other datasets')."""
+    skips = skip_log if skip_log is not None else SkipLog()
+    records = ms_cxr_to_records(source, split=split)
+    if images_dir is not None:
+        _require_images(records, Path(images_dir), skip_bad=skip_bad, skips=skips)
+    return _box_summary("ms_cxr", records, skips, data_root=images_dir, link_priors=link_priors, out=out,
+                        source=source)

@@ -57,10 +57,19 @@ DATASETS: dict[str, tuple[str, str]] = {
     "chexpert-plus": ("chexpert_plus", "data_prep.chexpert_plus:convert_chexpert_plus"),
     "rexgradient": ("rexgradient", "data_prep.rexgradient:convert_rexgradient"),
     "phantom": ("phantom", "data_prep.prepare:convert_phantom"),
+    # box annotations (data_prep/grounding.py, docs/boxes.md)
+    "nih-bbox": ("nih_cxr14_bbox", "data_prep.grounding:convert_nih_bbox"),
+    "chestx-det": ("chestx_det", "data_prep.grounding:convert_chestx_det"),
+    "radfact": ("radfact_examples", "data_prep.grounding:convert_radfact"),
+    "vindr-cxr": ("vindr_cxr", "data_prep.grounding:convert_vindr"),
+    "ms-cxr": ("ms_cxr", "data_prep.grounding:convert_ms_cxr"),
 }
 _ALIASES = {"iu_xray": "iu-xray", "iu": "iu-xray", "openi": "iu-xray", "mimic": "mimic-cxr", "mimic_cxr": "mimic-cxr",
             "mimic-cxr-jpg": "mimic-cxr", "chexpert_plus": "chexpert-plus", "chexpertplus": "chexpert-plus",
-            "rexgradient-160k": "rexgradient", "rexgradient_160k": "rexgradient"}
+            "rexgradient-160k": "rexgradient", "rexgradient_160k": "rexgradient",
+            "nih_bbox": "nih-bbox", "nih_cxr14_bbox": "nih-bbox", "chestx_det": "chestx-det",
+            "radfact_examples": "radfact", "vindr": "vindr-cxr", "vindr_cxr": "vindr-cxr", "ms_cxr": "ms-cxr",
+            "mscxr": "ms-cxr"}
 
 
 def dataset_name(name: str) -> str:
@@ -279,11 +288,13 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
             image_cache: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
             min_pixels: int = DEFAULT_MIN_PIXELS, skip_bad: bool = False, workers: int = 1,
             progress: bool = True, **dataset_options: Any) -> dict[str, Any]:
-    """Convert ``dataset`` (iu-xray, mimic-cxr, chexpert-plus, rexgradient, phantom) and write ``out``.
+    """Convert ``dataset`` (iu-xray, mimic-cxr, chexpert-plus, rexgradient, phantom; the box annotations
+    nih-bbox, chestx-det, radfact, vindr-cxr, ms-cxr) and write ``out``.
 
     ``source`` is the dataset's file or folder (aliases: ``root=``); for ``phantom`` it is the folder
     to generate into (default: ``out``'s folder). ``dataset_options`` go to the converter
-    (e.g. ``png_dir=`` for IU X-ray, ``reports_root=`` for MIMIC, ``n=``/``seed=`` for phantom).
+    (e.g. ``png_dir=`` for IU X-ray, ``reports_root=`` for MIMIC, ``n=``/``seed=`` for phantom,
+    ``images_dir=``/``split=`` for the box datasets, ``sizes_csv=`` for VinDr-CXR).
     Returns the summary: studies, images, patients, per-split counts, skipped (by reason, with
     examples), priors linked, empty findings/impressions, image-cache and vision-token statistics,
     ``elapsed_s``, ``studies_per_s``, ``images_per_s``, ``data_root`` and the files written.
@@ -314,7 +325,8 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     if image_cache is not None:
         if data_root is None:
             raise DataPrepError(f"cannot cache the images of {name}: no image folder was given "
-                                "(e.g. png_dir= for iu-xray, image_root= for chexpert-plus)", field="image_cache")
+                                "(e.g. png_dir= for iu-xray, image_root= for chexpert-plus, images_dir= for the box "
+                                "datasets; radfact has no images)", field="image_cache")
         image_stats = cache_images(records, Path(data_root), cache, skip_bad=skip_bad, skips=skips,
                                    workers=workers, progress=progress)
         image_stats["source_root"] = str(data_root)  # what meta.source_images are relative to
@@ -322,7 +334,7 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     elif data_root is not None and dataset_options.get("check_images", True):
         image_stats = verify_images(records, Path(data_root), skip_bad=skip_bad, skips=skips, workers=workers,
                                     progress=progress)
-    if skip_bad:
+    if skip_bad and not conv.get("text_only"):  # a text-only dataset (radfact) never had images
         drop_imageless(records, skips)
     _link_priors(records)
     write_records(records, out, inputs=inputs)
@@ -332,6 +344,9 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     for k, v in conv.items():  # converter-specific facts (layout, sources, label counts...)
         if k not in summary and k != "out":
             summary[k] = v
+    if "boxes" in conv:  # the box datasets: recounted, as images dropped above took their boxes with them
+        summary["boxes"] = sum(len(im.boxes or []) for r in records for im in r.images)
+        summary["grounded_phrases"] = sum(len(r.grounded_findings or []) for r in records)
     summary.update(image_stats)
     if data_root is not None:  # where the records' image paths start (read by resolve_data_root)
         summary.update(manifest_data_root(out, data_root))
@@ -359,6 +374,8 @@ def prepare_summary_line(s: dict[str, Any]) -> str:
              f"(train {sp.get('train', 0)} / validate {sp.get('validate', 0)} / test {sp.get('test', 0)}), "
              f"{s['images']} images, {s['priors_linked']} with a prior, {s['empty_findings']} empty findings, "
              f"{s['skipped']['total']} skipped"]
+    if "boxes" in s:  # the box datasets
+        parts.append(f", {s['boxes']} boxes, {s['grounded_phrases']} grounded phrases")
     if "vision_tokens_per_study" in s:
         parts.append(f", {s['vision_tokens_per_study']['mean']} vision tokens/study")
     parts.append(f" -> {s['out']} in {s['elapsed_s']:.1f} s ({s['studies_per_s']} studies/s)")
