@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 # CUDA-build pair that works with torchvision on CPU; elsewhere let pip resolve torch normally.
 TORCH_PIN := $(shell ls /opt/wheels/torch-2.14.1-* >/dev/null 2>&1 && echo "torch==2.14.1 torchvision==0.29.1")
 
-.PHONY: install test test-fast test-vllm vllm-env lint demo demo-base bench-demo-seeds tiny phantom sft dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
+.PHONY: install test test-fast test-vllm vllm-env lint demo demo-base bench-demo-seeds tiny phantom sft sft-2node dpo grpo eval export serve bench bench-gpu-smoke gpu-wheels clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -156,3 +156,21 @@ grpo: $(RUNS)/demo-sft/adapter_config.json
 	$(LAUNCH) --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
 		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --output_dir $(RUNS)/demo-$(basename $(notdir $(GRPO_CFG))) \
 		$(TRAIN_ARGS) $(GRPO_ARGS)
+
+# Multi-node training on this machine: two "nodes" on 127.0.0.1, each the launch a cluster node runs
+# (scripts/multinode_launch.sh, NNODES=2 NODE_RANK=0|1), one CPU process each, DeepSpeed ZeRO-2 over gloo, the
+# tiny SFT config on the phantom studies (docs/scaling.md). Fails when either node fails, and then stops the other.
+MASTER_PORT ?= 29555
+TWO_NODE_OUT ?= $(RUNS)/tiny-sft-2node
+sft-2node: tiny phantom
+	@pids=(); for rank in 0 1; do \
+		NNODES=2 NODE_RANK=$$rank MASTER_ADDR=127.0.0.1 MASTER_PORT=$(MASTER_PORT) GPUS_PER_NODE=1 \
+		ACCELERATE_CONFIG=recipes/accelerate/multinode_zero2_cpu.yaml ACCELERATE=$(BIN)/accelerate \
+		scripts/multinode_launch.sh recipes/sft.py --config recipes/configs/tiny/sft.yaml \
+			--studies $(RUNS)/phantom/studies.jsonl --model_name_or_path $(RUNS)/tiny-model --ddp_backend gloo \
+			--output_dir $(TWO_NODE_OUT) $(DEMO_OVERWRITE) $(TRAIN_ARGS) & pids+=($$!); \
+	done; \
+	rc=0; wait -n "$${pids[@]}" || rc=$$?; \
+	if [ $$rc -ne 0 ]; then echo "sft-2node: a node failed (exit $$rc); stopping the other" >&2; kill "$${pids[@]}" 2>/dev/null; fi; \
+	for p in "$${pids[@]}"; do wait $$p || { [ $$rc -ne 0 ] || rc=$$?; }; done; \
+	[ $$rc -eq 0 ] && echo "sft-2node: both nodes finished; adapter in $(TWO_NODE_OUT)"; exit $$rc

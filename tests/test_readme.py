@@ -12,9 +12,14 @@ Each case runs the README command as written, in a scratch folder laid out like 
 * the GPU accelerate config ``zero2.yaml`` -> its CPU twin ``zero2_cpu.yaml``;
 
 and adding step limits (``--max_steps``, batch sizes, ``--limit``, ``--max-new-tokens``) and, without
-CUDA, ``--bf16 false``. Recipe
+CUDA, ``--bf16 false``. Leading ``VAR=value`` words of a command go into its environment (``env``). Recipe
 configs whose rollouts use vLLM run with ``--use_vllm false`` here and as written under the ``vllm``
 marker, with the commands that need a vLLM install (``pytest -m vllm`` in the vLLM environment).
+
+Scaling out: ``make sft-2node`` runs as written (two "nodes" on 127.0.0.1, a free port); the cluster
+commands run with ``DRY_RUN=1`` and stand-ins for ``ssh``/``sbatch``/``scontrol``/``srun`` that run here
+what they would start on each node, and the printed ``accelerate launch`` lines are checked; the sharded
+``generate`` + ``merge-predictions`` run on the tiny model.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from tests.conftest import REPO, SHARED, require_shared
 
 README = REPO / "README.md"
 RUN_SECTIONS = ("Set up and run the demo", "The evaluation report", "Tests", "Real use, stage by stage",
-                "Grounded reports and other tasks", "Hallucination metrics", "Benchmarks")
+                "Scaling out", "Grounded reports and other tasks", "Hallucination metrics", "Benchmarks")
 BIN = Path(sys.executable).parent
 
 
@@ -86,7 +91,9 @@ class Case:
     vllm: bool = False                 # needs real vLLM: runs under the `vllm` marker only
     run: str = "command"               # command | late (after the walk-through) | makefile (checked against the
     #                                    Makefile) | make | serve | gpu | demo (the session's `demo_run`) |
-    #                                    tasks (test_task_commands_run_as_written)
+    #                                    tasks (test_task_commands_run_as_written) | localhost, cluster, shard
+    #                                    (the test_scaling_out_* tests)
+    env: dict[str, str] = field(default_factory=dict)  # added to the command's environment (e.g. DRY_RUN=1)
 
 
 #: The real-model configs train in bf16 on a GPU; on a CPU-only machine TrainingArguments refuses bf16 before
@@ -98,6 +105,8 @@ GRPO_LIMITS = [*CPU, "--max_steps", "1", "--per_device_train_batch_size", "5", "
                "--max_completion_length", "8", "--dataloader_num_workers", "0"]
 GEN_LIMITS = ["--max-new-tokens", "12"]
 Q3 = "Qwen/Qwen2.5-VL-3B-Instruct"
+#: The cluster launch commands print their `accelerate launch` instead of running it, as on 8-GPU nodes.
+CLUSTER_ENV = {"DRY_RUN": "1", "GPUS_PER_NODE": "8"}
 
 CASES: list[Case] = [
     # -- set up ----------------------------------------------------------------------------------
@@ -169,6 +178,29 @@ CASES: list[Case] = [
     Case("generate-openai", "mllm-cxr generate --backend openai --base-url http://localhost:8000/v1 --served-model "
                             "cxr --studies data/mimic/studies.jsonl --split test --out runs/pred/served.jsonl",
          extra=GEN_LIMITS, vllm=True, run="serve"),
+    # -- scaling out -----------------------------------------------------------------------------
+    Case("sft-2node", "make sft-2node 'TRAIN_ARGS=--max_steps 20'", extra=["TRAIN_ARGS=--max_steps 2"], run="localhost"),
+    Case("launch-node0", "NNODES=2 NODE_RANK=0 MASTER_ADDR=gpu01 scripts/multinode_launch.sh recipes/sft.py --config "
+                         "recipes/configs/qwen2.5-vl-7b/sft.yaml", env=CLUSTER_ENV, run="cluster"),
+    Case("launch-node1", "NNODES=2 NODE_RANK=1 MASTER_ADDR=gpu01 scripts/multinode_launch.sh recipes/sft.py --config "
+                         "recipes/configs/qwen2.5-vl-7b/sft.yaml", env=CLUSTER_ENV, run="cluster"),
+    Case("launch-ssh", "'HOSTS=gpu01 gpu02' ACCELERATE_CONFIG=recipes/accelerate/multinode_zero3.yaml "
+                       "scripts/multinode_launch.sh recipes/sft.py --config recipes/configs/qwen2.5-vl-7b/sft.yaml",
+         env=CLUSTER_ENV, run="cluster"),
+    Case("sbatch", "sbatch --nodes 4 scripts/multinode_slurm.sbatch recipes/sft.py --config "
+                   "recipes/configs/qwen2.5-vl-7b/sft.yaml", run="cluster"),  # the stand-in srun sets DRY_RUN
+    Case("launch-grpo-server", "'HOSTS=gpu01 gpu02' VLLM_HOST=gpu03 VLLM_TP=4 scripts/multinode_launch.sh "
+                               "recipes/grpo.py --config recipes/configs/qwen2.5-vl-7b/grpo_server.yaml",
+         env=CLUSTER_ENV, run="cluster"),
+    # (the fixture has one MIMIC test study: the shards cut the first 4 of all splits instead)
+    Case("generate-shard0", f"mllm-cxr generate --studies data/mimic/studies.jsonl --split test --model {Q3} "
+                            "--adapter runs/qwen2.5-vl-3b-sft --shard 0/2 --out runs/pred/sft.0.jsonl",
+         extra=[*GEN_LIMITS, "--split", "all", "--limit", "4"], run="shard"),
+    Case("generate-shard1", f"mllm-cxr generate --studies data/mimic/studies.jsonl --split test --model {Q3} "
+                            "--adapter runs/qwen2.5-vl-3b-sft --shard 1/2 --out runs/pred/sft.1.jsonl",
+         extra=[*GEN_LIMITS, "--split", "all", "--limit", "4"], run="shard"),
+    Case("merge-predictions", "mllm-cxr merge-predictions runs/pred/sft.0.jsonl runs/pred/sft.1.jsonl --out "
+                              "runs/pred/sft-merged.jsonl", run="shard"),
     # -- grounded reports and other tasks ---------------------------------------------------------
     Case("generate-grounding", f"mllm-cxr generate --studies data/phantom/studies.jsonl --split test --model {Q3} "
                                "--task phrase_grounding --box-family qwen2_5_vl --min-pixels 3136 --max-pixels 401408 "
@@ -301,7 +333,7 @@ def workspace(tmp_path_factory, tiny_model) -> dict:
     from tests.test_converters import make_chexpert_plus, make_mimic, make_rexgradient
 
     ws = tmp_path_factory.mktemp("readme-ws")
-    for name in ("recipes", "bench"):
+    for name in ("recipes", "bench", "scripts"):
         (ws / name).symlink_to(REPO / name)
     data = tmp_path_factory.mktemp("readme-datasets")
     mimic = make_mimic(data / "mimic-cxr-jpg" / "2.1.0")
@@ -332,6 +364,9 @@ def _env() -> dict[str, str]:
 def argv_for(case: Case, w: dict) -> list[str]:
     """The README command with paths and model ids substituted and the case's limits added."""
     words = shlex.split(case.command)
+    env = [f"{k}={v}" for k, v in case.env.items()]
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):  # `NNODES=2 ... cmd`: the environment
+        env.append(words.pop(0))
     subst = {"Qwen/Qwen2.5-VL-3B-Instruct": str(w["tiny"]), "Qwen/Qwen2.5-VL-7B-Instruct": str(w["tiny"]),
              **w["paths"]}
     if "NLMCXR_reports.tgz" in words:
@@ -345,20 +380,23 @@ def argv_for(case: Case, w: dict) -> list[str]:
                 break
         out.append(word)
     exe = {"mllm-cxr": [sys.executable, "-m", "mllm_cxr.cli"], "accelerate": [str(BIN / "accelerate")],
-           "python": [sys.executable]}[out[0]]
+           "python": [sys.executable], "sbatch": ["sbatch"]}.get(out[0])
+    if exe is None and out[0].startswith("scripts/"):  # the repository's scripts, run as written
+        exe = [out[0]]
     argv = [*exe, *out[1:], *case.extra]
     if out[0] == "accelerate":
         argv += [RECIPE_MODEL_FLAG, str(w["tiny"])]
-    return argv
+    return ["env", *env, *argv] if env else argv
 
 
-def run_case(case: Case, w: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    if case.run == "make":
-        argv = ["make", "-C", str(REPO), *case.command.split()[1:], f"RUNS={w['runs']}", f"BIN={BIN}", *case.extra]
+def run_case(case: Case, w: dict, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    if case.run in ("make", "localhost"):
+        argv = ["make", "-C", str(REPO), *shlex.split(case.command)[1:], f"RUNS={w['runs']}", f"BIN={BIN}", *case.extra]
     else:
         argv = argv_for(case, w)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=w["ws"], env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, cwd=w["ws"], env=dict(_env(), **(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
     print(f"[{case.id}] {time.perf_counter() - t0:.0f} s: {shlex.join(argv)}")
     assert proc.returncode == 0, f"{case.id}: `{case.command}` failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     assert "Traceback (most recent call last)" not in proc.stderr, f"{case.id}:\n{proc.stderr[-4000:]}"
@@ -468,6 +506,150 @@ def test_task_commands_run_as_written(workspace):
     for run in ("runs/demo-sft-tasks", "runs/demo-grpo-tasks"):  # the mixture's SFT, then GRPO from its adapter
         assert (ws / run / "adapter_model.safetensors").is_file(), run
     assert json.loads((ws / "runs/demo-grpo-tasks/mllm_cxr_config.json").read_text())["DataArguments"]["tasks"], "no mixture"
+
+
+# ------------------------------------------------------------------------------------------------
+# Scaling out
+# ------------------------------------------------------------------------------------------------
+def _stand_ins(folder: Path) -> dict[str, str]:
+    """``ssh``, ``sbatch``, ``scontrol`` and ``srun`` that run here what they would start on a cluster node
+    (``srun`` with ``DRY_RUN=1``: each node's launcher prints its ``accelerate launch``), and ``python`` as
+    this interpreter; the environment that puts them first and leaves out this shell's own SLURM/launch
+    variables."""
+    scripts = {
+        "ssh": 'while [ "$1" = "-o" ]; do shift 2; done\nhost=$1; shift\necho "ssh $host" >&2\nexec bash -c "$*"',
+        "sbatch": 'n=1\nwhile [[ $1 == --* ]]; do case $1 in --nodes) n=$2; shift;; --nodes=*) n=${1#*=};; esac; '
+                  'shift; done\nscript=$1; shift\n'
+                  'SLURM_NNODES=$n SLURM_JOB_NODELIST="node[01-$(printf %02d "$n")]" SLURM_SUBMIT_DIR=$PWD '
+                  'exec bash "$script" "$@"',
+        "scontrol": 'for i in $(seq "$SLURM_NNODES"); do printf "node%02d\\n" "$i"; done',
+        "srun": 'n=1\nwhile [[ $1 == --* ]]; do case $1 in --ntasks=*) n=${1#*=};; esac; shift; done\n'
+                'echo "srun $n task(s)" >&2\nfor ((i = 0; i < n; i++)); do SLURM_PROCID=$i DRY_RUN=1 "$@" || exit; done',
+        "python": f'exec "{sys.executable}" "$@"',
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    env = {k: v for k, v in _env().items() if not k.startswith(("SLURM_", "VLLM_", "NNODES", "NODE_RANK",
+                                                                   "MASTER_", "HOSTS", "DRY_RUN", "ACCELERATE"))}
+    return dict(env, PATH=f"{folder}:{env['PATH']}")
+
+
+def _launches(stderr: str) -> dict[int, list[str]]:
+    """``{node rank: words of its accelerate launch}`` from the launchers' ``node R/N: ...`` lines."""
+    out = {}
+    for line in stderr.splitlines():
+        m = re.match(r"node (\d+)/(\d+): (.*)", line)
+        if m:
+            out[int(m[1])] = shlex.split(m[3])
+    return out
+
+
+def _flag(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def test_scaling_out_cluster_commands(tmp_path):
+    """The cluster commands, without a cluster: ``DRY_RUN=1``, the stand-ins run the ssh and srun fan-outs
+    here, and every node's ``accelerate launch`` carries its machine count, rank and the main address."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name in ("recipes", "scripts"):
+        (ws / name).symlink_to(REPO / name)
+    w, env = {"ws": ws, "tiny": tmp_path / "no-model", "paths": {}}, _stand_ins(tmp_path / "bin")
+    expect = {  # case: (nodes, gpus per node, main address, ranks printed, accelerate config, recipe)
+        "launch-node0": (2, 8, "gpu01", [0], "multinode_zero2.yaml", "recipes/sft.py"),
+        "launch-node1": (2, 8, "gpu01", [1], "multinode_zero2.yaml", "recipes/sft.py"),
+        "launch-ssh": (2, 8, "gpu01", [0, 1], "multinode_zero3.yaml", "recipes/sft.py"),
+        "sbatch": (4, 8, "node01", [0, 1, 2, 3], "multinode_zero2.yaml", "recipes/sft.py"),
+        "launch-grpo-server": (2, 8, "gpu01", [0, 1], "multinode_zero2.yaml", "recipes/grpo.py"),
+    }
+    cases = [c for c in CASES if c.run == "cluster"]
+    assert [c.id for c in cases] == list(expect)
+    for case in cases:
+        nodes, gpus, main, ranks, accel_cfg, recipe = expect[case.id]
+        proc = run_case(case, w, timeout=120, env=env)
+        launches = _launches(proc.stderr)
+        assert sorted(launches) == ranks, f"{case.id}:\n{proc.stderr[-3000:]}"
+        for rank, words in launches.items():
+            assert words[:2] == ["accelerate", "launch"] and _flag(words, "--config_file").endswith(accel_cfg)
+            assert _flag(words, "--num_machines") == str(nodes) and _flag(words, "--machine_rank") == str(rank)
+            assert _flag(words, "--main_process_ip") == main and _flag(words, "--num_processes") == str(nodes * gpus)
+            assert words[words.index(recipe) + 1:words.index(recipe) + 3] == ["--config", shlex.split(case.command)[-1]]
+        if case.id.startswith("launch-") and "HOSTS" in case.command:
+            assert [ln for ln in proc.stderr.splitlines() if ln.startswith("ssh ")] == ["ssh gpu01", "ssh gpu02"]
+        if case.id == "sbatch":  # the batch script itself parses, and starts the launch script on every node
+            assert subprocess.run(["bash", "-n", str(REPO / "scripts/multinode_slurm.sbatch")]).returncode == 0
+            assert "srun 4 task(s)" in proc.stderr
+        if case.id == "launch-grpo-server":  # the server from the recipe config, the trainers pointed at it
+            (server,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("server gpu03: ")]
+            assert "trl vllm-serve --model Qwen/Qwen2.5-VL-7B-Instruct" in " ".join(shlex.split(server.split(": ", 1)[1]))
+            assert "--tensor_parallel_size 4" in server and "max_pixels" in server
+            for words in launches.values():
+                assert _flag(words, "--vllm_mode") == "server" and _flag(words, "--vllm_server_host") == "gpu03"
+
+
+@pytest.mark.slow
+def test_scaling_out_localhost_two_node(workspace, phantom_dir, tmp_path):
+    """`make sft-2node` as written: two launchers on 127.0.0.1 (a free port), one CPU process each, ZeRO-2
+    over gloo, the tiny model on phantom studies; both finish and the adapter is saved once."""
+    from tests.test_multinode import _free_port
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "tiny-model").symlink_to(workspace["tiny"])  # what `make tiny phantom` would build first
+    (runs / "phantom").symlink_to(phantom_dir)
+    (case,) = [c for c in CASES if c.run == "localhost"]
+    case = Case(case.id, case.command, extra=[*case.extra, f"MASTER_PORT={_free_port()}"], run=case.run)
+    proc = run_case(case, dict(workspace, runs=runs), timeout=900)
+    launches = _launches(proc.stderr)
+    assert sorted(launches) == [0, 1], proc.stderr[-3000:]
+    for rank, words in launches.items():
+        assert _flag(words, "--num_machines") == "2" and _flag(words, "--machine_rank") == str(rank)
+        assert _flag(words, "--main_process_ip") == "127.0.0.1" and _flag(words, "--num_processes") == "2"
+        assert _flag(words, "--config_file").endswith("multinode_zero2_cpu.yaml")
+    out = runs / "tiny-sft-2node"
+    assert "done: 2 steps" in proc.stdout + proc.stderr and "2 process(es)" in proc.stdout + proc.stderr
+    assert "sft-2node: both nodes finished" in proc.stdout
+    assert (out / "adapter_model.safetensors").is_file() and not (out / ".final.partial").exists()
+
+
+@pytest.mark.slow
+def test_scaling_out_sharded_generation(workspace):
+    """`generate --shard 0/2`, `--shard 1/2` and `merge-predictions` on the tiny model: the merged file is the
+    two shards' rows in order, with the unsharded run's side file."""
+    ws = workspace["ws"]
+    for cid, output in {"prepare-mimic": "data/mimic/studies.jsonl",
+                        "sft-3b": "runs/qwen2.5-vl-3b-sft/adapter_config.json"}.items():
+        if not (ws / output).exists():  # the stages before, unless this session already ran them
+            run_case(BY_ID[cid], workspace)
+    for case in [c for c in CASES if c.run == "shard"]:
+        run_case(case, workspace)
+    shards = [_rows(ws / f"runs/pred/sft.{i}.jsonl") for i in range(2)]
+    merged = _rows(ws / "runs/pred/sft-merged.jsonl")
+    assert [len(s) for s in shards] == [2, 2] and merged == shards[0] + shards[1]
+    meta = json.loads((ws / "runs/pred/sft-merged.jsonl.meta.json").read_text())
+    assert "shard" not in meta and len(meta["merged_from"]) == 2
+
+
+def test_scaling_table_agrees_with_docs():
+    """The README's topology table says what docs/scaling.md's says: engine, vLLM TP and memory per model."""
+    def table(text: str, heading: str) -> list[list[str]]:
+        rows = text.split(heading, 1)[1].split("\n\n| ", 1)[1].split("\n\n", 1)[0].splitlines()
+        return [[c.strip() for c in ("| " + r if i == 0 else r).strip("|").split("|")] for i, r in enumerate(rows)][2:]
+
+    readme = table(README.read_text(encoding="utf-8"), "## Scaling out")
+    docs = table((REPO / "docs/scaling.md").read_text(encoding="utf-8"), "### Topology")
+    assert len(readme) == len(docs) == 5
+    for r, d in zip(readme, docs):
+        model, nodes, zero, server, memory, server_memory = r
+        assert d[0].startswith(model.split(",")[0]) and ("full" in model) == ("full" in d[0]), (r, d)
+        assert nodes.split(" (")[0] in d[1] and ("offload" in nodes) == ("offload" in d[1]), (r, d)
+        assert (zero == "none") == ("ZeRO" not in d[2]) and (zero == "none" or f"ZeRO-{zero[0]}" in d[2]), (r, d)
+        assert server.split(", ")[-1] in d[5], (r, d)  # "TP n"
+        assert memory.lstrip("~") in d[4], (r, d)  # "~22 GB" in "~22 GB (16.6 weights, ...)"
+        assert server_memory == "as above" == d[6] or server_memory.split(" weights")[0] in d[6], (r, d)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -78,9 +78,10 @@ def atomic_checkpoints(tr) -> None:
         name = f"{PREFIX_CHECKPOINT_DIR}-{tr.state.global_step}"
         staged, final = staging_root / name, run_dir / name
         tr._mllm_saving = name
-        if _is_local_main(tr):
+        if _is_local_main(tr):  # (every node's, for nodes that do not share output_dir)
             shutil.rmtree(staged, ignore_errors=True)
             staging_root.mkdir(parents=True, exist_ok=True)
+        _barrier(tr)  # on a shared output_dir, no node's clean-up may remove what another has begun to write
         tr._get_output_dir = lambda trial=None: str(staging_root)  # transformers writes staging_root/<name>
         try:
             original(model, trial, *a, **kw)
@@ -133,14 +134,17 @@ def save_final(tr, processor: Any, output_dir: str | Path) -> None:
     staged = out / FINAL_STAGING
     tr._mllm_saving = "the final adapter"
     try:
-        if _is_local_main(tr):
+        if _is_local_main(tr):  # every node's (two nodes may share output_dir: neither may fail on the other's)
             shutil.rmtree(staged, ignore_errors=True)
-            staged.mkdir(parents=True)
+            staged.mkdir(parents=True, exist_ok=True)
         _barrier(tr)
         tr.save_model(str(staged))
         if tr.is_world_process_zero() and processor is not None:
             processor.save_pretrained(str(staged))
         _barrier(tr)
+        if _is_main(tr):
+            _move_into(staged, out)
+        _barrier(tr)  # then a node whose output_dir is not the main node's drops its (empty) staging folder
         if _is_local_main(tr) and staged.exists():
             _move_into(staged, out)
     except BaseException:
