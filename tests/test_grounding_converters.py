@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -57,14 +58,20 @@ def test_nih_bbox_list_round_trip(tmp_path):
     assert sorted(out.read_text().splitlines()[1:]) == sorted(src.read_text(encoding="utf-8-sig").splitlines()[1:])
 
 
-def test_nih_sizes_come_from_stand_in_images(tmp_path):
+def nih_subset(tmp_path: Path, n_lines: int) -> tuple[Path, list[str], Path, list[str]]:
+    """The header and first ``n_lines - 1`` rows of the shared NIH box list as ``sub.csv``, an empty image
+    folder, and the image names of the rows (once each, in order)."""
     src = require_shared("boxes", "nih_bbox_list_2017.csv")
-    lines = src.read_text(encoding="utf-8-sig").splitlines()[:6]
+    lines = src.read_text(encoding="utf-8-sig").splitlines()[:n_lines]
     sub = tmp_path / "sub.csv"
     sub.write_text("\n".join(lines) + "\n")
     images = tmp_path / "imgs"
     images.mkdir()
-    names = [ln.split(",")[0] for ln in lines[1:]]
+    return sub, lines, images, list(dict.fromkeys(ln.split(",")[0] for ln in lines[1:]))
+
+
+def test_nih_sizes_come_from_stand_in_images(tmp_path):
+    sub, lines, images, names = nih_subset(tmp_path, 6)
     for n in names:  # stand-ins at the stated size; one at twice the size to see the size is read from the file
         Image.new("L", (2048, 2048) if n == names[0] else (1024, 1024)).save(images / n)
     recs = nih_bbox_to_records(sub, images_dir=images)

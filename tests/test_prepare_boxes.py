@@ -24,7 +24,7 @@ from data_prep.grounding import (
 )
 from data_prep.schema import read_records
 from tests.conftest import require_shared
-from tests.test_grounding_converters import MS_CXR, SIZES, VINDR
+from tests.test_grounding_converters import MS_CXR, SIZES, VINDR, nih_subset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,13 +91,7 @@ def test_radfact_real_file(tmp_path):
 
 # -- images: --images-dir, --image-cache, --skip-bad ------------------------------------------------
 def test_nih_bbox_images_dir_sizes_cache_and_skip(tmp_path):
-    src = require_shared("boxes", "nih_bbox_list_2017.csv")
-    lines = src.read_text(encoding="utf-8-sig").splitlines()[:7]
-    sub = tmp_path / "sub.csv"
-    sub.write_text("\n".join(lines) + "\n")
-    images = tmp_path / "imgs"
-    images.mkdir()
-    names = list(dict.fromkeys(ln.split(",")[0] for ln in lines[1:]))
+    sub, lines, images, names = nih_subset(tmp_path, 7)
     for n in names[1:]:  # the first is missing; the second twice the stated size
         Image.new("L", (2048, 2048) if n == names[1] else (1024, 1024)).save(images / n)
     out = tmp_path / "nih.jsonl"

@@ -130,6 +130,14 @@ def _lung_geometry(a: _Anatomy, side: int) -> tuple[float, float, float]:
     return a.cx + side * a.half_thorax, a.cx + side * a.med, y_cp
 
 
+def _consolidation_centre(a, d: dict) -> tuple[int, float, float]:
+    """The side (-1 right, 1 left) and centre of a drawn consolidation: its zone of the lung, plus its jitter."""
+    side = -1 if d["side"] == "right" else 1
+    x_lat, x_med, y_cp = _lung_geometry(a, side)
+    zy = {"upper": 0.25, "middle": 0.5, "lower": 0.72}[d["zone"]]
+    return side, x_lat + 0.48 * (x_med - x_lat) + d["dx"], a.y_top + zy * (y_cp - a.y_top) + d["dy"]
+
+
 def _device_paths(a: _Anatomy, devices: Sequence[str], ett_cm: int, lateral: bool) -> list[tuple[list, float]]:
     """Polylines (unit coordinates) and widths of the support devices on one view."""
     out = []
@@ -255,10 +263,7 @@ def _render_frontal(a: _Anatomy, st: _Study, size: int, rng: np.random.Generator
 
     if "Consolidation" in f:
         d = f["Consolidation"]
-        side = -1 if d["side"] == "right" else 1
-        x_lat, x_med, y_cp = _lung_geometry(a, side)
-        zy = {"upper": 0.25, "middle": 0.5, "lower": 0.72}[d["zone"]]
-        cx, cy = x_lat + 0.48 * (x_med - x_lat) + d["dx"], a.y_top + zy * (y_cp - a.y_top) + d["dy"]
+        side, cx, cy = _consolidation_centre(a, d)
         weight = _blob(img, lung, cx, cy, d["rx"], d["ry"], 72.0, bank, rng)
         air = _Canvas(size)  # air bronchograms
         air.line([(cx - side * 0.05, cy - 0.04), (cx, cy), (cx + side * 0.03, cy + 0.045)], 0.012, 1)
@@ -332,10 +337,7 @@ def _frontal_boxes(a: _Anatomy, st: _Study) -> list[dict[str, Any]]:
             out.append(in_lung("Pleural Effusion", side, min(x_wall, x_med), y_cp - h, max(x_wall, x_med), y_cp + 0.01))
     if "Consolidation" in f:
         d = f["Consolidation"]
-        side = -1 if d["side"] == "right" else 1
-        x_lat, x_med, y_cp = _lung_geometry(a, side)
-        zy = {"upper": 0.25, "middle": 0.5, "lower": 0.72}[d["zone"]]
-        cx, cy = x_lat + 0.48 * (x_med - x_lat) + d["dx"], a.y_top + zy * (y_cp - a.y_top) + d["dy"]
+        side, cx, cy = _consolidation_centre(a, d)
         out.append(in_lung("Consolidation", side, cx - d["rx"], cy - d["ry"], cx + d["rx"], cy + d["ry"]))
     if "Pneumothorax" in f:
         side = -1 if f["Pneumothorax"]["side"] == "right" else 1
