@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import functools
 
-from trl import SFTConfig, SFTTrainer
-
 from mllm_cxr.config import DataArguments
 from mllm_cxr.data import recipe_datasets, sft_dataset, task_sft_dataset
 from mllm_cxr.modeling import ModelArguments, load_model, load_processor
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.tasks import parse_mixture_arg
 from mllm_cxr.train.recipe import run_recipe, run_training
+
+# isort: off
+from trl import SFTConfig, SFTTrainer  # after mllm_cxr, which quiets bitsandbytes' import-time kernel warning
+# isort: on
 
 #: The dataclasses this recipe's YAML keys and --flags map to (the TRL config last).
 CONFIG_CLASSES = (DataArguments, ModelArguments, PromptConfig, SFTConfig)
