@@ -39,6 +39,15 @@ from reward.constants import CHEXPERT_LABELS
 
 VIEWS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "UNKNOWN")
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
+# every spelling of "every split" a --split (or a ``split`` argument) accepts: ``all``, the documented one, and the
+# older ``*`` (pairs) and ``""`` (generate/export) kept as aliases
+ALL_SPLITS: tuple[str, ...] = ("all", "*", "")
+
+
+def split_filter(split: str | None) -> str | None:
+    """A split as :func:`read_records` filters on it: ``None`` (every split) for ``all`` and its aliases
+    (:data:`ALL_SPLITS`), else the split's name."""
+    return None if split is None or split in ALL_SPLITS else split
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
 
 _VIEW_ALIASES = {
@@ -407,7 +416,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[StudyRecord]:
 
 
 def read_records(path: str | os.PathLike, split: str | None = None) -> list[StudyRecord]:
-    recs = list(iter_records(path))
+    """The records of ``path`` in ``split`` (every split for ``None``, ``all`` or an alias: :func:`split_filter`)."""
+    recs, split = list(iter_records(path)), split_filter(split)
     return [r for r in recs if split is None or r.split == split]
 
 

@@ -177,3 +177,16 @@ def test_cli_export_summary_and_non_empty_out(tiny_model_dir, adapter_dir, tmp_p
     assert "contains) the adapter" in capsys.readouterr().err and (adapter_dir / "adapter_config.json").exists()
     assert main(["export", "--base", str(tiny_model_dir), "--adapter", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
+
+
+def test_a_failed_verification_leaves_the_old_export(tiny_model_dir, adapter_dir, phantom_dir, tmp_path):
+    """The export is written in a temporary folder (``cxr_io.atomic_dir``): a verification that fails after every
+    file, card included, was written removes it, and an --overwrite target keeps its old contents."""
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "keep.txt").write_text("an earlier export")
+    with pytest.raises(ExportError, match=r"verification \(adapter via PEFT\).*FAILED"):
+        export(str(tiny_model_dir), adapter_dir, old, verify_studies=phantom_dir / "studies.jsonl", n_verify=1,
+               verify_max_new_tokens=4, dtype="float32", merge_atol=-1.0, overwrite=True)
+    assert [p.name for p in old.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left beside it

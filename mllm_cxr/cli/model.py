@@ -64,7 +64,9 @@ def check_number_args(args: argparse.Namespace) -> None:
 
 
 def _split(value: str | None) -> str | None:
-    return None if value in (None, "", "all") else value
+    from data_prep.schema import split_filter
+
+    return split_filter(value)
 
 
 def _prompt_overrides(args: argparse.Namespace) -> dict:
@@ -185,7 +187,7 @@ def _add_generate(sub) -> None:
                                    "reference, context). Resumable: studies already in --out are skipped.")
     p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
     p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
-    p.add_argument("--split", default="test", help="split to generate for (train/validate/test, or all)")
+    p.add_argument("--split", default="test", help="split to generate for: train, validate, test or all (every split)")
     p.add_argument("--limit", type=int, default=None, help="at most this many studies (the first ones)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="only the I-th (0-based) of N contiguous blocks of the studies; one --out per shard, joined "
@@ -274,7 +276,7 @@ def _add_export(sub) -> None:
                    help="keep LoRA on the vision tower (vLLM drops it: the served model then differs)")
     p.add_argument("--verify-studies", default=None, help="study records: compare reloaded export vs in-memory model")
     p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
-    p.add_argument("--split", default="test", help="split of --verify-studies (or all)")
+    p.add_argument("--split", default="test", help="split of --verify-studies: train, validate, test or all (every split)")
     p.add_argument("--verify-n", type=int, default=4, help="studies to verify on")
     p.add_argument("--verify-backend", choices=("hf", "vllm"), default="hf",
                    help="vllm: also compare vLLM's greedy reports for the export with the in-memory model's")

@@ -19,7 +19,7 @@ from cxr_io import check_output, write_text_atomic
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
     p.add_argument("--out", required=True, help="pairs JSONL to write")
-    p.add_argument("--split", default="train", help="which split to build pairs from (default train; 'all' = every split)")
+    p.add_argument("--split", default="train", help="split to build pairs from: train (default), validate, test or all (every split)")
     p.add_argument("--limit", type=int, default=None, help="at most this many studies")
     p.add_argument("--sections", default=None, help="report sections of the target text (default findings,impression; "
                                                    "for `sample`: the adapter's)")
@@ -48,10 +48,10 @@ def _check_outputs(args) -> None:
 
 
 def _studies(args):
+    from data_prep.schema import split_filter
     from mllm_cxr.data import load_split
 
-    split = None if args.split in ("all", "*") else args.split
-    return load_split(args.studies, split, args.limit)
+    return load_split(args.studies, split_filter(args.split), args.limit)
 
 
 def _finish(pairs: list[dict[str, Any]], summary: dict[str, Any], args) -> int:

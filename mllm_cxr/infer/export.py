@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_io import abort_dir, begin_dir, check_disjoint, check_safetensors, commit_dir
+from cxr_io import atomic_dir, check_disjoint, check_safetensors
 from data_prep.schema import resolve_data_root
 from mllm_cxr.data import load_split
 from mllm_cxr.errors import ExportError
@@ -256,6 +256,54 @@ def _write_generation_config(base: str, out: Path, max_new_tokens: int) -> None:
     gc.save_pretrained(out)
 
 
+# ------------------------------------------------------------------------------------------------
+# export: check -> inspect -> load, then, in a temporary folder that becomes --out only on success,
+# write -> verify (hf, then vllm) -> card
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ExportJob:
+    """What the steps of :func:`export` share: the request, then what each step finds for the next."""
+
+    base: str
+    adapter: str | Path
+    out: Path
+    merge: bool = False
+    allow_vision_lora: bool = False
+    verify_studies: str | Path | None = None
+    data_root: str | Path | None = None
+    split: str | None = "test"
+    n_verify: int = 4
+    metrics: str | Path | None = None
+    dtype: str = "auto"
+    max_new_tokens: int = 64
+    verify_max_new_tokens: int = 32
+    merge_atol: float | None = None
+    name: str | None = None
+    overwrite: bool = False
+    verify_backend: str = "hf"
+    # found by the steps
+    tensors: dict[str, Any] = field(default_factory=dict)  # the adapter's, until written
+    report: AdapterReport | None = None
+    warnings: list[str] = field(default_factory=list)
+    prompt: Any = None  # the run's ResolvedPrompt
+    studies: list[Any] = field(default_factory=list)
+    root: Path | None = None
+    before: tuple[list[str], Any, Any] | None = None  # the in-memory model's outputs on ``studies``
+    merged_model: Any = None
+    adapter_cfg: dict[str, Any] | None = None
+    verification: Verification | None = None
+    vllm_verification: Verification | None = None
+
+    @property
+    def src(self) -> Path:
+        return Path(self.adapter)
+
+    @property
+    def inputs(self) -> list[str | Path | None]:
+        """Everything the export reads: --out must stay clear of all of them."""
+        return [self.base, self.adapter, self.verify_studies, self.metrics, self.data_root]
+
+
 def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = False,
            allow_vision_lora: bool = False, verify_studies: str | Path | None = None,
            data_root: str | Path | None = None, split: str | None = "test", n_verify: int = 4,
@@ -267,146 +315,179 @@ def export(base: str, adapter: str | Path, out: str | Path, *, merge: bool = Fal
     Raises :class:`ExportError` for an adapter vLLM cannot load (unless ``merge``), an ``out`` that
     exists and is not empty (unless ``overwrite``), and a failed verification.
     """
-    src, dst = Path(adapter), Path(out)
-    if verify_backend not in ("hf", "vllm"):
-        raise ExportError(f"--verify-backend must be hf or vllm, got {verify_backend!r}")
-    if verify_backend == "vllm":
-        if not verify_studies:
+    job = ExportJob(base=base, adapter=adapter, out=Path(out), merge=merge, allow_vision_lora=allow_vision_lora,
+                    verify_studies=verify_studies, data_root=data_root, split=split, n_verify=n_verify,
+                    metrics=metrics, dtype=dtype, max_new_tokens=max_new_tokens,
+                    verify_max_new_tokens=verify_max_new_tokens, merge_atol=merge_atol, name=name,
+                    overwrite=overwrite, verify_backend=verify_backend)
+    _check_request(job)
+    _inspect(job)
+    _load(job)
+    # everything checked: the files go to a temporary folder beside --out, which becomes --out only when the
+    # export (and its verification) succeeded; a failure removes it, so nothing partial blocks the rerun
+    with atomic_dir(job.out, overwrite=job.overwrite, inputs=job.inputs) as dst:
+        _write_weights(job, dst)
+        _write_companions(job, dst)
+        _verify_export(job, dst)
+        _write_card(job, dst)
+        summary = _summary(job, dst)
+        _raise_if_unverified(job)
+    return summary
+
+
+def _check_request(job: ExportJob) -> None:
+    """Refuse a bad request before any work: the backend, --out against the adapter and the other inputs, an
+    --out in the way (unless --overwrite), a folder that is not an adapter."""
+    src, dst = job.src, job.out
+    if job.verify_backend not in ("hf", "vllm"):
+        raise ExportError(f"--verify-backend must be hf or vllm, got {job.verify_backend!r}")
+    if job.verify_backend == "vllm":
+        if not job.verify_studies:
             raise ExportError("--verify-backend vllm needs --verify-studies (the studies to compare on)")
         import_vllm()  # ImportError with the install hint before any work
     if dst.resolve() == src.resolve() or src.resolve().is_relative_to(dst.resolve()):
         raise ExportError(f"--out {dst} is (or contains) the adapter folder {src}")
     if dst.exists() and not dst.is_dir():
         raise ExportError(f"--out {dst} is an existing file; give a folder path")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
+    if dst.exists() and any(dst.iterdir()) and not job.overwrite:
         raise ExportError(f"output folder {dst} exists and is not empty (pass --overwrite to replace it)")
     read_adapter_config(src)  # first: "not an adapter folder" before "no weights"
     # the one output rule: --out is not, does not hold, and does not lie inside any input (a merged export
     # with --overwrite over --base would replace the base model it reads)
-    check_disjoint(dst, [base, adapter, verify_studies, metrics, data_root], flag="--out", folder=True)
-    tensors = read_adapter_weights(src)
-    rep = inspect_adapter(src, tensors)
-    warnings: list[str] = []
-    if not merge:
-        warnings = check_vllm_compatible(rep, allow_vision_lora=allow_vision_lora)
-    for w in warnings:
+    check_disjoint(dst, job.inputs, flag="--out", folder=True)
+
+
+def _inspect(job: ExportJob) -> None:
+    """The adapter's tensors and report; for an adapter export, what vLLM refuses (raised) or drops (warned)."""
+    job.tensors = read_adapter_weights(job.src)
+    job.report = inspect_adapter(job.src, job.tensors)
+    if not job.merge:
+        job.warnings = check_vllm_compatible(job.report, allow_vision_lora=job.allow_vision_lora)
+    for w in job.warnings:
         log.warning("%s", w)
-    prompt = resolve_prompt(src, None)
-    studies, root = [], None
-    if verify_studies:
-        studies = load_split(verify_studies, split, n_verify)
-        root = resolve_data_root(verify_studies, data_root)
-
-    before = None
-    merged_model = None
-    if verify_studies or merge:
-        import torch
-
-        model, processor = load_for_inference(base, src, dtype=dtype, min_pixels=prompt.min_pixels,
-                                              max_pixels=prompt.max_pixels, place=bool(studies))  # merging: CPU
-        if studies:
-            before = _outputs(model, processor, prompt, studies, root, verify_max_new_tokens)
-        if merge:
-            merged_model = model.merge_and_unload().to("cpu")
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    # everything checked: write into a temporary folder beside --out, put it in place only when the export
-    # (and its verification) succeeded; a failure removes it, so nothing partial blocks the rerun
-    final, dst = dst, begin_dir(dst, overwrite=True, inputs=[base, adapter, verify_studies, metrics, data_root])
-    try:
-        summary = _write_export(dst, final, base, src, merge, merged_model, rep, tensors, allow_vision_lora, prompt,
-                                dtype, max_new_tokens, before, studies, root, verify_max_new_tokens, merge_atol,
-                                metrics, warnings, name, verify_backend)
-    except BaseException:
-        abort_dir(dst)
-        raise
-    commit_dir(dst, final)
-    return summary
+    job.prompt = resolve_prompt(job.src, None)
 
 
-def _write_export(dst: Path, final: Path, base, src: Path, merge: bool, merged_model, rep, tensors,
-                  allow_vision_lora: bool, prompt, dtype, max_new_tokens, before, studies, root,
-                  verify_max_new_tokens, merge_atol, metrics, warnings, name,
-                  verify_backend: str = "hf") -> dict[str, Any]:
-    """The files of an export, written into ``dst`` (the temporary folder that becomes ``final``)."""
-    if merge:
-        merged_model.save_pretrained(dst, safe_serialization=True)
-        del merged_model
-        adapter_cfg = None
-    else:
-        adapter_cfg = write_adapter(rep, tensors, dst, base, keep_vision=allow_vision_lora)
-    processor = inference_processor(base, min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)
-    processor.save_pretrained(dst)
-    if not getattr(processor, "chat_template", None):
-        warnings.append("the processor has no chat template: servers will need --chat-template")
-    _write_generation_config(base, dst, max_new_tokens)
-    export_info = {"base": str(base), "adapter": str(src), "merged": merge, "rank": rep.rank,
-                   "vision_lora_kept": bool(allow_vision_lora and rep.vision)}
-    copy_run_config(src, dst, export_info)
-
-    verification = None
-    if before is not None:
-        verification = _verify(base, dst, merge, studies, root, prompt, dtype, verify_max_new_tokens, before,
-                               merge_atol)
-        log.info("%s", verification.line())
-    vllm_verification = None
-    if verification is not None and verification.ok and verify_backend == "vllm":
-        vllm_verification = _verify_vllm(base, dst, merge, studies, root, prompt, dtype, verify_max_new_tokens,
-                                         before)
-        log.info("%s", vllm_verification.line())
-    metrics_data = _read_metrics(metrics) if metrics else None
-    write_model_card(dst, base=str(base), adapter=str(src), report=rep, merged=merge, prompt=prompt,
-                     adapter_cfg=adapter_cfg, metrics=metrics_data, verification=verification,
-                     warnings=warnings, name=name or final.name, shown=final, vllm_verification=vllm_verification)
-    summary = {"out": str(final), "merged": merge, "adapter": dataclasses.asdict(rep), "warnings": warnings,
-               "verification": dataclasses.asdict(verification) if verification else None,
-               "vllm_verification": dataclasses.asdict(vllm_verification) if vllm_verification else None,
-               "files": sorted(p.name for p in dst.iterdir())}
-    for v in (verification, vllm_verification):
-        if v is not None and not v.ok:
-            raise ExportError(f"{final}: {v.line()}")
-    return summary
-
-
-def _verify(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new_tokens, before,
-            merge_atol: float | None) -> Verification:
+def _load(job: ExportJob) -> None:
+    """The verification studies; the in-memory model (base + adapter) when verifying or merging: its outputs
+    on the studies (``before``) and, with --merge, the merged model (on the CPU)."""
+    if job.verify_studies:
+        job.studies = load_split(job.verify_studies, job.split, job.n_verify)
+        job.root = resolve_data_root(job.verify_studies, job.data_root)
+    if not (job.verify_studies or job.merge):
+        return
     import torch
 
-    # the export as users load it: a merged checkpoint alone, an adapter on the base; the exported processor
-    model, processor = load_for_inference(dst if merged else base, None if merged else dst, dtype=dtype,
-                                          min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels,
-                                          processor_from=dst)
-    after = _outputs(model, processor, prompt, studies, root, max_new_tokens)
+    prompt = job.prompt
+    model, processor = load_for_inference(job.base, job.src, dtype=job.dtype, min_pixels=prompt.min_pixels,
+                                          max_pixels=prompt.max_pixels, place=bool(job.studies))  # merging: CPU
+    if job.studies:
+        job.before = _outputs(model, processor, prompt, job.studies, job.root, job.verify_max_new_tokens)
+    if job.merge:
+        job.merged_model = model.merge_and_unload().to("cpu")
     del model
-    if merged:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _write_weights(job: ExportJob, dst: Path) -> None:
+    """The merged checkpoint, or the adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    if job.merge:
+        job.merged_model.save_pretrained(dst, safe_serialization=True)
+        job.merged_model = None
+    else:
+        job.adapter_cfg = write_adapter(job.report, job.tensors, dst, job.base, keep_vision=job.allow_vision_lora)
+    job.tensors = {}
+
+
+def _write_companions(job: ExportJob, dst: Path) -> None:
+    """What serving and ``mllm-cxr generate`` need beside the weights: the processor (chat template, pixel
+    budget), ``generation_config.json`` and the run config."""
+    prompt = job.prompt
+    processor = inference_processor(job.base, min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)
+    processor.save_pretrained(dst)
+    if not getattr(processor, "chat_template", None):
+        job.warnings.append("the processor has no chat template: servers will need --chat-template")
+    _write_generation_config(job.base, dst, job.max_new_tokens)
+    export_info = {"base": str(job.base), "adapter": str(job.src), "merged": job.merge, "rank": job.report.rank,
+                   "vision_lora_kept": bool(job.allow_vision_lora and job.report.vision)}
+    copy_run_config(job.src, dst, export_info)
+
+
+def _verify_export(job: ExportJob, dst: Path) -> None:
+    """With --verify-studies: the export reloaded (hf), then, if that passed and asked, served by vLLM."""
+    if job.before is None:
+        return
+    job.verification = _verify_hf(job, dst)
+    log.info("%s", job.verification.line())
+    if job.verification.ok and job.verify_backend == "vllm":
+        job.vllm_verification = _verify_vllm(job, dst)
+        log.info("%s", job.vllm_verification.line())
+
+
+def _verify_hf(job: ExportJob, dst: Path) -> Verification:
+    """The export as users load it (a merged checkpoint alone, an adapter on the base; the exported processor)
+    against the in-memory model."""
+    import torch
+
+    prompt, before = job.prompt, job.before
+    model, processor = load_for_inference(dst if job.merge else job.base, None if job.merge else dst,
+                                          dtype=job.dtype, min_pixels=prompt.min_pixels,
+                                          max_pixels=prompt.max_pixels, processor_from=dst)
+    after = _outputs(model, processor, prompt, job.studies, job.root, job.verify_max_new_tokens)
+    del model
+    if job.merge:
         # merging rounds W + BA to the model dtype: relative to the logit scale, 1e-4 in float32, 5% in
         # bfloat16/float16 (half precision keeps 8-11 mantissa bits)
         scale = max(1.0, float(before[1].abs().max()))
-        atol = merge_atol if merge_atol is not None else \
+        atol = job.merge_atol if job.merge_atol is not None else \
             (1e-4 if before[2] == torch.float32 else 0.05) * scale
         return _compare("merged checkpoint", before, after, atol, require_identical=False)
-    return _compare("adapter via PEFT", before, after, merge_atol if merge_atol is not None else 1e-5,
+    return _compare("adapter via PEFT", before, after, job.merge_atol if job.merge_atol is not None else 1e-5,
                     require_identical=True)
 
 
-def _verify_vllm(base, dst: Path, merged: bool, studies, root, prompt, dtype, max_new_tokens,
-                 before) -> Verification:
+def _verify_vllm(job: ExportJob, dst: Path) -> Verification:
     """Greedy reports of vLLM serving the export (as ``vllm serve`` would) vs the in-memory model's."""
     import torch
 
+    prompt, before = job.prompt, job.before
     processor = inference_processor(dst, min_pixels=prompt.min_pixels, max_pixels=prompt.max_pixels)  # exported
-    gen = VLLMGenerator(str(dst) if merged else base, prompt, root, GenerationSettings(max_new_tokens=max_new_tokens),
-                        adapter=None if merged else str(dst), dtype=dtype, processor=processor,
+    gen = VLLMGenerator(str(dst) if job.merge else job.base, prompt, job.root,
+                        GenerationSettings(max_new_tokens=job.verify_max_new_tokens),
+                        adapter=None if job.merge else str(dst), dtype=job.dtype, processor=processor,
                         enforce_eager=True, max_model_len=4096)
-    texts = [t[0] for t in gen.generate(studies)]
+    texts = [t[0] for t in gen.generate(job.studies)]
     del gen
     same = sum(a == b for a, b in zip(before[0], texts))
     half = before[2] in (torch.bfloat16, torch.float16)  # the dtype the in-memory model ran in
     ok = same == len(texts) or (half and same * 4 >= 3 * len(texts))
     ex = [{"before_len": str(len(a)), "after_len": str(len(b))} for a, b in zip(before[0], texts) if a != b][:3]
     return Verification("vLLM greedy vs in-memory model", len(texts), same, 0.0, 0.0, ok, ex, logits=False)
+
+
+def _write_card(job: ExportJob, dst: Path) -> None:
+    """``README.md``, showing --out's path (not the temporary folder's) and the --metrics table."""
+    metrics_data = _read_metrics(job.metrics) if job.metrics else None
+    write_model_card(dst, base=str(job.base), adapter=str(job.src), report=job.report, merged=job.merge,
+                     prompt=job.prompt, adapter_cfg=job.adapter_cfg, metrics=metrics_data,
+                     verification=job.verification, warnings=job.warnings, name=job.name or job.out.name,
+                     shown=job.out, vllm_verification=job.vllm_verification)
+
+
+def _summary(job: ExportJob, dst: Path) -> dict[str, Any]:
+    v, vv = job.verification, job.vllm_verification
+    return {"out": str(job.out), "merged": job.merge, "adapter": dataclasses.asdict(job.report),
+            "warnings": job.warnings, "verification": dataclasses.asdict(v) if v else None,
+            "vllm_verification": dataclasses.asdict(vv) if vv else None,
+            "files": sorted(p.name for p in dst.iterdir())}
+
+
+def _raise_if_unverified(job: ExportJob) -> None:
+    """A failed verification fails the export (its files, card included, are then removed)."""
+    for v in (job.verification, job.vllm_verification):
+        if v is not None and not v.ok:
+            raise ExportError(f"{job.out}: {v.line()}")
 
 
 def _read_metrics(path: str | Path) -> dict[str, Any]:

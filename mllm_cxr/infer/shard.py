@@ -45,11 +45,10 @@ def shard_slice(items: Sequence[T], index: int, count: int) -> list[T]:
 
 def _load_expected(meta: dict[str, Any]) -> list[str]:
     """The study ids the unsharded run would have written, in its order (studies with images only)."""
+    from data_prep.schema import split_filter
     from mllm_cxr.data import load_split
 
-    split = meta.get("split")
-    split = None if split in (None, "all") else split
-    studies = load_split(meta["studies"], split, (meta.get("shard") or {}).get("limit"))
+    studies = load_split(meta["studies"], split_filter(meta.get("split")), (meta.get("shard") or {}).get("limit"))
     seen: dict[str, None] = {}
     for s in studies:
         if s.images:
