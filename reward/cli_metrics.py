@@ -34,7 +34,6 @@ from typing import Any
 
 from cxr_io import check_disjoint, check_output, read_text, write_jsonl, write_text_atomic
 from reward.base import (
-    METRIC_VOCABULARY,
     MissingBackendError,
     RewardError,
     canonical_metric,
@@ -42,6 +41,7 @@ from reward.base import (
     get_scorer,
 )
 from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, index_by_study, read_meta, read_predictions, read_rows
+from reward.metric_table import METRICS
 
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
 #: Fields of the records that are not passed to the scorers as context.
@@ -105,8 +105,8 @@ def parse_metrics(metrics: str | None, spec: str | None) -> list[dict[str, Any]]
         from reward.base import available_scorers
 
         known = available_scorers()
-        entries += [{"name": n, "kwargs": {}, "alias": None, "optional": True} for n in METRIC_VOCABULARY
-                    if n in known and n != "rouge"]
+        entries += [{"name": s.name, "kwargs": {}, "alias": None, "optional": True} for s in METRICS
+                    if s.score_all and s.name in known]
     elif metrics:
         for m in metrics.split(","):
             if m.strip():
