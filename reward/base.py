@@ -161,6 +161,20 @@ def scorer_name(name: str) -> str:
     return name
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` made unique in order: a repeat gets ``_2``, ``_3``... (``bleu, bleu`` -> ``bleu, bleu_2``), so
+    the outputs of ``score`` and TRL's per-reward logs never collide."""
+    out: list[str] = []
+    used: set[str] = set()
+    for base in names:
+        name, k = base, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        out.append(name)
+    return out
+
+
 def get_scorer(name: str, **kwargs: Any) -> Scorer:
     """A scorer instance by registry name; instances are cached per (name, kwargs) in this process."""
     name = scorer_name(name)

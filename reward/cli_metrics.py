@@ -39,6 +39,7 @@ from reward.base import (
     canonical_metric,
     eval_group,
     get_scorer,
+    unique_names,
 )
 from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, index_by_study, read_meta, read_predictions, read_rows
 from reward.metric_table import METRICS
@@ -177,14 +178,9 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
     if skip_missing:
         summary["skipped_records"] = skipped
     per_sample = [{"study_id": s} for s in ids]
-    names_used: set[str] = set()
-    bar = tqdm(metrics, desc="score", unit="metric", disable=not progress)
-    for entry in bar:
-        name = entry.get("alias") or entry["name"]
-        base, k = name, 2
-        while name in names_used:
-            name, k = f"{base}_{k}", k + 1
-        names_used.add(name)
+    names = unique_names([e.get("alias") or e["name"] for e in metrics])
+    bar = tqdm(list(zip(metrics, names)), desc="score", unit="metric", disable=not progress)
+    for entry, name in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         try:

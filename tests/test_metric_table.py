@@ -39,3 +39,10 @@ def test_a_row_may_hold_its_builder_as_a_callable():
     spec = MetricSpec("x", group="x", build=lambda preds, kw, uncertain: (preds, kw, uncertain),
                       per_study=(PerStudy("x", "X"),))
     assert spec.builder()(1, {}, "positive") == (1, {}, "positive")
+
+
+def test_unique_names_number_repeats_in_order():
+    from reward.base import unique_names
+
+    assert unique_names(["bleu", "rouge_l", "bleu", "bleu", "bleu_2"]) == ["bleu", "rouge_l", "bleu_2", "bleu_3",
+                                                                           "bleu_2_2"]
