@@ -60,6 +60,7 @@ from cxr_io import InputError, atomic_write, read_json, read_jsonl, write_text_a
 from data_prep.errors import DataPrepError
 from mllm_cxr.config import ConfigError
 from reward.constants import CHEXPERT_LABELS
+from reward.metric_table import METRICS, PerStudy
 
 REPORT_NAME = "report.html"
 NO_FINDING = "No Finding"
@@ -68,21 +69,16 @@ DEFAULT_THUMB = 160
 DEFAULT_MAX_STUDIES = 2000
 PAGE_SIZE = 50
 
+#: The per-study columns of the metric table (:data:`reward.metric_table.METRICS`): those of the default sort's
+#: metric first (the page opens sorted by it), then in the table's order.
+COLUMNS: tuple[PerStudy, ...] = tuple(c for spec in sorted(METRICS, key=lambda s: DEFAULT_SORT not in
+                                                          {c.key for c in s.per_study}) for c in spec.per_study)
 #: Per-study metrics: key -> (label, higher_is_better). Those of ``per_study.jsonl`` are added when present.
-PER_STUDY_METRICS: dict[str, tuple[str, bool | None]] = {
-    "chexpert_f1": ("CheXpert F1 (14, per study)", True),
-    "errors": ("label disagreements (FP + FN)", False),
-    "rouge_l": ("ROUGE-L", True),
-    "radgraph_f1": ("RadGraph F1", True),
-    "green": ("GREEN", True),
-    "ratescore": ("RaTEScore", True),
-    "prior_hallucination": ("prior reference without a prior", False),
-    "measurement_hallucinations": ("measurement/device hallucinations", False),
-    "length_pred_words": ("length of the generated report (words)", None),
-    "length_ref_words": ("length of the reference (words)", None),
-    "box_iou": ("matched box IoU (grounding/detection)", True),
-    "grounded_score": ("grounded-report score (RadFact-style)", True),
-}
+PER_STUDY_METRICS: dict[str, tuple[str, bool | None]] = {c.key: (c.label, c.higher_is_better) for c in COLUMNS}
+#: Per-study values read from a group's ``details`` entry: group -> [(detail field, metric key)].
+_FROM_DETAILS: dict[str, list[tuple[str, str]]] = {
+    spec.group: [(c.detail, c.key) for c in spec.per_study if c.detail]
+    for spec in METRICS if spec.group and any(c.detail for c in spec.per_study)}
 #: Colours of the boxes drawn on the thumbnails (eval's ``details.boxes``): reference and predicted.
 BOX_COLOURS = {"ref": "#2f9e44", "pred": "#e8590c"}
 KIND_LABELS = {"fp": "false positive", "fn": "false negative", "neg": "negated here, present in the other report",
@@ -479,11 +475,13 @@ def system_view(text: str, row: dict[str, Any], uncertain: str) -> SystemView:
         hm += measurement_highlights(text, me.get("hallucinations") or [])
     met = {k: float(v) for k, v in row.items()
            if k in PER_STUDY_METRICS and isinstance(v, int | float) and math.isfinite(v)}
+    for group, fields in _FROM_DETAILS.items():
+        d = det.get(group)
+        if isinstance(d, dict):
+            for src, key in fields:
+                if isinstance(d.get(src), int | float) and math.isfinite(d[src]):
+                    met[key] = float(d[src])
     bx = det.get("boxes")
-    if isinstance(bx, dict):
-        for src, key in (("iou", "box_iou"), ("grounded_score", "grounded_score")):
-            if isinstance(bx.get(src), int | float) and math.isfinite(bx[src]):
-                met[key] = float(bx[src])
     return SystemView(text, hm, rm, outcome, met, bx if isinstance(bx, dict) else None)
 
 
@@ -758,10 +756,8 @@ def _chips(v: SystemView) -> str:
     return "".join(chips)
 
 
-SHORT = {"chexpert_f1": "CheXpert F1", "errors": "disagreements", "rouge_l": "ROUGE-L", "radgraph_f1": "RadGraph",
-         "green": "GREEN", "ratescore": "RaTEScore", "prior_hallucination": "prior ref", "measurement_hallucinations":
-         "measurement", "length_pred_words": "words", "length_ref_words": "reference words"}
-_INT_METRICS = {"errors", "prior_hallucination", "measurement_hallucinations", "length_pred_words", "length_ref_words"}
+SHORT = {c.key: c.short for c in COLUMNS if c.short}
+_INT_METRICS = {c.key for c in COLUMNS if c.integer}
 
 
 def _metric_text(v: SystemView, keys: Sequence[str]) -> str:

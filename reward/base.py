@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cxr_io import InputError
+from reward.metric_table import METRICS
 
 
 class RewardError(InputError):
@@ -86,44 +87,12 @@ def to_scorable_text(text: Any) -> str:
     return text[:MAX_TEXT_CHARS]
 
 
-#: The built-in scorers, one row each: registry name -> ("module:factory", description). The module is
-#: imported when the scorer is first built (``get_scorer``), so listing the scorers imports none of them;
-#: a row naming a missing module or attribute is a :class:`cxr_io.registry.RegistryError` naming the row
-#: (tests/test_import_graph.py imports every row). Adding a scorer: its class, and one row here.
-BUILTIN_SCORERS: dict[str, tuple[str, str]] = {
-    "chexpert_f1": ("reward.chexpert:ChexpertF1Scorer",
-        "Per-sample F1 of CheXpert labels (hypothesis vs reference), rule labeler"),
-    "chexbert_f1": ("reward.chexbert:ChexbertF1Scorer",
-        "F1 between the CheXbert labels of hypothesis and reference (needs chexbert.pth)"),
-    "radgraph_f1": ("reward.radgraph:RadGraphF1Scorer",
-        "RadGraph F1 (simple/partial/complete) with a local RadGraph model"),
-    "green": ("reward.green:GreenScorer",
-        "GREEN: LLM-judged clinically significant errors vs matched findings (needs a judge)"),
-    "ratescore": ("reward.ratescore:RaTEScoreScorer",
-        "RaTEScore: entity-aware similarity of two reports (optional RaTEScore package)"),
-    "bleu": ("reward.nlg:BleuScorer", "sentence BLEU-n per sample (COCO/RadEval); corpus BLEU-1..n in corpus"),
-    "rouge": ("reward.nlg:RougeScorer", "ROUGE-1/2/L F (rouge-score, stemmer); per-sample key rougeL by default"),
-    "rouge_l": ("reward.nlg:RougeLScorer", "ROUGE-L F per sample (rouge-score, stemmer); corpus mean in corpus"),
-    "temporal_f1": ("reward.temporal:TemporalF1Scorer",
-        "Temporal F1 (RadEval/Libra): overlap of BioViL-T change words"),
-    "prior_penalty": ("reward.prior:PriorPenalty",
-        "-1 per completion (or per sentence) that refers to a prior exam the study did not have"),
-    "measurement_hallucination": ("reward.measurements:MeasurementHallucination",
-        "number of hallucinated device/position/measurement/size facts per report (vs the reference)"),
-    "measurement_f1": ("reward.measurements:MeasurementF1",
-        "F1 of device + tip-position facts of the generation vs the reference"),
-    "measurement_penalty": ("reward.measurements:MeasurementPenalty",
-        "-penalty per hallucinated device/position/measurement/size fact (capped at max_count)"),
-    "iou": ("reward.box_rewards:IoUReward",
-        "Matched IoU of the completion's boxes with the reference boxes (VLM-R1 style)"),
-    "box_f1": ("reward.box_rewards:BoxF1Reward", "Box F1 at IoU >= threshold with Hungarian matching"),
-    "box_format": ("reward.box_rewards:BoxFormatReward",
-        "1 when the completion's boxes parse, lie inside the image and have ordered corners"),
-    "grounded_report": ("reward.box_rewards:GroundedReportReward",
-        "RadFact-style grounded report score (rule labeler + pixel precision > 0.5)"),
-    "answer_match": ("reward.task_rewards:AnswerMatch",
-        "The completion gives the reference short answer (classification, vqa, view)"),
-}
+#: The built-in scorers: registry name -> ("module:factory", description), derived from the one metric table
+#: (:data:`reward.metric_table.METRICS`, the rows with a scorer). The module is imported when the scorer is
+#: first built (``get_scorer``), so listing the scorers imports none of them; a row naming a missing module or
+#: attribute is a :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports
+#: every row). Adding a scorer: its class, and one row in ``METRICS``.
+BUILTIN_SCORERS: dict[str, tuple[str, str]] = {s.name: (s.scorer, s.description) for s in METRICS if s.scorer}
 
 #: Scorers registered at run time (:func:`register_scorer`: a user's or a test's); they win over a built-in
 #: of the same name.
@@ -158,21 +127,10 @@ def scorer_factory(name: str) -> Callable[..., Scorer]:
     return import_entry("reward.base.BUILTIN_SCORERS", name, BUILTIN_SCORERS[name][0])
 
 
-#: The one metric vocabulary of ``score``, ``eval`` and reward specs: canonical scorer name -> the
-#: ``eval`` table group it feeds (None: no eval group) and the other names users may write for it.
-METRIC_VOCABULARY: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "bleu": ("bleu", ("bleu4", "bleu-4")),
-    "rouge_l": ("rouge_l", ("rougel", "rouge-l")),
-    "rouge": (None, ()),
-    "radgraph_f1": ("radgraph", ("radgraph", "radgraph-f1")),
-    "green": ("green", ()),
-    "ratescore": ("ratescore", ("rate_score", "rate-score")),
-    "chexpert_f1": ("chexpert", ("chexpert", "f1_chexpert", "f1-chexpert", "chexpert-f1")),
-    "chexbert_f1": ("chexbert", ("chexbert", "f1_chexbert", "f1-chexbert", "chexbert-f1")),
-    "prior_penalty": ("prior", ("prior", "prior_rate", "prior-penalty")),
-    "temporal_f1": (None, ("temporal", "temporal-f1")),
-    "length": ("length", ("words",)),  # eval only: report lengths (no per-sample scorer)
-}
+#: The one metric vocabulary of ``score``, ``eval`` and reward specs: canonical name -> the ``eval`` table group
+#: it feeds (None: no eval group) and the other names users may write for it; the group's name is one of those
+#: names too. Derived from :data:`reward.metric_table.METRICS`.
+METRIC_VOCABULARY: dict[str, tuple[str | None, tuple[str, ...]]] = {s.name: (s.group, s.aliases) for s in METRICS}
 _ALIAS = {a: canon for canon, (_, aliases) in METRIC_VOCABULARY.items() for a in (canon, *aliases)}
 _ALIAS.update({g: canon for canon, (g, _) in METRIC_VOCABULARY.items() if g})
 
@@ -201,6 +159,20 @@ def scorer_name(name: str) -> str:
                           "(aliases: " + ", ".join(sorted(a for a, c in _ALIAS.items() if a != c and c in known))
                           + ")")
     return name
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` made unique in order: a repeat gets ``_2``, ``_3``... (``bleu, bleu`` -> ``bleu, bleu_2``), so
+    the outputs of ``score`` and TRL's per-reward logs never collide."""
+    out: list[str] = []
+    used: set[str] = set()
+    for base in names:
+        name, k = base, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        out.append(name)
+    return out
 
 
 def get_scorer(name: str, **kwargs: Any) -> Scorer:

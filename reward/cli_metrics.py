@@ -34,14 +34,15 @@ from typing import Any
 
 from cxr_io import check_disjoint, check_output, read_text, write_jsonl, write_text_atomic
 from reward.base import (
-    METRIC_VOCABULARY,
     MissingBackendError,
     RewardError,
     canonical_metric,
     eval_group,
     get_scorer,
+    unique_names,
 )
 from reward.evaluate import METRIC_GROUPS, PRED_FIELDS, index_by_study, read_meta, read_predictions, read_rows
+from reward.metric_table import METRICS
 
 REF_FIELDS: tuple[str, ...] = ("reference", "findings", "impression")
 #: Fields of the records that are not passed to the scorers as context.
@@ -105,8 +106,8 @@ def parse_metrics(metrics: str | None, spec: str | None) -> list[dict[str, Any]]
         from reward.base import available_scorers
 
         known = available_scorers()
-        entries += [{"name": n, "kwargs": {}, "alias": None, "optional": True} for n in METRIC_VOCABULARY
-                    if n in known and n != "rouge"]
+        entries += [{"name": s.name, "kwargs": {}, "alias": None, "optional": True} for s in METRICS
+                    if s.score_all and s.name in known]
     elif metrics:
         for m in metrics.split(","):
             if m.strip():
@@ -177,14 +178,9 @@ def score_files(pred: str, ref: str, metrics: Sequence[dict[str, Any]], *, ref_f
     if skip_missing:
         summary["skipped_records"] = skipped
     per_sample = [{"study_id": s} for s in ids]
-    names_used: set[str] = set()
-    bar = tqdm(metrics, desc="score", unit="metric", disable=not progress)
-    for entry in bar:
-        name = entry.get("alias") or entry["name"]
-        base, k = name, 2
-        while name in names_used:
-            name, k = f"{base}_{k}", k + 1
-        names_used.add(name)
+    names = unique_names([e.get("alias") or e["name"] for e in metrics])
+    bar = tqdm(list(zip(metrics, names)), desc="score", unit="metric", disable=not progress)
+    for entry, name in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         try:

@@ -75,13 +75,14 @@ import numpy as np
 from cxr_io import atomic_write, make_parent, read_json, read_jsonl, write_jsonl, write_text_atomic
 from reward.base import MissingBackendError, RewardError, eval_group, get_scorer
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
+from reward.metric_table import BY_GROUP
 
 log = logging.getLogger(__name__)
 
-METRIC_GROUPS: tuple[str, ...] = ("bleu", "rouge_l", "radgraph", "green", "ratescore", "chexpert", "chexbert",
-                                  "prior", "measurement", "length", "boxes", "answers")
-#: Groups whose scorer needs a model or package that may be missing: any loading error skips them.
-MODEL_GROUPS = frozenset({"radgraph", "green", "ratescore", "chexbert"})
+#: The eval groups in the order of the table, and those whose scorer needs a model or package that may be
+#: missing (any loading error skips them): both derived from :data:`reward.metric_table.METRICS`.
+METRIC_GROUPS: tuple[str, ...] = tuple(BY_GROUP)
+MODEL_GROUPS = frozenset(g for g, spec in BY_GROUP.items() if spec.needs_model)
 _IDX5 = [CHEXPERT_LABELS.index(n) for n in CHEXPERT_5]
 
 
@@ -507,10 +508,99 @@ def answers_group(records: Sequence[dict], hyps: Sequence[str], refs: Sequence[s
                        {"tasks": tasks, "n_questions": int(asked.sum())}, {"answer_accuracy": v})
 
 
+# ------------------------------------------------------------------------------------------------
+# Group builders: one per eval group, named by its row of reward.metric_table.METRICS
+# ``build(preds, kw, uncertain) -> MetricGroup``; ``kw``: the group's --metric-kwargs (a copy)
+# ------------------------------------------------------------------------------------------------
+def build_bleu(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return bleu_group(preds.hyps, preds.refs)
+
+
+def build_rouge_l(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    res = get_scorer("rouge_l")(preds.hyps, preds.refs)
+    return mean_group("rouge_l", "rouge_l", "ROUGE-L", res.scores)
+
+
+def build_radgraph(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    kw.setdefault("level", "partial")
+    res = get_scorer("radgraph_f1", **kw)(preds.hyps, preds.refs)
+    return mean_group("radgraph", "radgraph_f1", f"RadGraph F1 ({kw['level']})", res.scores,
+                      {"annotation_errors": res.corpus.get("annotation_errors")})
+
+
+def build_green(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    res = get_scorer("green", **kw)(preds.hyps, preds.refs)
+    return mean_group("green", "green", "GREEN", res.scores)
+
+
+def build_ratescore(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    res = get_scorer("ratescore", **kw)(preds.hyps, preds.refs)
+    return mean_group("ratescore", "ratescore", "RaTEScore", res.scores)
+
+
+def _label_f1_group(name: str, scorer: str, labeler: str, preds: Predictions, kw: dict[str, Any],
+                    uncertain: str, per_study: bool = False) -> MetricGroup:
+    from reward.f1 import convention
+
+    kw.setdefault("uncertain", uncertain)
+    res = get_scorer(scorer, **kw)(preds.hyps, preds.refs)
+    h, r = _binary_from_details(res.details or [], kw["uncertain"])
+    g = f1_group(name, h, r, {"uncertain": kw["uncertain"], "convention": convention(kw["uncertain"]),
+                              "labeler": labeler})
+    if per_study and res.details and "hyp_spans" in res.details[0]:  # per-study F1 and what it rests on (the HTML report's)
+        tp = (h.astype(bool) & r.astype(bool)).sum(1)
+        den = h.astype(bool).sum(1) + r.astype(bool).sum(1)
+        g.per_study = {"chexpert_f1": np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0),
+                       "errors": (h.astype(bool) != r.astype(bool)).sum(1).astype(float)}
+        g.study_details = [{k: d[k] for k in ("hyp_labels", "ref_labels", "hyp_spans", "ref_spans")}
+                           for d in res.details]
+    return g
+
+
+def build_chexpert(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    kw.setdefault("spans", True)  # labels and mention spans from one labelling pass (the HTML report's)
+    return _label_f1_group("chexpert", "chexpert_f1", "rules", preds, kw, uncertain, per_study=True)
+
+
+def build_chexbert(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return _label_f1_group("chexbert", "chexbert_f1", "chexbert", preds, kw, uncertain)
+
+
+def build_prior(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return prior_group(preds.hyps, preds.refs, preds.contexts)
+
+
+def build_measurement(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return measurement_group(preds.hyps, preds.refs, **kw)
+
+
+def build_length(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return length_group(preds.hyps, preds.refs)
+
+
+def build_answers(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    return answers_group(preds.records, preds.hyps, preds.refs)
+
+
+def build_boxes(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
+    from reward.box_eval import box_statistics
+
+    b = box_statistics(preds.path, preds.records, preds.hyps)
+    return MetricGroup("boxes", b["S"], {k: Stat(*v) for k, v in b["stats"].items()}, b["info"], {},
+                       b["details"], b["resampled"], b["items"])
+
+
 def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *, uncertain: str = "positive",
                    metric_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = True
                    ) -> tuple[dict[str, MetricGroup], dict[str, str]]:
-    """Run the metric groups on ``preds``; returns (groups, skipped {name: reason})."""
+    """Run the metric groups on ``preds``, each by its row's builder (:data:`reward.metric_table.METRICS`);
+    returns (groups, skipped {name: reason}).
+
+    A group is skipped, its reason kept, when its scorer's model or package is missing
+    (:class:`MissingBackendError`; any loading error for a ``needs_model`` row), when the predictions lack
+    what an ``optional_input`` row needs (a :class:`RewardError`), or when its builder raises an error marked
+    ``skippable`` (no row of a box or question task). Any other error is raised.
+    """
     from tqdm.auto import tqdm
 
     metrics = [eval_group(m) or m for m in metrics]  # one vocabulary: score/reward-spec names work too
@@ -523,67 +613,17 @@ def compute_groups(preds: Predictions, metrics: Sequence[str] = METRIC_GROUPS, *
         raise RewardError(f"metric kwargs for unknown metric(s) {bad}; known: {', '.join(METRIC_GROUPS)}")
     groups: dict[str, MetricGroup] = {}
     skipped: dict[str, str] = {}
-    hyps, refs = preds.hyps, preds.refs
     bar = tqdm(list(metrics), desc="eval", unit="metric", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
-        kw = dict(kw_all.get(name, {}))
+        spec = BY_GROUP[name]
         try:
-            if name == "bleu":
-                groups[name] = bleu_group(hyps, refs)
-            elif name == "rouge_l":
-                res = get_scorer("rouge_l")(hyps, refs)
-                groups[name] = mean_group(name, "rouge_l", "ROUGE-L", res.scores)
-            elif name == "radgraph":
-                kw.setdefault("level", "partial")
-                res = get_scorer("radgraph_f1", **kw)(hyps, refs)
-                groups[name] = mean_group(name, "radgraph_f1", f"RadGraph F1 ({kw['level']})", res.scores,
-                                          {"annotation_errors": res.corpus.get("annotation_errors")})
-            elif name == "green":
-                res = get_scorer("green", **kw)(hyps, refs)
-                groups[name] = mean_group(name, "green", "GREEN", res.scores)
-            elif name == "ratescore":
-                res = get_scorer("ratescore", **kw)(hyps, refs)
-                groups[name] = mean_group(name, "ratescore", "RaTEScore", res.scores)
-            elif name in ("chexpert", "chexbert"):
-                kw.setdefault("uncertain", uncertain)
-                if name == "chexpert":  # labels and mention spans from one labelling pass (the HTML report's)
-                    kw.setdefault("spans", True)
-                scorer = get_scorer("chexpert_f1" if name == "chexpert" else "chexbert_f1", **kw)
-                res = scorer(hyps, refs)
-                h, r = _binary_from_details(res.details or [], kw["uncertain"])
-                from reward.f1 import convention
-
-                groups[name] = f1_group(name, h, r, {"uncertain": kw["uncertain"],
-                                                     "convention": convention(kw["uncertain"]),
-                                                     "labeler": "rules" if name == "chexpert" else "chexbert"})
-                if name == "chexpert" and res.details and "hyp_spans" in res.details[0]:
-                    g = groups[name]
-                    tp = (h.astype(bool) & r.astype(bool)).sum(1)
-                    den = h.astype(bool).sum(1) + r.astype(bool).sum(1)
-                    g.per_study = {"chexpert_f1": np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0),
-                                   "errors": (h.astype(bool) != r.astype(bool)).sum(1).astype(float)}
-                    g.study_details = [{k: d[k] for k in ("hyp_labels", "ref_labels", "hyp_spans", "ref_spans")}
-                                       for d in res.details]
-            elif name == "prior":
-                groups[name] = prior_group(hyps, refs, preds.contexts)
-            elif name == "measurement":
-                groups[name] = measurement_group(hyps, refs, **kw)
-            elif name == "length":
-                groups[name] = length_group(hyps, refs)
-            elif name == "answers":
-                groups[name] = answers_group(preds.records, hyps, refs)
-            elif name == "boxes":
-                from reward.box_eval import box_statistics
-
-                b = box_statistics(preds.path, preds.records, hyps)
-                groups[name] = MetricGroup(name, b["S"], {k: Stat(*v) for k, v in b["stats"].items()}, b["info"], {},
-                                           b["details"], b["resampled"], b["items"])
+            groups[name] = spec.builder()(preds, dict(kw_all.get(name, {})), uncertain)
         except MissingBackendError as e:
             skipped[name] = f"MissingBackendError: {e}"
         except (RewardError, OSError, ImportError) as e:
-            if name not in MODEL_GROUPS and not (name == "prior" and isinstance(e, RewardError)) \
-                    and not (name in ("boxes", "answers") and getattr(e, "skippable", False)):
+            if not (spec.needs_model or (spec.optional_input and isinstance(e, RewardError))
+                    or getattr(e, "skippable", False)):
                 raise
             skipped[name] = f"{type(e).__name__}: {e}"
     return groups, skipped

@@ -42,7 +42,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward.base import RewardError, Scorer, available_scorers, finite, get_scorer, to_scorable_text
+from reward.base import (
+    RewardError,
+    Scorer,
+    available_scorers,
+    finite,
+    get_scorer,
+    to_scorable_text,
+    unique_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -437,13 +445,8 @@ def reward_funcs_and_weights(spec: str | os.PathLike | Mapping | Sequence, *,
     if isinstance(spec, str) and "\n" not in spec and not _looks_like_path(spec):
         spec = [spec]  # one registered scorer or dotted function
     entries = load_reward_spec(spec)
-    funcs, weights, seen = [], [], set()
-    for e in entries:
-        base = e["alias"] or e["name"]
-        nm, k = base, 2
-        while nm in seen:
-            nm, k = f"{base}_{k}", k + 1
-        seen.add(nm)
+    funcs, weights = [], []
+    for e, nm in zip(entries, unique_names([e["alias"] or e["name"] for e in entries])):
         if is_dotted_reward(e["name"]):
             funcs.append(dotted_reward(e["name"], name=nm, kwargs=e["kwargs"],
                                        reference_column=e["reference_column"] or reference_column,

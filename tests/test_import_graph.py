@@ -101,6 +101,8 @@ def test_layering():
             assert not {d for d in deps if d.startswith("data_prep")}, (mod, deps)
         if pkg == "data_prep":  # the label names and the shared cue lexicon are all data_prep takes from reward
             assert {d for d in deps if d.startswith("reward")} <= {"reward.constants", "reward.cues"}, (mod, deps)
+    # the metric table is data: the HTML report reads its labels without the scorers or the evaluation
+    assert graph["reward.metric_table"] <= {"cxr_io.registry"}
     # the cue lexicon is data: it imports nothing of reward but the error type
     assert {d for d in graph["reward.cues"] if d.startswith("reward")} <= {"reward.base"}
     # the vLLM facts are a leaf: export, generate and serve import it, it imports none of them
@@ -159,6 +161,13 @@ def test_every_scorer_row_imports_a_scorer_factory():
     for name in BUILTIN_SCORERS:
         factory = scorer_factory(name)
         assert isinstance(factory, type) and issubclass(factory, Scorer) and factory.name == name, (name, factory)
+
+
+def test_every_metric_row_imports_its_group_builder():
+    from reward.metric_table import METRICS
+
+    groups = [s for s in METRICS if s.group]
+    assert groups and all(callable(s.builder()) for s in groups)
 
 
 def test_every_converter_row_imports_a_function():
