@@ -3,9 +3,10 @@
     python bench/run_all.py --only grpo_4096        # or: python bench/bench_grpo_4096.py
 
 RadVLM-GRPO scored 4,096 completions per step (on a reward node of its own). This measures whether the CPU
-rule-based rewards need one: one GRPO step of the tiny random Qwen2.5-VL with 512 prompts x 8 rollouts
+rule-based rewards need one: one GRPO step of the tiny random Qwen2.5-VL over 512 prompts x 8 rollouts
 (one phantom image per prompt, 112x112 pixel budget, exactly ``MAX_TOKENS`` completion tokens), after a warm-up
-step, split as in ``bench_grpo.py`` (TRL's own timings). Two reward specs, in the same process: the clinical
+step. As TRL does by default, the 4,096 completions are generated and rewarded at once (generation batch =
+micro-batch x ``gradient_accumulation_steps``) and the loss runs over 16 micro-batches of 256; split as in ``bench_grpo.py`` (TRL's own timings). Two reward specs, in the same process: the clinical
 composite of ``recipes/rewards/clinical.yaml`` (CheXpert-F1 + prior penalty + ROUGE-L) and the same plus the
 measurement penalty. The reward time is also measured alone, over the same number of real IU X-ray report
 texts (report i scored against report i + 1), so that it does not depend on what the untrained model
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PROMPTS, GENERATIONS, MAX_TOKENS, STEPS = 512, 8, 32, 2
-N = PROMPTS * GENERATIONS
+PROMPTS, GENERATIONS, MAX_TOKENS, STEPS, ACCUMULATION = 32, 8, 32, 2, 16
+N = PROMPTS * GENERATIONS * ACCUMULATION
 
 
 def _specs() -> dict[str, object]:
@@ -70,16 +71,16 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "tiny")
-        make_phantom(tmp / "ph", n=PROMPTS * STEPS, seed=0, lateral=False)
+        make_phantom(tmp / "ph", n=PROMPTS * ACCUMULATION * STEPS, seed=0, lateral=False)
         data = grpo_dataset(load_split(tmp / "ph" / "studies.jsonl", "all"), tmp / "ph",
                             PromptConfig(max_images=1, context=["indication"]))
         for name, spec in _specs().items():
             r = run_grpo("grpo", spec, model_dir, data, tmp / "out", steps=STEPS, prompts=PROMPTS,
-                         generations=GENERATIONS, max_tokens=MAX_TOKENS)
+                         generations=GENERATIONS, max_tokens=MAX_TOKENS, gradient_accumulation_steps=ACCUMULATION)
             rows.append((name, r, reward_alone(spec)))
     lines = [f"## Rule-based rewards at a {N:,}-completion GRPO batch (CPU)", "",
-             f"One GRPO step of the tiny random Qwen2.5-VL, {PROMPTS} prompts x {GENERATIONS} rollouts, {MAX_TOKENS} "
-             f"completion tokens, after a warm-up step; {torch.get_num_threads()} CPU threads, torch "
+             f"One GRPO step of the tiny random Qwen2.5-VL, {PROMPTS * ACCUMULATION} prompts x {GENERATIONS} rollouts "
+             f"generated and rewarded at once, the loss in {ACCUMULATION} micro-batches, {MAX_TOKENS} completion tokens, after a warm-up step; {torch.get_num_threads()} CPU threads, torch "
              f"{torch.__version__}. \"Reward alone\": the same spec over {N:,} real IU report texts.", "",
              "| reward spec | step s | generation | reward (in the step) | reward share | reward alone, "
              f"{N:,} IU texts | completions/s of the reward alone |",

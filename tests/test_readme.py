@@ -452,7 +452,8 @@ def test_real_use_sequence_runs_as_written(workspace, demo_run):
     page = (ws / "runs/eval/grpo/report.html").read_text()
     shareable = (ws / "runs/eval/grpo-shareable/report.html").read_text()
     assert "<html" in page and all(r["study_id"] in page for r in rows)
-    assert "Report texts were left out" in shareable and "Report texts were left out" not in page
+    assert "Shareable version (--no-text)" in shareable and "Shareable version" not in page
+    assert not any(r["study_id"] in shareable for r in rows) and str(ws) not in shareable
     groups = json.loads((ws / "runs/eval/grpo/metrics.json").read_text())["metrics"]
     assert any("measurement" in k for k in groups) and any("prior" in k for k in groups), list(groups)
 

@@ -45,9 +45,9 @@ def grounding(demo_run, tmp_path_factory) -> dict:
     launch = ["launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml")]
     cfg = REPO / "recipes" / "configs" / "demo"
     _cli(*launch, str(REPO / "recipes/sft.py"), "--config", str(cfg / "sft_tasks.yaml"), *common,
-         "--output_dir", str(ws / "sft"), cwd=ws)
+         "--output_dir", str(ws / "sft"), cwd=REPO)
     _cli(*launch, str(REPO / "recipes/grpo.py"), "--config", str(cfg / "grpo_tasks.yaml"), *common,
-         "--adapter_path", str(ws / "sft"), "--output_dir", str(ws / "grpo"), cwd=ws)
+         "--adapter_path", str(ws / "sft"), "--output_dir", str(ws / "grpo"), cwd=REPO)  # reward_spec: a repo path
     gen = ["generate", "--studies", str(studies), "--split", "test", "--model", str(base), "--max-images", "1"]
     for name, adapter in (("base", None), ("sft", ws / "sft"), ("grpo", ws / "grpo")):
         extra = ["--adapter", str(adapter)] if adapter else ["--max-new-tokens", "64"]
