@@ -305,3 +305,28 @@ def test_paired_p_value_needs_two_studies():
 
     one = np.array([[1.0, 2.0]])
     assert permutation_p_value(one, one + 1, lambda t: t[..., 0] / t[..., 1], 100, 0) is None
+
+
+def test_answers_group_scores_only_question_rows():
+    """Answer accuracy is the mean answer_match over classification/VQA/view rows; other rows weigh 0, and a
+    file without question rows is a skip (skippable), not a score of 0."""
+    from reward.evaluate import NoQuestionRows, answers_group
+
+    records = [{"task": "vqa"}, {"task": "vqa"}, {"task": "view"}, {"task": "report"}]
+    hyps = ["Yes.", "No.", "PA", "Yes."]
+    refs = ["Yes.", "Yes.", "PA", "Yes."]
+    g = answers_group(records, hyps, refs)
+    value = float(g.stats["answer_accuracy"].fn(g.S.sum(axis=0)))
+    assert value == pytest.approx(2 / 3) and g.info["n_questions"] == 3 and g.info["tasks"] == ["view", "vqa"]
+    with pytest.raises(NoQuestionRows) as e:
+        answers_group([{"task": "report"}], ["x"], ["y"])
+    assert e.value.skippable
+
+
+def test_question_tasks_are_the_tasks_rewarded_by_answer_match():
+    """reward.evaluate may not import mllm_cxr (layering), so its list of question tasks is a copy: it must
+    name exactly the tasks whose reward is answer_match."""
+    from mllm_cxr.tasks import TASKS
+    from reward.evaluate import QUESTION_TASKS
+
+    assert set(QUESTION_TASKS) == {name for name, t in TASKS.items() if "answer_match" in t.rewards}
