@@ -1,8 +1,8 @@
 """Direct preference optimisation (sigmoid DPO, optionally length-controlled R-DPO) from an SFT adapter.
 
     mllm-cxr pairs prior --studies runs/phantom/studies.jsonl --out runs/pairs/prior.jsonl
-    accelerate launch recipes/dpo.py --config recipes/configs/tiny/dpo.yaml
-    accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/dpo.py \
+    mllm-cxr launch recipes/dpo.py --config recipes/configs/tiny/dpo.yaml
+    mllm-cxr launch --config_file recipes/accelerate/single_gpu.yaml recipes/dpo.py \
         --config recipes/configs/qwen2.5-vl-3b/dpo.yaml
 
 ``adapter_path`` is the SFT adapter: it is trained further and TRL keeps a frozen copy of it as the

@@ -1,8 +1,8 @@
 """GRPO / EditGRPO with clinical rewards named in YAML, from an SFT adapter.
 
-    accelerate launch recipes/grpo.py --config recipes/configs/tiny/grpo.yaml
-    accelerate launch recipes/grpo.py --config recipes/configs/tiny/editgrpo.yaml
-    accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/grpo.py \
+    mllm-cxr launch recipes/grpo.py --config recipes/configs/tiny/grpo.yaml
+    mllm-cxr launch recipes/grpo.py --config recipes/configs/tiny/editgrpo.yaml
+    mllm-cxr launch --config_file recipes/accelerate/single_gpu.yaml recipes/grpo.py \
         --config recipes/configs/qwen2.5-vl-3b/grpo.yaml
 
 ``reward_spec`` names the rewards (a YAML spec under ``recipes/rewards/`` or one registered scorer),

@@ -1,7 +1,7 @@
 """Supervised fine-tuning (LoRA / QLoRA) of a vision-language model on chest X-ray study records.
 
-    accelerate launch recipes/sft.py --config recipes/configs/tiny/sft.yaml
-    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/sft.py \
+    mllm-cxr launch recipes/sft.py --config recipes/configs/tiny/sft.yaml
+    mllm-cxr launch --config_file recipes/accelerate/zero2.yaml recipes/sft.py \
         --config recipes/configs/qwen2.5-vl-3b/sft.yaml
 
 ``tasks: report:0.6,phrase_grounding:0.4`` (or a mixture YAML file, see mllm_cxr/tasks.py) trains on a

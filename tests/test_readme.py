@@ -133,23 +133,23 @@ CASES: list[Case] = [
                                 "data/rexgradient/studies.jsonl"),
     Case("prepare-phantom", "mllm-cxr prepare phantom --n 240 --out data/phantom/studies.jsonl"),
     # -- 2. SFT ----------------------------------------------------------------------------------
-    Case("sft-3b", "accelerate launch recipes/sft.py --config recipes/configs/qwen2.5-vl-3b/sft.yaml",
+    Case("sft-3b", "mllm-cxr launch recipes/sft.py --config recipes/configs/qwen2.5-vl-3b/sft.yaml",
          extra=TINY_SFT_LIMITS),
-    Case("sft-7b-zero2", "accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/sft.py --config "
+    Case("sft-7b-zero2", "mllm-cxr launch --config_file recipes/accelerate/zero2.yaml recipes/sft.py --config "
                          "recipes/configs/qwen2.5-vl-7b/sft.yaml", extra=[*TINY_SFT_LIMITS, "--ddp_backend", "gloo"]),
-    Case("sft-7b-qlora", "accelerate launch recipes/sft.py --config recipes/configs/qwen2.5-vl-7b/sft_qlora.yaml",
+    Case("sft-7b-qlora", "mllm-cxr launch recipes/sft.py --config recipes/configs/qwen2.5-vl-7b/sft_qlora.yaml",
          extra=TINY_SFT_LIMITS),
     # -- 3. preference training ------------------------------------------------------------------
     Case("pairs-prior", "mllm-cxr pairs prior --studies data/mimic/studies.jsonl --out data/pairs/prior.jsonl"),
     Case("pairs-sample", f"mllm-cxr pairs sample --studies data/mimic/studies.jsonl --model {Q3} --adapter "
                          "runs/qwen2.5-vl-3b-sft --k 8 --reward chexpert_f1 --margin 0.2 --out "
                          "data/pairs/chexalign.jsonl", extra=["--limit", "2", "--max-new-tokens", "12"]),
-    Case("dpo-3b", "accelerate launch recipes/dpo.py --config recipes/configs/qwen2.5-vl-3b/dpo.yaml",
+    Case("dpo-3b", "mllm-cxr launch recipes/dpo.py --config recipes/configs/qwen2.5-vl-3b/dpo.yaml",
          extra=[*CPU, "--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                 "--dataloader_num_workers", "0"]),
-    Case("grpo-3b", "accelerate launch recipes/grpo.py --config recipes/configs/qwen2.5-vl-3b/grpo.yaml",
+    Case("grpo-3b", "mllm-cxr launch recipes/grpo.py --config recipes/configs/qwen2.5-vl-3b/grpo.yaml",
          extra=[*GRPO_LIMITS, "--use_vllm", "false"]),
-    Case("editgrpo-3b", "accelerate launch recipes/grpo.py --config recipes/configs/qwen2.5-vl-3b/editgrpo.yaml",
+    Case("editgrpo-3b", "mllm-cxr launch recipes/grpo.py --config recipes/configs/qwen2.5-vl-3b/editgrpo.yaml",
          extra=[*GRPO_LIMITS, "--use_vllm", "false", "--reward_spec", "recipes/rewards/clinical.yaml"]),
     Case("make-dpo", "make dpo", extra=["TRAIN_ARGS=--max_steps 2"], run="make"),
     Case("make-grpo", "make grpo", extra=["TRAIN_ARGS=--max_steps 2"], run="make"),
@@ -214,9 +214,9 @@ CASES: list[Case] = [
                      extra=[*GEN_LIMITS, "--limit", "3"], run="tasks"),
                 Case(f"eval-{task}", f"mllm-cxr eval --pred runs/pred/{task}.jsonl --out runs/eval/{task} --metrics "
                      f"{metrics}", extra=["--n-boot", "100"], run="tasks"))],
-    Case("sft-tasks", "accelerate launch recipes/sft.py --config recipes/configs/demo/sft_tasks.yaml --studies "
+    Case("sft-tasks", "mllm-cxr launch recipes/sft.py --config recipes/configs/demo/sft_tasks.yaml --studies "
                       "data/phantom/studies.jsonl", extra=TINY_SFT_LIMITS, run="tasks"),
-    Case("grpo-tasks", "accelerate launch recipes/grpo.py --config recipes/configs/demo/grpo_tasks.yaml --studies "
+    Case("grpo-tasks", "mllm-cxr launch recipes/grpo.py --config recipes/configs/demo/grpo_tasks.yaml --studies "
                        "data/phantom/studies.jsonl",
          extra=[*CPU, "--max_steps", "1", "--per_device_train_batch_size", "8", "--num_generations", "4",
                 "--max_completion_length", "8", "--dataloader_num_workers", "0"], run="tasks"),
@@ -384,7 +384,7 @@ def argv_for(case: Case, w: dict) -> list[str]:
     if exe is None and out[0].startswith("scripts/"):  # the repository's scripts, run as written
         exe = [out[0]]
     argv = [*exe, *out[1:], *case.extra]
-    if out[0] == "accelerate":
+    if out[:2] in (["accelerate", "launch"], ["mllm-cxr", "launch"]):  # a recipe run: on the tiny model
         argv += [RECIPE_MODEL_FLAG, str(w["tiny"])]
     return ["env", *env, *argv] if env else argv
 
