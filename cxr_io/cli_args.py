@@ -144,8 +144,11 @@ def _group(parser: argparse.ArgumentParser, title: str | None, groups: dict) -> 
     return groups[title]
 
 
-def _add_field(container: Any, f: dataclasses.Field, t: Any) -> None:
+def _add_field(container: Any, f: dataclasses.Field, t: Any, dests: dict[str, str]) -> None:
     md = f.metadata
+    if f.name in dests:  # argparse would let the last one win silently
+        raise TypeError(f"option {f.name!r} is declared twice ({dests[f.name]}); declare it once, in one part")
+    dests[f.name] = getattr(container, "title", None) or "the verb's own options"
     inner, optional = _unwrap_optional(t)
     default = (f.default if f.default is not MISSING
                else f.default_factory() if f.default_factory is not MISSING else MISSING)
@@ -191,7 +194,7 @@ def _add_field(container: Any, f: dataclasses.Field, t: Any) -> None:
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, _container: Any = None,
                   _groups: dict | None = None) -> None:
     """Add the options of a verb's dataclass (its fields, its parts' fields) to ``parser``."""
-    groups = {} if _groups is None else _groups
+    groups = {"": {}} if _groups is None else _groups  # title -> group; "" -> the dests so far
     container = parser if _container is None else _container
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -205,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, _container: Any
             add_arguments(parser, t, _container=target, _groups=groups)
         else:
             _add_field(_group(parser, f.metadata.get("group"), groups) if f.metadata.get("group") else container,
-                       f, t)
+                       f, t, groups[""])
 
 
 def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
