@@ -26,16 +26,18 @@ to ``runs/demo_results.json``; the README's table is a copy of the table of the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cxr_io.cli_args import build_parser, from_namespace, opt
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs" / "demo"
@@ -214,17 +216,23 @@ def runtime_table(times: dict[str, dict[str, float]]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class DemoArgs:
+    """``python -m mllm_cxr.demo`` (``make demo``)."""
+
+    runs: str = opt("folder of the demo's inputs (demo-base, phantom) and outputs", default="runs")
+    stages: str = opt(f"comma-separated, from {','.join(ALL_STAGES)}", default=",".join(ALL_STAGES))
+    seed: int = opt("seed of every training run and sampled generation", default=0)
+    limit: int | None = opt("score only the first N test studies (a quick check)", default=None)
+    samples: int = opt("sampled reports per test study (prior-reference rate)", default=4)
+    max_steps: int | None = opt("stop every training stage after this many optimizer steps (a quick check, not the "
+                                "demo)", default=None)
+    tag: str = opt("suffix of every output folder (several seeds side by side)", default="")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default="runs")
-    ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma-separated, from {','.join(ALL_STAGES)}")
-    ap.add_argument("--seed", type=int, default=0, help="seed of every training run and sampled generation")
-    ap.add_argument("--limit", type=int, default=None, help="score only the first N test studies (a quick check)")
-    ap.add_argument("--samples", type=int, default=4, help="sampled reports per test study (prior-reference rate)")
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="stop every training stage after this many optimizer steps (a quick check, not the demo)")
-    ap.add_argument("--tag", default="", help="suffix of every output folder (several seeds side by side)")
-    args = ap.parse_args(argv)
+    ap = build_parser(DemoArgs, description=__doc__.split("\n")[0])
+    args = from_namespace(DemoArgs, ap.parse_args(argv))
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in ALL_STAGES]
     if bad:

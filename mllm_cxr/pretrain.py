@@ -30,15 +30,16 @@ and held-out vision F1 are recorded in ``mllm_cxr_base.json`` beside the weights
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxr_io import honour_umask
+from cxr_io.cli_args import opt, parse
 
 #: The phantom seed of the pretraining corpus; the demo draws its studies with another (1).
 PRETRAIN_SEED = 1000
@@ -231,15 +232,20 @@ def build_demo_base(out_dir: str | Path, *, n: int = 3000, seed: int = PRETRAIN_
     return record
 
 
+@dataclass(kw_only=True)
+class PretrainArgs:
+    """``python -m mllm_cxr.pretrain OUT_DIR``."""
+
+    out_dir: str = opt("folder to write the demo base to", positional=True)
+    n: int = opt("phantom studies in the pretraining corpus", default=3000)
+    seed: int = opt("random seed of the corpus and the training", default=PRETRAIN_SEED)
+    vision_epochs: int = opt("epochs of vision pretraining", default=6)
+    align_epochs: int = opt("epochs of caption alignment", default=2)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Build the demo's pretrained base (vision pretraining + caption "
-                                             "alignment on a phantom corpus disjoint from the demo's studies).")
-    ap.add_argument("out_dir")
-    ap.add_argument("--n", type=int, default=3000, help="phantom studies in the pretraining corpus")
-    ap.add_argument("--seed", type=int, default=PRETRAIN_SEED)
-    ap.add_argument("--vision-epochs", type=int, default=6)
-    ap.add_argument("--align-epochs", type=int, default=2)
-    args = ap.parse_args(argv)
+    args = parse(PretrainArgs, argv, description="Build the demo's pretrained base (vision pretraining + caption "
+                                                 "alignment on a phantom corpus disjoint from the demo's studies).")
     rec = build_demo_base(args.out_dir, n=args.n, seed=args.seed, vision_epochs=args.vision_epochs,
                           align_epochs=args.align_epochs)
     print(f"demo base written to {args.out_dir}: {rec['params']:,} parameters, held-out vision F1 "

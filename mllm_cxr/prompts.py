@@ -28,13 +28,15 @@ DEFAULT_SYSTEM = "You are an expert radiologist. You write accurate, concise che
 class PromptConfig:
     """What goes into the prompt. Every field is also a YAML key / ``--flag`` of the recipes."""
 
-    sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
-    context: list[str] = field(default_factory=lambda: ["indication", "comparison"])
-    include_prior_report: bool = False
-    include_prior_images: bool = False
-    max_images: int = 2
-    frontal_first: bool = True
-    system_prompt: str = DEFAULT_SYSTEM
+    sections: list[str] = field(default_factory=lambda: ["findings", "impression"],
+                                metadata={"help": "report sections to write, e.g. findings,impression"})
+    context: list[str] = field(default_factory=lambda: ["indication", "comparison"],
+                               metadata={"help": "context fields in the prompt, e.g. indication,comparison ('none')"})
+    include_prior_report: bool = field(default=False, metadata={"help": "put the prior study's report in the prompt"})
+    include_prior_images: bool = field(default=False, metadata={"help": "put the prior study's image in the prompt"})
+    max_images: int = field(default=2, metadata={"help": "images per study in the prompt"})
+    frontal_first: bool = field(default=True, metadata={"help": "frontal views before lateral ones"})
+    system_prompt: str = field(default=DEFAULT_SYSTEM, metadata={"help": "the system message"})
 
     def __post_init__(self) -> None:
         self.sections = _names(self.sections)

@@ -12,10 +12,13 @@ saved with ``save_pretrained`` and loads back with ``AutoProcessor`` /
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from cxr_io.cli_args import Verb, build_parser, from_namespace, opt, part
 
 #: Qwen2.5-VL's special tokens, in its order (ids follow the trained vocabulary).
 SPECIAL_TOKENS = [
@@ -149,13 +152,25 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, min_pixels: int = 56
     return out
 
 
+@dataclass(kw_only=True)
+class TinyArgs:
+    """Where and from which seed the tiny model is built (``mllm-cxr tiny`` and ``python -m mllm_cxr.tiny``)."""
+
+    _argument_group_name: ClassVar[str | None] = None
+    out_dir: str = opt("folder to write the model to", positional=True)
+    seed: int = opt("random seed of the weights", default=0)
+
+
+@dataclass(kw_only=True)
+class TinyMainArgs(Verb):
+    build: TinyArgs = part(flat=True)
+    size: str = opt("tiny (about 0.8M parameters, the tests') or small (about 4M)", default="tiny",
+                    choices=sorted(SIZES))
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", choices=sorted(SIZES), default="tiny",
-                    help="tiny (about 0.8M parameters, the tests') or small (about 4M)")
-    args = ap.parse_args(argv)
+    args = from_namespace(TinyMainArgs, build_parser(TinyMainArgs, description=__doc__.split("\n")[0])
+                          .parse_args(argv))
     path = build_tiny_model(args.out_dir, seed=args.seed, **SIZES[args.size])
     print(f"tiny Qwen2.5-VL written to {path}")
     return 0

@@ -9,14 +9,15 @@ columns with 1.0 positive, 0.0 negative, -1.0 uncertain and blank for not mentio
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_io import atomic_write, check_output, iter_csv_rows, read_jsonl
+from cxr_io.cli_args import QuietArgs, Verb, add_verb, opt, part
 from reward.base import RewardError
 from reward.constants import CHEXPERT_LABELS
 
@@ -101,7 +102,21 @@ def label_file(input_path: str | Path, text_column: str, out_path: str | Path, i
             "elapsed_s": round(time.perf_counter() - t0, 3)}
 
 
-def _cmd(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class LabelArgs(Verb):
+    """``mllm-cxr label``."""
+
+    input: str = opt("CSV (with header) or JSONL file")
+    text_column: str = opt("column/key holding the report text")
+    id_column: str | None = opt("column/key to copy as the first output column", default=None)
+    out: str = opt("output CSV (CheXpert layout)")
+    sections: str | None = opt("comma list of report sections to label when the text has headers, e.g. "
+                               "findings,impression", default=None)
+    rules: str | None = opt("a rules YAML replacing the packaged chexpert_rules.yaml", default=None)
+    progress: QuietArgs = part(flat=True)
+
+
+def _cmd(args: LabelArgs) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
     s = label_file(args.input, args.text_column, args.out, id_column=args.id_column, sections=sections,
                    rules_path=args.rules, progress=not args.quiet)
@@ -115,14 +130,5 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``label`` verb: CheXpert labels (rule labeler) for a CSV/JSONL column of reports."""
-    p = subparsers.add_parser("label", help="CheXpert labels for a column of reports (rule labeler)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="CSV (with header) or JSONL file")
-    p.add_argument("--text-column", required=True, help="column/key holding the report text")
-    p.add_argument("--id-column", default=None, help="column/key to copy as the first output column")
-    p.add_argument("--out", required=True, help="output CSV (CheXpert layout)")
-    p.add_argument("--sections", default=None,
-                   help="comma list of report sections to label when the text has headers, e.g. findings,impression")
-    p.add_argument("--rules", default=None, help="a rules YAML replacing the packaged chexpert_rules.yaml")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd)
+    add_verb(subparsers, "label", LabelArgs, _cmd, help="CheXpert labels for a column of reports (rule labeler)",
+             description=__doc__.split("\n\n")[0])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
+from cxr_io.cli_args import Verb, add_verb, build_parser, from_namespace, opt
 from data_prep.errors import DataPrepError
 from data_prep.phantom.dataset import make_phantom
 
@@ -14,7 +15,7 @@ DESCRIPTION = "Phantom chest radiographs whose visible features determine the fi
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
-def _cmd(args: argparse.Namespace) -> int:
+def _cmd(args: PhantomArgs) -> int:
     s = make_phantom(args.out_dir, n=args.n, seed=args.seed, lateral=not args.no_lateral,
                      prior_fraction=args.prior_fraction, hallucinated_prior_rate=args.hallucinated_prior_rate,
                      image_size=args.image_size)
@@ -24,29 +25,29 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", help="folder for studies.jsonl and images/")
-    p.add_argument("--n", type=int, default=200, help="number of studies (default 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=224, help="square image side in pixels (default 224)")
-    p.add_argument("--prior-fraction", type=float, default=0.3, help="share of studies with an earlier study")
-    p.add_argument("--hallucinated-prior-rate", type=float, default=0.3,
-                   help="share of studies without a prior whose report still mentions one")
-    p.add_argument("--no-lateral", action="store_true", help="frontal views only")
+@dataclass(kw_only=True)
+class PhantomArgs(Verb):
+    """``phantom OUT_DIR`` (the verb and ``python -m data_prep.phantom``)."""
+
+    out_dir: str = opt("folder for studies.jsonl and images/", positional=True)
+    n: int = opt("number of studies (default 200)", default=200)
+    seed: int = opt(default=0)
+    image_size: int = opt("square image side in pixels (default 224)", default=224)
+    prior_fraction: float = opt("share of studies with an earlier study", default=0.3)
+    hallucinated_prior_rate: float = opt("share of studies without a prior whose report still mentions one",
+                                         default=0.3)
+    no_lateral: bool = opt("frontal views only", default=False)
 
 
 def register(subparsers) -> None:
     """Add the ``phantom`` verb: write a synthetic chest X-ray data set."""
-    p = subparsers.add_parser("phantom", help="write a synthetic chest X-ray data set (studies.jsonl + PNGs)",
-                              description=DESCRIPTION)
-    _add_arguments(p)
-    p.set_defaults(func=_cmd)
+    add_verb(subparsers, "phantom", PhantomArgs, _cmd,
+             help="write a synthetic chest X-ray data set (studies.jsonl + PNGs)", description=DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.phantom", description=DESCRIPTION)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
+    parser = build_parser(PhantomArgs, prog="python -m data_prep.phantom", description=DESCRIPTION)
+    args = from_namespace(PhantomArgs, parser.parse_args(argv))
     try:
         return _cmd(args)
     except DataPrepError as e:

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from cxr_io.cli_args import DebugArgs, add_arguments
 from cxr_io.registry import import_entry
 
 #: The verb table, in --help order: module (providing ``register(subparsers)``) -> the verbs it adds. Every row
@@ -45,7 +46,7 @@ def join_flag_values(argv: list[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllm-cxr", description="Chest X-ray report generation toolkit.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    add_arguments(parser, DebugArgs)
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for module in VERB_MODULES:
         import_entry("mllm_cxr.cli.VERB_MODULES", module, f"{module}:register")(sub)

@@ -12,13 +12,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from cxr_io import check_output
+from cxr_io.cli_args import (
+    DTYPES,
+    DataRootArgs,
+    ModelLoadArgs,
+    PixelBudgetArgs,
+    QuietArgs,
+    Verb,
+    add_verb,
+    opt,
+    part,
+    variant,
+)
 from mllm_cxr.config import ConfigError
+from mllm_cxr.infer.generate import GenerationSettings
+from mllm_cxr.prompts import PromptConfig
+from mllm_cxr.tiny import TinyArgs
 
-#: The ``--dtype`` values every verb accepts (what :func:`mllm_cxr.modeling.resolve_dtype` knows).
-DTYPES = ("auto", "hardware", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+__all__ = ["DTYPES", "check_number_args"]  # DTYPES: cxr_io.cli_args, re-exported for the verbs' users
 
 
 def check_number_args(args: argparse.Namespace) -> None:
@@ -69,33 +85,36 @@ def _split(value: str | None) -> str | None:
     return split_filter(value)
 
 
-def _prompt_overrides(args: argparse.Namespace) -> dict:
-    return {"sections": args.sections, "context": args.context, "max_images": args.max_images,
-            "include_prior_report": args.include_prior_report, "include_prior_images": args.include_prior_images,
-            "frontal_first": args.frontal_first, "system_prompt": args.system_prompt}
+def _prompt_overrides(args) -> dict:
+    return dataclasses.asdict(args.prompt)
 
 
-def _add_prompt_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("prompt (default: the adapter's mllm_cxr_config.json, else PromptConfig defaults)")
-    g.add_argument("--sections", default=None, help="report sections to write, e.g. findings,impression")
-    g.add_argument("--context", default=None, help="context fields in the prompt, e.g. indication,comparison ('none')")
-    g.add_argument("--max-images", type=int, default=None, help="images per study in the prompt")
-    g.add_argument("--include-prior-report", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--include-prior-images", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--frontal-first", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--system-prompt", default=None)
-    g.add_argument("--min-pixels", type=int, default=None, help="image pixel budget, lower bound")
-    g.add_argument("--max-pixels", type=int, default=None, help="image pixel budget, upper bound")
+#: The help group of the prompt flags: each overrides the adapter's prompt (its ``mllm_cxr_config.json``).
+PROMPT_GROUP = "prompt (default: the adapter's mllm_cxr_config.json, else PromptConfig defaults)"
+#: :class:`~mllm_cxr.prompts.PromptConfig`'s fields as override flags (``None``: keep the adapter's).
+PromptOverrides = variant(PromptConfig, "PromptOverrides", overrides=True, group=PROMPT_GROUP)
+MODEL_GROUP = "model loading (hf / vllm)"
+
+
+@dataclass(kw_only=True)
+class VLLMEngineArgs:
+    """The vLLM engine options of ``generate --backend vllm`` and ``serve``."""
+
+    _argument_group_name: ClassVar[str | None] = MODEL_GROUP
+    max_lora_rank: int | None = opt("vllm: the largest LoRA rank (default: the adapters' rank, rounded up)",
+                                    default=None)
+    gpu_memory_utilization: float | None = opt("vllm: share of the GPU memory to use", default=0.9)
+    max_model_len: int | None = opt("vllm: longest sequence (default: the model's)", default=None)
+    tensor_parallel_size: int | None = opt("vllm: GPUs per model", default=1)
 
 
 # ------------------------------------------------------------------------------------------------
 # generate
 # ------------------------------------------------------------------------------------------------
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: GenerateArgs) -> int:
     from data_prep.schema import resolve_data_root
     from mllm_cxr.data import load_split
     from mllm_cxr.infer.generate import (
-        GenerationSettings,
         OpenAIGenerator,
         VLLMGenerator,
         check_resume,
@@ -128,10 +147,7 @@ def run_generate(args: argparse.Namespace) -> int:
     root = resolve_data_root(args.studies, args.data_root)
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  num_return_sequences=args.num_return_sequences,
-                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
+    settings = args.generation
     task_cfg = None
     if args.task:
         from mllm_cxr.tasks import BOX_TASKS, TaskConfig, get_task
@@ -181,62 +197,57 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+TASK_GROUP = "tasks (mllm_cxr.tasks)"
+OPENAI_GROUP = "OpenAI-compatible server (--backend openai)"
+
+
+@dataclass(kw_only=True)
+class GenerateArgs(Verb):
+    """``mllm-cxr generate``."""
+
+    studies: str = opt("study records (.jsonl/.parquet) from `mllm-cxr prepare`")
+    roots: DataRootArgs = part(flat=True)
+    split: str = opt("split to generate for: train, validate, test or all (every split)", default="test")
+    limit: int | None = opt("at most this many studies (the first ones)", default=None)
+    shard: str | None = opt("only the I-th (0-based) of N contiguous blocks of the studies; one --out per shard, "
+                            "joined by `mllm-cxr merge-predictions`", default=None, metavar="I/N")
+    out: str = opt("predictions JSONL to write (appended to when resuming)")
+    overwrite: bool = opt("start --out afresh instead of resuming", default=False)
+    backend: Literal["hf", "vllm", "openai"] = opt(default="hf")
+    batch_size: int = opt("studies per generate call / per flush", default=8)
+    task: str | None = opt("answer one task instead of writing reports: report, grounded_report, phrase_grounding, "
+                           "detection, classification, vqa, view (one row per example, with what eval scores it by)",
+                           default=None, group=TASK_GROUP)
+    box_family: str = opt("box codec of the model's answers (qwen2_5_vl needs --min-pixels/--max-pixels); default "
+                          "qwen2_5_vl", default="qwen2_5_vl", group=TASK_GROUP)
+    generation: GenerationSettings = part()
+    load: ModelLoadArgs = part(MODEL_GROUP)
+    attn_implementation: str | None = opt("sdpa | flash_attention_2 | eager (hf)", default=None, group=MODEL_GROUP)
+    load_in_4bit: bool = opt("4-bit NF4 base weights (hf)", default=False, group=MODEL_GROUP)
+    vllm: VLLMEngineArgs = part()
+    enforce_eager: bool = opt("vllm: no CUDA graphs", default=False, group=MODEL_GROUP)
+    base_url: str | None = opt("server root, e.g. http://127.0.0.1:8000", default=None, group=OPENAI_GROUP)
+    served_model: str | None = opt("model name on the server (a --lora-modules NAME)", default=None,
+                                   group=OPENAI_GROUP)
+    api_key: str | None = opt("bearer token (default: $OPENAI_API_KEY)", default=None, group=OPENAI_GROUP)
+    max_concurrency: int = opt("requests in flight", default=8, group=OPENAI_GROUP)
+    timeout: float = opt("seconds per request", default=600.0, group=OPENAI_GROUP)
+    prompt: PromptOverrides = part()
+    pixels: PixelBudgetArgs = part(PROMPT_GROUP)
+    progress: QuietArgs = part(flat=True)
+
+
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate reports for study records (HF, vLLM or an OpenAI-compatible server)",
-                       description="Generate a report per study into a predictions JSONL (study_id, prediction, "
-                                   "reference, context). Resumable: studies already in --out are skipped.")
-    p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
-    p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
-    p.add_argument("--split", default="test", help="split to generate for: train, validate, test or all (every split)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many studies (the first ones)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="only the I-th (0-based) of N contiguous blocks of the studies; one --out per shard, joined "
-                        "by `mllm-cxr merge-predictions`")
-    p.add_argument("--model", default=None, help="base model (hub id or folder), or a merged export")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder (a recipe's output_dir or an export)")
-    p.add_argument("--out", required=True, help="predictions JSONL to write (appended to when resuming)")
-    p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
-    p.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
-    p.add_argument("--batch-size", type=int, default=8, help="studies per generate call / per flush")
-    t = p.add_argument_group("tasks (mllm_cxr.tasks)")
-    t.add_argument("--task", default=None, help="answer one task instead of writing reports: report, grounded_report, "
-                   "phrase_grounding, detection, classification, vqa, view (one row per example, with what eval "
-                   "scores it by)")
-    t.add_argument("--box-family", default="qwen2_5_vl", help="box codec of the model's answers (qwen2_5_vl needs "
-                   "--min-pixels/--max-pixels); default qwen2_5_vl")
-    g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--num-return-sequences", type=int, default=1, help="samples per study (with --do-sample)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    m = p.add_argument_group("model loading (hf / vllm)")
-    m.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
-    m.add_argument("--attn-implementation", default=None, help="sdpa | flash_attention_2 | eager (hf)")
-    m.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 base weights (hf)")
-    m.add_argument("--trust-remote-code", action="store_true")
-    m.add_argument("--max-lora-rank", type=int, default=None, help="vllm: default the adapter's rank, rounded up")
-    m.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
-    m.add_argument("--max-model-len", type=int, default=None, help="vllm")
-    m.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm")
-    m.add_argument("--enforce-eager", action="store_true", help="vllm: no CUDA graphs")
-    o = p.add_argument_group("OpenAI-compatible server (--backend openai)")
-    o.add_argument("--base-url", default=None, help="server root, e.g. http://127.0.0.1:8000")
-    o.add_argument("--served-model", default=None, help="model name on the server (a --lora-modules NAME)")
-    o.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
-    o.add_argument("--max-concurrency", type=int, default=8, help="requests in flight")
-    o.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    _add_prompt_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_generate)
+    add_verb(sub, "generate", GenerateArgs, run_generate, check=check_number_args,
+             help="generate reports for study records (HF, vLLM or an OpenAI-compatible server)",
+             description="Generate a report per study into a predictions JSONL (study_id, prediction, "
+                         "reference, context). Resumable: studies already in --out are skipped.")
 
 
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
-def run_export(args: argparse.Namespace) -> int:
+def run_export(args: ExportArgs) -> int:
     from mllm_cxr.infer.export import export
 
     check_number_args(args)
@@ -244,7 +255,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("--merge and --allow-vision-lora conflict: --allow-vision-lora keeps vision-tower LoRA in "
                           "an adapter export (vLLM drops it); --merge folds every LoRA weight into the checkpoint. "
                           "Drop one of them")
-    s = export(args.base, args.adapter, args.out, merge=args.merge, allow_vision_lora=args.allow_vision_lora,
+    s = export(args.model, args.adapter, args.out, merge=args.merge, allow_vision_lora=args.allow_vision_lora,
                verify_studies=args.verify_studies, data_root=args.data_root, split=_split(args.split),
                n_verify=args.verify_n, metrics=args.metrics, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                verify_max_new_tokens=args.verify_max_new_tokens, merge_atol=args.merge_atol, name=args.name,
@@ -262,33 +273,41 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: export's model options: the base is ``--base`` and the adapter is needed.
+ExportLoadArgs = variant(ModelLoadArgs, "ExportLoadArgs", only=("model", "adapter", "dtype"),
+                         required=("model", "adapter"), flags={"model": "--base"})
+
+
+@dataclass(kw_only=True)
+class ExportArgs(Verb):
+    """``mllm-cxr export``."""
+
+    load: ExportLoadArgs = part(flat=True)
+    out: str = opt("output folder (must be empty or absent)")
+    overwrite: bool = opt("replace a non-empty --out", default=False)
+    merge: bool = opt("write a merged full checkpoint instead of an adapter", default=False)
+    allow_vision_lora: bool = opt("keep LoRA on the vision tower (vLLM drops it: the served model then differs)",
+                                  default=False)
+    verify_studies: str | None = opt("study records: compare reloaded export vs in-memory model", default=None)
+    roots: DataRootArgs = part(flat=True)
+    split: str = opt("split of --verify-studies: train, validate, test or all (every split)", default="test")
+    verify_n: int = opt("studies to verify on", default=4)
+    verify_backend: Literal["hf", "vllm"] = opt("vllm: also compare vLLM's greedy reports for the export with the "
+                                                "in-memory model's", default="hf")
+    verify_max_new_tokens: int = opt(default=32)
+    merge_atol: float | None = opt("merged export: largest next-token logit difference accepted (default: 1e-4 of "
+                                   "the largest logit in float32, 5%% in bfloat16/float16)", default=None)
+    metrics: str | None = opt("metrics.json (or its folder) from `mllm-cxr eval` for the card", default=None)
+    max_new_tokens: int = opt("max_new_tokens in generation_config.json", default=512)
+    name: str | None = opt("title of the model card (default: the --out folder name)", default=None)
+
+
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export an adapter vLLM can load (or a merged checkpoint), with a model card",
-                       description="Write a vLLM-loadable adapter (or, with --merge, a merged checkpoint), the "
-                                   "processor, chat template, generation config and a model card; optionally "
-                                   "verify the export against the in-memory model.")
-    p.add_argument("--base", required=True, help="the base model the adapter was trained on (hub id or folder)")
-    p.add_argument("--adapter", required=True, help="adapter folder (a recipe's output_dir or a checkpoint)")
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--merge", action="store_true", help="write a merged full checkpoint instead of an adapter")
-    p.add_argument("--allow-vision-lora", action="store_true",
-                   help="keep LoRA on the vision tower (vLLM drops it: the served model then differs)")
-    p.add_argument("--verify-studies", default=None, help="study records: compare reloaded export vs in-memory model")
-    p.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
-    p.add_argument("--split", default="test", help="split of --verify-studies: train, validate, test or all (every split)")
-    p.add_argument("--verify-n", type=int, default=4, help="studies to verify on")
-    p.add_argument("--verify-backend", choices=("hf", "vllm"), default="hf",
-                   help="vllm: also compare vLLM's greedy reports for the export with the in-memory model's")
-    p.add_argument("--verify-max-new-tokens", type=int, default=32)
-    p.add_argument("--merge-atol", type=float, default=None,
-                   help="merged export: largest next-token logit difference accepted (default: 1e-4 of the largest "
-                        "logit in float32, 5%% in bfloat16/float16)")
-    p.add_argument("--metrics", default=None, help="metrics.json (or its folder) from `mllm-cxr eval` for the card")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="max_new_tokens in generation_config.json")
-    p.add_argument("--name", default=None, help="title of the model card (default: the --out folder name)")
-    p.set_defaults(func=run_export)
+    add_verb(sub, "export", ExportArgs, run_export, check=check_number_args,
+             help="export an adapter vLLM can load (or a merged checkpoint), with a model card",
+             description="Write a vLLM-loadable adapter (or, with --merge, a merged checkpoint), the "
+                         "processor, chat template, generation config and a model card; optionally "
+                         "verify the export against the in-memory model.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,7 +368,7 @@ def _check_port(host: str, port: int) -> None:
                               "other server or pick another --port") from None
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: ServeArgs) -> int:
     from mllm_cxr.infer.serve import ChatServer, run_vllm
     from mllm_cxr.modeling import check_model_ref
     from mllm_cxr.run_config import resolve_prompt
@@ -391,35 +410,52 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+ServeModelArgs = variant(ModelLoadArgs, "ServeModelArgs", only=("model",), required=("model",))
+#: serve passes no dtype unless given (vLLM's own default; the hf server's "auto").
+ServeDtypeArgs = variant(ModelLoadArgs, "ServeDtypeArgs", only=("dtype",), defaults={"dtype": None})
+ServeVLLMArgs = variant(VLLMEngineArgs, "ServeVLLMArgs", defaults={"gpu_memory_utilization": None,
+                                                                   "tensor_parallel_size": None})
+
+
+@dataclass(kw_only=True)
+class ServeArgs(Verb):
+    """``mllm-cxr serve``."""
+
+    load: ServeModelArgs = part(flat=True)
+    adapter: list[str] | None = opt("LoRA adapter to serve (repeatable); NAME defaults to the folder name",
+                                    default=None, action="append", metavar="[NAME=]DIR")
+    backend: Literal["vllm", "hf"] = opt(default="vllm")
+    host: str = opt(default="127.0.0.1")
+    port: int = opt(default=8000)
+    served_model_name: str | None = opt("name of the base model (vllm) / the model (hf)", default=None)
+    max_images: int | None = opt("images per request (default: the prompt's max_images)", default=None)
+    pixels: PixelBudgetArgs = part(flat=True)
+    dtypes: ServeDtypeArgs = part(flat=True)
+    vllm: ServeVLLMArgs = part(flat=True)
+    vllm_args: str | None = opt("more `vllm serve` arguments, one quoted string", default=None)
+    dry_run: bool = opt("print the command and exit", default=False)
+
+
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve over an OpenAI-compatible API: `vllm serve` with the adapter, or transformers",
-                       description="Start `vllm serve BASE --enable-lora --lora-modules NAME=DIR ...` with the "
-                                   "adapter's rank, image limit and pixel budget (printed first), or a small "
-                                   "transformers server (--backend hf).")
-    p.add_argument("--model", required=True, help="base model (hub id or folder), or a merged export")
-    p.add_argument("--adapter", action="append", default=None, metavar="[NAME=]DIR",
-                   help="LoRA adapter to serve (repeatable); NAME defaults to the folder name")
-    p.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None, help="name of the base model (vllm) / the model (hf)")
-    p.add_argument("--max-lora-rank", type=int, default=None, help="default: the adapters' rank, rounded up")
-    p.add_argument("--max-images", type=int, default=None, help="images per request (default: the prompt's max_images)")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--max-pixels", type=int, default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=None)
-    p.add_argument("--tensor-parallel-size", type=int, default=None)
-    p.add_argument("--vllm-args", default=None, help="more `vllm serve` arguments, one quoted string")
-    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
-    p.set_defaults(func=run_serve)
+    add_verb(sub, "serve", ServeArgs, run_serve, check=check_number_args,
+             help="serve over an OpenAI-compatible API: `vllm serve` with the adapter, or transformers",
+             description="Start `vllm serve BASE --enable-lora --lora-modules NAME=DIR ...` with the "
+                         "adapter's rank, image limit and pixel budget (printed first), or a small "
+                         "transformers server (--backend hf).")
 
 
 # ------------------------------------------------------------------------------------------------
 # tiny
 # ------------------------------------------------------------------------------------------------
-def run_tiny(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class TinyVerbArgs(Verb):
+    """``mllm-cxr tiny``."""
+
+    build: TinyArgs = part(flat=True)
+    overwrite: bool = opt("replace a non-empty OUT_DIR", default=False)
+
+
+def run_tiny(args: TinyVerbArgs) -> int:
     from cxr_io import abort_dir, begin_dir, commit_dir
     from mllm_cxr.tiny import build_tiny_model
 
@@ -438,7 +474,16 @@ def run_tiny(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 # merge-predictions
 # ------------------------------------------------------------------------------------------------
-def run_merge_predictions(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class MergePredictionsArgs(Verb):
+    """``mllm-cxr merge-predictions``."""
+
+    shards: list[str] = opt("the shard predictions files (any order)", positional=True)
+    out: str = opt("merged predictions JSONL (its .meta.json is written beside it)")
+    overwrite: bool = opt("replace an existing --out", default=False)
+
+
+def run_merge_predictions(args: MergePredictionsArgs) -> int:
     from mllm_cxr.infer.shard import merge_predictions
 
     s = merge_predictions(args.shards, args.out, overwrite=args.overwrite)
@@ -448,15 +493,11 @@ def run_merge_predictions(args: argparse.Namespace) -> int:
 
 
 def _add_merge_predictions(sub) -> None:
-    p = sub.add_parser("merge-predictions", help="join `generate --shard i/n` outputs into one predictions file",
-                       description="Join the predictions files of `mllm-cxr generate --shard i/n` (and their "
-                                   ".meta.json side files) into the file the unsharded run would have written. "
-                                   "Refuses shards of different runs, a missing shard, a study in two shards, and "
-                                   "names the studies in no shard.")
-    p.add_argument("shards", nargs="+", help="the shard predictions files (any order)")
-    p.add_argument("--out", required=True, help="merged predictions JSONL (its .meta.json is written beside it)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=run_merge_predictions)
+    add_verb(sub, "merge-predictions", MergePredictionsArgs, run_merge_predictions,
+             help="join `generate --shard i/n` outputs into one predictions file", description="Join the predictions files of `mllm-cxr generate --shard i/n` (and their "
+                         ".meta.json side files) into the file the unsharded run would have written. "
+                         "Refuses shards of different runs, a missing shard, a study in two shards, and "
+                         "names the studies in no shard.")
 
 
 def register(subparsers) -> None:
@@ -470,8 +511,5 @@ def register(subparsers) -> None:
 
     add_report_parser(subparsers)  # report: the HTML report of an eval folder
     add_html_to_eval(subparsers)
-    p = subparsers.add_parser("tiny", help="build the tiny random Qwen2.5-VL used by tests and the demo")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    p.set_defaults(func=run_tiny)
+    add_verb(subparsers, "tiny", TinyVerbArgs, run_tiny,
+             help="build the tiny random Qwen2.5-VL used by tests and the demo")

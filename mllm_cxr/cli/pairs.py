@@ -9,21 +9,60 @@ Both end with a one-line summary (counts of pairs and of skipped studies, by rea
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from cxr_io import check_output, write_text_atomic
+from cxr_io.cli_args import DataRootArgs, ModelLoadArgs, PixelBudgetArgs, Verb, add_verb, opt, part, variant
+from mllm_cxr.cli.model import PROMPT_GROUP
+from mllm_cxr.infer.generate import GenerationSettings
+from mllm_cxr.prompts import PromptConfig
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--studies", required=True, help="study records (.jsonl/.parquet) from `mllm-cxr prepare`")
-    p.add_argument("--out", required=True, help="pairs JSONL to write")
-    p.add_argument("--split", default="train", help="split to build pairs from: train (default), validate, test or all (every split)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many studies")
-    p.add_argument("--sections", default=None, help="report sections of the target text (default findings,impression; "
-                                                   "for `sample`: the adapter's)")
-    p.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+@dataclass(kw_only=True)
+class PairsArgs(Verb):
+    """``mllm-cxr pairs prior`` (and the options ``pairs sample`` shares)."""
+
+    studies: str = opt("study records (.jsonl/.parquet) from `mllm-cxr prepare`")
+    out: str = opt("pairs JSONL to write")
+    split: str = opt("split to build pairs from: train (default), validate, test or all (every split)",
+                     default="train")
+    limit: int | None = opt("at most this many studies", default=None)
+    sections: str | None = opt("report sections of the target text (default findings,impression; for `sample`: "
+                               "the adapter's)", default=None)
+    summary_json: str | None = opt("also write the summary to this JSON file", default=None)
+
+
+#: The decoding options ``pairs sample`` has (it always samples, ``--k`` times per study).
+SampleSettings = variant(GenerationSettings, "SampleSettings", only=("temperature", "top_p", "max_new_tokens", "seed"),
+                         group=None)
+SampleLoadArgs = variant(ModelLoadArgs, "SampleLoadArgs", only=("model", "adapter"), required=("model",))
+SampleDtypeArgs = variant(ModelLoadArgs, "SampleDtypeArgs", only=("dtype",))
+SamplePromptArgs = variant(PromptConfig, "SamplePromptArgs", only=("max_images", "context"), overrides=True)
+
+
+@dataclass(kw_only=True)
+class PairsSampleArgs(PairsArgs):
+    """``mllm-cxr pairs sample``."""
+
+    load: SampleLoadArgs = part(flat=True)
+    backend: Literal["hf", "vllm"] = opt(default="hf")
+    k: int = opt("samples per study (default 4)", default=4)
+    reward: str | None = opt("registered scorer name (default chexpert_f1; with --task: the task's rewards, e.g. "
+                             "iou + box_format for phrase_grounding)", default=None)
+    task: str | None = opt("sample answers to one task's examples (mllm_cxr/tasks.py) instead of reports; pairs "
+                           "then carry task and example", default=None)
+    box_family: str = opt("box codec of the samples (with a box --task)", default="qwen2_5_vl")
+    reward_spec: str | None = opt("reward spec YAML (weighted composite); overrides --reward", default=None)
+    margin: float = opt("keep pairs with best - worst > margin (default 0.1)", default=0.1)
+    generation: SampleSettings = part(flat=True)
+    batch_size: int = opt("studies per generate call", default=4)
+    dtypes: SampleDtypeArgs = part(flat=True)
+    pixels: PixelBudgetArgs = part(PROMPT_GROUP)
+    prompt: SamplePromptArgs = part(PROMPT_GROUP)
+    roots: DataRootArgs = part(flat=True)
+    keep_samples: bool = opt("also write all samples and scores per pair", default=False)
 
 
 def _sections(args) -> list[str]:
@@ -92,7 +131,6 @@ def make_generator(args, prompt, settings, data_root):
 def _cmd_sample(args) -> int:
     from data_prep.schema import resolve_data_root
     from mllm_cxr.config import ConfigError
-    from mllm_cxr.infer.generate import GenerationSettings
     from mllm_cxr.run_config import resolve_prompt
     from mllm_cxr.train.pairs import reward_ranked_pairs
 
@@ -146,35 +184,7 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="pairs_kind", metavar="<kind>", required=True)
 
-    pr = sub.add_parser("prior", help="chosen = report without prior-exam references, rejected = original "
-                                      "(training studies without a prior)")
-    _add_common(pr)
-    pr.set_defaults(func=_cmd_prior)
-
-    ps = sub.add_parser("sample", help="sample k reports per study, chosen = best / rejected = worst by a clinical reward")
-    _add_common(ps)
-    ps.add_argument("--model", required=True, help="base model: hub id or local path")
-    ps.add_argument("--adapter", default=None, help="LoRA adapter (e.g. the SFT output); its prompt config is reused")
-    ps.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    ps.add_argument("--k", type=int, default=4, help="samples per study (default 4)")
-    ps.add_argument("--reward", default=None, help="registered scorer name (default chexpert_f1; with --task: the "
-                                                  "task's rewards, e.g. iou + box_format for phrase_grounding)")
-    ps.add_argument("--task", default=None, help="sample answers to one task's examples (mllm_cxr/tasks.py) instead "
-                                                 "of reports; pairs then carry task and example")
-    ps.add_argument("--box-family", default="qwen2_5_vl", help="box codec of the samples (with a box --task)")
-    ps.add_argument("--reward-spec", default=None, help="reward spec YAML (weighted composite); overrides --reward")
-    ps.add_argument("--margin", type=float, default=0.1, help="keep pairs with best - worst > margin (default 0.1)")
-    ps.add_argument("--temperature", type=float, default=1.0)
-    ps.add_argument("--top-p", type=float, default=1.0)
-    ps.add_argument("--max-new-tokens", type=int, default=256)
-    ps.add_argument("--batch-size", type=int, default=4, help="studies per generate call")
-    ps.add_argument("--seed", type=int, default=0)
-    ps.add_argument("--dtype", default="auto")
-    ps.add_argument("--min-pixels", type=int, default=None)
-    ps.add_argument("--max-pixels", type=int, default=None)
-    ps.add_argument("--max-images", type=int, default=None, help="images per prompt (default: the adapter's)")
-    ps.add_argument("--context", default=None, help="prompt context fields, e.g. indication,comparison "
-                                                    "(default: the adapter's)")
-    ps.add_argument("--data-root", default=None, help="root of the image paths (default: the one `prepare` recorded next to the studies, else their folder)")
-    ps.add_argument("--keep-samples", action="store_true", help="also write all samples and scores per pair")
-    ps.set_defaults(func=_cmd_sample)
+    add_verb(sub, "prior", PairsArgs, _cmd_prior, help="chosen = report without prior-exam references, rejected = "
+             "original (training studies without a prior)")
+    add_verb(sub, "sample", PairsSampleArgs, _cmd_sample,
+             help="sample k reports per study, chosen = best / rejected = worst by a clinical reward")

@@ -38,9 +38,9 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cxr_io import make_parent, write_text_atomic
 from data_prep.schema import StudyRecord
@@ -71,13 +71,17 @@ class GenerationError(ConfigError):
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_return_sequences: int = 1
-    repetition_penalty: float = 1.0
-    seed: int = 0
+    """How reports are decoded; each field is also a ``generate`` option (its help is the field's)."""
+
+    _argument_group_name: ClassVar[str] = "generation"
+
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens generated per report"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: smallest token set of this probability"})
+    num_return_sequences: int = field(default=1, metadata={"help": "samples per study (with --do-sample)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "1 = none; above 1 discourages repeats"})
+    seed: int = field(default=0, metadata={"help": "random seed of sampling"})
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

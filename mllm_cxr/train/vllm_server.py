@@ -20,14 +20,15 @@ the rollouts are sampled for another prompt than the one trained on. Two things 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr_io.cli_args import build_parser, from_namespace, opt
 from mllm_cxr.config import ConfigError
 from mllm_cxr.modeling import _BUDGET_IN_SIZE as _SIZE_KEYS  # the one budget <-> ``size`` key mapping
 
@@ -123,19 +124,26 @@ def serve_command(config: Mapping[str, Any], *, tensor_parallel_size: int = 1, d
     return cmd + list(extra)
 
 
+@dataclass(kw_only=True)
+class VLLMServerArgs:
+    """``python -m mllm_cxr.train.vllm_server CONFIG``; unknown options go on to ``trl vllm-serve``."""
+
+    config: Path = opt("the GRPO recipe config (YAML)", positional=True)
+    tp: int = opt("tensor parallel size (GPUs per model replica)", default=1)
+    dp: int = opt("data parallel size (model replicas)", default=1)
+    host: str = opt("address to listen on", default="0.0.0.0")
+    port: int | None = opt("default: the config's vllm_server_port (8000)", default=None)
+    gpu_memory_utilization: float = opt("share of the GPU memory vLLM takes", default=0.9)
+    lines: bool = opt("one argument per line (for `mapfile -t` in scripts)", default=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
-    p = argparse.ArgumentParser(prog="python -m mllm_cxr.train.vllm_server",
-                                description="Print the `trl vllm-serve` command for a GRPO recipe config.")
-    p.add_argument("config", type=Path)
-    p.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs per model replica)")
-    p.add_argument("--dp", type=int, default=1, help="data parallel size (model replicas)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=None, help="default: the config's vllm_server_port (8000)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--lines", action="store_true", help="one argument per line (for `mapfile -t` in scripts)")
-    a, extra = p.parse_known_args(argv)
+    p = build_parser(VLLMServerArgs, prog="python -m mllm_cxr.train.vllm_server",
+                     description="Print the `trl vllm-serve` command for a GRPO recipe config.")
+    ns, extra = p.parse_known_args(argv)
+    a = from_namespace(VLLMServerArgs, ns)
     try:
         config = yaml.safe_load(a.config.read_text()) or {}
         cmd = serve_command(config, tensor_parallel_size=a.tp, data_parallel_size=a.dp, host=a.host, port=a.port,
