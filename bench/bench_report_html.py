@@ -1,4 +1,4 @@
-"""HTML evaluation report (mllm_cxr/report_html.py): time and size for 2,000 studies on one core.
+"""HTML evaluation report (evaluation/report/): time and size for 2,000 studies on one core.
 
 Setup: a 2,000-study phantom set (frontal + lateral 224x224 PNG per study), predictions in the format of
 `mllm-cxr generate` (a third of the studies get their own impression, the rest a neighbour's; a second
@@ -39,7 +39,7 @@ def _predictions(phantom: Path, out: Path, shift: int) -> Path:
 
 
 def _per_image(paths: list[tuple[str, Path]], size: int = 160, n: int = 10) -> list[tuple[str, float, int]]:
-    from mllm_cxr.report_html import Thumbs
+    from evaluation.report.thumbs import Thumbs
 
     out = []
     for label, p in paths:
@@ -62,8 +62,9 @@ def run() -> str:
     from PIL import Image
 
     from data_prep.phantom import make_phantom
-    from mllm_cxr.report_html import ReportOptions, build_report
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
+    from evaluation.report.build import build_report
+    from evaluation.report.options import ReportOptions
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -113,7 +114,7 @@ def run() -> str:
         per_image = _per_image(kinds)
 
     base_s, base_b = rows[0][1], rows[0][2]
-    lines = ["## HTML evaluation report (mllm_cxr/report_html.py)", "",
+    lines = ["## HTML evaluation report (evaluation/report/)", "",
              f"{N_STUDIES:,} phantom studies (frontal + lateral 224x224 PNG each), predictions in `generate`'s format, "
              "report rendered from an eval folder (`mllm-cxr report --eval DIR`): highlights from the labels, "
              "mention spans and prior sentences `eval` wrote to `per_study.jsonl` (nothing is labelled again), "

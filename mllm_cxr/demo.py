@@ -20,7 +20,7 @@ Metrics: the phantom finding F1 (micro F1 over the five findings drawn into the 
 report), CheXpert F1 (rule labeler, micro over 14 and over 5) and the prior-reference rate of sampled
 reports on studies without a prior. Each comes with a 95% bootstrap CI; each stage is compared with SFT
 (and GRPO/EditGRPO with the control) by a two-sided paired permutation test over studies
-(:func:`reward.evaluate.paired_compare`). The table is written to ``runs/demo_table.md`` and the numbers
+(:func:`evaluation.statistics.paired_compare`). The table is written to ``runs/demo_table.md`` and the numbers
 to ``runs/demo_results.json``; the README's table is a copy of the table of the default run.
 """
 
@@ -88,47 +88,38 @@ def _cli(*args: str) -> None:
 # Scoring
 # ------------------------------------------------------------------------------------------------
 def phantom_group(texts: list[str], truth: list[set[str]]):
-    """Per-study tp/fp/fn of the five phantom findings as a :class:`reward.evaluate.MetricGroup`, so the
-    phantom F1 gets the same bootstrap CIs and paired permutation tests as every eval metric."""
+    """Per-study tp/fp/fn of the five phantom findings as an :class:`evaluation.groups.MetricGroup` (the counts
+    and the micro F1 of the CheXpert group), so the phantom F1 gets the same bootstrap CIs and paired
+    permutation tests as every eval metric."""
     from data_prep.phantom import PHANTOM_FINDINGS, phantom_findings
-    from reward.evaluate import MetricGroup, Stat
+    from evaluation.groups import MetricGroup, Stat, count_matrix, micro_f1
 
     k = len(PHANTOM_FINDINGS)
-    S = np.zeros((len(texts), 3 * k))
-    for i, (t, true) in enumerate(zip(texts, truth)):
-        pred = phantom_findings(t)
-        for j, f in enumerate(PHANTOM_FINDINGS):
-            S[i, j] = f in pred and f in true
-            S[i, k + j] = f in pred and f not in true
-            S[i, 2 * k + j] = f not in pred and f in true
-
-    def f1(cols):
-        def fn(t):
-            tp, fp, fn_ = (t[..., [o + c for c in cols]].sum(-1) for o in (0, k, 2 * k))
-            den = 2 * tp + fp + fn_
-            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
-        return fn
-
-    stats = {"phantom_micro_f1": Stat("phantom finding F1 (micro)", f1(list(range(k))))}
+    found = [phantom_findings(t) for t in texts]
+    hyp = np.array([[f in pred for f in PHANTOM_FINDINGS] for pred in found], dtype=bool).reshape(len(texts), k)
+    ref = np.array([[f in true for f in PHANTOM_FINDINGS] for true in truth], dtype=bool).reshape(len(truth), k)
+    stats = {"phantom_micro_f1": Stat("phantom finding F1 (micro)", micro_f1(list(range(k)), k))}
     for j, f in enumerate(PHANTOM_FINDINGS):
-        stats[f"phantom_f1::{f}"] = Stat(f, f1([j]), True, main=False)
-    return MetricGroup("phantom", S, stats)
+        stats[f"phantom_f1::{f}"] = Stat(f, micro_f1([j], k), True, main=False)
+    return MetricGroup("phantom", count_matrix(hyp, ref), stats)
 
 
 def sampled_prior_group(samples: list[list[str]], has_prior: list[bool]):
     """Per study without a prior: how many of its sampled reports refer to a prior exam (a ratio metric)."""
-    from reward.evaluate import MetricGroup, Stat, _ratio
+    from evaluation.groups import MetricGroup, Stat, ratio
     from reward.prior import find_prior_references
 
     S = np.array([[sum(bool(find_prior_references(t)) for t in ss), len(ss)] if not hp else [0.0, 0.0]
                   for ss, hp in zip(samples, has_prior)], dtype=float)
     return MetricGroup("prior_sampled", S, {"prior_rate_sampled": Stat("prior refs w/o prior (sampled)",
-                                                                        _ratio(0, 1), False)})
+                                                                        ratio(0, 1), False)})
 
 
 def score_stage(name: str, pred: Path, sampled: Path, truth: dict[str, Any]) -> dict[str, Any]:
     """All metric groups of one stage (aligned to ``truth``'s study order) and their point values + CIs."""
-    from reward.evaluate import bootstrap_summary, compute_groups, predictions_to_evaluate, read_predictions
+    from evaluation.groups import compute_groups
+    from evaluation.predictions import predictions_to_evaluate, read_predictions
+    from evaluation.statistics import bootstrap_summary
 
     p = predictions_to_evaluate(pred)
     order = list(truth["ids"])
@@ -147,7 +138,7 @@ def score_stage(name: str, pred: Path, sampled: Path, truth: dict[str, Any]) -> 
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], n: int) -> dict[str, Any]:
-    from reward.evaluate import paired_compare
+    from evaluation.statistics import paired_compare
 
     return paired_compare(a["groups"], b["groups"], n, N_BOOT, 0)
 

@@ -16,7 +16,7 @@ needs beside ``prediction``:
 ==================  =============================================================================
 
 Numbers (definitions and sources in :mod:`reward.box_metrics` and docs/boxes.md), each a function of
-per-study sums so the bootstrap and the paired permutation test of :mod:`reward.evaluate` apply as they do
+per-study sums so the bootstrap and the paired permutation test of :mod:`evaluation.statistics` apply as they do
 to the other groups:
 
 * mean IoU and Acc@IoU>=0.5 over grounding + detection rows (matched IoU per row);
@@ -130,7 +130,7 @@ def Stat(label: str, fn: Any, higher_is_better: bool | None = True) -> tuple:  #
 
 
 def box_statistics(path: str, records: Sequence[dict], hyps: Sequence[str]) -> dict[str, Any]:
-    """What :mod:`reward.evaluate` makes the ``boxes`` metric group of (rows aligned with ``hyps``): ``S``
+    """What :mod:`evaluation.groups` makes the ``boxes`` metric group of (rows aligned with ``hyps``): ``S``
     (per-study statistics), ``stats`` ``{key: (label, fn of summed S, higher_is_better)}``, ``info``,
     ``details`` (per study, None for rows of other tasks), ``resampled`` and ``items`` (mAP). No row of a
     box task is a :class:`NoBoxRowsError` (eval skips the group under its default metric list)."""

@@ -9,10 +9,10 @@ HTML report. Every other table is derived from :data:`METRICS`:
 ==========================================  ==============================================================
 :data:`reward.base.BUILTIN_SCORERS`         rows with a ``scorer``
 :data:`reward.base.METRIC_VOCABULARY`       every row: canonical name -> (eval group, aliases)
-:data:`reward.evaluate.METRIC_GROUPS`       rows with a ``group``, in table order (the order of the table)
-:data:`reward.evaluate.MODEL_GROUPS`        groups of rows with ``needs_model``
+:data:`evaluation.groups.METRIC_GROUPS`    rows with a ``group``, in table order (the order of the table)
+:data:`evaluation.groups.MODEL_GROUPS`     groups of rows with ``needs_model``
 ``mllm-cxr score --metrics all``            rows with ``score_all``, in table order
-:data:`mllm_cxr.report_html.PER_STUDY_METRICS`  the rows' ``per_study`` columns (label, higher_is_better)
+:data:`evaluation.report.options.PER_STUDY_METRICS`  the rows' ``per_study`` columns (label, higher_is_better)
 ==========================================  ==============================================================
 
 This module imports nothing of the project but :mod:`cxr_io.registry` (and that only when a row is
@@ -21,7 +21,7 @@ evaluation code. A row naming a module or attribute that does not exist is a
 :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py resolves every row).
 
 Adding a metric: its scorer class and/or its group builder (``build(preds, kw, uncertain) -> MetricGroup``,
-:mod:`reward.evaluate`), and one row here.
+:mod:`evaluation.groups`), and one row here.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class MetricSpec:
         return import_entry("reward.metric_table.METRICS (build)", self.name, self.build)
 
 
-_E = "reward.evaluate:"
+#: The group builders live in the evaluation package, above this one: a row names its builder as text, and only
+#: :func:`evaluation.groups.compute_groups` resolves it (reward never imports evaluation).
+_E = "evaluation.groups:"
 
 #: Every metric, in the order of ``eval``'s table (``METRIC_GROUPS``) and of ``score --metrics all``.
 METRICS: tuple[MetricSpec, ...] = (

@@ -51,11 +51,13 @@ from reward.base import (
     to_scorable_text,
     unique_names,
 )
+from reward.references import DEFAULT_REFERENCE_FIELDS, choose_reference_field, field_parts, join_reference
 
 logger = logging.getLogger(__name__)
 
-#: Dataset columns searched for the reference text, in order, when ``reference_column`` is not given.
-DEFAULT_REFERENCE_COLUMNS: tuple[str, ...] = ("reference", "findings", "impression")
+#: Dataset columns searched for the reference text, in order, when ``reference_column`` is not given (the one
+#: default of :mod:`reward.references`).
+DEFAULT_REFERENCE_COLUMNS: tuple[str, ...] = DEFAULT_REFERENCE_FIELDS
 #: Keyword arguments TRL passes that are not dataset columns.
 _TRL_KWARGS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
                          "environments"})
@@ -146,24 +148,18 @@ def resolve_references(columns: Mapping[str, Any], reference_column: str | Seque
 
     ``reference_column``: a column name, ``"a+b"`` (the non-empty values of both columns joined with
     a space, e.g. ``"findings+impression"``), or a list of such names (the first present is used).
-    Default: ``reference``, then ``findings``, then ``impression``.
+    Default: ``reference``, then ``findings``, then ``impression`` (:mod:`reward.references`, the one rule).
     """
-    if reference_column is None:
-        candidates: Sequence[str] = DEFAULT_REFERENCE_COLUMNS
-    elif isinstance(reference_column, str):
-        candidates = [reference_column]
-    else:
-        candidates = list(reference_column)
-    for cand in candidates:
-        parts = [p.strip() for p in cand.split("+") if p.strip()]
-        if parts and all(p in columns for p in parts):
-            cols = [columns[p] for p in parts]
-            for p, c in zip(parts, cols):
-                if not _is_column(c) or len(c) != n:
-                    size = f"{len(c)} values" if _is_column(c) else type(c).__name__
-                    raise RewardError(f"{where}: reference column '{p}' must have one value per completion "
-                                      f"({n}), got {size}")
-            return [" ".join(t for t in (to_scorable_text(c[i]).strip() for c in cols) if t) for i in range(n)]
+    cand = choose_reference_field(reference_column, lambda p: p in columns)
+    if cand is not None:
+        parts = field_parts(cand)
+        cols = [columns[p] for p in parts]
+        for p, c in zip(parts, cols):
+            if not _is_column(c) or len(c) != n:
+                size = f"{len(c)} values" if _is_column(c) else type(c).__name__
+                raise RewardError(f"{where}: reference column '{p}' must have one value per completion "
+                                  f"({n}), got {size}")
+        return [join_reference(to_scorable_text(c[i]) for c in cols) for i in range(n)]
     return None
 
 

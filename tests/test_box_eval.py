@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from cxr_io.boxes import encode_boxes, encode_grounded
+from evaluation.evaluate import evaluate_predictions, run_eval
 from mllm_cxr.data import load_split
 from mllm_cxr.infer.generate import generate_predictions
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.tasks import TaskConfig
 from reward.base import RewardError
 from reward.box_metrics import average_precision, box_f1_corpus, grounding_summary
-from reward.evaluate import evaluate_predictions, run_eval
 
 PIX = {"min_pixels": 56 * 56, "max_pixels": 224 * 224}
 
@@ -181,7 +181,8 @@ def test_report_rows_skip_the_box_group_and_named_boxes_is_an_error(tmp_path):
 def test_html_report_draws_evals_boxes_and_shows_the_box_metrics(phantom_dir, tmp_path):
     import re
 
-    from mllm_cxr.report_html import BOX_COLOURS, build_report
+    from evaluation.report.build import build_report
+    from evaluation.report.options import BOX_COLOURS
 
     good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
     bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", _shifted, "bad", n=6)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from evaluation.cli import register
+from evaluation.score import score_files
 from reward.base import MissingBackendError, RewardError, Scorer, ScoreResult
-from reward.cli_metrics import register, score_files
 
 
 class _Exact(Scorer):
@@ -197,9 +198,9 @@ def _local_scorers():
     '["not an object"]',
 ])
 def test_score_and_eval_read_predictions_with_one_reader(files, tmp_path, text):
-    """`score` and `eval` (and the HTML report) read a predictions file through reward.evaluate.read_predictions:
+    """`score` and `eval` (and the HTML report) read a predictions file through evaluation.predictions.read_predictions:
     the same bad file gives the same error, naming the file and line, from both verbs."""
-    from reward.evaluate import predictions_to_evaluate
+    from evaluation.predictions import predictions_to_evaluate
 
     _, ref = files
     bad = tmp_path / "pred.jsonl"
@@ -212,7 +213,7 @@ def test_score_and_eval_read_predictions_with_one_reader(files, tmp_path, text):
 
 
 def test_eval_reads_a_json_list_like_score(tmp_path):
-    from reward.evaluate import predictions_to_evaluate
+    from evaluation.predictions import predictions_to_evaluate
 
     p = tmp_path / "pred.json"
     p.write_text(json.dumps([{"study_id": 1, "prediction": "x", "reference": "y"},
@@ -222,10 +223,10 @@ def test_eval_reads_a_json_list_like_score(tmp_path):
 
 
 def test_one_side_file_reader_strict_for_readers_lenient_for_the_writer(files, tmp_path):
-    """<pred>.meta.json is read by reward.evaluate.read_meta: `score` (and the report) name a corrupt one; the
+    """<pred>.meta.json is read by evaluation.predictions.read_meta: `score` (and the report) name a corrupt one; the
     resuming writer treats it as absent and replaces it."""
+    from evaluation.predictions import meta_path, read_meta
     from mllm_cxr.infer.generate import check_resume
-    from reward.evaluate import meta_path, read_meta
 
     pred, ref = files
     assert read_meta(pred) == {}

@@ -1,7 +1,7 @@
 """Learning on held-out studies, proven by the demo itself (one `make demo` run per session, `demo_run`).
 
 Every number comes from the phantom *test* split, which no stage trains on; every comparison is paired
-over the same studies (two-sided permutation test, :func:`reward.evaluate.paired_compare`). The fair
+over the same studies (two-sided permutation test, :func:`evaluation.statistics.paired_compare`). The fair
 control for GRPO and EditGRPO is SFT continued for the same optimizer steps on the same studies.
 """
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.evaluate import evaluate_predictions, run_eval
+from evaluation.groups import f1_group
+from evaluation.predictions import predictions_to_evaluate
 from reward.base import RewardError, get_scorer
-from reward.evaluate import evaluate_predictions, f1_group, predictions_to_evaluate, run_eval
 
 #: Reports with clear CheXpert findings (rule labeler) and a few sentences about a previous exam.
 REPORTS = [
@@ -251,7 +253,7 @@ def test_run_eval_without_plots(files, tmp_path):
 
 def _null_and_win_groups(rng: np.random.Generator, n: int, shift: float):
     """Two systems on ``n`` studies: a mean metric and corpus CheXpert F1, system a better by ``shift``."""
-    from reward.evaluate import mean_group
+    from evaluation.groups import mean_group
 
     ref = rng.random((n, 14)) < 0.3
     groups = []
@@ -266,7 +268,7 @@ def test_paired_p_value_is_uniform_for_systems_from_one_distribution():
     """Same distribution: about 5% of p-values below 0.05 (and about half below 0.5), for a mean metric and for
     corpus micro F1 recomputed from per-study counts. On 10 studies the percentile-bootstrap p-value used
     before gave about 11% below 0.05."""
-    from reward.evaluate import paired_compare
+    from evaluation.statistics import paired_compare
 
     ps = {"m": [], "chexpert_micro_f1_14": []}
     for seed in range(300):
@@ -284,7 +286,7 @@ def test_paired_p_value_is_uniform_for_systems_from_one_distribution():
 
 
 def test_paired_p_value_for_a_clear_win_and_names_the_test(tmp_path, files):
-    from reward.evaluate import paired_compare
+    from evaluation.statistics import paired_compare
 
     a, b = _null_and_win_groups(np.random.default_rng(0), n=60, shift=0.25)
     res = paired_compare(a, b, 60, n_boot=999, seed=0)
@@ -301,7 +303,7 @@ def test_paired_p_value_needs_two_studies():
     """One shared study has no permutation distribution: the p-value is absent, not a crash."""
     import numpy as np
 
-    from reward.evaluate import permutation_p_value
+    from evaluation.statistics import permutation_p_value
 
     one = np.array([[1.0, 2.0]])
     assert permutation_p_value(one, one + 1, lambda t: t[..., 0] / t[..., 1], 100, 0) is None
@@ -310,7 +312,7 @@ def test_paired_p_value_needs_two_studies():
 def test_answers_group_scores_only_question_rows():
     """Answer accuracy is the mean answer_match over classification/VQA/view rows; other rows weigh 0, and a
     file without question rows is a skip (skippable), not a score of 0."""
-    from reward.evaluate import NoQuestionRows, answers_group
+    from evaluation.groups import NoQuestionRows, answers_group
 
     records = [{"task": "vqa"}, {"task": "vqa"}, {"task": "view"}, {"task": "report"}]
     hyps = ["Yes.", "No.", "PA", "Yes."]
@@ -324,9 +326,9 @@ def test_answers_group_scores_only_question_rows():
 
 
 def test_question_tasks_are_the_tasks_rewarded_by_answer_match():
-    """reward.evaluate may not import mllm_cxr (layering), so its list of question tasks is a copy: it must
+    """evaluation may not import mllm_cxr (layering), so its list of question tasks is a copy: it must
     name exactly the tasks whose reward is answer_match."""
+    from evaluation.groups import QUESTION_TASKS
     from mllm_cxr.tasks import TASKS
-    from reward.evaluate import QUESTION_TASKS
 
     assert set(QUESTION_TASKS) == {name for name, t in TASKS.items() if "answer_match" in t.rewards}

@@ -46,7 +46,7 @@ def _base(model_dir) -> torch.nn.Module:
 def test_adapter_export_reloads_with_the_same_greedy_outputs(tiny_model_dir, adapter_dir, phantom_dir, tmp_path):
     from peft import PeftModel
 
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps({"study_id": f"s{i}", "prediction": t, "reference": t,

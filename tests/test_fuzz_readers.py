@@ -61,9 +61,9 @@ def only_our_error(fn, *args, **kw):
 @given(data=jsonl_bytes, gz=st.booleans(), cut=st.integers(0, 40))
 def test_jsonl_readers_raise_only_our_error(data, gz, cut):
     from data_prep.schema import read_records
+    from evaluation.predictions import predictions_to_evaluate, read_predictions, read_rows
     from mllm_cxr.train.pairs import read_pairs
     from reward.cli_label import _read_rows
-    from reward.evaluate import predictions_to_evaluate, read_predictions, read_rows
 
     if gz:
         data = gzip.compress(data)
@@ -191,7 +191,7 @@ def test_cxr_io_is_a_leaf_and_the_packages_keep_their_import_rules():
 
     code = ("import sys, cxr_io; assert not {'data_prep', 'reward', 'mllm_cxr', 'yaml'} & set(sys.modules), 'leaf';"
             "import data_prep.cli, data_prep.prepare, data_prep.schema; assert 'torch' not in sys.modules, 'torch';"
-            "import reward.cli_metrics, reward.cli_label, reward.trl; assert 'mllm_cxr' not in sys.modules, 'mllm_cxr'")
+            "import evaluation.cli, reward.cli_label, reward.trl; assert 'mllm_cxr' not in sys.modules, 'mllm_cxr'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

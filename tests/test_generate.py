@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.predictions import meta_path
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import load_split
 from mllm_cxr.infer.generate import (
@@ -18,7 +19,6 @@ from mllm_cxr.infer.generate import (
     load_hf_generator,
 )
 from mllm_cxr.run_config import resolve_prompt
-from reward.evaluate import meta_path
 from tests.model_helpers import RUN_PIXELS, RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 

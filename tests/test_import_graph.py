@@ -1,5 +1,6 @@
 """The packages' import graph, function-level imports included: no cycles, and the layering of
-docs/design.md (cxr_io <- data_prep, reward <- mllm_cxr; reward and data_prep never import mllm_cxr)."""
+docs/design.md (cxr_io <- data_prep, reward <- evaluation <- mllm_cxr; reward and data_prep never import
+evaluation or mllm_cxr, evaluation never imports mllm_cxr)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("cxr_io", "data_prep", "reward", "mllm_cxr")
+PACKAGES = ("cxr_io", "data_prep", "reward", "evaluation", "mllm_cxr")
 
 
 def _module_name(path: Path) -> str:
@@ -96,6 +97,8 @@ def test_layering():
         if pkg == "cxr_io":
             assert not deps, (mod, deps)
         if pkg in ("reward", "data_prep"):
+            assert not {d for d in deps if d.startswith(("mllm_cxr", "evaluation"))}, (mod, deps)
+        if pkg == "evaluation":
             assert not {d for d in deps if d.startswith("mllm_cxr")}, (mod, deps)
         if pkg == "reward":
             assert not {d for d in deps if d.startswith("data_prep")}, (mod, deps)
@@ -103,6 +106,10 @@ def test_layering():
             assert {d for d in deps if d.startswith("reward")} <= {"reward.constants", "reward.cues"}, (mod, deps)
     # the metric table is data: the HTML report reads its labels without the scorers or the evaluation
     assert graph["reward.metric_table"] <= {"cxr_io.registry"}
+    # evaluation in one place: the verbs, the report and generate's writer use its modules, which the walk sees
+    assert {"evaluation.groups", "evaluation.report.options", "evaluation.score"} <= graph["evaluation.cli"]
+    assert "evaluation.predictions" in graph["mllm_cxr.infer.generate"] & graph["mllm_cxr.infer.shard"]
+    assert "evaluation.statistics" in graph["mllm_cxr.demo"]
     # the cue lexicon is data: it imports nothing of reward but the error type
     assert {d for d in graph["reward.cues"] if d.startswith("reward")} <= {"reward.base"}
     # the vLLM facts are a leaf: export, generate and serve import it, it imports none of them
@@ -126,8 +133,8 @@ def test_layering():
 
 def test_one_home_for_the_run_config_and_the_jsonl_readers():
     """Only mllm_cxr/run_config.py names the run-config file; JSONL is parsed only by cxr_io (and by the
-    resumable predictions writer, which must tolerate a line cut short by a killed run)."""
-    allowed_loads = {"cxr_io/__init__.py", "mllm_cxr/infer/generate.py"}
+    predictions format's resumable writer, which must tolerate a line cut short by a killed run)."""
+    allowed_loads = {"cxr_io/__init__.py", "evaluation/predictions.py"}
     for pkg in PACKAGES:
         for path in (REPO / pkg).rglob("*.py"):
             rel = path.relative_to(REPO).as_posix()

@@ -25,7 +25,7 @@ def _write(path, preds, refs):
 
 
 def test_measurement_group_values_and_cis(tmp_path):
-    from reward.evaluate import evaluate_predictions
+    from evaluation.evaluate import evaluate_predictions
 
     f = _write(tmp_path / "p.jsonl", PREDS, REFS)
     res, _ = evaluate_predictions(f, metrics=("prior", "measurement"), n_boot=200, seed=0, progress=False)

@@ -8,9 +8,10 @@ from reward.metric_table import METRICS, MetricSpec, PerStudy, _check
 
 
 def test_the_derived_tables_follow_the_rows():
-    from mllm_cxr.report_html import PER_STUDY_METRICS, SHORT
+    from evaluation.groups import METRIC_GROUPS, MODEL_GROUPS
+    from evaluation.report.options import PER_STUDY_METRICS
+    from evaluation.report.page import SHORT
     from reward.base import BUILTIN_SCORERS, METRIC_VOCABULARY, canonical_metric, eval_group
-    from reward.evaluate import METRIC_GROUPS, MODEL_GROUPS
 
     assert METRIC_GROUPS == tuple(s.group for s in METRICS if s.group)
     assert MODEL_GROUPS == {s.group for s in METRICS if s.needs_model}

@@ -727,7 +727,7 @@ def test_configs_chain_stage_outputs_to_inputs():
 def test_score_uses_the_sections_the_predictions_were_generated_for(tmp_path):
     """IMPRESSION-only predictions scored against study records: the impression, not the findings."""
     from data_prep.schema import StudyRecord, write_records
-    from reward.cli_metrics import score_files
+    from evaluation.score import score_files
 
     recs = [StudyRecord(study_id=f"s{i}", patient_id=f"p{i}", dataset="x", split="test",
                         findings=f"The lungs are clear without focal consolidation number {i}.",

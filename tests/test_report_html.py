@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from data_prep.errors import DataPrepError
-from mllm_cxr.report_html import (
+from evaluation.report.build import build_report
+from evaluation.report.highlights import (
     Highlight,
-    ReportOptions,
-    build_report,
     label_highlights,
     label_view_from,
     prior_highlights,
     render_marked,
 )
+from evaluation.report.options import ReportOptions
 from reward.chexpert import ChexpertRulesLabeler, normalize, normalize_with_offsets
 
 FAST = "chexpert,prior,rouge_l,length"
@@ -152,7 +152,7 @@ def write_predictions(phantom_dir: Path, out: Path, shift: int, *, images: str =
 
 
 def make_eval(tmp: Path, phantom_dir: Path, *, compare: bool = True, long_id: str | None = None) -> Path:
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     a = write_predictions(phantom_dir, tmp / "sys_a.jsonl", 1, long_id=long_id)
     b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, images="prior") if compare else None
@@ -203,7 +203,7 @@ def test_images_from_the_rows_prior_images_and_missing_placeholder(tmp_path, pha
     (ph / recs[0].images[0].path).unlink()  # one missing image
     (ph / recs[1].images[0].path).write_bytes(b"not a png")  # one unreadable image
     pred = write_predictions(ph, tmp_path / "p.jsonl", 1, images="prior")
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert", "length"], n_boot=0, plots=False, progress=False)
     s = build_report(tmp_path / "ev", options=ReportOptions(max_thumbs=3))
@@ -220,7 +220,7 @@ def test_images_from_the_rows_prior_images_and_missing_placeholder(tmp_path, pha
 
 def test_rows_without_image_paths_get_a_note_and_relative_paths_are_the_files(tmp_path, phantom_dir):
     pred = write_predictions(phantom_dir, tmp_path / "p.jsonl", 1, images="none")
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
     s = build_report(tmp_path / "ev")
@@ -295,7 +295,7 @@ def test_shareable_options_on_the_command_line(tmp_path, phantom_dir, capsys):
 
 
 def test_max_studies_keeps_the_worst_with_a_note_and_sort_choices(tmp_path, phantom_dir):
-    from mllm_cxr.config import ConfigError
+    from evaluation.report.options import ReportOptionError
 
     ev = make_eval(tmp_path, phantom_dir, compare=False)
     s = build_report(ev, options=ReportOptions(max_studies=5, sort="errors", thumb_size=0))
@@ -304,15 +304,15 @@ def test_max_studies_keeps_the_worst_with_a_note_and_sort_choices(tmp_path, phan
     assert f"5 of {s['studies']:,} studies are shown: the worst by errors (highest first)" in doc
     errs = [float(x) for x in re.findall(r'data-m-errors="([^"]+)"', doc)]
     assert errs == sorted(errs, reverse=True)
-    with pytest.raises(ConfigError, match="--sort 'bleu'.*chexpert_f1"):
+    with pytest.raises(ReportOptionError, match="--sort 'bleu'.*chexpert_f1"):
         build_report(ev, options=ReportOptions(sort="bleu"))
 
 
 def test_measurement_marks_are_the_facts_eval_flagged(tmp_path, phantom_dir):
     """Whatever scorer eval ran as measurement_hallucination, the page marks the facts it flagged, and renders them
     after that scorer is gone (it scores nothing itself)."""
+    from evaluation.evaluate import run_eval
     from reward.base import Scorer, ScoreResult
-    from reward.evaluate import run_eval
     from tests.conftest import local_scorers
 
     class Fake(Scorer):
@@ -342,7 +342,7 @@ def test_measurement_marks_are_the_facts_eval_flagged(tmp_path, phantom_dir):
 
 
 def test_measurement_highlights_of_the_real_scorer():
-    from mllm_cxr.report_html import measurement_highlights
+    from evaluation.report.highlights import measurement_highlights
     from reward.base import get_scorer
 
     hyps = ["Endotracheal tube tip 9 cm above the carina. No pneumothorax."]
@@ -431,7 +431,7 @@ def test_thumbnail_cache_is_reused_and_keyed_by_the_file(tmp_path, phantom_dir):
     ph = tmp_path / "ph"
     shutil.copytree(phantom_dir, ph)
     pred = write_predictions(ph, tmp_path / "p.jsonl", 1)
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     run_eval(pred, tmp_path / "ev", metrics=["chexpert"], n_boot=0, plots=False, progress=False)
     opt = ReportOptions(thumb_cache=str(tmp_path / "cache"))

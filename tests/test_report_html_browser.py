@@ -73,7 +73,7 @@ def test_report_in_chromium(browser, tmp_path, phantom_dir):
 
     long_id = read_records(phantom_dir / "studies.jsonl")[3].study_id  # its own impression + a long tail
     ev = make_eval(tmp_path, phantom_dir, compare=True, long_id=long_id)
-    from mllm_cxr.report_html import build_report
+    from evaluation.report.build import build_report
 
     s = build_report(ev)
     n = s["studies"]
@@ -156,8 +156,8 @@ def test_report_in_chromium(browser, tmp_path, phantom_dir):
 def test_box_overlays_and_their_toggles_in_chromium(browser, tmp_path, phantom_dir):
     """The reference and predicted boxes lie over the thumbnail; each checkbox hides its kind; the row's A/B
     toggle swaps the predicted boxes with the text."""
-    from mllm_cxr.report_html import build_report
-    from reward.evaluate import run_eval
+    from evaluation.evaluate import run_eval
+    from evaluation.report.build import build_report
     from tests.test_box_eval import _shifted, _task_file
 
     good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)

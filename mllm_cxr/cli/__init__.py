@@ -1,4 +1,4 @@
-"""``mllm-cxr <verb>``: the verbs of :data:`VERB_MODULES` (prepare, label, score, eval, generate, export, serve, ...).
+"""``mllm-cxr <verb>``: the verbs of :data:`VERB_MODULES` (prepare, label, score, eval, report, generate, export, ...).
 
 Each package area registers its own verbs (``register(subparsers)``); :data:`VERB_MODULES` is the table
 of those modules, wired in here.
@@ -22,8 +22,8 @@ from cxr_io.registry import import_entry
 VERB_MODULES: dict[str, tuple[str, ...]] = {
     "data_prep.cli": ("prepare",),
     "reward.cli_label": ("label",),
-    "reward.cli_metrics": ("score", "eval"),
-    "mllm_cxr.cli.model": ("generate", "merge-predictions", "export", "serve", "report", "tiny"),  # and eval --html
+    "evaluation.cli": ("score", "eval", "report"),
+    "mllm_cxr.cli.model": ("generate", "merge-predictions", "export", "serve", "tiny"),
     "mllm_cxr.cli.pairs": ("pairs",),
     "mllm_cxr.cli.launch": ("launch",),  # accelerate launch with the recipe's own exit
 }

@@ -1,4 +1,4 @@
-"""``mllm-cxr generate | merge-predictions | export | serve | report | tiny``: the model-side verbs (``eval``: :mod:`reward.cli_metrics`).
+"""``mllm-cxr generate | merge-predictions | export | serve | tiny``: the model-side verbs (``score``, ``eval``, ``report``: :mod:`evaluation.cli`).
 
     mllm-cxr generate --studies S.jsonl --model BASE [--adapter DIR] --out pred.jsonl [--backend hf|vllm|openai]
     mllm-cxr generate ... --shard 0/4 --out pred.0.jsonl   (one per shard) ; mllm-cxr merge-predictions pred.*.jsonl --out pred.jsonl
@@ -113,6 +113,7 @@ class VLLMEngineArgs:
 # ------------------------------------------------------------------------------------------------
 def run_generate(args: GenerateArgs) -> int:
     from data_prep.schema import resolve_data_root
+    from evaluation.predictions import meta_path, part_path
     from mllm_cxr.data import load_split
     from mllm_cxr.infer.generate import (
         OpenAIGenerator,
@@ -120,10 +121,8 @@ def run_generate(args: GenerateArgs) -> int:
         check_resume,
         generate_predictions,
         load_hf_generator,
-        part_path,
     )
     from mllm_cxr.run_config import resolve_prompt
-    from reward.evaluate import meta_path
 
     check_number_args(args)
     if args.backend in ("hf", "vllm") and not args.model:
@@ -501,15 +500,10 @@ def _add_merge_predictions(sub) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``generate``, ``export``, ``serve``, ``report`` and ``tiny``; give ``eval`` (registered by
-    :mod:`reward.cli_metrics`) its ``--html`` report."""
+    """Add ``generate``, ``merge-predictions``, ``export``, ``serve`` and ``tiny``."""
     _add_generate(subparsers)
     _add_merge_predictions(subparsers)
     _add_export(subparsers)
     _add_serve(subparsers)
-    from mllm_cxr.report_html import add_html_to_eval, add_report_parser
-
-    add_report_parser(subparsers)  # report: the HTML report of an eval folder
-    add_html_to_eval(subparsers)
     add_verb(subparsers, "tiny", TinyVerbArgs, run_tiny,
              help="build the tiny random Qwen2.5-VL used by tests and the demo")

@@ -556,7 +556,7 @@ def write_model_card(out: Path, *, base: str, adapter: str, report: AdapterRepor
             lines += [vllm_verification.line(), ""]
     lines += ["## Evaluation", ""]
     if metrics:
-        from reward.evaluate import metrics_table
+        from evaluation.tables import metrics_table
 
         lines += [metrics_table(metrics), ""]
     else:

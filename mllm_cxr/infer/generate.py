@@ -42,8 +42,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cxr_io import make_parent, write_text_atomic
+from cxr_io import make_parent
 from data_prep.schema import StudyRecord
+from evaluation.predictions import (
+    meta_path,
+    part_path,
+    prediction_line,
+    read_meta,
+    resume_part_file,
+    write_meta,
+)
 from mllm_cxr.config import ConfigError
 from mllm_cxr.data import study_columns
 from mllm_cxr.infer.loader import (
@@ -56,7 +64,6 @@ from mllm_cxr.infer.loader import (
 from mllm_cxr.prompts import PromptConfig, build_messages, target_text, to_openai_messages
 from mllm_cxr.run_config import PromptSettings
 from mllm_cxr.vllm_support import adapter_rank, import_vllm, vllm_max_lora_rank
-from reward.evaluate import meta_path, read_meta
 from reward.http import RETRY_STATUSES, retrying_session
 
 log = logging.getLogger(__name__)
@@ -114,33 +121,6 @@ class GenerationSettings:
         if self.repetition_penalty != 1.0:
             body["repetition_penalty"] = self.repetition_penalty
         return body
-
-
-def resume_part_file(out_path: Path) -> set[str]:
-    """Make an unfinished run's ``.part`` file resumable: keep its complete rows, dropping a line cut
-    short by a killed run (the file is rewritten), and return the study ids it already holds."""
-    ids: set[str] = set()
-    if not out_path.exists():
-        return ids
-    good = []
-    with open(out_path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # partial line of a killed run: that study is generated again
-            if isinstance(d, dict) and "study_id" in d and d["study_id"] not in ids:
-                ids.add(d["study_id"])
-                good.append(line if line.endswith("\n") else line + "\n")
-    with open(out_path, "w", encoding="utf-8") as fh:  # rewrite without the broken tail (the .part file only)
-        fh.writelines(good)
-    return ids
-
-
-def part_path(out_path: str | Path) -> Path:
-    """Where a run writes until it finishes (then renamed to ``out_path``); a killed run resumes from it."""
-    p = Path(out_path)
-    return p.with_name(p.name + ".part")
 
 
 def batched(items: Sequence, n: int) -> Iterator[Sequence]:
@@ -393,7 +373,7 @@ def check_resume(out_path: str | Path, meta: dict[str, Any], *, overwrite: bool 
             raise GenerationError(f"{out} was generated with other settings ({'; '.join(diffs)}): use another "
                                   "--out, or --overwrite")
     make_parent(out)
-    write_text_atomic(mp, json.dumps(meta, indent=2, default=str) + "\n")
+    write_meta(out, meta)
 
 
 def prompt_image_paths(study: StudyRecord, generator) -> list[str]:
@@ -482,7 +462,7 @@ def generate_predictions(generator, studies: Sequence[StudyRecord], out_path: st
                            "context": study_columns(s), "images": prompt_image_paths(s, generator)}
                 if len(preds) > 1:
                     row["samples"] = preds
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(prediction_line(row))
             fh.flush()
             bar.update(len(chunk))
     os.replace(part, out)

@@ -14,14 +14,20 @@ rows in the unsharded order with the unsharded side file (plus ``merged_from``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cxr_io import make_parent, write_text_atomic
+from evaluation.predictions import (
+    index_by_study,
+    meta_path,
+    prediction_line,
+    read_meta,
+    read_rows,
+    write_meta,
+)
 from mllm_cxr.config import ConfigError
-from reward.evaluate import index_by_study, meta_path, read_meta, read_rows
 
 T = TypeVar("T")
 
@@ -116,7 +122,7 @@ def merge_predictions(shards: Sequence[str | Path], out: str | Path, *, overwrit
     extra = [sid for sid in rows if sid not in set(expected)]
     order = expected + extra  # extra: studies no longer in the studies file; kept, after the rest
     make_parent(out)
-    write_text_atomic(out, "".join(json.dumps(rows[sid][2], ensure_ascii=False) + "\n" for sid in order))
+    write_text_atomic(out, "".join(prediction_line(rows[sid][2]) for sid in order))
     meta = dict(first, merged_from=[str(by_index[i].resolve()) for i in range(count)])
-    write_text_atomic(meta_path(out), json.dumps(meta, indent=2, default=str) + "\n")
+    write_meta(out, meta)
     return {"shards": count, "rows": len(order), "not_in_studies": len(extra), "out": str(out)}

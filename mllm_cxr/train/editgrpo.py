@@ -35,6 +35,7 @@ from typing import Any
 from mllm_cxr.config import ConfigError
 from mllm_cxr.train.editor import EDIT_KINDS, EditSettings, SentenceEditor
 from mllm_cxr.train.grpo import ClinicalGRPOTrainer, completion_texts
+from reward.references import choose_reference_field, field_parts, join_reference, reference_candidates
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,16 @@ class EditGRPOTrainer(ClinicalGRPOTrainer):
         made are kept in ``_pending_edits`` until the rewards are known.
         """
 
-        col = self.edit_reference_column
-        if col not in inputs[0]:
-            raise ConfigError(f"EditGRPO: the dataset has no column '{col}' with the reference report "
+        col = choose_reference_field(self.edit_reference_column, lambda c: c in inputs[0])  # the one rule
+        if col is None:
+            wanted = "/".join(reference_candidates(self.edit_reference_column))
+            raise ConfigError(f"EditGRPO: the dataset has no column '{wanted}' with the reference report "
                               f"(edit_reference_column); columns: {sorted(inputs[0])}")
         texts = completion_texts(completions)
         self._rollout_texts = list(texts)
-        refs = [x.get(col) or "" for x in inputs]
+        parts = field_parts(col)
+        refs = [x.get(col) or "" if len(parts) == 1 else join_reference(str(x.get(p) or "") for p in parts)
+                for x in inputs]
         keys = [x.get("study_id", repr(x.get("prompt"))) for x in inputs]
         completion_ids, completions = list(completion_ids), list(completions)
         logprobs = list(logprobs) if logprobs is not None else None

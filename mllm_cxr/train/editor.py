@@ -73,7 +73,9 @@ class EditSettings:
         "help": "token_overlap, or a sentence-embedding model (hub id / local path) for false-positive replacement"})
     similarity_threshold: float = field(default=0.6, metadata={
         "help": "replace a false positive only above this similarity, else delete it (EditGRPO: 0.6)"})
-    reference_column: str = field(default="reference", metadata={"help": "dataset column with the reference report"})
+    reference_column: str | None = field(default=None, metadata={
+        "help": "dataset column with the reference report (default: reference, then findings, impression; "
+                "reward/references.py)"})
     ops_per_rollout: int = field(default=1, metadata={"help": "operations per edited rollout (EditGRPO: 1)"})
     uncertain: str = field(default="positive", metadata={"help": "an uncertain mention counts as: positive | negative"})
     verify: bool = field(default=True, metadata={
