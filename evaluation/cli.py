@@ -9,23 +9,50 @@
 ``eval`` (:mod:`evaluation.evaluate`) is the harness: grouped metrics, bootstrap CIs, paired tests, tables and
 plots, and with ``--html`` the report of :mod:`evaluation.report` (its options are ``report``'s, checked before
 the evaluation runs); ``report`` renders that page from an eval folder.
+
+Each verb's options are one dataclass (:class:`ScoreArgs`, :class:`EvalArgs`, :class:`ReportArgs`) bound by
+:mod:`cxr_io.cli_args`: ``--quiet`` is the shared :class:`~cxr_io.cli_args.QuietArgs`, and the report's options
+are the one part :class:`~evaluation.report.options.ReportOptionArgs` of both ``report`` and ``eval``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cxr_io import check_disjoint, check_output, read_text, write_jsonl, write_text_atomic
+from cxr_io.cli_args import QuietArgs, Verb, add_verb, opt, part
 from evaluation.groups import METRIC_GROUPS
-from evaluation.report.options import add_report_options, options_from_args
+from evaluation.report.options import ReportOptionArgs
 from evaluation.score import parse_metrics, score_files
 from reward.base import RewardError, eval_group
 
 
-def run_score(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class ScoreArgs(Verb):
+    """``mllm-cxr score``."""
+
+    pred: str = opt("predictions: JSONL with study_id and prediction (or text)")
+    ref: str = opt("references: JSONL with study_id and reference/findings/impression (study records work)")
+    metrics: str | None = opt("comma-separated scorer names (or aliases, e.g. chexpert = chexpert_f1), e.g. "
+                              "chexpert_f1,bleu,rouge_l,prior_penalty; a named metric that cannot run is an error. "
+                              "'all': every built-in metric, those that cannot run listed as skipped", default=None)
+    spec: str | None = opt("YAML list of metrics with kwargs ({name, kwargs, alias}), in addition to --metrics",
+                           default=None)
+    out: str = opt("metrics JSON to write")
+    per_sample: str | None = opt("also write per-study scores here", default=None, metavar="JSONL")
+    ref_field: str = opt("reference field: reference, findings, impression, findings+impression; default auto (the "
+                         "sections `generate` wrote the predictions for, from <pred>.meta.json; else the first of "
+                         "reference/findings/impression present in every record)", default="auto")
+    pred_field: str = opt("prediction field (default: prediction, else text)", default="auto")
+    skip_missing: bool = opt("skip (and count) predictions without a reference or a text field instead of stopping",
+                             default=False)
+    progress: QuietArgs = part(flat=True)
+
+
+def run_score(args: ScoreArgs) -> int:
     metrics = parse_metrics(args.metrics, args.spec)
     check_output(args.out, [args.pred, args.ref, args.spec], flag="--out")
     if args.per_sample:
@@ -45,30 +72,10 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_score(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "score", help="score predicted reports against references (CheXpert F1, BLEU, ROUGE-L, ...)",
-        description="Score predicted reports against references with registered scorers; joins on study_id.")
-    p.add_argument("--pred", required=True, help="predictions: JSONL with study_id and prediction (or text)")
-    p.add_argument("--ref", required=True,
-                   help="references: JSONL with study_id and reference/findings/impression (study records work)")
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated scorer names (or aliases, e.g. chexpert = chexpert_f1), e.g. "
-                        "chexpert_f1,bleu,rouge_l,prior_penalty; a named metric that cannot run is an error. "
-                        "'all': every built-in metric, those that cannot run listed as skipped")
-    p.add_argument("--spec", default=None,
-                   help="YAML list of metrics with kwargs ({name, kwargs, alias}), in addition to --metrics")
-    p.add_argument("--out", required=True, help="metrics JSON to write")
-    p.add_argument("--per-sample", default=None, metavar="JSONL", help="also write per-study scores here")
-    p.add_argument("--ref-field", default="auto",
-                   help="reference field: reference, findings, impression, findings+impression; default auto "
-                        "(the sections `generate` wrote the predictions for, from <pred>.meta.json; else the first "
-                        "of reference/findings/impression present in every record)")
-    p.add_argument("--pred-field", default="auto", help="prediction field (default: prediction, else text)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="skip (and count) predictions without a reference or a text field instead of stopping")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_score)
+def _add_score(subparsers) -> None:
+    add_verb(subparsers, "score", ScoreArgs, run_score,
+             help="score predicted reports against references (CheXpert F1, BLEU, ROUGE-L, ...)",
+             description="Score predicted reports against references with registered scorers; joins on study_id.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,7 +96,36 @@ def metric_kwargs_arg(value: str | None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def run_eval_cmd(args: argparse.Namespace) -> int:
+#: The help group of ``eval --html`` and the report's options.
+HTML_GROUP = "HTML report (--html)"
+
+
+@dataclass(kw_only=True)
+class EvalArgs(Verb):
+    """``mllm-cxr eval [--html]``: with ``--html``, the report's options (``page``) are ``report``'s."""
+
+    pred: str = opt("predictions JSONL (study_id, prediction, reference, context)")
+    out: str = opt("output folder")
+    compare: str | None = opt("another predictions JSONL for a paired comparison", default=None)
+    metrics: str | None = opt(f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their score names, e.g. "
+                              "chexpert_f1); a named metric that cannot run is an error. Default all: those whose "
+                              "model is missing are listed as skipped with the reason", default=None)
+    n_boot: int = opt("bootstrap resamples (0: no CIs)", default=1000)
+    seed: int = opt("bootstrap seed", default=0)
+    uncertain: Literal["positive", "negative"] = opt("CheXpert F1: count uncertain labels as positive (RRG "
+                                                     "convention) or negative", default="positive")
+    metric_kwargs: str | None = opt('JSON (or @file) of scorer arguments per metric, e.g. {"radgraph": {"model_dir": '
+                                    '"DIR"}, "green": {"base_url": "http://127.0.0.1:8001", "model": "green"}}',
+                                    default=None)
+    name: str | None = opt("name of the predictions in tables (default: file stem)", default=None)
+    compare_name: str | None = opt("name of the compared predictions in tables (default: file stem)", default=None)
+    no_plots: bool = opt("write no PNG plots (the metric files are written as always)", default=False)
+    progress: QuietArgs = part(flat=True)
+    html: bool = opt("also write OUT/report.html (see `mllm-cxr report`)", default=False, group=HTML_GROUP)
+    page: ReportOptionArgs = part(group=HTML_GROUP)
+
+
+def run_eval_cmd(args: EvalArgs) -> int:
     from evaluation.evaluate import eval_summary_line, run_eval
 
     if not Path(args.out).is_file():  # (an existing file is refused by run_eval: eval writes a folder)
@@ -97,7 +133,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     named = bool(args.metrics) and args.metrics.strip() != "all"
     metrics = ([eval_group(m.strip()) or m.strip() for m in args.metrics.split(",") if m.strip()] if named
                else list(METRIC_GROUPS))
-    report_options = options_from_args(args) if args.html else None  # bad report options fail before evaluating
+    report_options = args.page.options() if args.html else None  # bad report options fail before evaluating
     result = run_eval(args.pred, args.out, compare=args.compare, metrics=metrics, n_boot=args.n_boot, seed=args.seed,
                       strict=named, uncertain=args.uncertain, metric_kwargs=metric_kwargs_arg(args.metric_kwargs),
                       name=args.name, compare_name=args.compare_name, plots=not args.no_plots,
@@ -106,67 +142,51 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     if report_options is not None:
         from evaluation.report.build import build_report, report_summary_line
 
-        s = build_report(args.out, pred=args.pred, compare=args.compare, options=options_from_args(args),
+        s = build_report(args.out, pred=args.pred, compare=args.compare, options=report_options,
                          progress=not args.quiet)
         print(report_summary_line(s))
     return 0
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate predictions: metrics.json, metrics.md, plots, bootstrap CIs",
-                       description="Evaluate a predictions JSONL (from `mllm-cxr generate`) with bootstrap 95% "
-                                   "CIs; --compare adds a paired comparison with another predictions file.")
-    p.add_argument("--pred", required=True, help="predictions JSONL (study_id, prediction, reference, context)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--compare", default=None, help="another predictions JSONL for a paired comparison")
-    p.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (or their "
-                                                   "score names, e.g. chexpert_f1); a named metric that cannot run is "
-                                                   "an error. Default all: those whose model is missing are listed "
-                                                   "as skipped with the reason")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--uncertain", choices=("positive", "negative"), default="positive",
-                   help="CheXpert F1: count uncertain labels as positive (RRG convention) or negative")
-    p.add_argument("--metric-kwargs", default=None,
-                   help='JSON (or @file) of scorer arguments per metric, e.g. {"radgraph": {"model_dir": "DIR"}, '
-                        '"green": {"base_url": "http://127.0.0.1:8001", "model": "green"}}')
-    p.add_argument("--name", default=None, help="name of the predictions in tables (default: file stem)")
-    p.add_argument("--compare-name", default=None)
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    h = p.add_argument_group("HTML report (--html)")
-    h.add_argument("--html", action="store_true", help="also write OUT/report.html (see `mllm-cxr report`)")
-    add_report_options(h)
-    p.set_defaults(func=run_eval_cmd)
+def _add_eval(sub) -> None:
+    add_verb(sub, "eval", EvalArgs, run_eval_cmd,
+             help="evaluate predictions: metrics.json, metrics.md, plots, bootstrap CIs",
+             description="Evaluate a predictions JSONL (from `mllm-cxr generate`) with bootstrap 95% CIs; --compare "
+                         "adds a paired comparison with another predictions file.")
 
 
 # ------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------
-def run_report(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class ReportArgs(Verb):
+    """``mllm-cxr report``."""
+
+    eval: str = opt("folder written by `mllm-cxr eval`")
+    out: str | None = opt("output folder or .html file (default: the eval folder)", default=None)
+    pred: str | None = opt("predictions JSONL (default: the one named in metrics.json)", default=None)
+    compare: str | None = opt("compared predictions (default: named in metrics.json)", default=None)
+    page: ReportOptionArgs = part(flat=True)
+    progress: QuietArgs = part(flat=True)
+
+
+def run_report(args: ReportArgs) -> int:
     from evaluation.report.build import build_report, report_summary_line
 
-    s = build_report(args.eval, args.out, pred=args.pred, compare=args.compare, options=options_from_args(args),
+    s = build_report(args.eval, args.out, pred=args.pred, compare=args.compare, options=args.page.options(),
                      progress=not args.quiet)
     print(report_summary_line(s))
     return 0
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML report from an eval folder",
-                       description="Render OUT/report.html (default: in the eval folder) from `mllm-cxr eval` "
-                                   "output: summary with CIs, per-study images, reference vs generated with "
-                                   "label disagreements highlighted, filters. No network; works from file://.")
-    p.add_argument("--eval", required=True, help="folder written by `mllm-cxr eval`")
-    p.add_argument("--out", default=None, help="output folder or .html file (default: the eval folder)")
-    p.add_argument("--pred", default=None, help="predictions JSONL (default: the one named in metrics.json)")
-    p.add_argument("--compare", default=None, help="compared predictions (default: named in metrics.json)")
-    add_report_options(p)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_report)
+def _add_report(sub) -> None:
+    add_verb(sub, "report", ReportArgs, run_report, help="one self-contained HTML report from an eval folder",
+             description="Render OUT/report.html (default: in the eval folder) from `mllm-cxr eval` output: summary "
+                         "with CIs, per-study images, reference vs generated with label disagreements highlighted, "
+                         "filters. No network; works from file://.")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers) -> None:
     """Add ``score``, ``eval`` and ``report``: the verbs that score predictions and show the evaluation."""
     _add_score(subparsers)
     _add_eval(subparsers)

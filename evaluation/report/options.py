@@ -1,16 +1,17 @@
 """What the report shows and holds, and its options: the per-study columns (from the metric table), the
-shareable mode (:class:`Holds`), :class:`ReportOptions` with their command-line flags and checks."""
+shareable mode (:class:`Holds`), :class:`ReportOptions` with their checks, and :class:`ReportOptionArgs`, their
+command-line options (a part of the ``report`` and ``eval --html`` verbs, :mod:`cxr_io.cli_args`)."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cxr_io import InputError
+from cxr_io.cli_args import opt
 from data_prep.errors import DataPrepError
 from reward.metric_table import METRICS, PerStudy
 
@@ -24,6 +25,7 @@ NO_FINDING = "No Finding"
 DEFAULT_SORT = "chexpert_f1"
 DEFAULT_THUMB = 160
 DEFAULT_MAX_STUDIES = 2000
+DEFAULT_MAX_THUMBS = 2
 PAGE_SIZE = 50
 
 #: The per-study columns of the metric table (:data:`reward.metric_table.METRICS`): those of the default sort's
@@ -107,13 +109,15 @@ def parse_include(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-
 @dataclass
 class ReportOptions:
+    """The report's options as :func:`~evaluation.report.build.build_report` takes them (checked by
+    :func:`check_options`); on the command line they are :class:`ReportOptionArgs`."""
+
     sort: str = DEFAULT_SORT
     thumb_size: int = DEFAULT_THUMB
     max_studies: int = DEFAULT_MAX_STUDIES
-    max_thumbs: int = 2
+    max_thumbs: int = DEFAULT_MAX_THUMBS
     shareable: bool = False  # --no-text: leave out texts, images, study ids and paths ...
     include: tuple[str, ...] = ()  # ... except these (SHARE_ITEMS)
     title: str | None = None
@@ -121,27 +125,36 @@ class ReportOptions:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG path): embedded, e.g. learning curves
 
 
+@dataclass(kw_only=True)
+class ReportOptionArgs:
+    """The report's command-line options, one part shared by ``report`` and ``eval --html``;
+    :meth:`options` gives the checked :class:`ReportOptions` (the one-line errors of :func:`check_options`)."""
 
-def add_report_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The options shared by ``report`` and ``eval --html``."""
-    p.add_argument("--sort", default=DEFAULT_SORT, help="per-study metric for the worst-first order "
-                   f"({', '.join(PER_STUDY_METRICS)}; b_/delta_ prefix for the compared system)")
-    p.add_argument("--thumb-size", type=int, default=DEFAULT_THUMB, help="thumbnail long side in pixels (0: no images)")
-    p.add_argument("--max-thumbs", type=int, default=2, help="images per row: the first of those the prediction row "
-                                                             "names (the prompt's, frontal first)")
-    p.add_argument("--max-studies", type=int, default=DEFAULT_MAX_STUDIES,
-                   help="above this many studies, show the worst ones (with a note)")
-    p.add_argument("--no-text", "--redact", "--shareable", dest="no_text", action="store_true",
-                   help="a page to share: leave out report and indication texts, images, study ids (rows are "
-                        "numbered) and local file paths; --include brings items back")
-    p.add_argument("--include", default=None, metavar="ITEMS",
-                   help=f"with --no-text: keep these, comma-separated ({', '.join(SHARE_ITEMS)})")
-    p.add_argument("--title", default=None, help="page title")
-    p.add_argument("--figure", action="append", default=[], metavar="CAPTION=PNG",
-                   help="embed a PNG (e.g. a run's curves.png) with its caption; repeatable")
-    p.add_argument("--thumb-cache", default=None, metavar="DIR",
-                   help="keep thumbnails in DIR and reuse them in later reports (they are patient images: keep DIR "
-                        "with the data)")
+    _argument_group_name: ClassVar[str | None] = None
+    sort: str = opt("per-study metric for the worst-first order "
+                    f"({', '.join(PER_STUDY_METRICS)}; b_/delta_ prefix for the compared system)",
+                    default=DEFAULT_SORT)
+    thumb_size: int = opt("thumbnail long side in pixels (0: no images)", default=DEFAULT_THUMB)
+    max_thumbs: int = opt("images per row: the first of those the prediction row names (the prompt's, frontal "
+                          "first)", default=DEFAULT_MAX_THUMBS)
+    max_studies: int = opt("above this many studies, show the worst ones (with a note)", default=DEFAULT_MAX_STUDIES)
+    no_text: bool = opt("a page to share: leave out report and indication texts, images, study ids (rows are "
+                        "numbered) and local file paths; --include brings items back", default=False,
+                        aliases=("--redact", "--shareable"))
+    include: str | None = opt(f"with --no-text: keep these, comma-separated ({', '.join(SHARE_ITEMS)})",
+                              default=None, metavar="ITEMS")
+    title: str | None = opt("page title", default=None)
+    figure: list[str] = opt("embed a PNG (e.g. a run's curves.png) with its caption; repeatable",
+                            default_factory=list, action="append", metavar="CAPTION=PNG")
+    thumb_cache: str | None = opt("keep thumbnails in DIR and reuse them in later reports (they are patient "
+                                  "images: keep DIR with the data)", default=None, metavar="DIR")
+
+    def options(self) -> ReportOptions:
+        """The checked :class:`ReportOptions` (a bad value: :class:`ReportOptionError`, one line)."""
+        return check_options(ReportOptions(sort=self.sort, thumb_size=self.thumb_size, max_studies=self.max_studies,
+                                           max_thumbs=self.max_thumbs, shareable=self.no_text,
+                                           include=parse_include(self.include), title=self.title,
+                                           thumb_cache=self.thumb_cache, figures=_parse_figures(self.figure)))
 
 
 def check_options(opt: ReportOptions) -> ReportOptions:
@@ -163,13 +176,6 @@ def check_options(opt: ReportOptions) -> ReportOptions:
     return opt
 
 
-def options_from_args(args: argparse.Namespace) -> ReportOptions:
-    return check_options(ReportOptions(sort=args.sort, thumb_size=args.thumb_size,
-                         max_studies=args.max_studies, max_thumbs=args.max_thumbs, shareable=args.no_text,
-                         include=parse_include(args.include),
-                         title=args.title, thumb_cache=args.thumb_cache, figures=_parse_figures(args.figure)))
-
-
 def _parse_figures(values: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for v in values or []:
@@ -178,5 +184,3 @@ def _parse_figures(values: Sequence[str]) -> list[tuple[str, str]]:
             raise ReportOptionError(f"--figure {v!r}: give CAPTION=PATH.png")
         out.append((cap.strip(), path.strip()))
     return out
-
-
