@@ -18,10 +18,10 @@ from tests.conftest import REPO
 #: The modules whose options are dataclass fields: none calls ``add_argument`` itself.
 CONVERTED = ("mllm_cxr/cli/__init__.py", "mllm_cxr/cli/model.py", "mllm_cxr/cli/pairs.py", "data_prep/cli.py",
              "data_prep/phantom/cli.py", "reward/cli_label.py", "mllm_cxr/tiny.py", "mllm_cxr/pretrain.py",
-             "mllm_cxr/demo.py", "mllm_cxr/train/vllm_server.py")
-#: Verbs not (yet) built from dataclasses: score/eval/report move to the evaluation package and adopt the shared
-#: parts there; launch hands its arguments to accelerate untouched.
-NOT_CONVERTED = {"score", "eval", "report", "launch"}
+             "mllm_cxr/demo.py", "mllm_cxr/train/vllm_server.py", "evaluation/cli.py",
+             "evaluation/report/options.py")
+#: Verbs not built from dataclasses: launch hands its arguments to accelerate untouched.
+NOT_CONVERTED = {"launch"}
 
 
 def _parsers(p: argparse.ArgumentParser, name: str = "mllm-cxr"):
@@ -56,7 +56,9 @@ def test_every_option_of_every_verb_is_a_field():
         dests = {a.dest for a in p._actions if not isinstance(a, argparse._HelpAction)}
         assert dests == fields, name
         seen += 1
-    assert seen >= 18  # generate, merge-predictions, export, serve, tiny, label, pairs x2, prepare x10
+    assert seen >= 21  # generate, merge-predictions, export, serve, tiny, label, score, eval, report, pairs x2,
+    # prepare x10
+    assert {"mllm-cxr score", "mllm-cxr eval", "mllm-cxr report"} <= {name for name, _ in _verb_parsers()}
 
 
 def _declared(names):
@@ -72,12 +74,16 @@ def _declared(names):
 
 def test_a_shared_option_is_declared_once():
     from data_prep.cli import PreparePixelArgs
+    from evaluation.report.options import ReportOptionArgs
     from mllm_cxr.cli.model import ServeArgs
 
     d = _declared(("data_root", "quiet", "dtype", "model", "trust_remote_code", "min_pixels", "max_pixels",
-                   "adapter", "max_new_tokens", "temperature", "context", "max_images"))
+                   "adapter", "max_new_tokens", "temperature", "context", "max_images", "sort", "no_text", "include",
+                   "figure", "thumb_cache"))
     assert d["data_root"] == {cli_args.DataRootArgs}
-    assert d["quiet"] == {cli_args.QuietArgs}
+    assert d["quiet"] == {cli_args.QuietArgs}  # score, eval and report too
+    # report's options and eval --html's: one part
+    assert d["sort"] == d["no_text"] == d["include"] == d["figure"] == d["thumb_cache"] == {ReportOptionArgs}
     assert d["dtype"] == d["model"] == d["trust_remote_code"] == {cli_args.ModelLoadArgs}
     # prepare's budget is the image cache's (defaults, "must match the processor"): its own help
     assert d["min_pixels"] == d["max_pixels"] == {cli_args.PixelBudgetArgs, PreparePixelArgs}
@@ -101,6 +107,23 @@ def test_the_help_is_the_fields():
     assert helps["sections"] == PromptConfig.__dataclass_fields__["sections"].metadata["help"]
     titles = [g.title for g in gen._action_groups]
     assert len(titles) == len(set(titles))  # one group per title, whichever part names it
+
+
+def test_eval_html_takes_the_report_options():
+    """``eval --html`` and ``report`` parse the report's options into the same part, grouped under --html in eval."""
+    from evaluation.cli import HTML_GROUP, EvalArgs, ReportArgs
+    from evaluation.report.options import ReportOptionArgs
+    from mllm_cxr.cli import build_parser as mllm_parser
+
+    parsers = dict(_parsers(mllm_parser()))
+    flags = ["--sort", "delta_bleu", "--shareable", "--include", "images", "--figure", "a=b.png", "--figure", "c=d.png"]
+    ev = parsers["mllm-cxr eval"].parse_args(["--pred", "p", "--out", "o", "--html", *flags])
+    rep = parsers["mllm-cxr report"].parse_args(["--eval", "o", *flags])
+    a, b = from_namespace(EvalArgs, ev), from_namespace(ReportArgs, rep)
+    assert isinstance(a.page, ReportOptionArgs) and a.page == b.page and a.html and a.quiet is False
+    assert (a.sort, a.no_text, a.include, a.figure) == ("delta_bleu", True, "images", ["a=b.png", "c=d.png"])
+    html = next(g for g in parsers["mllm-cxr eval"]._action_groups if g.title == HTML_GROUP)
+    assert {x.dest for x in html._group_actions} == {"html"} | {f.name for _, f, _ in option_fields(ReportOptionArgs)}
 
 
 # ------------------------------------------------------------------------------------------------
