@@ -1,6 +1,6 @@
 """Shared inputs of the alignment tests (pairs, DPO, GRPO, EditGRPO): phantom data and a tiny SFT adapter.
 
-A test module loads the fixtures with ``pytest_plugins = ["tests._alignment_fixtures"]``: as a plugin the
+A test module loads the fixtures with ``pytest_plugins = ["tests.builders.alignment"]``: as a plugin the
 module is registered once, so each session fixture is built once however many modules use it.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
+
 SFT_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 
 

@@ -1,7 +1,7 @@
-"""recipes/sft.py with one fault injected during the run, for the mid-run rows of tests/test_bad_inputs.py
+"""recipes/sft.py with one fault injected during the run, for the mid-run rows of tests/e2e/test_bad_inputs.py
 (the table runs it in-process like a recipe; it is no product code).
 
-    python tests/fault_recipe.py --fault KIND --config ...   (every other flag is the SFT recipe's)
+    python tests/builders/fault_recipe.py --fault KIND --config ...   (every other flag is the SFT recipe's)
 
 KIND:
   corrupt-image=PATH     after step 1, PATH (it passed the header check when the dataset was built) is cut to half
@@ -18,7 +18,7 @@ import os
 import signal
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # as tests.builders.repo.REPO: this file also runs as a script
 
 
 def _sft():

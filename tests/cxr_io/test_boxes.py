@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -22,8 +21,7 @@ from mllm_cxr.boxes import (
     quantum,
     smart_resize,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
 
 
 @st.composite

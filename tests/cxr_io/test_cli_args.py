@@ -13,7 +13,7 @@ import pytest
 
 from cxr_io import cli_args
 from cxr_io.cli_args import Verb, build_parser, from_namespace, opt, option_fields, part, variant
-from tests.conftest import REPO
+from tests.builders.repo import REPO
 
 #: The modules whose options are dataclass fields: none calls ``add_argument`` itself.
 CONVERTED = ("mllm_cxr/cli/__init__.py", "mllm_cxr/cli/model.py", "mllm_cxr/cli/pairs.py", "data_prep/cli.py",

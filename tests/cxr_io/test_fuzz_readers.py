@@ -187,7 +187,7 @@ def test_cxr_io_is_a_leaf_and_the_packages_keep_their_import_rules():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.builders.repo import REPO
 
     code = ("import sys, cxr_io; assert not {'data_prep', 'reward', 'mllm_cxr', 'yaml'} & set(sys.modules), 'leaf';"
             "import data_prep.cli, data_prep.prepare, data_prep.schema; assert 'torch' not in sys.modules, 'torch';"

@@ -14,9 +14,8 @@ import pytest
 
 from data_prep.errors import DataPrepError
 from data_prep.schema import manifest_path, read_records, resolve_data_root
-from tests.test_converters import make_mimic
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.datasets import make_mimic
+from tests.builders.repo import REPO
 
 
 def _cli(*argv: str) -> int:

@@ -28,7 +28,7 @@ from data_prep.images import (
     smart_resize,
     vision_tokens,
 )
-from tests.conftest import require_shared
+from tests.builders.repo import require_shared
 
 
 def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> str:

@@ -19,7 +19,7 @@ from data_prep.errors import BadImageError, DataPrepError, UnknownLayoutError
 from data_prep.iu_xray import convert_iu_xray, iter_reports
 from data_prep.prepare import prepare
 from data_prep.schema import read_records
-from tests.conftest import require_shared
+from tests.builders.repo import require_shared
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """``mllm-cxr prepare nih-bbox | chestx-det | radfact | vindr-cxr | ms-cxr`` in a real process: the records
 written equal what the reader of data_prep/grounding.py returns (real files in ../shared/data/boxes; VinDr-CXR
-and MS-CXR on the fixtures of tests/test_grounding_converters.py), images given with --images-dir are checked
-or cached, and bad input is one ``error:`` line with exit 2 (no traceback, nothing written)."""
+and MS-CXR on the fixtures of tests/builders/grounding.py), images given with --images-dir are checked or
+cached, and bad input is one ``error:`` line with exit 2 (no traceback, nothing written)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ from data_prep.grounding import (
     vindr_to_records,
 )
 from data_prep.schema import read_records
-from tests.conftest import require_shared
-from tests.test_grounding_converters import MS_CXR, SIZES, VINDR, nih_subset
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.grounding import MS_CXR, SIZES, VINDR, nih_subset
+from tests.builders.repo import REPO, require_shared
 
 
 def _prepare(*args: str | Path) -> subprocess.CompletedProcess:

@@ -8,13 +8,13 @@ control for GRPO and EditGRPO is SFT continued for the same optimizer steps on t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.builders.repo import REPO
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 ALPHA = 0.05
 #: DPO's non-inferiority margin on the phantom finding F1 that the issue asks for (lower end of the 95% CI of
 #: the paired delta), and the one the demo meets today.

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, require_shared
+from tests.builders.repo import REPO, require_shared
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.processes import free_port
+from tests.builders.repo import REPO
+
 LAUNCH = REPO / "scripts" / "multinode_launch.sh"
 ACCEL_CFG = REPO / "recipes" / "accelerate" / "multinode_zero2_cpu.yaml"
 REL_TOL, ATOL = 1e-5, 1e-6
@@ -43,12 +44,6 @@ PEER_LOSS_S = 60
 TIMEOUT = 900
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(recipe: str, args: list[str], *, nnodes: int, rank: int, procs: int, port: int, log: Path):
@@ -78,7 +73,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def run_nodes(recipe: str, args: list[str], out: Path, *, nnodes: int) -> list[str]:
     """``nnodes`` launchers (one process each), or one launcher with two processes when ``nnodes`` is 1."""
-    port = _free_port()
+    port = free_port()
     logs = [out.parent / f"{out.name}.node{r}.log" for r in range(nnodes)]
     procs = [_start(recipe, [*args, "--output_dir", str(out)], nnodes=nnodes, rank=r, procs=2 // nnodes, port=port,
                     log=logs[r]) for r in range(nnodes)]
@@ -163,7 +158,7 @@ def test_two_node_resume_auto_continues_from_last_checkpoint(sft_runs, phantom_d
 
 
 def test_killed_node_stops_the_other(tmp_path, phantom_dir, tiny_model_dir):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "killed"
     args = sft_args(phantom_dir, tiny_model_dir, "--max_steps", "1000", "--output_dir", str(out))
     logs = [tmp_path / f"node{r}.log" for r in range(2)]

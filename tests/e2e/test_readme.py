@@ -7,7 +7,7 @@ Each case runs the README command as written, in a scratch folder laid out like 
 
 * the hub models -> the tiny random Qwen2.5-VL (``python -m mllm_cxr.tiny``);
 * ``/data/...`` dataset folders -> fixture trees in the published MIMIC-CXR-JPG, CheXpert Plus and
-  ReXGradient layouts (``tests/test_converters.py``); the IU archive -> a subset of the shared one
+  ReXGradient layouts (``tests/builders/datasets.py``); the IU archive -> a subset of the shared one
   (``../shared/data/iu_xray``) with generated PNGs; ``reports.csv`` -> a small CSV;
 * the GPU accelerate config ``zero2.yaml`` -> its CPU twin ``zero2_cpu.yaml``;
 
@@ -42,7 +42,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, SHARED, require_shared
+from tests.builders.repo import REPO, SHARED, require_shared
 
 README = REPO / "README.md"
 RUN_SECTIONS = ("Set up and run the demo", "The evaluation report", "Tests", "Real use, stage by stage",
@@ -226,7 +226,7 @@ CASES: list[Case] = [
     # -- benchmarks ------------------------------------------------------------------------------
     Case("bench", "make bench", run="makefile"),
     Case("bench-one", "python bench/run_all.py --only prepare --out runs/bench.md"),
-    Case("bench-gpu-smoke", "make bench-gpu-smoke", run="makefile"),  # run by tests/test_gpu_bench.py
+    Case("bench-gpu-smoke", "make bench-gpu-smoke", run="makefile"),  # run by tests/e2e/test_gpu_bench.py
     Case("gpu-wheels", "make gpu-wheels", run="makefile"),  # downloads ~65 MB; proven by hand, see docs
     Case("bench-gpu", "bash bench/gpu_run.sh", run="gpu"),
 ]
@@ -244,7 +244,7 @@ def test_every_readme_command_has_a_case():
     commands = [c for _, c in readme_commands()]
     normalised = [shlex.join(shlex.split(c.command)) for c in CASES]
     assert commands == normalised, (
-        "README commands and tests/test_readme.py CASES differ:\n"
+        "README commands and tests/e2e/test_readme.py CASES differ:\n"
         f"  only in README: {[c for c in commands if c not in normalised]}\n"
         f"  only in CASES:  {[c for c in normalised if c not in commands]}")
 
@@ -330,7 +330,7 @@ def tiny_model(tiny_model_dir) -> Path:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_model) -> dict:
     """A folder laid out like the repository root for the README's relative paths, plus the fixtures."""
-    from tests.test_converters import make_chexpert_plus, make_mimic, make_rexgradient
+    from tests.builders.datasets import make_chexpert_plus, make_mimic, make_rexgradient
 
     ws = tmp_path_factory.mktemp("readme-ws")
     for name in ("recipes", "bench", "scripts"):
@@ -595,14 +595,14 @@ def test_scaling_out_cluster_commands(tmp_path):
 def test_scaling_out_localhost_two_node(workspace, phantom_dir, tmp_path):
     """`make sft-2node` as written: two launchers on 127.0.0.1 (a free port), one CPU process each, ZeRO-2
     over gloo, the tiny model on phantom studies; both finish and the adapter is saved once."""
-    from tests.test_multinode import _free_port
+    from tests.builders.processes import free_port
 
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "tiny-model").symlink_to(workspace["tiny"])  # what `make tiny phantom` would build first
     (runs / "phantom").symlink_to(phantom_dir)
     (case,) = [c for c in CASES if c.run == "localhost"]
-    case = Case(case.id, case.command, extra=[*case.extra, f"MASTER_PORT={_free_port()}"], run=case.run)
+    case = Case(case.id, case.command, extra=[*case.extra, f"MASTER_PORT={free_port()}"], run=case.run)
     proc = run_case(case, dict(workspace, runs=runs), timeout=900)
     launches = _launches(proc.stderr)
     assert sorted(launches) == [0, 1], proc.stderr[-3000:]

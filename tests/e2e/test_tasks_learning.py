@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.repo import REPO
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 ALPHA = 0.05
 MIN_VALIDITY, MIN_IOU_GAIN, MAX_REPORT_DROP = 0.95, 0.20, 0.03
 PIXELS = ["--box-family", "qwen2_5_vl", "--min-pixels", "3136", "--max-pixels", "12544"]

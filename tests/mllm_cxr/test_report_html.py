@@ -19,10 +19,8 @@ from mllm_cxr.report_html import (
     render_marked,
 )
 from reward.chexpert import ChexpertRulesLabeler, normalize, normalize_with_offsets
-
-FAST = "chexpert,prior,rouge_l,length"
-LONG = " Additional sentence about the heart and lungs, repeated for length." * 6
-SCRIPT = "<script>alert('x')</script>"
+from tests.builders.predictions import FAST, SCRIPT, make_eval, write_predictions
+from tests.builders.repo import REPO
 
 
 @pytest.fixture(scope="module")
@@ -126,40 +124,6 @@ def test_render_marked_escapes_and_splits_overlaps():
 # ------------------------------------------------------------------------------------------------
 # Whole reports on phantom data
 # ------------------------------------------------------------------------------------------------
-def write_predictions(phantom_dir: Path, out: Path, shift: int, *, images: str = "current",
-                      long_id: str | None = None) -> Path:
-    """Predictions in `generate`'s format; every third study gets its own impression, the rest a neighbour's.
-    ``images``: what each row's "images" field names, as `generate` writes it: "current" (the default prompt's
-    images), "prior" (a prompt with the prior study's image too) or "none" (no such field)."""
-    from data_prep.schema import image_path, read_records
-    from mllm_cxr.data import study_columns
-    from mllm_cxr.prompts import PromptConfig, build_messages
-
-    cfg = PromptConfig(include_prior_images=True, max_images=3) if images == "prior" else PromptConfig()
-    recs = read_records(phantom_dir / "studies.jsonl")
-    with open(out, "w", encoding="utf-8") as fh:
-        for i, r in enumerate(recs):
-            p = recs[(i + shift) % len(recs)].impression if i % 3 else r.impression
-            if i == 1:
-                p += " " + SCRIPT
-            if r.study_id == long_id:
-                p += LONG
-            row = {"study_id": r.study_id, "prediction": p, "reference": r.impression, "context": study_columns(r)}
-            if images != "none":
-                row["images"] = [str(image_path(phantom_dir, im.path).resolve()) for im in build_messages(r, cfg)[1]]
-            fh.write(json.dumps(row) + "\n")
-    return out
-
-
-def make_eval(tmp: Path, phantom_dir: Path, *, compare: bool = True, long_id: str | None = None) -> Path:
-    from reward.evaluate import run_eval
-
-    a = write_predictions(phantom_dir, tmp / "sys_a.jsonl", 1, long_id=long_id)
-    b = write_predictions(phantom_dir, tmp / "sys_b.jsonl", 2, images="prior") if compare else None
-    run_eval(a, tmp / "eval", compare=b, metrics=FAST.split(","), n_boot=50, plots=False, progress=False)
-    return tmp / "eval"
-
-
 def rows_of(doc: str) -> list[str]:
     return re.findall(r'<tr class=study [^>]*data-id="([^"]+)"', doc)
 
@@ -313,7 +277,7 @@ def test_measurement_marks_are_the_facts_eval_flagged(tmp_path, phantom_dir):
     after that scorer is gone (it scores nothing itself)."""
     from reward.base import Scorer, ScoreResult
     from reward.evaluate import run_eval
-    from tests.conftest import local_scorers
+    from tests.builders.scorers import local_scorers
 
     class Fake(Scorer):
         name = "measurement_hallucination"
@@ -409,7 +373,7 @@ def test_readme_report_commands_run(tmp_path, phantom_dir, monkeypatch, capsys):
 
     for var in ("MLLM_CXR_RADGRAPH_DIR", "MLLM_CXR_GREEN_MODEL", "MLLM_CXR_GREEN_URL", "MLLM_CXR_CHEXBERT"):
         monkeypatch.delenv(var, raising=False)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     block = readme.split("## The evaluation report", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     cmds = [shlex.split(x) for x in block.strip().splitlines()]
     assert [c[:2] for c in cmds] == [["mllm-cxr", "eval"], ["mllm-cxr", "report"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report_html import SCRIPT, make_eval
+from tests.builders.predictions import SCRIPT, make_eval
 
 
 def _chromium() -> str:
@@ -158,10 +158,10 @@ def test_box_overlays_and_their_toggles_in_chromium(browser, tmp_path, phantom_d
     toggle swaps the predicted boxes with the text."""
     from mllm_cxr.report_html import build_report
     from reward.evaluate import run_eval
-    from tests.test_box_eval import _shifted, _task_file
+    from tests.builders.predictions import shifted, task_file
 
-    good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
-    bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", _shifted, "bad", n=6)
+    good = task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
+    bad = task_file(phantom_dir, tmp_path, "phrase_grounding", shifted, "bad", n=6)
     ev = tmp_path / "eval"
     run_eval(bad, ev, metrics=["boxes"], compare=good, n_boot=20, plots=False, progress=False)
     build_report(ev)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
+
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*/*.yaml"))
 
 
@@ -85,7 +86,7 @@ def test_multinode_values_come_from_launcher_flags(path):
 
 #: Configs of the scaling work (issue 21) and the test that runs each on this machine; the rest must say
 #: "GPU cluster only" and why in their header.
-RUN_HERE = {"recipes/accelerate/multinode_zero2_cpu.yaml": "tests/test_multinode.py"}
+RUN_HERE = {"recipes/accelerate/multinode_zero2_cpu.yaml": "tests/e2e/test_multinode.py"}
 SCALING = MULTINODE + [REPO / "recipes" / "configs" / m / "grpo_server.yaml" for m in ("qwen2.5-vl-7b", "qwen2.5-vl-72b")]
 
 

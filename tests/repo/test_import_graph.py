@@ -6,7 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
+
 PACKAGES = ("cxr_io", "data_prep", "reward", "mllm_cxr")
 
 

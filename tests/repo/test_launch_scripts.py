@@ -1,6 +1,6 @@
 """The launch scripts' commands, without a cluster: ``DRY_RUN=1`` prints what would run.
 
-``scripts/multinode_launch.sh`` itself runs for real in tests/test_multinode.py (two nodes on 127.0.0.1);
+``scripts/multinode_launch.sh`` itself runs for real in tests/e2e/test_multinode.py (two nodes on 127.0.0.1);
 here: its flags for a GPU node and for GRPO's server mode, and ``scripts/multinode_slurm.sbatch``'s split of
 a SLURM allocation into training nodes and a ``trl vllm-serve`` node (``scontrol`` faked)."""
 
@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
+
 CFG_7B = "recipes/configs/qwen2.5-vl-7b/grpo_server.yaml"
 
 

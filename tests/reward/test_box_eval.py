@@ -12,49 +12,20 @@ import pytest
 
 from cxr_io.boxes import encode_boxes, encode_grounded
 from mllm_cxr.data import load_split
-from mllm_cxr.infer.generate import generate_predictions
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.tasks import TaskConfig
 from reward.base import RewardError
 from reward.box_metrics import average_precision, box_f1_corpus, grounding_summary
 from reward.evaluate import evaluate_predictions, run_eval
-
-PIX = {"min_pixels": 56 * 56, "max_pixels": 224 * 224}
-
-
-class ScriptedGenerator:
-    """Answers each task example with ``answer(example)`` (no model): the oracle or a damaged answer."""
-
-    def __init__(self, data_root: Path, answer) -> None:
-        self.cfg, self.data_root, self.answer = PromptConfig(), Path(data_root), answer
-
-    def generate(self, items):
-        return [[self.answer(x)] for x in items]
+from tests.builders.predictions import PIX, shifted, task_file
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def _task_file(phantom_dir: Path, tmp_path: Path, task: str, answer, name: str, n: int = 12) -> Path:
-    cfg = TaskConfig(prompt=PromptConfig(), family="qwen2_5_vl", data_root=phantom_dir, **PIX)
-    studies = load_split(phantom_dir / "studies.jsonl", None, n)
-    out = tmp_path / f"{name}.jsonl"
-    generate_predictions(ScriptedGenerator(phantom_dir, answer), studies, out, progress=False, task=task,
-                         task_cfg=cfg)
-    return out
-
-
-def _shifted(ex) -> str:
-    """The example's reference boxes moved right by a quarter of the image (IoU well under 0.5)."""
-    boxes = json.loads(ex.columns["boxes"])
-    moved = [{"x_min": min(b["x_min"] + 0.25, 0.98), "y_min": b["y_min"], "x_max": min(b["x_max"] + 0.25, 0.999),
-              "y_max": b["y_max"], "label": "x"} for b in boxes]
-    return encode_boxes(moved, "qwen2_5_vl", ex.columns["image_size"], **PIX)
-
-
 def test_generate_task_rows_carry_what_eval_needs_and_the_oracle_scores_one(phantom_dir, tmp_path):
-    out = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "oracle")
+    out = task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "oracle")
     rows = _rows(out)
     assert rows and all(r["task"] == "phrase_grounding" and r["box_family"] == "qwen2_5_vl" for r in rows)
     r = rows[0]
@@ -72,14 +43,14 @@ def test_generate_task_rows_carry_what_eval_needs_and_the_oracle_scores_one(phan
 
 
 def test_numbers_equal_box_metrics_and_compare_gives_paired_p_values(phantom_dir, tmp_path):
-    good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good")
+    good = task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good")
     # every other example shifted off its place, one answer cut off (a parse failure)
     def answer(ex):
         k = int(ex.row_id.split("#")[1]) + int("".join(c for c in ex.study_id if c.isdigit()) or 0)
         if ex.row_id.endswith("#1"):
             return '```json\n[{"bbox_2d": [1, 2, 3'
-        return _shifted(ex) if k % 2 else ex.target
-    bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", answer, "bad")
+        return shifted(ex) if k % 2 else ex.target
+    bad = task_file(phantom_dir, tmp_path, "phrase_grounding", answer, "bad")
     out = tmp_path / "eval"
     res = run_eval(bad, out, metrics=["boxes"], compare=good, n_boot=200, plots=False, progress=False)
     rows = _rows(bad)
@@ -149,7 +120,7 @@ def test_map_is_recomputed_on_each_resample(tmp_path):
 
 
 def test_grounded_report_rows(phantom_dir, tmp_path):
-    out = _task_file(phantom_dir, tmp_path, "grounded_report", lambda ex: ex.target, "g", n=16)
+    out = task_file(phantom_dir, tmp_path, "grounded_report", lambda ex: ex.target, "g", n=16)
     rows = _rows(out)
     assert rows and all(isinstance(r["grounded_findings"], list) for r in rows)
     res, _ = evaluate_predictions(out, metrics=["boxes"], n_boot=20, progress=False)
@@ -159,7 +130,7 @@ def test_grounded_report_rows(phantom_dir, tmp_path):
         gf = json.loads(ex.columns["grounded_findings"])
         return encode_grounded([{"text": f["text"], "boxes": None} for f in gf], "qwen2_5_vl",
                                ex.columns["image_size"], **PIX)
-    out2 = _task_file(phantom_dir, tmp_path, "grounded_report", no_boxes, "g2", n=16)
+    out2 = task_file(phantom_dir, tmp_path, "grounded_report", no_boxes, "g2", n=16)
     res2, _ = evaluate_predictions(out2, metrics=["boxes"], n_boot=20, progress=False)
     assert res2["metrics"]["grounded_recall"]["value"] == 0.0
 
@@ -183,8 +154,8 @@ def test_html_report_draws_evals_boxes_and_shows_the_box_metrics(phantom_dir, tm
 
     from mllm_cxr.report_html import BOX_COLOURS, build_report
 
-    good = _task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
-    bad = _task_file(phantom_dir, tmp_path, "phrase_grounding", _shifted, "bad", n=6)
+    good = task_file(phantom_dir, tmp_path, "phrase_grounding", lambda ex: ex.target, "good", n=6)
+    bad = task_file(phantom_dir, tmp_path, "phrase_grounding", shifted, "bad", n=6)
     out = tmp_path / "eval"
     res = run_eval(bad, out, metrics=["boxes"], compare=good, n_boot=20, plots=False, progress=False)
     build_report(out)

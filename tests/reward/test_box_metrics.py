@@ -28,6 +28,7 @@ from reward.box_metrics import (
     voc_ap,
 )
 from reward.trl import reward_funcs_and_weights, reward_function
+from tests.builders.repo import REPO
 
 
 def B(x1, y1, x2, y2, label=None, score=None):
@@ -203,9 +204,8 @@ def test_strange_completions_score_zero_or_a_finite_value_and_never_raise(comps,
 
 def test_map_equals_the_plain_python_voc_of_the_benchmark():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_boxes.py"
+    path = REPO / "bench" / "bench_boxes.py"
     spec = importlib.util.spec_from_file_location("bench_boxes_t", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

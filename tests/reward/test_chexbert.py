@@ -20,47 +20,7 @@ from reward.chexbert import (  # noqa: E402
     resolve_checkpoint,
 )
 from reward.constants import CHEXPERT_LABELS  # noqa: E402
-
-WORDS = ("no pleural effusion normal heart size mild moderate severe cardiomegaly edema pulmonary left right "
-         "lung lobe opacity consolidation pneumonia atelectasis pneumothorax fracture tube line is are the "
-         "of and with small large stable new . , : ; ##s ##ed").split()
-HIDDEN = 32
-
-
-def _save_tiny_bert(folder):
-    from transformers import BertConfig, BertTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=512, initializer_range=1.0)
-    config.save_pretrained(str(folder))
-    return config
-
-
-def _published_layout(config, seed=0, heads=None):
-    """State dict keyed like chexbert.pth (DataParallel prefix), random BERT, given or random heads."""
-    from transformers import BertModel
-
-    torch.manual_seed(seed)
-    bert = BertModel(config)  # with pooler, as transformers 2.x saved it
-    state = {f"module.bert.{k}": v.clone() for k, v in bert.state_dict().items()}
-    for i in range(14):
-        n = 2 if i == 13 else 4
-        w, b = heads[i] if heads else (torch.randn(n, HIDDEN) * 3, torch.zeros(n))
-        state[f"module.linear_heads.{i}.weight"] = w
-        state[f"module.linear_heads.{i}.bias"] = b
-    return state
-
-
-def save_tiny_chexbert(root):
-    """A tiny random CheXbert in the published layout: ``root/bert`` (tokenizer) and ``root/chexbert.pth``."""
-    config = _save_tiny_bert(root / "bert")
-    ckpt = root / "chexbert.pth"
-    torch.save({"epoch": 3, "model_state_dict": _published_layout(config)}, ckpt)
-    return root, config, ckpt
+from tests.builders.scorers import HIDDEN, WORDS, published_layout, save_tiny_chexbert  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +53,7 @@ def test_head_order_and_class_mapping(tmp_path, tiny):
         b[wanted[name]] = 5.0
         heads.append((torch.zeros(n, HIDDEN), b))
     ckpt = tmp_path / "fixed.pth"
-    torch.save({"model_state_dict": _published_layout(config, heads=heads)}, ckpt)
+    torch.save({"model_state_dict": published_layout(config, heads=heads)}, ckpt)
     lab = ChexbertLabeler(ckpt, tokenizer=root / "bert", device="cpu")
     value = {0: None, 1: 1.0, 2: 0.0, 3: -1.0}
     expected = {name: value[wanted[name]] for name in CHEXPERT_LABELS}
@@ -140,7 +100,7 @@ def test_duplicates_and_cache_skip_the_model(tiny, monkeypatch):
 
 def test_missing_keys_are_rejected_with_a_clear_error(tmp_path, tiny):
     root, config, _ = tiny
-    state = _published_layout(config)
+    state = published_layout(config)
     del state["module.linear_heads.13.weight"], state["module.linear_heads.13.bias"]
     del state["module.bert.encoder.layer.1.output.dense.weight"]
     bad = tmp_path / "bad.pth"
@@ -152,7 +112,7 @@ def test_missing_keys_are_rejected_with_a_clear_error(tmp_path, tiny):
 
 def test_wrong_head_shape_and_non_checkpoint_files(tmp_path, tiny):
     root, config, _ = tiny
-    state = _published_layout(config)
+    state = published_layout(config)
     state["module.linear_heads.13.weight"] = torch.zeros(4, HIDDEN)  # No Finding has two classes
     state["module.linear_heads.13.bias"] = torch.zeros(4)
     torch.save({"model_state_dict": state}, tmp_path / "shape.pth")
@@ -168,7 +128,7 @@ def test_wrong_head_shape_and_non_checkpoint_files(tmp_path, tiny):
 
 def test_state_dict_prefix_and_old_buffers(tmp_path, tiny):
     _, config, _ = tiny
-    state = _published_layout(config)
+    state = published_layout(config)
     state["module.bert.embeddings.position_ids"] = torch.arange(512)[None]  # saved by transformers 3.x
     torch.save({"model_state_dict": state}, tmp_path / "old.pth")
     loaded = load_chexbert_state_dict(tmp_path / "old.pth")

@@ -14,7 +14,7 @@ from bench.iu_gold import evaluate_iu_gold, read_iu_reports
 from reward.base import RewardError, get_scorer
 from reward.chexpert import ChexpertRulesLabeler, label_report, label_reports, load_rules
 from reward.constants import CHEXPERT_LABELS
-from tests.conftest import require_shared
+from tests.builders.repo import FIXTURES, require_shared
 
 P, N, U = 1.0, 0.0, -1.0
 
@@ -378,14 +378,13 @@ def test_prefix_index_is_only_a_speed_up_on_all_iu_reports():
 
 
 def test_prefix_index_is_only_a_speed_up_on_the_fixtures(phantom_dir):
-    from pathlib import Path
 
     from cxr_io import read_jsonl
 
     texts = [t for t, _ in CASES]
     texts += ["", "   ", "asdf", "<b>Cardiomegaly</b>", "心脏扩大. Cardiomégalie? ", "no " * 300 + "effusion",
               "Heart size normal; no effusion: none. (Stable) lungs, clear.", "NO PNEUMOTHORAX.Small effusion."]
-    with open(Path(__file__).parent / "fixtures" / "prior_sentences.tsv", encoding="utf-8") as f:
+    with open(FIXTURES / "prior_sentences.tsv", encoding="utf-8") as f:
         texts += [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
     for _, rec in read_jsonl(phantom_dir / "studies.jsonl"):
         texts += [rec.get("findings") or "", rec.get("impression") or ""]

@@ -183,7 +183,7 @@ _LOCAL_SCORERS = [
 
 @pytest.fixture(autouse=True, scope="module")
 def _local_scorers():
-    from tests.conftest import local_scorers
+    from tests.builders.scorers import local_scorers
 
     with local_scorers(_LOCAL_SCORERS):
         yield

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reward.base import RewardError
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
 from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, to_binary, to_matrix
-from tests.conftest import require_shared
+from tests.builders.repo import require_shared
 
 
 def _oracle_case() -> dict:

@@ -22,6 +22,7 @@ from reward.green import (
     render_green_chat,
     truncate_words,
 )
+from tests.builders.scorers import save_tiny_green_judge
 
 
 @pytest.fixture
@@ -243,31 +244,8 @@ def test_server_errors_are_reward_errors(oracle_server):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Local HF judge: a tiny random Llama answers garbage
+# Local HF judge: a tiny random Llama answers garbage (tests.builders.scorers.save_tiny_green_judge)
 # ----------------------------------------------------------------------------------------------------
-
-def save_tiny_green_judge(folder):
-    """A tiny random Llama with a word-level tokenizer over the GREEN prompt's words, saved to ``folder``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = sorted(set(make_green_prompt("no effusion", "small effusion").split()))
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.chat_template = "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}<|assistant|>"
-    fast.save_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    import torch
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     pytest.importorskip("torch")

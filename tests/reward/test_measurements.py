@@ -17,6 +17,7 @@ import math
 import pytest
 
 from reward.measurements import ADJACENT, DEVICES, LANDMARKS, compare, extract, landmarks_agree
+from tests.builders.repo import REPO
 
 CASES: list[tuple[str, str]] = [
     # --- IU X-ray (Open-i) phrasing -------------------------------------------------------------
@@ -407,8 +408,6 @@ def test_penalty_and_its_options():
 
 
 def test_penalty_as_trl_reward_and_in_the_composite_spec():
-    from pathlib import Path
-
     from reward.base import available_scorers
     from reward.trl import load_reward_spec, make_composite_reward, reward_function
 
@@ -416,7 +415,7 @@ def test_penalty_as_trl_reward_and_in_the_composite_spec():
     out = fn(prompts=None, completions=[[{"role": "assistant", "content": "ETT 6 cm above the carina."}], REF],
              reference=[REF, REF])
     assert out == [-1.0, 0.0]
-    spec = Path(__file__).resolve().parents[1] / "recipes" / "rewards" / "clinical_measurements.yaml"
+    spec = REPO / "recipes" / "rewards" / "clinical_measurements.yaml"
     entries = load_reward_spec(spec)
     assert {e["name"] for e in entries} <= set(available_scorers())
     assert [e["name"] for e in entries if e["name"] == "measurement_penalty"] == ["measurement_penalty"]

@@ -9,7 +9,7 @@ import pytest
 
 from reward.base import RewardError, get_scorer
 from reward.nlg import corpus_bleu, corpus_rouge, rouge_scores, sentence_bleu
-from tests.conftest import require_shared
+from tests.builders.repo import require_shared
 
 
 def _radeval_cases() -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,9 @@ from reward.prior import (
     split_sentences,
     strip_prior_references,
 )
-from tests.conftest import require_shared
+from tests.builders.repo import FIXTURES, require_shared
 
-FIXTURE = Path(__file__).parent / "fixtures" / "prior_sentences.tsv"
+FIXTURE = FIXTURES / "prior_sentences.tsv"
 
 
 def _labelled() -> list[dict[str, str]]:

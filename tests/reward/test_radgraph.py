@@ -18,8 +18,8 @@ from reward.radgraph import (
     radgraph_f1,
     report_annotation,
 )
-from tests.conftest import require_shared
-from tests.radgraph_processed import processed_annotations
+from tests.builders.radgraph_processed import processed_annotations
+from tests.builders.repo import require_shared
 
 
 def _cases() -> dict:

@@ -5,8 +5,8 @@ replaces a non-finite score by 0.0, so a check of ``result.scores`` alone could 
 (:func:`raw_scores` records what the scorer handed to ``ScoreResult``).
 
 Scorers are taken from the registry (``available_scorers()``). The model-backed ``chexbert_f1`` and
-``green`` run on the tiny random CheXbert checkpoint and the tiny random GREEN judge that
-tests/test_chexbert.py and tests/test_green.py build; other scorers that cannot be built here (a package
+``green`` run on the tiny random CheXbert checkpoint and the tiny random GREEN judge of
+tests/builders/scorers.py; other scorers that cannot be built here (a package
 that is not installed: MissingBackendError, or a required argument: RewardError) are skipped with the reason.
 """
 
@@ -32,11 +32,11 @@ def _tiny_model_kwargs(name: str, folder) -> dict:
     """Constructor arguments that run ``name`` on a tiny random model saved under ``folder``."""
     pytest.importorskip("torch")
     if name == "chexbert_f1":
-        from tests.test_chexbert import save_tiny_chexbert
+        from tests.builders.scorers import save_tiny_chexbert
 
         root, _, ckpt = save_tiny_chexbert(folder)
         return {"checkpoint": str(ckpt), "tokenizer": str(root / "bert"), "device": "cpu", "progress": False}
-    from tests.test_green import save_tiny_green_judge
+    from tests.builders.scorers import save_tiny_green_judge
 
     return {"model": str(save_tiny_green_judge(folder)), "device": "cpu", "max_new_tokens": 4, "batch_size": 4}
 

@@ -9,7 +9,7 @@ import pytest
 
 from reward.base import RewardError, get_scorer
 from reward.temporal import EPS, TEMPORAL_KEYWORDS, temporal_entities, temporal_f1, temporal_f1_from_sets
-from tests.conftest import require_shared
+from tests.builders.repo import require_shared
 
 
 def _case() -> dict:

@@ -17,7 +17,7 @@ from mllm_cxr.infer.generate import GenerationSettings, HFGenerator
 from mllm_cxr.modeling import ModelArguments, load_base_model, load_processor
 from mllm_cxr.run_config import resolve_prompt
 from mllm_cxr.vllm_support import vllm_max_lora_rank
-from tests.model_helpers import RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
+from tests.builders.adapters import RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_the_rank_list_is_vllms_own():
     import typing
 
     from mllm_cxr.vllm_support import VLLM_MAX_LORA_RANKS
-    from tests.conftest import require_vllm
+    from tests.builders.repo import require_vllm
 
     require_vllm()
     from vllm.config import lora

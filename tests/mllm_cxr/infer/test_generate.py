@@ -19,7 +19,7 @@ from mllm_cxr.infer.generate import (
 )
 from mllm_cxr.run_config import resolve_prompt
 from reward.evaluate import meta_path
-from tests.model_helpers import RUN_PIXELS, RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
+from tests.builders.adapters import RUN_PIXELS, RUN_PROMPT, make_random_adapter, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

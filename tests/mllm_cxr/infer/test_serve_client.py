@@ -23,7 +23,7 @@ from mllm_cxr.infer.serve import ChatServer
 from mllm_cxr.prompts import prompt_text
 from mllm_cxr.run_config import resolve_prompt
 from mllm_cxr.vllm_support import build_vllm_command, command_line
-from tests.model_helpers import RUN_PIXELS, make_random_adapter, one_torch_thread  # noqa: F401
+from tests.builders.adapters import RUN_PIXELS, make_random_adapter, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

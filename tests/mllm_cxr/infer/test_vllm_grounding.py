@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_vllm
+from tests.builders.repo import REPO, require_vllm
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 SFT_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 N_STUDIES = 6
 MAX_TOKENS = 48

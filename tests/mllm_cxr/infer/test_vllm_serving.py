@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_vllm
+from tests.builders.processes import free_port
+from tests.builders.repo import REPO, require_vllm
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 SFT_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 N_STUDIES = 6
 MAX_TOKENS = 24
@@ -169,12 +168,6 @@ def test_generate_backend_vllm_equals_hf(exported, hf_predictions, tiny_model_di
     assert _predictions(pred) == hf_predictions
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _alive(pids) -> list[int]:
     import psutil
 
@@ -194,7 +187,7 @@ def test_serve_then_openai_backend_equals_hf(exported, hf_predictions, tiny_mode
     import psutil
 
     _, out, _ = exported
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "mllm_cxr.cli", "serve", "--model", str(tiny_model_dir), "--adapter",
            f"cxr={out}", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.builders.repo import REPO
+
 # The session fixtures align_phantom and sft_adapter; helpers are imported inside the tests, after pytest has
 # loaded (and assert-rewritten) the plugin module.
-pytest_plugins = ["tests._alignment_fixtures"]
-REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.builders.alignment"]
 
 DPO_CFG = REPO / "recipes" / "configs" / "tiny" / "dpo.yaml"
 
@@ -173,7 +173,7 @@ def test_dpo_on_prior_pairs_suppresses_prior_references(tmp_path, align_phantom,
     from data_prep.phantom import finding_scores
     from data_prep.schema import read_records
     from mllm_cxr.cli import main
-    from tests._alignment_fixtures import adapter_settings, derived_config, run_recipe, sample_reports
+    from tests.builders.alignment import adapter_settings, derived_config, run_recipe, sample_reports
 
     studies = read_records(align_phantom / "studies.jsonl")
     held_out = [s for s in studies if s.split != "train" and not s.has_prior]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
+from tests.builders.repo import REPO
+
 # The session fixtures align_phantom and sft_adapter; helpers are imported inside the tests, after pytest has
 # loaded (and assert-rewritten) the plugin module.
-pytest_plugins = ["tests._alignment_fixtures"]
-REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.builders.alignment"]
 
 REF = ("FINDINGS: Endotracheal tube in standard position. The heart is mildly enlarged. Consolidation in the right "
        "lower lobe. No pneumothorax. No pleural effusion.\nIMPRESSION: Right lower lobe consolidation. Cardiomegaly.")
@@ -216,7 +216,7 @@ def test_editgrpo_run_logs_edits_with_two_images(one_thread, tmp_path, align_pha
     from mllm_cxr.train.editor import EDIT_KINDS
     from mllm_cxr.train.grpo_config import EditGRPOConfig
     from reward.trl import reward_funcs_and_weights
-    from tests._alignment_fixtures import adapter_settings
+    from tests.builders.alignment import adapter_settings
 
     settings = adapter_settings(sft_adapter)
     cfg = PromptConfig(**{k: v for k, v in settings.items() if not k.endswith("_pixels")})

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
+from tests.builders.repo import REPO
+
 # The session fixtures align_phantom and sft_adapter; helpers are imported inside the tests, after pytest has
 # loaded (and assert-rewritten) the plugin module.
-pytest_plugins = ["tests._alignment_fixtures"]
-REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.builders.alignment"]
 
 GRPO_CFG = REPO / "recipes" / "configs" / "tiny" / "grpo.yaml"
 KW = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
@@ -150,11 +150,11 @@ def test_reward_curve_text():
 def test_grpo_runs_with_two_images_and_logs_its_reward_curve(tmp_path, align_phantom, tiny_model_dir, sft_adapter):
     """GRPO from the tiny SFT adapter, CheXpert-F1 reward, frontal + lateral image per prompt: the mechanics
     (two images in every prompt, a reward and collapse shares logged at every step). Whether GRPO makes
-    reports more accurate is a held-out question, answered in tests/test_demo_learning.py, not here."""
+    reports more accurate is a held-out question, answered in tests/e2e/test_demo_learning.py, not here."""
     from data_prep.schema import read_records
     from mllm_cxr.data import grpo_dataset
     from mllm_cxr.prompts import PromptConfig
-    from tests._alignment_fixtures import adapter_settings, derived_config, run_recipe
+    from tests.builders.alignment import adapter_settings, derived_config, run_recipe
 
     out = tmp_path / "grpo"
     settings = adapter_settings(sft_adapter)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests._alignment_fixtures"]
+pytest_plugins = ["tests.builders.alignment"]
 
 REF = ("FINDINGS: Endotracheal tube tip 1 cm above the carina. The heart is mildly enlarged. No pneumothorax.\n"
        "IMPRESSION: Cardiomegaly.")

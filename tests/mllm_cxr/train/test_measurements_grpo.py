@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-pytest_plugins = ["tests._alignment_fixtures"]
+pytest_plugins = ["tests.builders.alignment"]
 
 STEPS, LAST = 16, 8
 #: Required margin: mean hallucinated device/position/measurement facts per sampled report over the last
@@ -25,7 +25,7 @@ def _run(penalty_weight: float, out, align_phantom, tiny_model_dir, sft_adapter)
     from mllm_cxr.train.grpo import ClinicalGRPOTrainer
     from mllm_cxr.train.grpo_config import ClinicalGRPOConfig
     from reward.trl import reward_funcs_and_weights
-    from tests._alignment_fixtures import adapter_settings
+    from tests.builders.alignment import adapter_settings
 
     settings = adapter_settings(sft_adapter)
     cfg = PromptConfig(**{k: v for k, v in settings.items() if not k.endswith("_pixels")})

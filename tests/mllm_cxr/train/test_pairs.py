@@ -19,7 +19,7 @@ from mllm_cxr.train.pairs import (
 )
 from reward.prior import find_prior_references
 
-pytest_plugins = ["tests._alignment_fixtures"]  # one_thread
+pytest_plugins = ["tests.builders.alignment"]  # one_thread
 
 
 def test_prior_pairs_cover_exactly_the_hallucinated_training_reports(phantom_dir):

@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-# one_thread (tests._alignment_fixtures): tiny models train faster on one intra-op thread
-pytest_plugins = ["tests._alignment_fixtures"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders.repo import REPO
+
+# one_thread (tests.builders.alignment): tiny models train faster on one intra-op thread
+pytest_plugins = ["tests.builders.alignment"]
+
 TINY_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 
 
@@ -66,7 +68,7 @@ def test_sft_learns_findings_on_phantom(one_thread, tmp_path, phantom_train_dir,
     """
     import json
 
-    from tests._alignment_fixtures import phantom_finding_scores
+    from tests.builders.alignment import phantom_finding_scores
 
     before = phantom_finding_scores(tiny_model_dir, None, phantom_train_dir, limit=64)
     out = tmp_path / "out"

@@ -19,8 +19,8 @@ from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.tasks import TaskConfig, parse_mixture_arg, task_reward_funcs
 from mllm_cxr.train.pairs import reward_ranked_pairs
 from reward.trl import TaskRoutedReward
+from tests.builders.repo import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PIX = {"min_pixels": 3136, "max_pixels": 12544}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,8 @@ from mllm_cxr.config import ConfigError
 from mllm_cxr.data import task_sft_dataset
 from mllm_cxr.prompts import PromptConfig
 from mllm_cxr.tasks import parse_mixture_arg
+from tests.builders.repo import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_vllm
+from tests.builders.repo import REPO, require_vllm
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 PROMPTS_PER_STEP, GENERATIONS = 2, 4
 GAP_MAX = 0.15  # nats/token; a prompt vLLM expands twice gives ~0.6 (huggingface/trl#6294)

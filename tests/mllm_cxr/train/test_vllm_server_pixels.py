@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,8 +25,8 @@ from mllm_cxr.train.vllm_server import (
     serve_command,
     served_pixel_budget,
 )
+from tests.builders.repo import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CFG_7B = REPO / "recipes" / "configs" / "qwen2.5-vl-7b" / "grpo_server.yaml"
 OURS = {"min_pixels": 200704, "max_pixels": 401408}
 

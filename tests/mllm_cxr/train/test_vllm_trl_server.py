@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import require_vllm
+from tests.builders.processes import free_port
+from tests.builders.repo import require_vllm
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -33,17 +33,11 @@ N_STUDIES, MAX_TOKENS = 4, 16
 
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """`trl vllm-serve` (python -m trl.scripts.vllm_serve) on a free port; stopped by its PID afterwards."""
     require_vllm()
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("trl-serve") / "serve.log"
     cmd = [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--max_model_len", "1024", "--enforce_eager", "true",

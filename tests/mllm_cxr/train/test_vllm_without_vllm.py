@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from tests.model_helpers import make_random_adapter
+from tests.builders.adapters import make_random_adapter
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
