@@ -75,7 +75,7 @@ bench:
 bench-demo-seeds: demo-base phantom
 	$(BIN)/python bench/demo_seeds.py --runs $(RUNS)
 
-# The GPU benchmarks' code path on CPU with toy models (what tests/test_gpu_bench.py checks).
+# The GPU benchmarks' code path on CPU with toy models (what tests/e2e/test_gpu_bench.py checks).
 bench-gpu-smoke:
 	GPU_BENCH_SMOKE=1 PYTHON=$(BIN)/python OUT=$(RUNS)/gpu-smoke bash bench/gpu_run.sh
 

@@ -4,7 +4,7 @@ A comparison is measured as repeated *interleaved* runs (:func:`interleaved`: th
 order alternating between rounds, so a machine-load swing hits both) and summarised by the ratios of the
 rounds. :func:`speed_verdict` calls the candidate ``faster`` only when every round says so by more than the
 noise margin, ``slower`` likewise, and ``within noise`` otherwise; :func:`speed_sentence` writes the ratio,
-its spread over the rounds and that verdict. tests/test_bench_prose.py checks them with fake numbers.
+its spread over the rounds and that verdict. tests/repo/test_bench_prose.py checks them with fake numbers.
 """
 
 from __future__ import annotations

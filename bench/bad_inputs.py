@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python bench/bad_inputs.py [--json out.json]
 
-Runs every row of ``tests/test_bad_inputs.py`` in-process and classifies it:
+Runs every row of the bad-input table (``tests/builders/bad_inputs.py``, which ``tests/e2e/test_bad_inputs.py``
+runs too) in-process and classifies it:
 
 - ``clear``: the expected exit code (2, or 0 for a counted skip), one error line with the row's key words,
   inputs unchanged and the row's extra check passing;
@@ -10,8 +11,7 @@ Runs every row of ``tests/test_bad_inputs.py`` in-process and classifies it:
 - ``silent``: exit code 0 where an error was due, an input file changed, or the extra check failed
   (something lost or skipped without a word); ``unclear``: exit code 2 but the line lacks the key words.
 
-Run against an older checkout (its own ``tests/test_converters.py`` and this file's table copied in) to
-get the "before" numbers.
+Run against an older checkout (this file and ``tests/builders`` copied in) to get the "before" numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _run(runner: str, argv: list[str]):
     """(rc, stdout, stderr, escaped exception or None), whatever the tree's run_recipe signature."""
     import inspect
 
-    from tests.test_bad_inputs import _recipe
+    from tests.builders.bad_inputs import load_recipe
 
     out, err = io.StringIO(), io.StringIO()
     escaped = None
@@ -51,7 +51,7 @@ def _run(runner: str, argv: list[str]):
             else:
                 from mllm_cxr.train.recipe import run_recipe
 
-                mod = _recipe(runner)
+                mod = load_recipe(runner)
                 try:
                     if "argv" in inspect.signature(run_recipe).parameters:
                         run_recipe(mod.main, argv)
@@ -73,7 +73,7 @@ def _run(runner: str, argv: list[str]):
 
 
 def classify(case, env) -> tuple[str, str]:
-    from tests.test_bad_inputs import digest
+    from tests.builders.bad_inputs import digest
 
     runner, argv, inputs = case.build(env)
     before = digest(inputs)
@@ -117,7 +117,7 @@ def main() -> int:
     logging.disable(logging.WARNING)
     from data_prep.phantom import make_phantom
     from mllm_cxr.tiny import build_tiny_model
-    from tests.test_bad_inputs import CASES, Env
+    from tests.builders.bad_inputs import CASES, Env
 
     work = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
     phantom, tiny = work / "phantom", work / "tiny"

@@ -9,7 +9,7 @@ same reports. The scorer is timed on report pairs (each report against the next 
 GRPO share: 7 steps of the tiny GRPO of ``bench/bench_grpo.py`` (2 prompts x 4 rollouts, 64 tokens, one
 thread) with the reward CheXpert-F1 + ``measurement_penalty``; the seconds spent inside the measurement
 scorer divided by the step time (steps 2-7). Coverage: IU X-ray, the MIMIC-CXR-layout reports of the
-converter tests (``tests/test_converters.py``) and a 240-study phantom set.
+converter tests (``tests/builders/datasets.py``) and a 240-study phantom set.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def coverage(texts: list[str]) -> dict[str, object]:
 
 def _mimic_fixture_reports(tmp: Path) -> list[str]:
     from data_prep.mimic import convert_mimic
-    from tests.test_converters import make_mimic
+    from tests.builders.datasets import make_mimic
 
     recs, _ = convert_mimic(make_mimic(tmp / "mimic"), progress=False)
     return [" ".join(x for x in (r.findings, r.impression) if x) for r in recs]

@@ -1,6 +1,6 @@
 """The CheXpert rule labeler against the IU X-ray (Open-i) gold labels: ``evaluate_iu_gold``.
 
-Used by ``bench/bench_labeler.py`` and ``tests/test_chexpert_rules.py``. The reports are read with the
+Used by ``bench/bench_labeler.py`` and ``tests/reward/test_chexpert_rules.py``. The reports are read with the
 project's one reader of the Open-i archive, :func:`data_prep.iu_xray.iter_reports`.
 """
 

@@ -5,7 +5,7 @@ scorers (:data:`reward.base.BUILTIN_SCORERS`) are such tables. :func:`import_ent
 naming a module or an attribute that does not exist is a :class:`RegistryError` naming the table and the
 row, never skipped; an import error raised *inside* an existing module (a missing optional package) goes
 through unchanged, for the caller to turn into its own message. Every row of each table is imported by a
-test (tests/test_import_graph.py).
+test (tests/repo/test_import_graph.py).
 """
 
 from __future__ import annotations

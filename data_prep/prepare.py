@@ -49,7 +49,7 @@ from data_prep.schema import link_priors as _link_priors
 
 #: The converter table: CLI name -> (canonical dataset name, "module:converter"). A converter's module is
 #: imported when the dataset is prepared; a row naming a missing module or function is a
-#: :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports every row).
+#: :class:`cxr_io.registry.RegistryError` naming the row (tests/repo/test_import_graph.py imports every row).
 #: Adding a converter: its function, and one row here (plus any alias in ``_ALIASES``).
 DATASETS: dict[str, tuple[str, str]] = {
     "iu-xray": ("iu_xray", "data_prep.iu_xray:convert_iu_xray"),

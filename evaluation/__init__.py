@@ -18,5 +18,5 @@ plots, the HTML report, and the verbs ``score``, ``eval [--html]`` and ``report`
 
 Layering: ``cxr_io <- data_prep, reward <- evaluation <- mllm_cxr``. This package uses the scorers
 (``reward``), the file helpers (``cxr_io``) and, for the report's images and errors, ``data_prep``; it never
-imports ``mllm_cxr``, and ``reward`` and ``data_prep`` never import it (tests/test_import_graph.py).
+imports ``mllm_cxr``, and ``reward`` and ``data_prep`` never import it (tests/repo/test_import_graph.py).
 """

@@ -27,7 +27,7 @@ VLLM_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: The one statement of the TRL and vLLM versions mllm-cxr supports: pyproject.toml (`trl` and the `gpu` extra),
-#: scripts/vllm_env.py and the docs must agree (tests/test_configs.py checks). The vLLM rollout fixes
+#: scripts/vllm_env.py and the docs must agree (tests/repo/test_configs.py checks). The vLLM rollout fixes
 #: (mllm_cxr/train/upstream_fixes.py) wrap TRL private methods: TRL is pinned to the tested minor version;
 #: vLLM to the range that TRL supports.
 TRL_SUPPORTED = ">=1.16,<1.17"

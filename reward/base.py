@@ -90,7 +90,7 @@ def to_scorable_text(text: Any) -> str:
 #: The built-in scorers: registry name -> ("module:factory", description), derived from the one metric table
 #: (:data:`reward.metric_table.METRICS`, the rows with a scorer). The module is imported when the scorer is
 #: first built (``get_scorer``), so listing the scorers imports none of them; a row naming a missing module or
-#: attribute is a :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports
+#: attribute is a :class:`cxr_io.registry.RegistryError` naming the row (tests/repo/test_import_graph.py imports
 #: every row). Adding a scorer: its class, and one row in ``METRICS``.
 BUILTIN_SCORERS: dict[str, tuple[str, str]] = {s.name: (s.scorer, s.description) for s in METRICS if s.scorer}
 

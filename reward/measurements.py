@@ -73,7 +73,7 @@ reports where both state it.
 Speed: regular expressions on lower-cased text; a report (and a sentence) without a device word or a
 unit is dismissed after one token scan (most reports). About 10,000 IU X-ray reports/s on one core
 (``bench/bench_measurements.py``). Quality: 88 report sentences written from IU and MIMIC-style
-phrasing (``tests/test_measurements.py``), and 40 IU sentences labelled blind: device + position
+phrasing (``tests/reward/test_measurements.py``), and 40 IU sentences labelled blind: device + position
 extraction F1 0.982. Limits: a tip described in a sentence that does not name the device ("The tip
 is in the SVC.") is not attached to it; de-identified landmarks ("superior XXXX XXXX") are lost.
 """

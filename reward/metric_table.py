@@ -18,7 +18,7 @@ HTML report. Every other table is derived from :data:`METRICS`:
 This module imports nothing of the project but :mod:`cxr_io.registry` (and that only when a row is
 resolved), so listing metrics imports no scorer, and the HTML report can read the labels without the
 evaluation code. A row naming a module or attribute that does not exist is a
-:class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py resolves every row).
+:class:`cxr_io.registry.RegistryError` naming the row (tests/repo/test_import_graph.py resolves every row).
 
 Adding a metric: its scorer class and/or its group builder (``build(preds, kw, uncertain) -> MetricGroup``,
 :mod:`evaluation.groups`), and one row here.

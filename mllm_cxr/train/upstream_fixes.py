@@ -16,7 +16,7 @@ tokens instead of 57, a vLLM-vs-trainer log-prob gap of 0.6 nats/token). So
   it from the image); the trainer keeps the expanded ids for the training forward pass (FIX 1);
 * server mode: TRL's prompt is left alone. There the trainer asks the server for the image features and
   places them over the runs of image tokens of its own expanded ids (``VLLMGeneration._place_features``),
-  so the server generates from exactly the trainer's ids (``tests/test_vllm_trl_server.py``); the
+  so the server generates from exactly the trainer's ids (``tests/mllm_cxr/train/test_vllm_trl_server.py``); the
   placement is checked: the server must cut every image into as many tokens as the trainer's run (FIX 3);
 * every rollout is checked: the prompt ids vLLM generated from must equal the trainer's (FIX 2), and the
   trainer checks the mean vLLM-vs-trainer log-prob gap against ``vllm_max_logp_gap``. Otherwise the run
@@ -69,7 +69,7 @@ def stack_versions() -> str:
 
 # FIX 1 (colocate mode). Upstream: huggingface/trl#6294 -- TRL hands vLLM's colocated engine prompt ids whose
 # image placeholders the HF processor already expanded, and vLLM expands them again. Delete (with FIX 2's
-# prompt check, which guards it) when tests/test_vllm_grpo.py::test_guard_stops_on_trls_expanded_prompt
+# prompt check, which guards it) when tests/mllm_cxr/train/test_vllm_grpo.py::test_guard_stops_on_trls_expanded_prompt
 # finds no mismatch with vllm_unexpand_images=False, i.e. TRL sends unexpanded ids (or vLLM accepts
 # expanded ones) in the TRL_SUPPORTED range.
 def collapse_image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
@@ -146,7 +146,7 @@ def suppress_image_tokens(generation_kwargs: dict | None, processing_class) -> d
 
 # FIX 5 (vLLM on CPU, colocate mode). No upstream issue known to us: vLLM's CPU UnquantizedLinearMethod
 # replaces a layer's weight by a prepacked copy, so TRL's sync_weights -> load_weights fails. Delete when
-# tests/test_vllm_grpo.py::test_weight_sync_reaches_vllm passes on CPU without keep_cpu_linear_weights.
+# tests/mllm_cxr/train/test_vllm_grpo.py::test_weight_sync_reaches_vllm passes on CPU without keep_cpu_linear_weights.
 def vllm_on_cpu() -> bool:
     """Whether vLLM runs on the CPU platform here (False when vLLM is absent)."""
     try:
