@@ -28,7 +28,7 @@ Metrics (the reward registry's scorers, :func:`reward.base.get_scorer`; the grou
 ``boxes``       rows of a box task (``mllm-cxr generate --task phrase_grounding|detection|grounded_report``):
                 mean IoU, Acc@IoU>=0.5, box precision/recall/F1 from summed counts, mAP@0.5 (recomputed
                 on each resample; no p-value), parse-failure rate, RadFact-style grounded precision/recall/F1
-                (:mod:`reward.box_eval`); skipped when no row has a box task
+                (:mod:`evaluation.box_eval`); skipped when no row has a box task
 ``answers``     rows of a question task (``--task classification|vqa|view``): answer accuracy, the mean of
                 :func:`reward.task_rewards.answer_match` (1/0 per answer; for classification the share of
                 ``finding: answer`` lines right), over those rows; skipped when no row has a question task

@@ -380,7 +380,7 @@ def build_answers(preds: Predictions, kw: dict[str, Any], uncertain: str) -> Met
 
 
 def build_boxes(preds: Predictions, kw: dict[str, Any], uncertain: str) -> MetricGroup:
-    from reward.box_eval import box_statistics
+    from evaluation.box_eval import box_statistics
 
     b = box_statistics(preds.path, preds.records, preds.hyps)
     return MetricGroup("boxes", b["S"], {k: Stat(*v) for k, v in b["stats"].items()}, b["info"], {},

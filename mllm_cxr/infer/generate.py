@@ -402,7 +402,7 @@ def task_items(studies: Sequence[StudyRecord], task: str, task_cfg) -> list[Any]
 
 
 def task_row_fields(example, task_cfg) -> dict[str, Any]:
-    """What eval needs to score a task's answer (``reward.box_eval``): the task, the box codec and pixel
+    """What eval needs to score a task's answer (``evaluation.box_eval``): the task, the box codec and pixel
     budget, the image size and the reference boxes / grounded report (as lists), the asked label or phrase."""
     cols = example.columns
     row: dict[str, Any] = {"task": example.task, "study": example.study_id}

@@ -40,7 +40,7 @@ from cxr_io.boxes import COORDS, FAMILIES, decode_boxes, decode_grounded
 from reward.base import RewardError
 from reward.box_metrics import average_precision, box_f1, grounded_report_score, matched_iou
 
-#: The tasks whose answers hold boxes (the names of :mod:`mllm_cxr.tasks`, which reward may not import).
+#: The tasks whose answers hold boxes (the names of :mod:`mllm_cxr.tasks`, which evaluation may not import).
 BOX_TASKS: tuple[str, ...] = ("phrase_grounding", "detection", "grounded_report")
 _IOU_TASKS = ("phrase_grounding", "detection")
 _PIXEL_FAMILIES = ("qwen2_5_vl", "maira2")
@@ -129,6 +129,84 @@ def Stat(label: str, fn: Any, higher_is_better: bool | None = True) -> tuple:  #
     return (label, fn, higher_is_better)
 
 
+def _iou_row(path: str, line: int, rec: dict, hyp: str, task: str, fam: str, size, pix: dict,
+             row: np.ndarray) -> tuple[dict[str, Any], Any]:
+    """Score a phrase_grounding or detection row into ``row`` (its per-study statistics); ``(details, item)``."""
+    ref = _box_list(path, line, rec, "boxes")
+    got = decode_boxes(hyp, fam, size, **pix)
+    label = rec.get("label") if task == "detection" else rec.get("phrase")
+    pred = _plain(got, label)
+    iou = matched_iou(pred, ref)
+    f1 = box_f1(pred, ref)
+    row[[_IOU, _ACC, _N_IOU, _TP, _NPRED, _NREF, _FAILED]] = [
+        iou, float(iou >= 0.5), 1, f1["tp"], f1["n_pred"], f1["n_ref"], float(got.n_failed > 0)]
+    det = {"task": task, "family": fam, "image_size": list(size), "pred_boxes": pred,
+           "ref_boxes": _plain(ref, label), "iou": round(iou, 5), "tp": f1["tp"], "n_failed": got.n_failed,
+           "label": label}
+    return det, ((_plain(got, str(label)), _plain(ref, str(label))) if task == "detection" else None)
+
+
+def _grounded_row(path: str, line: int, rec: dict, hyp: str, task: str, fam: str, size, pix: dict,
+                  row: np.ndarray) -> dict[str, Any]:
+    """Score a grounded_report row into ``row`` (its per-study statistics); its details."""
+    ref_f = _json_field(path, line, rec, "grounded_findings")
+    if not isinstance(ref_f, list) or not all(isinstance(f, dict) for f in ref_f):
+        raise RewardError("a grounded_report row needs grounded_findings [{text, boxes}] (the reference)",
+                          file=path, line=line, field="grounded_findings",
+                          value=None if ref_f is None else type(ref_f).__name__)
+    got = decode_grounded(hyp, fam, size, **pix)
+    pred_f = [{"text": f.get("text", ""), "boxes": _plain(f["boxes"]) if f.get("boxes") else None} for f in got]
+    ref_f = [{"text": f.get("text", ""), "boxes": _plain(f["boxes"]) if f.get("boxes") else None}
+             for f in ref_f]
+    sc = grounded_report_score(pred_f, ref_f)
+    row[[_FAILED, _G_HP, _G_NP, _G_HR, _G_NR]] = [float(got.n_failed > 0), sc["hits_pred"], sc["n_pred"],
+                                                 sc["hits_ref"], sc["n_ref"]]
+    return {"task": task, "family": fam, "image_size": list(size),
+            "pred_boxes": [{**b, "label": f["text"]} for f in pred_f for b in f["boxes"] or []],
+            "ref_boxes": [{**b, "label": f["text"]} for f in ref_f for b in f["boxes"] or []],
+            "grounded_score": round(sc["score"], 5), "n_failed": got.n_failed}
+
+
+def _micro_f1(t: np.ndarray) -> np.ndarray:
+    den = t[..., _NPRED] + t[..., _NREF]
+    return np.where(den > 0, 2 * t[..., _TP] / np.where(den > 0, den, 1), np.nan)
+
+
+def _harmonic(a: int, na: int, b: int, nb: int):
+    def fn(t: np.ndarray) -> np.ndarray:
+        p = t[..., a] / np.where(t[..., na] > 0, t[..., na], 1)
+        r = t[..., b] / np.where(t[..., nb] > 0, t[..., nb], 1)
+        f = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
+        return np.where((t[..., na] > 0) & (t[..., nb] > 0), f, np.nan)
+    return fn
+
+
+def _box_stats(by_task: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(stats, resampled)`` of the tasks present: ``{key: (label, fn of summed S, higher_is_better)}``."""
+    stats: dict[str, Any] = {}
+    resampled = {}
+    if by_task.get("phrase_grounding") or by_task.get("detection"):
+        stats.update({
+            "box_mean_iou": Stat("Mean IoU (grounding/detection)", _ratio(_IOU, _N_IOU)),
+            "box_acc_iou_0.5": Stat("Acc@IoU>=0.5", _ratio(_ACC, _N_IOU)),
+            "box_precision": Stat("Box precision (IoU>=0.5, micro)", _ratio(_TP, _NPRED)),
+            "box_recall": Stat("Box recall (IoU>=0.5, micro)", _ratio(_TP, _NREF)),
+            "box_f1": Stat("Box F1 (IoU>=0.5, micro)", _micro_f1),
+        })
+    if by_task.get("detection"):
+        stats["box_map_0.5"] = Stat("mAP@0.5 (detection; CI by resampling, no p-value)",
+                                    lambda t: np.full(np.shape(t)[:-1], np.nan))
+        resampled["box_map_0.5"] = weighted_map
+    if by_task.get("grounded_report"):
+        stats.update({
+            "grounded_precision": Stat("Grounded-report precision (RadFact-style)", _ratio(_G_HP, _G_NP)),
+            "grounded_recall": Stat("Grounded-report recall (RadFact-style)", _ratio(_G_HR, _G_NR)),
+            "grounded_f1": Stat("Grounded-report F1 (RadFact-style)", _harmonic(_G_HP, _G_NP, _G_HR, _G_NR)),
+        })
+    stats["box_parse_failure_rate"] = Stat("Box parse-failure rate", _ratio(_FAILED, _N_BOX), False)
+    return stats, resampled
+
+
 def box_statistics(path: str, records: Sequence[dict], hyps: Sequence[str]) -> dict[str, Any]:
     """What :mod:`evaluation.groups` makes the ``boxes`` metric group of (rows aligned with ``hyps``): ``S``
     (per-study statistics), ``stats`` ``{key: (label, fn of summed S, higher_is_better)}``, ``info``,
@@ -151,74 +229,15 @@ def box_statistics(path: str, records: Sequence[dict], hyps: Sequence[str]) -> d
         families.add(fam)
         S[i, _N_BOX] = 1
         if task in _IOU_TASKS:
-            ref = _box_list(path, line, rec, "boxes")
-            got = decode_boxes(hyp, fam, size, **pix)
-            label = rec.get("label") if task == "detection" else rec.get("phrase")
-            pred = _plain(got, label)
-            iou = matched_iou(pred, ref)
-            f1 = box_f1(pred, ref)
-            S[i, [_IOU, _ACC, _N_IOU, _TP, _NPRED, _NREF, _FAILED]] = [
-                iou, float(iou >= 0.5), 1, f1["tp"], f1["n_pred"], f1["n_ref"], float(got.n_failed > 0)]
-            det = {"task": task, "family": fam, "image_size": list(size), "pred_boxes": pred,
-                   "ref_boxes": _plain(ref, label), "iou": round(iou, 5), "tp": f1["tp"], "n_failed": got.n_failed,
-                   "label": label}
-            items.append((_plain(got, str(label)), _plain(ref, str(label))) if task == "detection" else None)
+            det, item = _iou_row(path, line, rec, hyp, task, fam, size, pix, S[i])
         else:
-            ref_f = _json_field(path, line, rec, "grounded_findings")
-            if not isinstance(ref_f, list) or not all(isinstance(f, dict) for f in ref_f):
-                raise RewardError("a grounded_report row needs grounded_findings [{text, boxes}] (the reference)",
-                                  file=path, line=line, field="grounded_findings",
-                                  value=None if ref_f is None else type(ref_f).__name__)
-            got = decode_grounded(hyp, fam, size, **pix)
-            pred_f = [{"text": f.get("text", ""), "boxes": _plain(f["boxes"]) if f.get("boxes") else None} for f in got]
-            ref_f = [{"text": f.get("text", ""), "boxes": _plain(f["boxes"]) if f.get("boxes") else None}
-                     for f in ref_f]
-            sc = grounded_report_score(pred_f, ref_f)
-            S[i, [_FAILED, _G_HP, _G_NP, _G_HR, _G_NR]] = [float(got.n_failed > 0), sc["hits_pred"], sc["n_pred"],
-                                                           sc["hits_ref"], sc["n_ref"]]
-            det = {"task": task, "family": fam, "image_size": list(size),
-                   "pred_boxes": [{**b, "label": f["text"]} for f in pred_f for b in f["boxes"] or []],
-                   "ref_boxes": [{**b, "label": f["text"]} for f in ref_f for b in f["boxes"] or []],
-                   "grounded_score": round(sc["score"], 5), "n_failed": got.n_failed}
-            items.append(None)
+            det, item = _grounded_row(path, line, rec, hyp, task, fam, size, pix, S[i]), None
+        items.append(item)
         details.append(det)
     if not by_task:
         raise NoBoxRowsError("no row of a box task (task: phrase_grounding, detection or grounded_report); "
                           "generate with `mllm-cxr generate --task NAME`", file=path, field="task")
-
-    def micro_f1(t: np.ndarray) -> np.ndarray:
-        den = t[..., _NPRED] + t[..., _NREF]
-        return np.where(den > 0, 2 * t[..., _TP] / np.where(den > 0, den, 1), np.nan)
-
-    def harmonic(a: int, na: int, b: int, nb: int):
-        def fn(t: np.ndarray) -> np.ndarray:
-            p = t[..., a] / np.where(t[..., na] > 0, t[..., na], 1)
-            r = t[..., b] / np.where(t[..., nb] > 0, t[..., nb], 1)
-            f = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
-            return np.where((t[..., na] > 0) & (t[..., nb] > 0), f, np.nan)
-        return fn
-
-    stats: dict[str, Any] = {}
-    resampled = {}
-    if by_task.get("phrase_grounding") or by_task.get("detection"):
-        stats.update({
-            "box_mean_iou": Stat("Mean IoU (grounding/detection)", _ratio(_IOU, _N_IOU)),
-            "box_acc_iou_0.5": Stat("Acc@IoU>=0.5", _ratio(_ACC, _N_IOU)),
-            "box_precision": Stat("Box precision (IoU>=0.5, micro)", _ratio(_TP, _NPRED)),
-            "box_recall": Stat("Box recall (IoU>=0.5, micro)", _ratio(_TP, _NREF)),
-            "box_f1": Stat("Box F1 (IoU>=0.5, micro)", micro_f1),
-        })
-    if by_task.get("detection"):
-        stats["box_map_0.5"] = Stat("mAP@0.5 (detection; CI by resampling, no p-value)",
-                                    lambda t: np.full(np.shape(t)[:-1], np.nan))
-        resampled["box_map_0.5"] = weighted_map
-    if by_task.get("grounded_report"):
-        stats.update({
-            "grounded_precision": Stat("Grounded-report precision (RadFact-style)", _ratio(_G_HP, _G_NP)),
-            "grounded_recall": Stat("Grounded-report recall (RadFact-style)", _ratio(_G_HR, _G_NR)),
-            "grounded_f1": Stat("Grounded-report F1 (RadFact-style)", harmonic(_G_HP, _G_NP, _G_HR, _G_NR)),
-        })
-    stats["box_parse_failure_rate"] = Stat("Box parse-failure rate", _ratio(_FAILED, _N_BOX), False)
+    stats, resampled = _box_stats(by_task)
     info: dict[str, Any] = {"rows_by_task": by_task, "families": sorted(families), "iou_threshold": 0.5,
                             "definitions": "reward.box_metrics (docs/boxes.md)"}
     if by_task.get("detection"):

@@ -1,4 +1,4 @@
-"""Box metrics in `mllm-cxr eval` (reward.box_eval): generate --task rows carry what scoring needs, the
+"""Box metrics in `mllm-cxr eval` (evaluation.box_eval): generate --task rows carry what scoring needs, the
 numbers equal reward.box_metrics on the same boxes, CIs come from resamples (mAP recomputed on each),
 --compare gives paired p-values, per_study.jsonl keeps the boxes."""
 
