@@ -74,7 +74,8 @@ def _best_of(fn, repeat: int = 3) -> float:
 
 def _naive_scan(rules_data: dict, texts: list[str]) -> None:
     """Baseline: the same YAML entries as one ``finditer`` per list over every text (matching only)."""
-    from reward.chexpert import _entry_regex, normalize
+    from reward.chexpert import normalize
+    from reward.chexpert_matcher import entry_regex
 
     lists = []
     for spec in rules_data["observations"].values():
@@ -82,7 +83,7 @@ def _naive_scan(rules_data: dict, texts: list[str]) -> None:
     lists += [v for v in (rules_data.get("other_findings") or {}).values() if v]
     lists += [v for v in (rules_data.get("cues") or {}).values() if v]
     lists += [v for v in (rules_data.get("qualifiers") or {}).values() if v]
-    rxs = [re.compile("|".join(r"(?<!\w)" + _entry_regex(e) for e in entries)) for entries in lists]
+    rxs = [re.compile("|".join(r"(?<!\w)" + entry_regex(e) for e in entries)) for entries in lists]
     for t in texts:
         t = normalize(t)
         for rx in rxs:
@@ -95,7 +96,8 @@ def run() -> str:
     import numpy as np
 
     from bench.iu_gold import evaluate_iu_gold, read_iu_reports
-    from reward.chexpert import ChexpertRulesLabeler, _compiled, load_rules
+    from reward.chexpert import ChexpertRulesLabeler, load_rules
+    from reward.chexpert_rules import compiled_rules
     from reward.f1 import f1_report, per_sample_f1, to_matrix
 
     tgz = SHARED / "iu_xray" / "NLMCXR_reports.tgz"
@@ -113,7 +115,7 @@ def run() -> str:
         texts = [t for t in texts if t.strip()]
         chars = statistics.mean(len(t) for t in texts)
         labeler = ChexpertRulesLabeler()
-        _compiled.cache_clear()
+        compiled_rules.cache_clear()
         t_cold = _best_of(lambda: ChexpertRulesLabeler().label_many(texts[:1]), repeat=1)
         labeler.label_many(texts[:200])  # warm the prefix cache
         t_lab = _best_of(lambda: labeler.label_many(texts))

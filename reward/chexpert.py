@@ -32,6 +32,10 @@ of normal" heart size is negative; calcified nodules count as Lung Lesion; pulmo
 congestion is an "other finding", not Edema. Text with no mention at all ("asdf") is No Finding = 1,
 as in CheXpert, so a reward built on these labels should be combined with other scorers.
 
+The parts: the rules file and its compiled form in :mod:`reward.chexpert_rules`, the matching engine (regexes,
+prefix index) in :mod:`reward.chexpert_matcher`, the text normalisation in :mod:`reward.chexpert_text`; this module
+holds the labeler (mentions, negation and uncertainty scope, aggregation), its shortcuts and the scorer.
+
 Compiled rules are cached per rules file; labelling runs at several thousand reports per second on
 one CPU core (``bench/bench_labeler.py``).
 """
@@ -39,547 +43,29 @@ one CPU core (``bench/bench_labeler.py``).
 from __future__ import annotations
 
 import bisect
-import difflib
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from cxr_io import read_yaml
 from reward.base import RewardError, Scorer, ScoreResult
+from reward.chexpert_rules import (
+    NO_FINDING,
+    OTHER,
+    RULES_PATH,
+    SUPPORT_DEVICES,
+    Rules,
+    compiled_rules,
+    load_rules,
+)
+from reward.chexpert_text import extract_sections, normalize, normalize_with_offsets, to_original
 from reward.constants import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
-from reward.cues import expand_all
-from reward.text import GLUED_SENTENCE, find_sections, split_sentences
+from reward.text import find_sections, split_sentences
 
-RULES_PATH = Path(__file__).resolve().parent / "resources" / "chexpert_rules.yaml"
-NO_FINDING = "No Finding"
-SUPPORT_DEVICES = "Support Devices"
-OTHER = "_other"  # abnormal findings outside the 13 observations (they only rule out No Finding)
-
-_LABEL_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "uncertain": UNCERTAIN}
-_UNCAPTURE_RE = re.compile(r"(?<!\\)\((?!\?)")
-_WS_RE = re.compile(r"\s+")
-_DOT_CAPITAL = re.compile(r"\.[A-Z]")
-_PARA_RE = re.compile(r"\n\s*\n|\n\s*(?=\d{1,2}\s*[.)]\s)")
-
-
-# ------------------------------------------------------------------------------------------------
-# Rules: YAML -> one compiled matcher
-# ------------------------------------------------------------------------------------------------
-def _entry_regex(entry: str) -> str:
-    """One YAML entry -> regex: plain groups made non-capturing, a word boundary at a word end."""
-    entry = entry.strip()
-    body = _UNCAPTURE_RE.sub("(?:", entry)
-    last = entry[-1:]
-    right = r"(?!\w)" if (last.isalnum() or last in ")?*+]") else ""
-    if right and last == ")":  # no boundary after a trailing lookaround: "and (?=the )"
-        items = _parse_regex(body)
-        if items and items[-1][0] == "ASSERT":
-            right = ""
-    return f"(?:{body}){right}"
-
-
-_MAX_PREFIXES = 256
-_CLASS_ESCAPES = frozenset("dDwWsS")
-_ZERO_WIDTH_ESCAPES = frozenset("bBAZ")
-
-
-def _parse_regex(rx: str) -> list[tuple] | None:
-    """A small reader for the regex syntax of the rules file, for :func:`_prefixes` and lookaround checks.
-
-    Items: ``("LITERAL", ch)``, ``("IN", chars | None)`` (None: a class it does not enumerate, e.g.
-    ``\\w``), ``("BRANCH", [items, ...])`` for a group, ``("REPEAT", lo, hi, items)``, ``("ASSERT",)``
-    (lookarounds, anchors, ``\\b``) and ``("ANY",)``. Returns None for syntax outside this subset (the
-    caller then makes no assumption), so the analysis never needs the private ``re._parser``.
-    """
-    pos = 0
-    n = len(rx)
-
-    def seq() -> list[tuple]:
-        nonlocal pos
-        alts: list[list[tuple]] = [[]]
-        while pos < n and rx[pos] != ")":
-            c = rx[pos]
-            if c == "|":
-                pos += 1
-                alts.append([])
-                continue
-            item = atom()
-            alts[-1].append(item)
-            if pos < n and rx[pos] in "?*+{":
-                lo, hi = quant()
-                if item[0] == "ASSERT":
-                    raise ValueError("quantified assertion")
-                alts[-1][-1] = ("REPEAT", lo, hi, [item])
-        return alts[0] if len(alts) == 1 else [("BRANCH", alts)]
-
-    def quant() -> tuple[int, int]:
-        nonlocal pos
-        c = rx[pos]
-        pos += 1
-        if c in "?*+":
-            lo, hi = {"?": (0, 1), "*": (0, 1 << 16), "+": (1, 1 << 16)}[c]
-        else:
-            m = re.compile(r"(\d*)(,?)(\d*)\}").match(rx, pos)
-            if m is None:
-                raise ValueError("bad repeat")
-            pos = m.end()
-            lo = int(m.group(1) or 0)
-            hi = int(m.group(3)) if m.group(3) else (1 << 16 if m.group(2) else lo)
-        if pos < n and rx[pos] in "?+":  # lazy or possessive
-            pos += 1
-        return lo, hi
-
-    def atom() -> tuple:
-        nonlocal pos
-        c = rx[pos]
-        pos += 1
-        if c == "(":
-            lookaround = False
-            if rx.startswith("?:", pos):
-                pos += 2
-            elif rx.startswith(("?=", "?!"), pos):
-                pos, lookaround = pos + 2, True
-            elif rx.startswith(("?<=", "?<!"), pos):
-                pos, lookaround = pos + 3, True
-            elif rx.startswith("?", pos):
-                raise ValueError("unsupported group")
-            inner = seq()
-            if pos >= n or rx[pos] != ")":
-                raise ValueError("unbalanced")
-            pos += 1
-            return ("ASSERT",) if lookaround else ("BRANCH", [inner])
-        if c == "[":
-            return klass()
-        if c == "\\":
-            e = rx[pos]
-            pos += 1
-            if e in _ZERO_WIDTH_ESCAPES:
-                return ("ASSERT",)
-            if e in _CLASS_ESCAPES or e.isalnum():
-                return ("IN", None)
-            return ("LITERAL", e)
-        if c in "^$":
-            return ("ASSERT",)
-        if c == ".":
-            return ("ANY",)
-        if c in "*+?{":
-            raise ValueError("nothing to repeat")
-        return ("LITERAL", c)
-
-    def klass() -> tuple:
-        nonlocal pos
-        chars: list[str] | None = []
-        if rx.startswith("^", pos):
-            chars = None
-            pos += 1
-        first = True
-        while pos < n and (rx[pos] != "]" or first):
-            first = False
-            c = rx[pos]
-            pos += 1
-            if c == "\\":
-                e = rx[pos]
-                pos += 1
-                if e in _CLASS_ESCAPES or e.isalnum():
-                    chars = None
-                    continue
-                c = e
-            if pos + 1 < n and rx[pos] == "-" and rx[pos + 1] != "]":
-                hi = rx[pos + 1]
-                pos += 2
-                if chars is not None:
-                    if ord(hi) - ord(c) >= 12:
-                        chars = None
-                    else:
-                        chars.extend(chr(x) for x in range(ord(c), ord(hi) + 1))
-                continue
-            if chars is not None:
-                chars.append(c)
-        if pos >= n:
-            raise ValueError("unterminated class")
-        pos += 1
-        return ("IN", chars)
-
-    try:
-        items = seq()
-    except (ValueError, IndexError):
-        return None
-    return items if pos == n else None
-
-
-def _prefixes(entry_re: str, k: int = 3) -> set[str] | None:
-    """Possible first ``k`` characters of matches of a regex (shorter strings: anything may follow).
-
-    Used to try an entry only at word starts whose first letters fit. None when the analysis fails
-    (the entry is then tried everywhere its first character is a word character).
-    """
-    seq = _parse_regex(entry_re)
-    if seq is None:
-        return None
-    done: set[str] = set()
-
-    def run(items, open_: set[str]) -> set[str]:
-        for item in items:
-            if not open_:
-                return open_
-            name = item[0]
-            if name == "LITERAL":
-                nxt = {s + item[1] for s in open_}
-            elif name == "IN":
-                if item[1] is None:
-                    done.update(open_)
-                    return set()
-                nxt = {s + ch for s in open_ for ch in item[1]}
-            elif name == "BRANCH":
-                nxt = set()
-                for alt in item[1]:
-                    nxt |= run(alt, set(open_))
-            elif name == "REPEAT":
-                lo, hi, sub = item[1], item[2], item[3]
-                once = run(sub, set(open_))
-                if hi > 1 or lo > 1:  # further repetitions: stop the analysis here
-                    done.update(once)
-                    once = set()
-                nxt = (once | open_) if lo == 0 else once
-            elif name == "ASSERT":
-                continue
-            else:  # ANY
-                done.update(open_)
-                return set()
-            full = {s for s in nxt if len(s) >= k}
-            done.update(s[:k] for s in full)
-            open_ = nxt - full
-            if len(open_) + len(done) > _MAX_PREFIXES:
-                return None
-        return open_
-
-    rest = run(seq, {""})
-    if rest is None:
-        return None
-    done |= rest
-    return done
-
-
-class _Matcher:
-    """Finds the matches of many keyed entry lists in one pass over a text.
-
-    Each key (an observation's findings, a cue kind, a qualifier kind...) has a list of entries. The
-    matching rule, which does not depend on the prefix index:
-
-    - a match begins at a word start (a word character after a non-word character) or at a
-      punctuation character (not white space); never inside a word;
-    - at such a position, the match of a key is the match of its *first entry in YAML order* that
-      matches there; an empty match counts as none;
-    - a key's next match begins at or after the end of its previous one.
-
-    :meth:`find_reference` applies the rule directly (every entry of every key at every position).
-    :meth:`find` gives the same matches faster: a prefix index (:func:`_prefixes`) skips the entries
-    whose matches cannot begin with the next letters (an entry the analysis cannot read is always
-    tried), and the remaining entries run as one regex per distinct set of candidates: one capturing
-    lookahead per key around the alternation of its entries in YAML order, so a single ``match``
-    call tries every key and Python's leftmost-alternative rule keeps the first entry that matches.
-    """
-
-    _POSITIONS = re.compile(r"\b\w|[^\w\s]")
-
-    def __init__(self, groups: Sequence[tuple[Any, Sequence[str], str]], k: int = 5, index: bool = True):
-        self.k = k
-        self.use_index = index
-        self.keys: list[Any] = []
-        self._entry_rx: list[str] = []  # entries in YAML order, over all keys
-        self._entry_key: list[int] = []
-        self._key_entries: list[list[int]] = []
-        by_prefix: list[dict[str, list[int]]] = [{} for _ in range(k + 1)]
-        for key, entries, where in groups:
-            i = len(self.keys)
-            self.keys.append(key)
-            self._key_entries.append([])
-            for entry in entries:
-                if not isinstance(entry, str) or not entry.strip():
-                    raise RewardError(f"chexpert rules: empty or non-text entry in {where}: {entry!r}")
-                if "(?P" in entry:  # the matcher joins entries into one regex: their group names would clash
-                    raise RewardError(f"chexpert rules: named groups are not supported in {where}: {entry!r}; "
-                                      "write (...)")
-                rx = _entry_regex(entry)
-                try:
-                    re.compile(rx)
-                except re.error as e:
-                    raise RewardError(f"chexpert rules: bad regex in {where}: {entry!r} ({e})") from e
-                pre = _prefixes(rx, k)
-                eid = len(self._entry_rx)
-                self._entry_rx.append(rx)
-                self._entry_key.append(i)
-                self._key_entries[i].append(eid)
-                for p in (pre if pre is not None else {""}):  # unknown start: try it everywhere
-                    by_prefix[len(p)].setdefault(p, []).append(eid)
-        self.index: list[dict[str, tuple[int, ...]]] = [{p: tuple(ids) for p, ids in level.items()}
-                                                         for level in by_prefix]
-        # Positions the index skips without a look-up: those whose first character begins no entry (periods,
-        # digits, "xxxx"); all of them when an entry's start is unknown.
-        firsts = {p[0] for level in self.index[1:] for p in level}
-        words = "".join(re.escape(c) for c in sorted(firsts) if c.isalnum() or c == "_")
-        punct = "".join(re.escape(c) for c in sorted(firsts) if not (c.isalnum() or c == "_"))
-        alts = ([rf"\b[{words}]"] if words else []) + ([f"[{punct}]"] if punct else [])
-        self._positions = self._POSITIONS if self.index[0] or not alts else re.compile("|".join(alts))
-        self._combined: dict[tuple[int, ...], tuple[re.Pattern, tuple[tuple[int, int], ...]]] = {}
-        self._cache: dict[str, tuple] = {}
-        self._reference: list[re.Pattern | None] | None = None
-
-    def _compile(self, ids: tuple[int, ...]) -> tuple[re.Pattern, tuple[tuple[int, int], ...]]:
-        """Candidate entries (ids in YAML order) -> one regex and its (key, group number) slots."""
-        got = self._combined.get(ids)
-        if got is None:
-            runs: list[list[int]] = []
-            for e in ids:  # the ids of one key are consecutive: split them into per-key runs
-                if runs and self._entry_key[runs[-1][0]] == self._entry_key[e]:
-                    runs[-1].append(e)
-                else:
-                    runs.append([e])
-            parts = [f"(?:(?=(?P<k{self._entry_key[r[0]]}>{'|'.join(self._entry_rx[e] for e in r)}))|)"
-                     for r in runs]
-            pat = re.compile("".join(parts))
-            slots = tuple((self._entry_key[r[0]], pat.groupindex[f"k{self._entry_key[r[0]]}"]) for r in runs)
-            got = self._combined[ids] = (pat, slots)
-        return got
-
-    def _candidates(self, head: str) -> tuple:
-        """The regex and slots for a position whose text begins with ``head``; () when no entry fits."""
-        got = self._cache.get(head)
-        if got is None:
-            ids = sorted({e for n in range(self.k + 1) for e in self.index[n].get(head[:n], ())})
-            got = self._compile(tuple(ids)) if ids else ()
-            if len(self._cache) < 200_000:
-                self._cache[head] = got
-        return got
-
-    def find(self, t: str) -> list[tuple[Any, int, int]]:
-        """All matches as (key, start, end), sorted by start (longest first at one start)."""
-        if not self.use_index:
-            return self.find_reference(t)
-        out: list[tuple[Any, int, int]] = []
-        last_end = [0] * len(self.keys)
-        keys, k, cache, cands = self.keys, self.k, self._cache, self._candidates
-        for ws in self._positions.finditer(t):
-            pos = ws.start()
-            head = t[pos:pos + k]
-            todo = cache.get(head)
-            if todo is None:
-                todo = cands(head)
-            if not todo:
-                continue
-            m = todo[0].match(t, pos)
-            last = m.lastindex  # the highest group that matched (None: no key matched here)
-            if last is None:
-                continue
-            regs = m.regs
-            n = len(out)
-            for i, g in todo[1]:
-                if g > last:
-                    break
-                end = regs[g][1]
-                if end > pos and pos >= last_end[i]:
-                    last_end[i] = end
-                    out.append((keys[i], pos, end))
-            if len(out) - n > 1:  # positions come in order: only the matches at one position need sorting
-                out[n:] = sorted(out[n:], key=lambda x: -x[2])
-        return out
-
-    def find_reference(self, t: str) -> list[tuple[Any, int, int]]:
-        """:meth:`find` without the index: each key's entries, as one alternation in YAML order, tried at
-        every position (several times slower; the tests compare it with :meth:`find`)."""
-        if self._reference is None:
-            self._reference = [re.compile("|".join(self._entry_rx[e] for e in ids)) if ids else None
-                               for ids in self._key_entries]
-        out: list[tuple[Any, int, int]] = []
-        last_end = [0] * len(self.keys)
-        for ws in self._POSITIONS.finditer(t):
-            pos = ws.start()
-            for i, rx in enumerate(self._reference):
-                if rx is None or pos < last_end[i]:
-                    continue
-                m = rx.match(t, pos)
-                if m is not None and m.end() > pos:
-                    last_end[i] = m.end()
-                    out.append((self.keys[i], pos, m.end()))
-        out.sort(key=lambda x: (x[1], -x[2]))
-        return out
-
-
-@dataclass(frozen=True)
-class _Rules:
-    matcher: _Matcher
-    observations: tuple[str, ...]
-    unchanged_label: float | None
-    reach_before_adjacent: int
-    reach_after: int
-    reach_before: int
-    pre_window: int
-    short_window: int
-    post_window: int
-    implications: tuple[tuple[str, re.Pattern, str, float], ...]
-    source: str
-
-
-_CUE_KINDS = ("pseudo_negation", "negated_uncertainty", "compound_negation", "post_negation",
-              "bidirectional_negation", "pre_negation", "pre_negation_short", "pre_uncertainty",
-              "post_uncertainty", "scope_breaks", "post_cue_barriers")
-_QUALIFIER_KINDS = ("borderline", "normal", "abnormal", "unchanged")
-
-
-def load_rules(path: str | Path | None = None) -> dict[str, Any]:
-    """The rules YAML as a dict (the packaged ``chexpert_rules.yaml`` by default), ``$name`` entries of its
-    cue and qualifier lists replaced by the shared cue lexicon's lists (:mod:`reward.cues`)."""
-    p = Path(path) if path else RULES_PATH
-    if not p.is_file():
-        raise FileNotFoundError(f"chexpert rules file not found: {p}")
-    data = read_yaml(p, role="chexpert rules", error=RewardError)
-    if not isinstance(data, dict) or "observations" not in data:
-        raise RewardError(f"{p}: field 'observations' missing (not a chexpert rules file)")
-    # "$name" entries of the cue and qualifier lists: the shared cue lexicon's list (reward/resources/cues.yaml)
-    for part, kinds in (("cues", _CUE_KINDS), ("qualifiers", _QUALIFIER_KINDS)):
-        if part in data:
-            data[part] = expand_all(data[part], kinds, f"{p}: field '{part}'")
-    return data
-
-
-@lru_cache(maxsize=8)
-def _compiled(path: str, index: bool = True) -> _Rules:
-    data = load_rules(path)
-    groups: list[tuple[Any, Sequence[str], str]] = []
-    names = []
-    for name, spec in (data.get("observations") or {}).items():
-        if name not in CHEXPERT_LABELS or name == NO_FINDING:
-            raise RewardError(f"{path}: field 'observations' has unknown observation {name!r}")
-        spec = spec or {}
-        unknown = set(spec) - {"findings", "structures", "exclude"}
-        if unknown:
-            raise RewardError(f"{path}: field 'observations.{name}' has unknown keys {sorted(unknown)}")
-        names.append(name)
-        for part in ("findings", "structures", "exclude"):
-            if spec.get(part):
-                groups.append((("obs", name, part), spec[part], f"{name}.{part}"))
-    other = data.get("other_findings") or {}
-    for part in ("findings", "exclude"):
-        if other.get(part):
-            groups.append((("obs", OTHER, part), other[part], f"other_findings.{part}"))
-    cue_spec = data.get("cues") or {}
-    unknown = set(cue_spec) - set(_CUE_KINDS)
-    if unknown:
-        raise RewardError(f"{path}: field 'cues' has unknown kinds {sorted(unknown)}; known: {_CUE_KINDS}")
-    for kind in _CUE_KINDS:
-        if cue_spec.get(kind):
-            groups.append((("cue", kind), cue_spec[kind], f"cues.{kind}"))
-    qual_spec = data.get("qualifiers") or {}
-    for kind in _QUALIFIER_KINDS:
-        if qual_spec.get(kind):
-            groups.append((("qual", kind), qual_spec[kind], f"qualifiers.{kind}"))
-    reach = data.get("qualifier_reach") or {}
-    unchanged = str(data.get("unchanged_structure", "uncertain"))
-    if unchanged not in ("uncertain", "ignore"):
-        raise RewardError(f"{path}: field 'unchanged_structure' must be uncertain|ignore, got {unchanged!r}")
-    impl = []
-    for i, item in enumerate(data.get("implications") or []):
-        try:
-            impl.append((item["observation"], re.compile(_entry_regex(item["mention"])), item["adds"],
-                         _LABEL_NAMES[item["label"]]))
-        except (KeyError, TypeError, re.error) as e:
-            raise RewardError(f"{path}: field 'implications[{i}]' invalid: {item!r} ({e})") from e
-    return _Rules(_Matcher(groups, index=index), tuple(names), UNCERTAIN if unchanged == "uncertain" else None,
-                  int(reach.get("before_adjacent", 28)), int(reach.get("after", 90)),
-                  int(reach.get("before", 60)), int(data.get("pre_window", 14)),
-                  int(data.get("short_window", 3)), int(data.get("post_window", 7)), tuple(impl), path)
-
-
-# ------------------------------------------------------------------------------------------------
-# Text handling
-# ------------------------------------------------------------------------------------------------
-def normalize(text: str) -> str:
-    """Lower-case, paragraph and list-item breaks -> sentence ends, whitespace collapsed."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\n" in text:
-        text = _PARA_RE.sub(" . ", text)
-    if _DOT_CAPITAL.search(text):  # (a cheap test first: most texts have no glued sentence)
-        text = GLUED_SENTENCE.sub(r"\1. \2", text)  # "process.Enlarged" -> two sentences (as reward.text splits)
-    return " ".join(text.split()).lower()  # str.split's white space is the same as the regex \s
-
-
-def _resub(s: str, idx: list[int], rx: re.Pattern, repl) -> tuple[str, list[int]]:
-    """``rx.sub`` that carries, for every output character, the index of the original character (-1: inserted)."""
-    out, oidx, pos = [], [], 0
-    for m in rx.finditer(s):
-        out.append(s[pos:m.start()])
-        oidx.extend(idx[pos:m.start()])
-        for piece, j in repl(m):
-            out.append(piece)
-            oidx.extend([j] * len(piece))
-        pos = m.end()
-    out.append(s[pos:])
-    oidx.extend(idx[pos:])
-    return "".join(out), oidx
-
-
-def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
-    """:func:`normalize` of ``text`` and, per character, its offset in ``text`` (-1: inserted).
-
-    The labeler reports mention spans in the normalised text; these offsets map them back onto the
-    report as written. When the step-by-step rebuild differs from ``normalize`` (it should not), a
-    character alignment (difflib) gives the offsets instead.
-    """
-    chars, idx = [], []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\r":
-            if i + 1 < len(text) and text[i + 1] == "\n":
-                i += 1
-                continue
-            c = "\n"
-        chars.append(c)
-        idx.append(i)
-        i += 1
-    s = "".join(chars)
-    s, idx = _resub(s, idx, _PARA_RE, lambda m: [(" . ", -1)])
-    s, idx = _resub(s, idx, GLUED_SENTENCE, lambda m: [(m.group(1), idx[m.start(1)]), (".", idx[m.start(1) + 1]),
-                                                  (" ", -1), (m.group(2), idx[m.start(2)])])
-    s, idx = _resub(s, idx, _WS_RE, lambda m: [(" ", idx[m.start()])])
-    a, b = 0, len(s)
-    while a < b and s[a].isspace():
-        a += 1
-    while b > a and s[b - 1].isspace():
-        b -= 1
-    low, lidx = [], []
-    for c, j in zip(s[a:b], idx[a:b]):
-        lc = c.lower()
-        low.append(lc)
-        lidx.extend([j] * len(lc))
-    t = "".join(low)
-    want = normalize(text)
-    if t == want:
-        return t, lidx
-    src = text.lower()
-    off = [-1] * len(want)
-    for blk in difflib.SequenceMatcher(None, src, want, autojunk=False).get_matching_blocks():
-        for k in range(blk.size):
-            off[blk.b + k] = blk.a + k
-    return want, off
-
-
-def extract_sections(text: str, sections: Sequence[str]) -> str | None:
-    """The named sections of a report with ``NAME:`` headers, joined; None when none is present.
-
-    ``sections`` are matched case-insensitively against header names ("findings", "impression")
-    (:func:`reward.text.find_sections`).
-    """
-    found = find_sections(text, sections)
-    if not found:
-        return None
-    return "\n\n".join(p for p in (text[a:b].strip() for _, a, b in found) if p)
+__all__ = ["NO_FINDING", "RULES_PATH", "SUPPORT_DEVICES", "ChexpertF1Scorer", "ChexpertRulesLabeler", "Mention",
+           "extract_sections", "label_report", "label_reports", "load_rules", "normalize", "normalize_with_offsets"]
 
 
 class Mention(NamedTuple):
@@ -612,7 +98,7 @@ class ChexpertRulesLabeler:
 
     def __init__(self, rules_path: str | Path | None = None, sections: Sequence[str] | None = None,
                  prefix_index: bool = True):
-        self.rules = _compiled(str(Path(rules_path).resolve() if rules_path else RULES_PATH), bool(prefix_index))
+        self.rules = compiled_rules(str(Path(rules_path).resolve() if rules_path else RULES_PATH), bool(prefix_index))
         self.sections = tuple(sections) if sections else None
 
     # -- public API ---------------------------------------------------------------------------
@@ -661,7 +147,7 @@ class ChexpertRulesLabeler:
         if mentions:
             _, offsets = normalize_with_offsets(src)
             for m in mentions:
-                se = _to_original(offsets, m.start, m.end)
+                se = to_original(offsets, m.start, m.end)
                 if se is None or m.observation not in labels:
                     continue
                 a, b = se if base is None else (base[se[0]], base[se[1] - 1] + 1)
@@ -744,13 +230,6 @@ class ChexpertRulesLabeler:
         return labels
 
 
-def _to_original(offsets: list[int], s: int, e: int) -> tuple[int, int] | None:
-    """A span of the normalised text -> the span of the original text from its first to its last mapped character."""
-    first = next((offsets[k] for k in range(s, min(e, len(offsets))) if offsets[k] >= 0), None)
-    last = next((offsets[k] for k in range(min(e, len(offsets)) - 1, s - 1, -1) if offsets[k] >= 0), None)
-    return None if first is None or last is None else (first, last + 1)
-
-
 def _combine(a: float, b: float) -> float:
     """Aggregate two mentions of one observation: positive > uncertain > negative."""
     if POSITIVE in (a, b):
@@ -776,7 +255,7 @@ class _Context:
         "slightly somewhat stably noted seen in size of both all each which very minimally at within its "
         "their xxxx , - and/or sized appearing appearance contour contours configuration limits".split())
 
-    def __init__(self, t: str, rules: _Rules, cues: dict[str, list[tuple[int, int]]],
+    def __init__(self, t: str, rules: Rules, cues: dict[str, list[tuple[int, int]]],
                  quals: list[tuple[int, int, str]]):
         self.t, self.r, self.quals = t, rules, quals
         # sentence ends (reward.text.split_sentences): the final . ! ? of a sentence, else its last character + 1

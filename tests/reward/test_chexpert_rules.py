@@ -310,8 +310,9 @@ def test_prefix_index_is_sound_without_the_private_regex_parser():
     import re
 
     import reward.chexpert as chexpert
+    import reward.chexpert_matcher as matcher
 
-    src = inspect.getsource(chexpert)
+    src = inspect.getsource(matcher)
     assert "import _parser" not in src and "re._parser." not in src and "sre_parse" not in src
     entries: list[str] = []
 
@@ -333,8 +334,8 @@ def test_prefix_index_is_sound_without_the_private_regex_parser():
         "Interval removal of the right PICC line. Heart size is top normal. Lungs are clear, without effusion.")]
     analysed = 0
     for e in entries:
-        rx = chexpert._entry_regex(e)
-        pre = chexpert._prefixes(rx)
+        rx = matcher.entry_regex(e)
+        pre = matcher.prefixes(rx)
         if pre is None:
             continue
         analysed += 1
@@ -344,9 +345,9 @@ def test_prefix_index_is_sound_without_the_private_regex_parser():
                 if pat.match(t, ws.start()):
                     assert any(t.startswith(p, ws.start()) for p in pre), (e, t[ws.start():ws.start() + 20], pre)
     assert analysed > 300
-    assert chexpert._prefixes(r"(?:ab|cd)+e") == {"ab", "cd"} and chexpert._prefixes(r"[a-c]d") == {"ad", "bd", "cd"}
-    assert chexpert._parse_regex("(?P<x>a)") is None and chexpert._prefixes("a(b") is None
-    assert chexpert._entry_regex("no (?=effusion)").endswith(")") and chexpert._entry_regex("effusion").endswith(r"(?!\w)")
+    assert matcher.prefixes(r"(?:ab|cd)+e") == {"ab", "cd"} and matcher.prefixes(r"[a-c]d") == {"ad", "bd", "cd"}
+    assert matcher.parse_regex("(?P<x>a)") is None and matcher.prefixes("a(b") is None
+    assert matcher.entry_regex("no (?=effusion)").endswith(")") and matcher.entry_regex("effusion").endswith(r"(?!\w)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,9 +417,9 @@ def test_the_first_yaml_entry_that_matches_wins_wherever_the_index_files_it(tmp_
 def test_an_entry_the_prefix_analysis_cannot_read_is_tried_at_punctuation_too(tmp_path):
     """A scope break the analysis cannot read ("(?i:;)") still cuts the clause at ";" (it used to be tried at word
     starts only, so it never matched and "no" reached across the semicolon)."""
-    from reward.chexpert import _prefixes
+    from reward.chexpert_matcher import prefixes
 
-    assert _prefixes("(?i:;)") is None
+    assert prefixes("(?i:;)") is None
     rules = _rules_file(tmp_path, "unread.yaml", "cues:\n  pre_negation: ['no']\n  scope_breaks: ['(?i:;)']\n")
     for index in (True, False):
         lab = ChexpertRulesLabeler(rules_path=rules, prefix_index=index).label("No pneumothorax; effusion.")
@@ -434,7 +435,7 @@ def test_fast_paths_of_the_splitter_and_normalize_match_the_general_rules():
     import re
 
     from reward import text as rt
-    from reward.chexpert import _PARA_RE, normalize
+    from reward.chexpert_text import _PARA_RE, normalize
     from reward.text import GLUED_SENTENCE
 
     def normalize_reference(s: str) -> str:

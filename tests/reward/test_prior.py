@@ -310,7 +310,7 @@ def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
     n = chexpert.normalize(glued)
     assert [n[a:b] for a, b in text.split_sentences(n)] == [s.lower() for s in text.sentences(glued)]
     t = chexpert.normalize("Atelectasis vs. pneumonia in the left base. No effusion.\n2. Stable heart size?")
-    ctx = chexpert._Context(t, chexpert._compiled(str(chexpert.RULES_PATH)), {}, [])
+    ctx = chexpert._Context(t, chexpert.compiled_rules(str(chexpert.RULES_PATH)), {}, [])
     spans = text.split_sentences(t)
     assert [t[a:b] for a, b in spans] == ["atelectasis vs. pneumonia in the left base.", "no effusion.", ".",
                                           "2. stable heart size?"]
