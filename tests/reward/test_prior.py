@@ -294,7 +294,7 @@ def test_one_sentence_splitter_for_the_labeler_and_the_prior_detector():
     checker; the labeler's sentence scope follows it ("vs." and a list number do not end a sentence; before,
     the labeler cut at every '. '), and an initial does not end one (the measurement checker's old rule)."""
     import reward.chexpert as chexpert
-    import reward.measurements as measurements
+    import reward.measurement_extract as measurements
     import reward.prior as prior
     from reward import text
 
