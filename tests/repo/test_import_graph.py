@@ -95,8 +95,8 @@ def test_layering():
     graph = import_graph()
     for mod, deps in graph.items():
         pkg = mod.split(".")[0]
-        if pkg == "cxr_io":
-            assert not deps, (mod, deps)
+        if pkg == "cxr_io":  # its modules import one another (the error type, the readers), nothing else
+            assert not {d for d in deps if d.split(".")[0] != "cxr_io"}, (mod, deps)
         if pkg in ("reward", "data_prep"):
             assert not {d for d in deps if d.startswith(("mllm_cxr", "evaluation"))}, (mod, deps)
         if pkg == "evaluation":
@@ -135,7 +135,7 @@ def test_layering():
 def test_one_home_for_the_run_config_and_the_jsonl_readers():
     """Only mllm_cxr/run_config.py names the run-config file; JSONL is parsed only by cxr_io (and by the
     predictions format's resumable writer, which must tolerate a line cut short by a killed run)."""
-    allowed_loads = {"cxr_io/__init__.py", "evaluation/predictions.py"}
+    allowed_loads = {"cxr_io/readers.py", "evaluation/predictions.py"}
     for pkg in PACKAGES:
         for path in (REPO / pkg).rglob("*.py"):
             rel = path.relative_to(REPO).as_posix()
