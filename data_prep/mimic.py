@@ -100,14 +100,9 @@ def read_chexpert_labels(path: str | os.PathLike) -> dict[str, dict[str, float |
     return out
 
 
-def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = None,
-                  reports_root: str | os.PathLike | None = None, metadata_csv: str | os.PathLike | None = None,
-                  split_csv: str | os.PathLike | None = None, chexpert_csv: str | os.PathLike | None = None,
-                  image_ext: str = ".jpg", check_images: bool = True, skip_bad: bool = False,
-                  link_priors: bool = True, progress: bool = True,
-                  skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
-    """Convert MIMIC-CXR-JPG to study records; returns ``(records, summary)``, writes ``out`` when given."""
-    root = Path(root)
+def _locate(root: Path, metadata_csv, split_csv, chexpert_csv) -> tuple[Path, Path | None, Path | None]:
+    """The metadata, split and CheXpert-label CSVs of a MIMIC-CXR-JPG folder (given ones first); a folder that
+    is not one is an error naming what it holds."""
     if not root.is_dir():
         raise DataPrepError(f"not a folder; expected {_EXPECTED}", file=str(root))
     if not (root / "files").is_dir():
@@ -119,10 +114,11 @@ def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = No
         raise UnknownLayoutError(f"metadata CSV not found; expected {_EXPECTED}; found {found}", file=str(root))
     split_path = Path(split_csv) if split_csv else find_first(root, [SPLIT])
     chex_path = Path(chexpert_csv) if chexpert_csv else find_first(root, [CHEXPERT])
-    report_roots = _report_roots(root, reports_root)
-    skips = skip_log if skip_log is not None else SkipLog()
+    return meta_path, split_path, chex_path
 
-    # 1. metadata -> studies
+
+def _read_metadata(meta_path: Path, progress: bool) -> dict[str, dict[str, Any]]:
+    """The metadata CSV -> studies: ``{study: {subject, images: [(dicom, view)], time (earliest)}}``."""
     studies: dict[str, dict[str, Any]] = {}
     for line, row in tqdm(iter_csv(meta_path, required=("dicom_id", "subject_id", "study_id", "ViewPosition",
                                                          "StudyDate", "StudyTime")),
@@ -142,11 +138,13 @@ def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = No
                                 file=str(meta_path), line=line, field="subject_id", value=subject)
         st["time"] = min(st["time"], t)
         st["images"].append((dicom, normalize_view(row["ViewPosition"])))
-
     if not studies:
         raise UnknownLayoutError(f"metadata CSV lists no images; expected {_EXPECTED}", file=str(meta_path))
+    return studies
 
-    # 2. splits and labels
+
+def _read_splits(split_path: Path | None) -> dict[str, str]:
+    """study_id -> split from the split CSV ({} without one)."""
     splits: dict[str, str] = {}
     if split_path is not None:
         for line, row in iter_csv(split_path, required=("study_id", "split")):
@@ -155,61 +153,99 @@ def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = No
             except DataPrepError:
                 raise DataPrepError("unknown split", file=str(split_path), line=line, field="split",
                                     value=row["split"]) from None
-    labels = read_chexpert_labels(chex_path) if chex_path is not None else {}
+    return splits
 
-    # 3. reports and images
-    records: list[StudyRecord] = []
+
+def _read_report(root: Path, report_roots: list[Path], study: str, rel_report: str, skip_bad: bool,
+                 skips: SkipLog) -> str | None:
+    """The study's report text; None when it is missing, unreadable or not UTF-8 and skipped (else an error)."""
+    report_file = next((r / rel_report for r in report_roots if (r / rel_report).is_file()), None)
+    if report_file is None:
+        where = report_roots[0] / rel_report if report_roots else root / rel_report
+        err = DataPrepError(f"report of study {study} not found (looked in {[str(r) for r in report_roots]})",
+                            file=str(where))
+        fail_or_skip(skip_bad, skips, err, "report missing", rel_report)
+        return None
+    try:
+        return report_file.read_bytes().decode("utf-8")
+    except OSError as e:
+        fail_or_skip(skip_bad, skips, DataPrepError(f"unreadable report ({e.strerror})", file=str(report_file)),
+                     "report unreadable", rel_report)
+    except UnicodeDecodeError:  # as the CheXpert Plus CSV: refused (or counted with skip_bad), never "\ufffd"
+        fail_or_skip(skip_bad, skips, not_utf8(report_file, DataPrepError), "report not UTF-8", rel_report)
+    return None
+
+
+def _study_images(root: Path, subject: str, study: str, st: dict[str, Any], image_ext: str, check_images: bool,
+                  skip_bad: bool, skips: SkipLog) -> list[ImageRef]:
+    """The study's images (those on disk when ``check_images``; a missing one is an error or skipped)."""
+    images = []
+    for dicom, view in st["images"]:
+        rel = image_relpath(subject, study, dicom, image_ext)
+        if check_images and not (root / rel).is_file():
+            err = BadImageError(f"image of study {study} not found (partial download? use skip_bad to skip)",
+                                file=str(root / rel), field="dicom_id", value=dicom)
+            fail_or_skip(skip_bad, skips, err, "image file missing", rel, kind="image")
+            continue
+        images.append(ImageRef(rel, view))
+    return images
+
+
+def _study_record(study: str, st: dict[str, Any], text: str, rel_report: str, images: list[ImageRef],
+                  splits: dict[str, str], labels: dict[str, dict]) -> tuple[StudyRecord, bool]:
+    """The study's record from its report's sections; True when the impression is the report's last paragraph."""
+    subject = st["subject"]
+    sec = parse_sections(text)
+    findings = sec.get("findings") or sec.get("findings_impression", "")
+    impression = sec.get("impression", "")
+    meta: dict[str, Any] = {"report_file": rel_report, "sections": sorted(sec)}
+    fallback = False
+    if not findings and not impression:
+        impression = last_paragraph_impression(text)
+        meta["impression_source"] = "last_paragraph"
+        fallback = True
+    for key in ("examination", "history", "addendum", "wet_read", "recommendation"):
+        if sec.get(key):
+            meta[key] = sec[key]
+    split = splits.get(study) or hash_split(subject)
+    return StudyRecord(
+        study_id=study, patient_id=subject, dataset=DATASET, split=split, study_time=st["time"],
+        images=images, indication=collapse_whitespace(sec.get("indication") or sec.get("history")),
+        technique=collapse_whitespace(sec.get("technique")), comparison=collapse_whitespace(sec.get("comparison")),
+        findings=collapse_whitespace(findings), impression=collapse_whitespace(impression),
+        labels=labels.get(study), meta=meta,
+    ), fallback
+
+
+def convert_mimic(root: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                  reports_root: str | os.PathLike | None = None, metadata_csv: str | os.PathLike | None = None,
+                  split_csv: str | os.PathLike | None = None, chexpert_csv: str | os.PathLike | None = None,
+                  image_ext: str = ".jpg", check_images: bool = True, skip_bad: bool = False,
+                  link_priors: bool = True, progress: bool = True,
+                  skip_log: SkipLog | None = None) -> tuple[list[StudyRecord], dict[str, Any]]:
+    """Convert MIMIC-CXR-JPG to study records; returns ``(records, summary)``, writes ``out`` when given."""
+    root = Path(root)
+    meta_path, split_path, chex_path = _locate(root, metadata_csv, split_csv, chexpert_csv)
+    report_roots = _report_roots(root, reports_root)
+    skips = skip_log if skip_log is not None else SkipLog()
+    studies = _read_metadata(meta_path, progress)  # 1. metadata -> studies
+    splits = _read_splits(split_path)  # 2. splits and labels
+    labels = read_chexpert_labels(chex_path) if chex_path is not None else {}
+    records: list[StudyRecord] = []  # 3. reports and images
     fallback_impressions = 0
     for study, st in tqdm(sorted(studies.items()), desc="mimic studies", unit="study", disable=not progress):
         subject = st["subject"]
         rel_report = report_relpath(subject, study)
-        report_file = next((r / rel_report for r in report_roots if (r / rel_report).is_file()), None)
-        if report_file is None:
-            where = report_roots[0] / rel_report if report_roots else root / rel_report
-            err = DataPrepError(f"report of study {study} not found (looked in {[str(r) for r in report_roots]})",
-                                file=str(where))
-            fail_or_skip(skip_bad, skips, err, "report missing", rel_report)
+        text = _read_report(root, report_roots, study, rel_report, skip_bad, skips)
+        if text is None:
             continue
-        try:
-            text = report_file.read_bytes().decode("utf-8")
-        except OSError as e:
-            fail_or_skip(skip_bad, skips, DataPrepError(f"unreadable report ({e.strerror})", file=str(report_file)),
-                         "report unreadable", rel_report)
-            continue
-        except UnicodeDecodeError:  # as the CheXpert Plus CSV: refused (or counted with skip_bad), never "\ufffd"
-            fail_or_skip(skip_bad, skips, not_utf8(report_file, DataPrepError), "report not UTF-8", rel_report)
-            continue
-        images = []
-        for dicom, view in st["images"]:
-            rel = image_relpath(subject, study, dicom, image_ext)
-            if check_images and not (root / rel).is_file():
-                err = BadImageError(f"image of study {study} not found (partial download? use skip_bad to skip)",
-                                    file=str(root / rel), field="dicom_id", value=dicom)
-                fail_or_skip(skip_bad, skips, err, "image file missing", rel, kind="image")
-                continue
-            images.append(ImageRef(rel, view))
+        images = _study_images(root, subject, study, st, image_ext, check_images, skip_bad, skips)
         if not images:
             skips.add("no images on disk", f"s{study}")
             continue
-        sec = parse_sections(text)
-        findings = sec.get("findings") or sec.get("findings_impression", "")
-        impression = sec.get("impression", "")
-        meta: dict[str, Any] = {"report_file": rel_report, "sections": sorted(sec)}
-        if not findings and not impression:
-            impression = last_paragraph_impression(text)
-            meta["impression_source"] = "last_paragraph"
-            fallback_impressions += 1
-        for key in ("examination", "history", "addendum", "wet_read", "recommendation"):
-            if sec.get(key):
-                meta[key] = sec[key]
-        split = splits.get(study) or hash_split(subject)
-        records.append(StudyRecord(
-            study_id=study, patient_id=subject, dataset=DATASET, split=split, study_time=st["time"],
-            images=images, indication=collapse_whitespace(sec.get("indication") or sec.get("history")),
-            technique=collapse_whitespace(sec.get("technique")), comparison=collapse_whitespace(sec.get("comparison")),
-            findings=collapse_whitespace(findings), impression=collapse_whitespace(impression),
-            labels=labels.get(study), meta=meta,
-        ))
+        record, fallback = _study_record(study, st, text, rel_report, images, splits, labels)
+        records.append(record)
+        fallback_impressions += fallback
     n_priors = _link_priors(records) if link_priors else 0
     summary = build_prepare_summary(DATASET, records, skips, data_root=root, priors_linked=n_priors,
                                     metadata_csv=str(meta_path), split_source=str(split_path) if split_path else "hash(patient_id)",

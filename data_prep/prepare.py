@@ -303,37 +303,16 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     name = dataset_name(dataset)
     out = Path(out)
     check_pixel_budget(min_pixels, max_pixels, where="prepare")
-    if source is None:
-        source = dataset_options.pop("root", None)
-    if source is None:
-        if name != "phantom":
-            raise DataPrepError(f"prepare {name} needs the dataset location (source=...)", field="source")
-        source = out.parent
-    inputs = [v for v in (source, *dataset_options.values())
-              if isinstance(v, str | os.PathLike) and Path(v).is_file()]
-    check_output(out, inputs)  # before any work: --out is not an input and can be created
-    if out.suffix.lower() not in (".jsonl", ".parquet"):
-        raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
-                            f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))
+    source, inputs = _source_and_inputs(name, out, source, dataset_options)
+    cache = None
     if image_cache is not None:
         cache = ImageCache(image_cache, min_pixels=min_pixels, max_pixels=max_pixels)  # validates the budget early
     skips = SkipLog()
     records, conv = _call_converter(name, source, dataset_options, out=None, skip_bad=skip_bad, link_priors=False,
                                     progress=progress, skip_log=skips)
-    data_root = conv.get("data_root")
-    image_stats: dict[str, Any] = {}
-    if image_cache is not None:
-        if data_root is None:
-            raise DataPrepError(f"cannot cache the images of {name}: no image folder was given "
-                                "(e.g. png_dir= for iu-xray, image_root= for chexpert-plus, images_dir= for the box "
-                                "datasets; radfact has no images)", field="image_cache")
-        image_stats = cache_images(records, Path(data_root), cache, skip_bad=skip_bad, skips=skips,
-                                   workers=workers, progress=progress)
-        image_stats["source_root"] = str(data_root)  # what meta.source_images are relative to
-        data_root = str(cache.root)
-    elif data_root is not None and dataset_options.get("check_images", True):
-        image_stats = verify_images(records, Path(data_root), skip_bad=skip_bad, skips=skips, workers=workers,
-                                    progress=progress)
+    data_root, image_stats = _prepare_images(name, records, conv.get("data_root"), cache,
+                                             dataset_options.get("check_images", True), skip_bad=skip_bad,
+                                             skips=skips, workers=workers, progress=progress)
     if skip_bad and not conv.get("text_only"):  # a text-only dataset (radfact) never had images
         drop_imageless(records, skips)
     _link_priors(records)
@@ -356,6 +335,52 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
         "studies_per_s": round(len(records) / elapsed, 1) if elapsed > 0 else None,
         "images_per_s": round(n_images / elapsed, 1) if elapsed > 0 else None,
     })
+    _write_side_files(out, skips, summary)
+    return summary
+
+
+def _source_and_inputs(name: str, out: Path, source: str | os.PathLike | None,
+                       dataset_options: dict[str, Any]) -> tuple[str | os.PathLike, list]:
+    """The dataset's location (``root=`` an alias; ``out``'s folder for phantom) and the input files among the
+    options; ``out`` checked before any work (not an input, creatable, .jsonl or .parquet)."""
+    if source is None:
+        source = dataset_options.pop("root", None)
+    if source is None:
+        if name != "phantom":
+            raise DataPrepError(f"prepare {name} needs the dataset location (source=...)", field="source")
+        source = out.parent
+    inputs = [v for v in (source, *dataset_options.values())
+              if isinstance(v, str | os.PathLike) and Path(v).is_file()]
+    check_output(out, inputs)  # before any work: --out is not an input and can be created
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        raise DataPrepError("--out names the records file to write and must end in .jsonl or .parquet "
+                            f"(e.g. {out / 'studies.jsonl'})", field="out", value=str(out))
+    return source, inputs
+
+
+def _prepare_images(name: str, records: list[StudyRecord], data_root: str | None, cache: ImageCache | None,
+                    check_images: bool, *, skip_bad: bool, skips: SkipLog, workers: int,
+                    progress: bool) -> tuple[str | None, dict[str, Any]]:
+    """Cache the records' images (``cache`` given) or verify them where they are; ``(data_root, image_stats)``,
+    the data root being the cache's once the images are cached."""
+    image_stats: dict[str, Any] = {}
+    if cache is not None:
+        if data_root is None:
+            raise DataPrepError(f"cannot cache the images of {name}: no image folder was given "
+                                "(e.g. png_dir= for iu-xray, image_root= for chexpert-plus, images_dir= for the box "
+                                "datasets; radfact has no images)", field="image_cache")
+        image_stats = cache_images(records, Path(data_root), cache, skip_bad=skip_bad, skips=skips,
+                                   workers=workers, progress=progress)
+        image_stats["source_root"] = str(data_root)  # what meta.source_images are relative to
+        data_root = str(cache.root)
+    elif data_root is not None and check_images:
+        image_stats = verify_images(records, Path(data_root), skip_bad=skip_bad, skips=skips, workers=workers,
+                                    progress=progress)
+    return data_root, image_stats
+
+
+def _write_side_files(out: Path, skips: SkipLog, summary: dict[str, Any]) -> None:
+    """The skipped items beside ``out`` (when any) and the summary (manifest), both named in the summary."""
     stem = out.with_suffix("")
     if len(skips):
         skipped_file = stem.with_name(stem.name + ".skipped.jsonl")
@@ -364,7 +389,6 @@ def prepare(dataset: str, *, out: str | os.PathLike, source: str | os.PathLike |
     summary_file = manifest_path(out)
     summary["summary_file"] = str(summary_file)
     write_text_atomic(summary_file, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return summary
 
 
 def prepare_summary_line(s: dict[str, Any]) -> str:

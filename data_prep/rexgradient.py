@@ -107,6 +107,53 @@ def _norm_image_path(raw: str, meta_rel: str) -> str:
     return posixpath.normpath(p)
 
 
+def _views_json(js_path: Path | None) -> dict[str, Any]:
+    """The split's view-position JSON (study id -> ImagePath/ImageViewPosition); {} without one."""
+    views_json: dict[str, Any] = {}
+    if js_path is not None:
+        try:
+            views_json = json.loads(js_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataPrepError(f"unreadable view-position JSON ({e})", file=str(js_path)) from None
+        if not isinstance(views_json, dict):
+            raise UnknownLayoutError("expected an object keyed by study id", file=str(js_path),
+                                     value=type(views_json).__name__)
+    return views_json
+
+
+def _row_images(root: Path, meta_rel: str, sid: str, raw_paths: list, raw_views: list, verify: bool, skip_bad: bool,
+                skips: SkipLog) -> list[ImageRef]:
+    """A study's images with their views (those on disk when ``verify``; a missing one is an error or skipped)."""
+    images = []
+    for i, raw in enumerate(raw_paths):
+        rel = _norm_image_path(str(raw), meta_rel)
+        view = normalize_view(raw_views[i]) if i < len(raw_views) and raw_views[i] is not None else "UNKNOWN"
+        if verify and not (root / rel).is_file():
+            err = BadImageError(f"image of study {sid} not found", file=str(root / rel), field="ImagePath",
+                                value=str(raw))
+            fail_or_skip(skip_bad, skips, err, "image file missing", rel, kind="image")
+            continue
+        images.append(ImageRef(rel, view))
+    return images
+
+
+def _row_record(row: dict[str, str], sid: str, pid: str, split: str, images: list[ImageRef]) -> StudyRecord:
+    """The study record of one metadata row."""
+    meta: dict[str, Any] = {}
+    for col, key in (("StudyDescription", "examination"), ("PatientAge", "age"), ("PatientSex", "sex"),
+                     ("StudyInstanceUid", "study_instance_uid"), ("AccessionNumber", "accession_number")):
+        v = collapse_whitespace(row.get(col))
+        if v:
+            meta[key] = v
+    return StudyRecord(
+        study_id=sid, patient_id=pid, dataset=DATASET, split=split,
+        study_time=_date(row.get("StudyDate", "")), images=images,
+        indication=collapse_whitespace(row.get("Indication")), technique=collapse_whitespace(row.get("Technique")),
+        comparison=collapse_whitespace(row.get("Comparison")), findings=collapse_whitespace(row["Findings"]),
+        impression=collapse_whitespace(row["Impression"]), meta=meta,
+    )
+
+
 def convert_rexgradient(root: str | os.PathLike, *, out: str | os.PathLike | None = None,
                         splits: tuple[str, ...] | None = None, check_images: bool = True, skip_bad: bool = False,
                         link_priors: bool = True, progress: bool = True,
@@ -132,15 +179,7 @@ def convert_rexgradient(root: str | os.PathLike, *, out: str | os.PathLike | Non
     records: list[StudyRecord] = []
     seen: set[str] = set()
     for split, (csv_path, js_path) in files.items():
-        views_json: dict[str, Any] = {}
-        if js_path is not None:
-            try:
-                views_json = json.loads(js_path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise DataPrepError(f"unreadable view-position JSON ({e})", file=str(js_path)) from None
-            if not isinstance(views_json, dict):
-                raise UnknownLayoutError("expected an object keyed by study id", file=str(js_path),
-                                         value=type(views_json).__name__)
+        views_json = _views_json(js_path)
         file = str(csv_path)
         for line, row in tqdm(iter_csv(csv_path, required=REQUIRED), desc=f"rexgradient {split}", unit="study",
                               disable=not progress):
@@ -159,32 +198,11 @@ def convert_rexgradient(root: str | os.PathLike, *, out: str | os.PathLike | Non
             if not isinstance(raw_paths, list):
                 raise DataPrepError("ImagePath must be a list", file=str(js_path or csv_path), field=f"{sid}.ImagePath",
                                     value=raw_paths)
-            images = []
-            for i, raw in enumerate(raw_paths):
-                rel = _norm_image_path(str(raw), meta_rel)
-                view = normalize_view(raw_views[i]) if i < len(raw_views) and raw_views[i] is not None else "UNKNOWN"
-                if verify and not (root / rel).is_file():
-                    err = BadImageError(f"image of study {sid} not found", file=str(root / rel), field="ImagePath",
-                                        value=str(raw))
-                    fail_or_skip(skip_bad, skips, err, "image file missing", rel, kind="image")
-                    continue
-                images.append(ImageRef(rel, view))
+            images = _row_images(root, meta_rel, sid, raw_paths, raw_views, verify, skip_bad, skips)
             if raw_paths and not images:
                 skips.add("no images on disk", sid)
                 continue
-            meta: dict[str, Any] = {}
-            for col, key in (("StudyDescription", "examination"), ("PatientAge", "age"), ("PatientSex", "sex"),
-                             ("StudyInstanceUid", "study_instance_uid"), ("AccessionNumber", "accession_number")):
-                v = collapse_whitespace(row.get(col))
-                if v:
-                    meta[key] = v
-            records.append(StudyRecord(
-                study_id=sid, patient_id=pid, dataset=DATASET, split=split,
-                study_time=_date(row.get("StudyDate", "")), images=images,
-                indication=collapse_whitespace(row.get("Indication")), technique=collapse_whitespace(row.get("Technique")),
-                comparison=collapse_whitespace(row.get("Comparison")), findings=collapse_whitespace(row["Findings"]),
-                impression=collapse_whitespace(row["Impression"]), meta=meta,
-            ))
+            records.append(_row_record(row, sid, pid, split, images))
     n_priors = _link_priors(records) if link_priors else 0
     summary = build_prepare_summary(DATASET, records, skips, data_root=root, priors_linked=n_priors,
                                     metadata_dir=str(meta_dir), split_files={k: str(v[0]) for k, v in files.items()},
