@@ -111,19 +111,8 @@ class VLLMEngineArgs:
 # ------------------------------------------------------------------------------------------------
 # generate
 # ------------------------------------------------------------------------------------------------
-def run_generate(args: GenerateArgs) -> int:
-    from data_prep.schema import resolve_data_root
-    from evaluation.predictions import meta_path, part_path
-    from mllm_cxr.data import load_split
-    from mllm_cxr.infer.generate import (
-        OpenAIGenerator,
-        VLLMGenerator,
-        check_resume,
-        generate_predictions,
-        load_hf_generator,
-    )
-    from mllm_cxr.run_config import resolve_prompt
-
+def _check_generate_args(args: GenerateArgs) -> None:
+    """The numbers, and what the backend needs (--model, --base-url); the model and adapter references checked."""
     check_number_args(args)
     if args.backend in ("hf", "vllm") and not args.model:
         raise ConfigError(f"--backend {args.backend} needs --model (hub id or folder of the base model)")
@@ -135,6 +124,52 @@ def run_generate(args: GenerateArgs) -> int:
         check_model_ref(args.model, field="--model")
         if args.adapter:
             check_adapter_dir(args.adapter, field="--adapter")
+
+
+def _task_config(args: GenerateArgs, prompt, root):
+    """The :class:`mllm_cxr.tasks.TaskConfig` of ``--task`` (None without one); qwen2_5_vl boxes need a pixel budget."""
+    if not args.task:
+        return None
+    from mllm_cxr.tasks import BOX_TASKS, TaskConfig, get_task
+
+    get_task(args.task)
+    if args.task in BOX_TASKS and args.box_family == "qwen2_5_vl" and (prompt.min_pixels is None
+                                                                       or prompt.max_pixels is None):
+        raise ConfigError(f"--task {args.task} with --box-family qwen2_5_vl: boxes are pixels of the resized "
+                          "image; set --min-pixels and --max-pixels (or use an adapter whose config has them)")
+    return TaskConfig(prompt=prompt.prompt, family=args.box_family, min_pixels=prompt.min_pixels,
+                      max_pixels=prompt.max_pixels, data_root=root)
+
+
+def _generator(args: GenerateArgs, prompt, root, settings):
+    """The generator of ``--backend``: a local HF model, vLLM in this process, or an OpenAI-compatible server."""
+    from mllm_cxr.infer.generate import OpenAIGenerator, VLLMGenerator, load_hf_generator
+
+    if args.backend == "hf":
+        return load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
+                                 attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit,
+                                 trust_remote_code=args.trust_remote_code)
+    if args.backend == "vllm":
+        extra = {"enforce_eager": True} if args.enforce_eager else {}
+        if args.max_model_len:
+            extra["max_model_len"] = args.max_model_len
+        return VLLMGenerator(args.model, prompt, root, settings, adapter=args.adapter,
+                             max_lora_rank=args.max_lora_rank, dtype=args.dtype,
+                             gpu_memory_utilization=args.gpu_memory_utilization,
+                             tensor_parallel_size=args.tensor_parallel_size,
+                             trust_remote_code=args.trust_remote_code, **extra)
+    return OpenAIGenerator(args.base_url, prompt, root, settings, served_model=args.served_model,
+                           api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
+
+
+def run_generate(args: GenerateArgs) -> int:
+    from data_prep.schema import resolve_data_root
+    from evaluation.predictions import meta_path, part_path
+    from mllm_cxr.data import load_split
+    from mllm_cxr.infer.generate import check_resume, generate_predictions
+    from mllm_cxr.run_config import resolve_prompt
+
+    _check_generate_args(args)
     studies = load_split(args.studies, _split(args.split), args.limit)
     shard = None
     if args.shard:
@@ -147,17 +182,7 @@ def run_generate(args: GenerateArgs) -> int:
     prompt = resolve_prompt(args.adapter, args.model, overrides=_prompt_overrides(args),
                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     settings = args.generation
-    task_cfg = None
-    if args.task:
-        from mllm_cxr.tasks import BOX_TASKS, TaskConfig, get_task
-
-        get_task(args.task)
-        if args.task in BOX_TASKS and args.box_family == "qwen2_5_vl" and (prompt.min_pixels is None
-                                                                           or prompt.max_pixels is None):
-            raise ConfigError(f"--task {args.task} with --box-family qwen2_5_vl: boxes are pixels of the resized "
-                              "image; set --min-pixels and --max-pixels (or use an adapter whose config has them)")
-        task_cfg = TaskConfig(prompt=prompt.prompt, family=args.box_family, min_pixels=prompt.min_pixels,
-                              max_pixels=prompt.max_pixels, data_root=root)
+    task_cfg = _task_config(args, prompt, root)
     model_id = args.model if args.backend != "openai" else f"{args.base_url}#{args.served_model or ''}"
     meta = {"model": model_id, "adapter": args.adapter, "backend": args.backend, "prompt": prompt.to_dict(),
             "prompt_source": prompt.source, "generation": dataclasses.asdict(settings),
@@ -170,21 +195,7 @@ def run_generate(args: GenerateArgs) -> int:
     for o in (args.out, meta_path(args.out), part_path(args.out)):  # before --overwrite deletes anything
         check_output(o, [args.studies, args.adapter, args.model], flag="--out")
     check_resume(args.out, meta, overwrite=args.overwrite)
-    if args.backend == "hf":
-        gen = load_hf_generator(args.model, args.adapter, prompt, root, settings, dtype=args.dtype,
-                                attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit,
-                                trust_remote_code=args.trust_remote_code)
-    elif args.backend == "vllm":
-        extra = {"enforce_eager": True} if args.enforce_eager else {}
-        if args.max_model_len:
-            extra["max_model_len"] = args.max_model_len
-        gen = VLLMGenerator(args.model, prompt, root, settings, adapter=args.adapter, max_lora_rank=args.max_lora_rank,
-                            dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
-                            tensor_parallel_size=args.tensor_parallel_size, trust_remote_code=args.trust_remote_code,
-                            **extra)
-    else:
-        gen = OpenAIGenerator(args.base_url, prompt, root, settings, served_model=args.served_model,
-                              api_key=args.api_key, timeout=args.timeout, max_concurrency=args.max_concurrency)
+    gen = _generator(args, prompt, root, settings)
     if task_cfg is not None and task_cfg.family == "qwen2_vl":  # its box markers are special tokens: keep them
         gen.keep_box_tokens = True
     s = generate_predictions(gen, studies, args.out, batch_size=args.batch_size, progress=not args.quiet,

@@ -177,42 +177,12 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
             gen_s += time.perf_counter() - t
             if len(outputs) != len(chunk):
                 raise ValueError(f"generator returned {len(outputs)} sample lists for {len(chunk)} studies")
-            flat, cols, prompts = [], [], []
-            for s, samples in zip(chunk, outputs):
-                counts["samples"] += len(samples)
-                counts["empty_samples"] += sum(1 for x in samples if not (x or "").strip())
-                flat.extend(samples)
-                if hasattr(s, "task"):  # a task example (mllm_cxr.infer.generate.task_items): its columns, prompt
-                    cols.extend([task_reward_row(s.record, s, cfg)] * len(samples))
-                    prompts.extend([s.messages] * len(samples))
-                else:
-                    cols.extend([reward_columns(s, cfg)] * len(samples))
-                    prompts.extend([build_messages(s, cfg)[0]] * len(samples))
+            flat, cols, prompts = _flatten_samples(chunk, outputs, cfg, counts)
             t = time.perf_counter()
             columns = {k: [c[k] for c in cols] for k in (cols[0] if cols else {})}
             scores = [float(x) for x in fn(prompts=prompts, completions=flat, **columns)] if flat else []
             score_s += time.perf_counter() - t
-            pos = 0
-            for s, samples in zip(chunk, outputs):
-                sc = scores[pos:pos + len(samples)]
-                pos += len(samples)
-                counts["studies"] += 1
-                ranked = rank_samples(samples, sc)
-                if ranked is None:
-                    counts["skipped_too_few_samples"] += 1
-                    continue
-                b, w = ranked
-                margin = sc[b] - sc[w]
-                if not margin > margin_threshold:
-                    counts["skipped_low_margin"] += 1
-                    continue
-                pair = _pair(s.study_id, samples[b], samples[w], sc[b], sc[w], "reward_ranked")
-                if hasattr(s, "task"):  # dpo_dataset rebuilds the example's prompt from these
-                    pair.update(task=s.task, example=s.index)
-                if keep_samples:
-                    pair["samples"], pair["scores"] = list(samples), list(sc)
-                pairs.append(pair)
-                margins.append(margin)
+            _rank_chunk(chunk, outputs, scores, margin_threshold, keep_samples, counts, pairs, margins)
             bar.update(len(chunk))
     summary = {
         "source": "reward_ranked",
@@ -230,6 +200,51 @@ def reward_ranked_pairs(studies: Sequence[StudyRecord], generator, reward, *, ma
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return pairs, summary
+
+
+def _flatten_samples(chunk: Sequence[Any], outputs: Sequence[Sequence[str]], cfg: PromptConfig,
+                     counts: Counter[str]) -> tuple[list[str], list[dict[str, Any]], list[Any]]:
+    """The samples of a batch in one list, with each sample's reward columns and prompt messages; counts
+    the samples and the empty ones."""
+    flat, cols, prompts = [], [], []
+    for s, samples in zip(chunk, outputs):
+        counts["samples"] += len(samples)
+        counts["empty_samples"] += sum(1 for x in samples if not (x or "").strip())
+        flat.extend(samples)
+        if hasattr(s, "task"):  # a task example (mllm_cxr.infer.generate.task_items): its columns, prompt
+            cols.extend([task_reward_row(s.record, s, cfg)] * len(samples))
+            prompts.extend([s.messages] * len(samples))
+        else:
+            cols.extend([reward_columns(s, cfg)] * len(samples))
+            prompts.extend([build_messages(s, cfg)[0]] * len(samples))
+    return flat, cols, prompts
+
+
+def _rank_chunk(chunk: Sequence[Any], outputs: Sequence[Sequence[str]], scores: list[float], margin_threshold: float,
+                keep_samples: bool, counts: Counter[str], pairs: list[dict[str, Any]], margins: list[float]) -> None:
+    """Each study's (best, worst) samples as a pair when their margin exceeds ``margin_threshold`` (appended to
+    ``pairs`` and ``margins``); the studies skipped are counted."""
+    pos = 0
+    for s, samples in zip(chunk, outputs):
+        sc = scores[pos:pos + len(samples)]
+        pos += len(samples)
+        counts["studies"] += 1
+        ranked = rank_samples(samples, sc)
+        if ranked is None:
+            counts["skipped_too_few_samples"] += 1
+            continue
+        b, w = ranked
+        margin = sc[b] - sc[w]
+        if not margin > margin_threshold:
+            counts["skipped_low_margin"] += 1
+            continue
+        pair = _pair(s.study_id, samples[b], samples[w], sc[b], sc[w], "reward_ranked")
+        if hasattr(s, "task"):  # dpo_dataset rebuilds the example's prompt from these
+            pair.update(task=s.task, example=s.index)
+        if keep_samples:
+            pair["samples"], pair["scores"] = list(samples), list(sc)
+        pairs.append(pair)
+        margins.append(margin)
 
 
 # ----------------------------------------------------------------------------------------------------

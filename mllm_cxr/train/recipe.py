@@ -260,19 +260,7 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
         skips = f"; {len(skipped_images)} studies skipped for a bad image" if skipped_images else ""
         print(f"dry run: config parsed; datasets built ({sizes}){skips}; no model loaded, nothing written", flush=True)
         return None
-    out = Path(args.output_dir)
-    spool = out / MID_RUN_SKIPS  # images skip_bad_images skips mid-run, appended by whichever process decodes
-    for t in transforms_of(data):
-        t.spool = str(spool)
-    if args.process_index == 0:
-        save_run_configs(args.output_dir, configs, args, argv)
-        if not resume:
-            spool.unlink(missing_ok=True)  # a stale record of an earlier run in this folder
-        if skipped_images:  # the run record of what skip_bad_images left out
-            write_text_atomic(out / f"{SKIPPED_IMAGES}.json",
-                              json.dumps(skipped_images, indent=2, ensure_ascii=False) + "\n")
-    if args.local_process_index == 0:
-        clear_staging(out)
+    out, spool = _prepare_output_dir(args, configs, argv, data, resume, skipped_images)
     tr, processor = trainer(configs, data, model_args)
     atomic_checkpoints(tr)
     log.info(trainable_summary(tr.model))
@@ -305,6 +293,26 @@ def run_training(config_classes: Sequence[type], argv: list[str] | None, *,
     tr.accelerator.wait_for_everyone()  # multi-node: no rank may outlive node 0's rendezvous store (docs/scaling.md)
     tr.end()  # trackers finished, process group destroyed: nothing distributed after this
     return metrics
+
+
+def _prepare_output_dir(args, configs: tuple, argv: list[str], data: dict[str, Any], resume: str | None,
+                        skipped_images: list) -> tuple[Path, Path]:
+    """The output folder before the model loads: the datasets' transforms told where mid-run image skips go, the
+    run's configs and the images skipped so far written (process 0), a stale staged save cleared; ``(out, spool)``."""
+    out = Path(args.output_dir)
+    spool = out / MID_RUN_SKIPS  # images skip_bad_images skips mid-run, appended by whichever process decodes
+    for t in transforms_of(data):
+        t.spool = str(spool)
+    if args.process_index == 0:
+        save_run_configs(args.output_dir, configs, args, argv)
+        if not resume:
+            spool.unlink(missing_ok=True)  # a stale record of an earlier run in this folder
+        if skipped_images:  # the run record of what skip_bad_images left out
+            write_text_atomic(out / f"{SKIPPED_IMAGES}.json",
+                              json.dumps(skipped_images, indent=2, ensure_ascii=False) + "\n")
+    if args.local_process_index == 0:
+        clear_staging(out)
+    return out, spool
 
 
 def _train_and_save(tr, processor, resume: str | None, output_dir: str):
