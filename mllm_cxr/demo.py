@@ -221,6 +221,126 @@ class DemoArgs:
     tag: str = opt("suffix of every output folder (several seeds side by side)", default="")
 
 
+class DemoRun:
+    """One demo run: the stages it trains, what each scores on the test split, and where it writes."""
+
+    def __init__(self, args: DemoArgs, runs: Path) -> None:
+        from data_prep.schema import read_records
+
+        self.args, self.runs, self.tag = args, runs, args.tag
+        self.base, self.phantom = runs / "demo-base", runs / "phantom" / "studies.jsonl"
+        self.out = runs / f"demo{self.tag}"
+        (self.out / "pred").mkdir(parents=True, exist_ok=True)
+        test = read_records(self.phantom, split="test")[: args.limit]
+        self.truth = {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
+                      "has_prior": [r.has_prior for r in test]}
+        self.common = ["--studies", str(self.phantom), "--model_name_or_path", str(self.base), "--seed", str(args.seed)]
+        if args.max_steps:
+            self.common += ["--max_steps", str(args.max_steps)]
+        self.adapters = {"sft": runs / f"demo-sft{self.tag}"}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.times: dict[str, dict[str, float]] = {}
+
+    def evaluate(self, name: str, model: Path, adapter: Path | None) -> None:
+        """Greedy and sampled reports on the test split, scored; compared with SFT (and the control)."""
+        t0 = time.perf_counter()
+        pred, sampled = self.out / "pred" / f"{name}.jsonl", self.out / "pred" / f"{name}_sampled.jsonl"
+        gen = ["generate", "--studies", str(self.phantom), "--split", "test", "--model", str(model),
+               "--max-new-tokens", "96", "--batch-size", "16", "--overwrite", "--quiet", "--seed", str(self.args.seed)]
+        gen += ["--limit", str(self.args.limit)] if self.args.limit else []
+        gen += ["--adapter", str(adapter)] if adapter is not None else BASE_PROMPT if model == self.base else []
+        _cli(*gen, "--out", str(pred))
+        # the untrained base writes to the token limit: one sample per study is enough to show its rate
+        k = 1 if name == "base" else self.args.samples
+        _cli(*gen, "--out", str(sampled), "--do-sample", "--num-return-sequences", str(k))
+        r = score_stage(name, pred, sampled, self.truth)
+        n = len(self.truth["ids"])
+        if "sft" in self.results and name != "sft":
+            r["vs_sft"] = compare(r, self.results["sft"], n)
+        if name in ("grpo", "editgrpo", "export") and "control" in self.results:
+            r["vs_control"] = compare(r, self.results["control"], n)
+        self.results[name] = r
+        self.times.setdefault(name, {})["eval"] = time.perf_counter() - t0
+        print(results_table(self.results), flush=True)
+
+    def train(self, name: str, recipe: str, config: str, extra: list[str]) -> Path:
+        t0 = time.perf_counter()
+        dest = self.runs / f"demo-{name}{self.tag}"
+        _launch(recipe, config, [*self.common, *extra, "--output_dir", str(dest), "--overwrite_output_dir", "true"])
+        self.times.setdefault(name, {})["train"] = time.perf_counter() - t0
+        return dest
+
+    def dpo_stage(self, name: str, config: str, make_pairs) -> None:
+        """Pairs (``make_pairs(path)``, their time counted in training), then DPO from the SFT adapter."""
+        t0 = time.perf_counter()
+        pairs = self.out / f"pairs_{'prior' if name == 'dpo' else name}.jsonl"
+        make_pairs(pairs)
+        pair_s = time.perf_counter() - t0
+        self.evaluate(name, self.base, self.train(name, "dpo.py", config,
+                                                  ["--adapter_path", str(self.adapters["sft"]), "--pairs", str(pairs)]))
+        self.times[name]["train"] += pair_s
+
+    def run_stages(self, stages: list[str]) -> int:
+        self.evaluate("base", self.base, None)
+        if "sft" in stages:
+            self.train("sft", "sft.py", "sft.yaml", [])
+            self.evaluate("sft", self.base, self.adapters["sft"])
+        sft = self.adapters["sft"]
+        if not (sft / "adapter_config.json").exists():
+            print(f"missing {sft}: the stages after SFT need it (add sft to --stages)", file=sys.stderr)
+            return 2
+        after_sft = ["--adapter_path", str(sft)]
+        if "control" in stages:
+            self.evaluate("control", self.base, self.train("control", "sft.py", "sft_continue.yaml", after_sft))
+        for name, cfg in (("grpo", "grpo.yaml"), ("editgrpo", "editgrpo.yaml")):
+            if name in stages:
+                self.adapters[name] = self.train(name, "grpo.py", cfg, after_sft)
+                self.evaluate(name, self.base, self.adapters[name])
+        seed = str(self.args.seed)
+        if "dpo" in stages:
+            self.dpo_stage("dpo", "dpo.yaml", lambda out: _cli(
+                "pairs", "prior", "--studies", str(self.phantom), "--out", str(out), "--sections", "findings"))
+        if "chexalign" in stages:
+            self.dpo_stage("chexalign", "dpo_chexalign.yaml", lambda out: _cli(
+                "pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter", str(sft),
+                "--k", "4", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "192", "--max-new-tokens", "96",
+                "--batch-size", "16", "--seed", seed, "--out", str(out)))
+        if "export" in stages and "grpo" in self.adapters:
+            t0 = time.perf_counter()
+            dest = self.runs / f"demo-export{self.tag}"
+            _cli("export", "--base", str(self.base), "--adapter", str(self.adapters["grpo"]), "--out", str(dest),
+                 "--merge", "--overwrite", "--verify-studies", str(self.phantom))
+            self.times["export"] = {"train": time.perf_counter() - t0}
+            self.evaluate("export", dest, None)
+        return 0
+
+    def finish(self, total: float) -> None:
+        """The table, the numbers, the curves and the HTML report of the last RL stage."""
+        from cxr_io import write_text_atomic
+
+        runs, tag, results = self.runs, self.tag, self.results
+        table = results_table(results)
+        doc = {"seed": self.args.seed, "test_studies": len(self.truth["ids"]), "stages": list(results),
+               "seconds_total": round(total, 1),
+               "seconds": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in self.times.items()},
+               "results": {k: {"metrics": v["metrics"], "vs_sft": v.get("vs_sft"), "vs_control": v.get("vs_control"),
+                               "example": v["example"]} for k, v in results.items()}}
+        write_text_atomic(runs / f"demo_results{tag}.json", json.dumps(doc, indent=2))
+        write_text_atomic(runs / f"demo_table{tag}.md", table)
+        print("\n" + table)
+        print(runtime_table(self.times))
+        print("example report after the last stage:", list(results.values())[-1]["example"][:300])
+        curves = {name: runs / f"demo-{name}{tag}" / "curves.png" for name in ("grpo", "editgrpo", "dpo", "chexalign")}
+        curves = {k: v for k, v in curves.items() if v.is_file()}
+        for name, png in curves.items():
+            print(f"held-out learning curve of {name}: {png}")
+        last_rl = next((s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in results), None)
+        if last_rl and "sft" in results:
+            write_stage_report(self.out, last_rl, curves=curves)
+        print(f"\ndemo finished in {total:.0f} s; table in {runs / f'demo_table{tag}.md'}, numbers in "
+              f"{runs / f'demo_results{tag}.json'}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = build_parser(DemoArgs, description=__doc__.split("\n")[0])
     args = from_namespace(DemoArgs, ap.parse_args(argv))
@@ -231,8 +351,8 @@ def main(argv=None) -> int:
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be >= 1")
     runs = Path(args.runs).resolve()
-    base, phantom = runs / "demo-base", runs / "phantom" / "studies.jsonl"
-    for p, how in ((base / "config.json", "make demo-base"), (phantom, "make phantom")):
+    for p, how in ((runs / "demo-base" / "config.json", "make demo-base"),
+                   (runs / "phantom" / "studies.jsonl", "make phantom")):
         if not p.exists():
             print(f"missing {p}: run `{how}` first (`make demo` builds both)", file=sys.stderr)
             return 2
@@ -240,111 +360,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the same reduction order on every run
 
-    from data_prep.schema import read_records
-
-    tag = args.tag
-    out = runs / f"demo{tag}"
-    (out / "pred").mkdir(parents=True, exist_ok=True)
-    test = read_records(phantom, split="test")[: args.limit]
-    truth = {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
-             "has_prior": [r.has_prior for r in test]}
-    common = ["--studies", str(phantom), "--model_name_or_path", str(base), "--seed", str(args.seed)]
-    if args.max_steps:
-        common += ["--max_steps", str(args.max_steps)]
-    adapters = {"sft": runs / f"demo-sft{tag}"}
-    results: dict[str, dict[str, Any]] = {}
-    times: dict[str, dict[str, float]] = {}
     t_start = time.perf_counter()
-
-    def evaluate(name: str, model: Path, adapter: Path | None) -> None:
-        t0 = time.perf_counter()
-        pred, sampled = out / "pred" / f"{name}.jsonl", out / "pred" / f"{name}_sampled.jsonl"
-        gen = ["generate", "--studies", str(phantom), "--split", "test", "--model", str(model),
-               "--max-new-tokens", "96", "--batch-size", "16", "--overwrite", "--quiet", "--seed", str(args.seed)]
-        gen += ["--limit", str(args.limit)] if args.limit else []
-        gen += ["--adapter", str(adapter)] if adapter is not None else BASE_PROMPT if model == base else []
-        _cli(*gen, "--out", str(pred))
-        # the untrained base writes to the token limit: one sample per study is enough to show its rate
-        k = 1 if name == "base" else args.samples
-        _cli(*gen, "--out", str(sampled), "--do-sample", "--num-return-sequences", str(k))
-        r = score_stage(name, pred, sampled, truth)
-        n = len(truth["ids"])
-        if "sft" in results and name != "sft":
-            r["vs_sft"] = compare(r, results["sft"], n)
-        if name in ("grpo", "editgrpo", "export") and "control" in results:
-            r["vs_control"] = compare(r, results["control"], n)
-        results[name] = r
-        times.setdefault(name, {})["eval"] = time.perf_counter() - t0
-        print(results_table(results), flush=True)
-
-    def train(name: str, recipe: str, config: str, extra: list[str]) -> Path:
-        t0 = time.perf_counter()
-        dest = runs / f"demo-{name}{tag}"
-        _launch(recipe, config, [*common, *extra, "--output_dir", str(dest), "--overwrite_output_dir", "true"])
-        times.setdefault(name, {})["train"] = time.perf_counter() - t0
-        return dest
-
-    evaluate("base", base, None)
-    if "sft" in stages:
-        train("sft", "sft.py", "sft.yaml", [])
-        evaluate("sft", base, adapters["sft"])
-    sft = adapters["sft"]
-    if not (sft / "adapter_config.json").exists():
-        print(f"missing {sft}: the stages after SFT need it (add sft to --stages)", file=sys.stderr)
-        return 2
-    after_sft = ["--adapter_path", str(sft)]
-    if "control" in stages:
-        evaluate("control", base, train("control", "sft.py", "sft_continue.yaml", after_sft))
-    for name, cfg in (("grpo", "grpo.yaml"), ("editgrpo", "editgrpo.yaml")):
-        if name in stages:
-            adapters[name] = train(name, "grpo.py", cfg, after_sft)
-            evaluate(name, base, adapters[name])
-    if "dpo" in stages:
-        t0 = time.perf_counter()
-        pairs = out / "pairs_prior.jsonl"
-        _cli("pairs", "prior", "--studies", str(phantom), "--out", str(pairs), "--sections", "findings")
-        pair_s = time.perf_counter() - t0
-        evaluate("dpo", base, train("dpo", "dpo.py", "dpo.yaml", [*after_sft, "--pairs", str(pairs)]))
-        times["dpo"]["train"] += pair_s
-    if "chexalign" in stages:
-        t0 = time.perf_counter()
-        pairs = out / "pairs_chexalign.jsonl"
-        _cli("pairs", "sample", "--studies", str(phantom), "--model", str(base), "--adapter", str(sft),
-             "--k", "4", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "192", "--max-new-tokens", "96",
-             "--batch-size", "16", "--seed", str(args.seed), "--out", str(pairs))
-        pair_s = time.perf_counter() - t0
-        evaluate("chexalign", base, train("chexalign", "dpo.py", "dpo_chexalign.yaml", [*after_sft, "--pairs", str(pairs)]))
-        times["chexalign"]["train"] += pair_s
-    if "export" in stages and "grpo" in adapters:
-        t0 = time.perf_counter()
-        dest = runs / f"demo-export{tag}"
-        _cli("export", "--base", str(base), "--adapter", str(adapters["grpo"]), "--out", str(dest), "--merge",
-             "--overwrite", "--verify-studies", str(phantom))
-        times["export"] = {"train": time.perf_counter() - t0}
-        evaluate("export", dest, None)
-
-    table = results_table(results)
-    total = time.perf_counter() - t_start
-    doc = {"seed": args.seed, "test_studies": len(truth["ids"]), "stages": list(results), "seconds_total": round(total, 1),
-           "seconds": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in times.items()},
-           "results": {k: {"metrics": v["metrics"], "vs_sft": v.get("vs_sft"), "vs_control": v.get("vs_control"),
-                           "example": v["example"]} for k, v in results.items()}}
-    from cxr_io import write_text_atomic
-
-    write_text_atomic(runs / f"demo_results{tag}.json", json.dumps(doc, indent=2))
-    write_text_atomic(runs / f"demo_table{tag}.md", table)
-    print("\n" + table)
-    print(runtime_table(times))
-    print("example report after the last stage:", list(results.values())[-1]["example"][:300])
-    curves = {name: runs / f"demo-{name}{tag}" / "curves.png" for name in ("grpo", "editgrpo", "dpo", "chexalign")}
-    curves = {k: v for k, v in curves.items() if v.is_file()}
-    for name, png in curves.items():
-        print(f"held-out learning curve of {name}: {png}")
-    last_rl = next((s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in results), None)
-    if last_rl and "sft" in results:
-        write_stage_report(out, last_rl, curves=curves)
-    print(f"\ndemo finished in {total:.0f} s; table in {runs / f'demo_table{tag}.md'}, numbers in "
-          f"{runs / f'demo_results{tag}.json'}", flush=True)
+    run = DemoRun(args, runs)
+    code = run.run_stages(stages)
+    if code:
+        return code
+    run.finish(time.perf_counter() - t_start)
     return 0
 
 
