@@ -37,7 +37,7 @@ test-vllm:
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests
 
 lint:
-	$(BIN)/ruff check mllm_cxr reward data_prep recipes bench tests
+	$(BIN)/ruff check cxr_io data_prep reward evaluation mllm_cxr recipes bench tests scripts
 
 $(RUNS)/tiny-model/config.json:
 	$(BIN)/python -m mllm_cxr.tiny $(RUNS)/tiny-model
