@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.processes import child_env as env
 from tests.builders.processes import free_port
+from tests.builders.processes import run_cli as cli
 from tests.builders.repo import REPO, require_vllm
 
 pytestmark = pytest.mark.vllm
@@ -28,24 +30,6 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 SFT_CFG = REPO / "recipes" / "configs" / "tiny" / "sft.yaml"
 N_STUDIES = 6
 MAX_TOKENS = 24
-BIN = Path(sys.executable).parent
-
-
-
-
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if k not in DIST_VARS}  # another module's colocated vLLM sets them
-    return dict(e, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
-
-
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "mllm_cxr.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env())
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    return proc
 
 
 @pytest.fixture(scope="module")
