@@ -122,15 +122,20 @@ def _is_part(f: dataclasses.Field, t: Any) -> bool:
     return dataclasses.is_dataclass(t) and isinstance(t, type)
 
 
+def _init_fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any, bool]]:
+    """``(field, resolved type, is a part)`` for each ``__init__`` field of ``cls``: the one walk that
+    :func:`option_fields`, :func:`add_arguments` and :func:`from_namespace` share."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.init:
+            yield f, hints[f.name], _is_part(f, hints[f.name])
+
+
 def option_fields(cls: type, *, _prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, type]]:
     """(path, field, declaring class) for every option of a verb's dataclass, parts included
     (``path`` is ``load.dtype`` for the ``dtype`` of the part ``load``)."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        t = hints[f.name]
-        if _is_part(f, t):
+    for f, t, is_part in _init_fields(cls):
+        if is_part:
             yield from option_fields(t, _prefix=f"{_prefix}{f.name}.")
         else:
             yield f"{_prefix}{f.name}", f, getattr(cls, "__option_origin__", {}).get(f.name, cls)
@@ -196,12 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, _container: Any
     """Add the options of a verb's dataclass (its fields, its parts' fields) to ``parser``."""
     groups = {"": {}} if _groups is None else _groups  # title -> group; "" -> the dests so far
     container = parser if _container is None else _container
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        t = hints[f.name]
-        if _is_part(f, t):
+    for f, t, is_part in _init_fields(cls):
+        if is_part:
             title = None if f.metadata.get("flat") else (f.metadata.get("group")
                                                           or getattr(t, "_argument_group_name", None))
             target = _group(parser, title, groups) if title else container
@@ -213,14 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, _container: Any
 
 def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
     """The dataclass (its parts built first) from a parsed namespace."""
-    hints = _hints(cls)
-    kw: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        t = hints[f.name]
-        kw[f.name] = from_namespace(t, ns) if _is_part(f, t) else getattr(ns, f.name)
-    return cls(**kw)
+    return cls(**{f.name: from_namespace(t, ns) if is_part else getattr(ns, f.name)
+                  for f, t, is_part in _init_fields(cls)})
 
 
 def add_verb(subparsers: Any, name: str, cls: type, run: Callable[[Any], int], *,
