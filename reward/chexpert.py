@@ -408,7 +408,7 @@ def label_reports(texts: Iterable[str | None], progress: bool = False) -> list[d
 # ------------------------------------------------------------------------------------------------
 # The chexpert_f1 scorer
 # ------------------------------------------------------------------------------------------------
-_AVERAGES = ("micro", "exact")
+_AVERAGES = ("micro", "exact", "hamming")
 
 
 class ChexpertF1Scorer(Scorer):
@@ -416,7 +416,9 @@ class ChexpertF1Scorer(Scorer):
 
     ``subset``: "14" (all observations, No Finding included) or "5" (CHEXPERT_5). ``uncertain``:
     "positive" (RRG convention, as F1-CheXbert) or "negative". ``average``: "micro" (F1 of the two
-    positive sets; both empty -> 1.0) or "exact" (1.0 when every observation of the subset agrees).
+    positive sets; both empty -> 1.0), "exact" (1.0 when every observation of the subset agrees) or
+    "hamming" (the share of the subset's observations that agree: every false positive or negative
+    costs the same, as in corpus micro-F1, see :func:`reward.f1.per_sample_hamming`).
     ``labeler``: a callable ``list[str] -> list[dict]`` to use another labeler (e.g. CheXbert); the
     rule labeler by default (``rules_path``, ``sections`` configure it). A context column
     ``ref_labels`` (list of label dicts) replaces labelling the references.
@@ -469,7 +471,7 @@ class ChexpertF1Scorer(Scorer):
         return [self._ref_cache[r] for r in refs]
 
     def score(self, hyps: Sequence[str], refs: Sequence[str] | None = None, **context: Any) -> ScoreResult:
-        from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, to_binary
+        from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, per_sample_hamming, to_binary
 
         ref_labels = context.get("ref_labels")
         ref_spans = hyp_spans = None
@@ -488,10 +490,8 @@ class ChexpertF1Scorer(Scorer):
             hyp_labels = self._label(list(hyps))
         if not hyps:
             return ScoreResult(scores=[], details=[], corpus={"n": 0, "uncertain": self.uncertain})
-        if self.average == "micro":
-            scores = per_sample_f1(hyp_labels, ref_labels, self.uncertain, self.subset)
-        else:
-            scores = per_sample_exact_match(hyp_labels, ref_labels, self.uncertain, self.subset)
+        per_sample = {"micro": per_sample_f1, "exact": per_sample_exact_match, "hamming": per_sample_hamming}
+        scores = per_sample[self.average](hyp_labels, ref_labels, self.uncertain, self.subset)
         hb, rb = to_binary(hyp_labels, self.uncertain), to_binary(ref_labels, self.uncertain)
         details = [{"hyp_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(h)],
                     "ref_positive": [CHEXPERT_LABELS[j] for j in np.flatnonzero(r)]} for h, r in zip(hb, rb)]

@@ -172,6 +172,20 @@ def per_sample_exact_match(hyp_labels, ref_labels, uncertain: str = "positive", 
     return (h[:, cols] == r[:, cols]).all(axis=1).astype(float)
 
 
+def per_sample_hamming(hyp_labels, ref_labels, uncertain: str = "positive", subset: str = "14") -> np.ndarray:
+    """Share of the subset's observations on which hypothesis and reference agree (one float per pair).
+
+    Every false positive and every false negative costs the same ``1/len(subset)``, whatever else the
+    study shows. Per-sample F1 does not: a spurious finding on a normal study costs 1.0 while a
+    finding missed among four costs 0.14, so a policy trained on it learns to stay silent on crowded
+    studies. Summed over a corpus, this score moves with micro-F1 (whose change from fixing one error
+    is about the same for a false positive and a false negative once F1 is high).
+    """
+    h, r = _pair(hyp_labels, ref_labels, uncertain)
+    cols = _subset_cols(subset)
+    return (h[:, cols] == r[:, cols]).mean(axis=1).astype(float)
+
+
 def _subset_cols(subset: str) -> list[int]:
     subset = str(subset)
     if subset not in SUBSETS:

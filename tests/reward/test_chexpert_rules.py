@@ -294,6 +294,11 @@ def test_chexpert_f1_scorer():
     assert get_scorer("chexpert_f1", uncertain="negative")(*unc).scores == [0.0]
     ex = get_scorer("chexpert_f1", subset="5", average="exact")
     assert ex(["Mild pulmonary edema.", "Edema and effusion."], ["Severe pulmonary edema.", "Edema."]).scores == [1.0, 0.0]
+    ham = get_scorer("chexpert_f1", average="hamming")
+    assert ham(["Small left pleural effusion.", "Normal chest."], ["Normal chest.", "Normal chest."]).scores == \
+        pytest.approx([12 / 14, 1.0])
+    with pytest.raises(RewardError, match="average must be one of"):
+        get_scorer("chexpert_f1", average="macro")
     # precomputed reference labels are used instead of labelling the references
     r2 = s(["Cardiomegaly."], ["anything"], ref_labels=[{"Cardiomegaly": 1.0}])
     assert r2.scores == [1.0]

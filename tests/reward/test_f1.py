@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from reward.base import RewardError
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
-from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, to_binary, to_matrix
+from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, per_sample_hamming, to_binary, to_matrix
 from tests.builders.repo import require_shared
 
 
@@ -104,6 +104,20 @@ def test_per_sample_f1_and_edge_cases():
     assert per_sample_exact_match(hyp, ref).tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
     with pytest.raises(RewardError):
         per_sample_f1(hyp, ref, subset="13")
+
+
+def test_per_sample_hamming_costs_every_error_the_same():
+    # one spurious finding on a normal study (No Finding lost too: 2 of 14 disagree) and one missed
+    # finding among four: per-sample F1 charges 1.0 and 0.14, the Hamming score 2/14 and 1/14
+    four = {"Cardiomegaly": 1, "Edema": 1, "Pleural Effusion": 1, "Pneumothorax": 1}
+    hyp = [{"Edema": 1}, {k: v for k, v in four.items() if k != "Pneumothorax"}, four, {"Edema": -1}]
+    ref = [{"No Finding": 1}, four, four, {"Edema": 1}]
+    assert per_sample_f1(hyp, ref).tolist() == pytest.approx([0.0, 6 / 7, 1.0, 1.0])
+    assert per_sample_hamming(hyp, ref).tolist() == pytest.approx([12 / 14, 13 / 14, 1.0, 1.0])
+    assert per_sample_hamming(hyp, ref, uncertain="negative")[3] == pytest.approx(13 / 14)
+    assert per_sample_hamming(hyp, ref, subset="5").tolist() == pytest.approx([4 / 5, 1.0, 1.0, 1.0])
+    with pytest.raises(RewardError):
+        per_sample_hamming(hyp, ref, subset="13")
 
 
 label_value = st.sampled_from([1.0, 0.0, -1.0, None])
