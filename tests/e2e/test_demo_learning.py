@@ -116,3 +116,23 @@ def readme_demo_table() -> str:
 def test_readme_table_is_the_table_the_demo_writes(demo_run):
     """The README's table is the default run's table, as printed (a stale table fails here)."""
     assert readme_demo_table().strip() == demo_run["table"].strip()
+
+
+def test_seeds_pooled_table_sums_each_study_over_seeds(demo_run):
+    """`bench/demo_seeds.py`'s pooled comparison: one seed gives the demo's own deltas and p-values; the same seed
+    twice (every study's counts doubled) leaves the micro F1s, their deltas and p-values as they are."""
+    from bench.demo_seeds import POOLED, pooled_groups
+    from evaluation.statistics import paired_compare
+    from mllm_cxr.demo import N_BOOT
+
+    runs = demo_run["runs"]
+    for seeds in ([0], [0, 0]):
+        groups = {st: pooled_groups(runs, seeds, st) for st in ("sft", "grpo")}
+        n = len(groups["sft"]["phantom"].S)
+        assert n == demo_run["results"]["test_studies"]
+        cmp = paired_compare(groups["grpo"], groups["sft"], n, N_BOOT, 0)
+        for key, _ in POOLED:
+            want = _vs(demo_run, "grpo", "sft", key)
+            assert cmp[key]["delta"] == pytest.approx(want["delta"], abs=1e-12), (seeds, key)
+            assert cmp[key]["p_value"] == pytest.approx(want["p_value"]), (seeds, key)
+    assert groups["grpo"]["phantom"].S.sum() > 0 and (groups["grpo"]["phantom"].S % 2 == 0).all()
