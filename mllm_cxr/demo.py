@@ -71,13 +71,21 @@ def _env(threads: int | None = None) -> dict[str, str]:
 
 def _run(cmd: list[str], threads: int | None = None, log: Path | None = None) -> None:
     """Run ``cmd`` from the repository root (the configs name repository paths); with ``log`` its output is
-    appended there (a stage running beside another)."""
+    appended there (a stage running beside another). Interrupted here, it is sent SIGTERM (``mllm-cxr launch``
+    passes that on to its recipe, which stops cleanly) before the interrupt goes on."""
     print("$", " ".join(cmd) + (f"  > {log}" if log else ""), flush=True)
-    if log is None:
-        code = subprocess.run(cmd, env=_env(threads), cwd=REPO).returncode
-    else:
-        with open(log, "a") as f:
-            code = subprocess.run(cmd, env=_env(threads), cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    with open(log, "a") if log else contextlib.nullcontext() as out:
+        proc = subprocess.Popen(cmd, env=_env(threads), cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT if log else None)
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if code:
         raise SystemExit(f"demo: `{' '.join(cmd[:4])} ...` failed with exit code {code}"
                          + (f" (its log: {log})" if log else " (its error is above)"))
@@ -91,8 +99,12 @@ def _launch(recipe: str, config: str, extra: list[str], threads: int | None = No
 
 
 def _lane_init() -> None:
-    """A lane process (:meth:`DemoRun.run_lanes`): ``LANE_THREADS`` threads for torch here and in its children."""
+    """A lane process (:meth:`DemoRun.run_lanes`): ``LANE_THREADS`` threads for torch here and in its children;
+    SIGTERM (the demo ending the lane) becomes an exit that stops the running training first (:func:`_run`)."""
+    import signal
+
     os.environ.update(_env(LANE_THREADS))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import torch
 
     torch.set_num_threads(LANE_THREADS)
@@ -356,31 +368,42 @@ class DemoRun:
             self.times["export"]["eval"] = time.perf_counter() - t0
 
     def run_lanes(self, names: list[str]) -> None:
-        """The stages after SFT in ``LANES`` processes (longest first); scored here once all have finished, in
-        the demo's stage order, so the table is the same whichever finished first."""
+        """The stages after SFT in ``LANES`` processes (longest first; a stage is handed to a lane only when the lane
+        is free, so an interrupt starts nothing new); scored here once all have finished, in the demo's stage
+        order, so the table is the same whichever finished first."""
         import multiprocessing
-        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         from tqdm.auto import tqdm
 
         (self.out / "logs").mkdir(exist_ok=True)
         print(f"stages after SFT: {', '.join(names)}, {LANES} at a time on {LANE_THREADS} thread each; their "
               f"output in {self.out / 'logs'}/<stage>.log", flush=True)
-        with ProcessPoolExecutor(LANES, mp_context=multiprocessing.get_context("spawn"), initializer=_lane_init) as pool, \
-                tqdm(total=len(names), desc="demo stages", unit="stage") as bar:
-            futures = {pool.submit(self.stage, n): n for n in names}
-            for fut in futures:
-                fut.add_done_callback(lambda _: bar.update(1))
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
-            for fut in sorted(done, key=lambda f: names.index(futures[f])):
-                if fut.exception() is not None:
-                    log = self.out / "logs" / f"{futures[fut]}.log"
-                    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
-                    print("\n".join(tail), file=sys.stderr, flush=True)
-                    raise SystemExit(f"demo: stage {futures[fut]} failed: {fut.exception()} (its log: {log})")
-                self.times.update(fut.result())
+        todo, running = list(names), {}
+        pool = ProcessPoolExecutor(LANES, mp_context=multiprocessing.get_context("spawn"), initializer=_lane_init)
+        try:
+            with tqdm(total=len(names), desc="demo stages", unit="stage") as bar:
+                while todo or running:
+                    while todo and len(running) < LANES:
+                        name = todo.pop(0)
+                        running[pool.submit(self.stage, name)] = name
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        name = running.pop(fut)
+                        if fut.exception() is not None:
+                            log = self.out / "logs" / f"{name}.log"
+                            print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
+                            msg = str(fut.exception()).removeprefix("demo: ")
+                            raise SystemExit(f"demo: stage {name} failed: {msg}"
+                                             + ("" if str(log) in msg else f" (its log: {log})"))
+                        self.times.update(fut.result())
+                        bar.update(1)
+        except BaseException:  # a failed stage or Ctrl-C: end the other lane too, start nothing more
+            for proc in multiprocessing.active_children():
+                proc.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         for name in ALL_STAGES:
             if name in names or (name == "export" and "grpo" in names and "export" in self.stages):
                 self.score(name)
@@ -450,7 +473,11 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     run = DemoRun(args, runs)
-    code = run.run_stages(stages)
+    try:
+        code = run.run_stages(stages)
+    except KeyboardInterrupt:
+        print("demo: interrupted; the finished stages' adapters and reports are kept", file=sys.stderr)
+        return 130
     if code:
         return code
     run.finish(time.perf_counter() - t_start)
