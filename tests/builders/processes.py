@@ -12,6 +12,15 @@ from pathlib import Path
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test stops with Ctrl-C: SIGINT at its default, as in a terminal. A suite
+    started in the background (``make test &``) inherits SIGINT *ignored*, and Python then never turns it into
+    KeyboardInterrupt, so the child would not stop at all."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

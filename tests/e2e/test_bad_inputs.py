@@ -33,6 +33,7 @@ from tests.builders.bad_inputs import (
     run_in_process,
 )
 from tests.builders.datasets import make_mimic
+from tests.builders.processes import default_sigint
 from tests.builders.repo import REPO
 
 
@@ -298,7 +299,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, tiny_model_dir):
     with open(err_path, "w") as err_fh:
         proc = subprocess.Popen([sys.executable, "-m", "mllm_cxr.cli", "serve", "--backend", "hf", "--model",
                                  str(tiny_model_dir), "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=err_fh, env=_env(), start_new_session=True)
+                                stderr=err_fh, env=_env(), start_new_session=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + min(600.0, 240 * _load_factor())
         while True:  # ready: the server answers, so its select loop is running

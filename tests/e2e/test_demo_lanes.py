@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders.processes import child_env
+from tests.builders.processes import child_env, default_sigint
 from tests.builders.repo import REPO
 
 pytestmark = pytest.mark.slow
@@ -27,12 +27,9 @@ def _quick_runs(tmp_path: Path, demo_run) -> Path:
 
 
 def _demo(runs: Path, *extra: str) -> subprocess.Popen:
-    # SIGINT at its default, so Python turns it into KeyboardInterrupt even when pytest runs in the background
-    code = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-            "os.execv(sys.executable, [sys.executable, '-m', 'mllm_cxr.demo', *sys.argv[1:]])")
-    return subprocess.Popen([sys.executable, "-c", code, "--runs", str(runs), "--max-steps", "40", "--limit", "4",
-                             *extra], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen([sys.executable, "-m", "mllm_cxr.demo", "--runs", str(runs), "--max-steps", "40",
+                             "--limit", "4", *extra], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def _left_over(runs: Path, grace: float = 20.0) -> list[str]:

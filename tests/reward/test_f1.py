@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from reward.base import RewardError
 from reward.constants import CHEXPERT_5, CHEXPERT_LABELS
-from reward.f1 import f1_report, per_sample_exact_match, per_sample_f1, per_sample_hamming, to_binary, to_matrix
+from reward.f1 import (
+    f1_report,
+    per_sample_exact_match,
+    per_sample_f1,
+    per_sample_hamming,
+    to_binary,
+    to_matrix,
+)
 from tests.builders.repo import require_shared
 
 
