@@ -65,13 +65,10 @@ POOLED = [("phantom_micro_f1", "phantom F1"), ("chexpert_micro_f1_14", "CheXpert
 
 def pooled_groups(runs: Path, seeds: list[int], stage: str) -> dict:
     """The stage's metric groups on the test split with each study's statistics summed over ``seeds``."""
-    from data_prep.schema import read_records
     from evaluation.groups import MetricGroup
-    from mllm_cxr.demo import score_stage
+    from mllm_cxr.demo import score_stage, split_truth
 
-    test = read_records(runs / "phantom" / "studies.jsonl", split="test")
-    truth = {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
-             "has_prior": [r.has_prior for r in test]}
+    truth = split_truth(runs / "phantom" / "studies.jsonl")
     per_seed = []
     for s in seeds:
         pred = runs / f"demo-seed{s}" / "pred" / f"{stage}.jsonl"

@@ -152,6 +152,16 @@ def sampled_prior_group(samples: list[list[str]], has_prior: list[bool]):
                                                                         ratio(0, 1), False)})
 
 
+def split_truth(phantom: Path, limit: int | None = None) -> dict[str, list]:
+    """What the demo scores against, per test study of the phantom data (the first ``limit``): ids, the findings
+    drawn into the image, and whether the study had a prior."""
+    from data_prep.schema import read_records
+
+    test = read_records(phantom, split="test")[:limit]
+    return {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
+            "has_prior": [r.has_prior for r in test]}
+
+
 def score_stage(name: str, pred: Path, sampled: Path, truth: dict[str, Any]) -> dict[str, Any]:
     """All metric groups of one stage (aligned to ``truth``'s study order) and their point values + CIs."""
     from evaluation.groups import compute_groups
@@ -263,15 +273,12 @@ class DemoRun:
     """One demo run: the stages it trains, what each scores on the test split, and where it writes."""
 
     def __init__(self, args: DemoArgs, runs: Path) -> None:
-        from data_prep.schema import read_records
 
         self.args, self.runs, self.tag = args, runs, args.tag
         self.base, self.phantom = runs / "demo-base", runs / "phantom" / "studies.jsonl"
         self.out = runs / f"demo{self.tag}"
         (self.out / "pred").mkdir(parents=True, exist_ok=True)
-        test = read_records(self.phantom, split="test")[: args.limit]
-        self.truth = {"ids": [r.study_id for r in test], "findings": [set(r.meta["findings"]) for r in test],
-                      "has_prior": [r.has_prior for r in test]}
+        self.truth = split_truth(self.phantom, args.limit)
         self.common = ["--studies", str(self.phantom), "--model_name_or_path", str(self.base), "--seed", str(args.seed)]
         if args.max_steps:
             self.common += ["--max_steps", str(args.max_steps)]
@@ -303,7 +310,8 @@ class DemoRun:
         if name in ("grpo", "editgrpo", "export") and "control" in self.results:
             r["vs_control"] = compare(r, self.results["control"], n)
         self.results[name] = r
-        self.times.setdefault(name, {})["eval"] = self.times.get(name, {}).get("eval", 0.0) + time.perf_counter() - t0
+        t = self.times.setdefault(name, {})
+        t["eval"] = t.get("eval", 0.0) + time.perf_counter() - t0
 
     def evaluate(self, name: str, model: Path, adapter: Path | None) -> None:
         """Generate (in this process) and score one stage; the table so far is printed."""
@@ -381,6 +389,7 @@ class DemoRun:
               f"output in {self.out / 'logs'}/<stage>.log", flush=True)
         todo, running = list(names), {}
         pool = ProcessPoolExecutor(LANES, mp_context=multiprocessing.get_context("spawn"), initializer=_lane_init)
+        finished = False
         try:
             with tqdm(total=len(names), desc="demo stages", unit="stage") as bar:
                 while todo or running:
@@ -398,12 +407,13 @@ class DemoRun:
                                              + ("" if str(log) in msg else f" (its log: {log})"))
                         self.times.update(fut.result())
                         bar.update(1)
+            finished = True
         except BaseException:  # a failed stage or Ctrl-C: end the other lane too, start nothing more
             for proc in multiprocessing.active_children():
                 proc.terminate()
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=finished, cancel_futures=True)
         for name in ALL_STAGES:
             if name in names or (name == "export" and "grpo" in names and "export" in self.stages):
                 self.score(name)
