@@ -125,6 +125,8 @@ class RexGradientArgs(PrepareArgs):
 class PhantomPrepareArgs(PrepareArgs):
     n: int = opt("number of studies (default 48)", default=48)
     seed: int = opt("random seed (default 0)", default=0)
+    extra_test: int = opt("test studies added after the n from their own random streams (the n stay the same; "
+                          "default 0)", default=0)
     root: str | None = opt("folder to generate the phantom data in (default: the --out folder)", default=None)
 
 

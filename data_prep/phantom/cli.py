@@ -18,7 +18,7 @@ DESCRIPTION = "Phantom chest radiographs whose visible features determine the fi
 def _cmd(args: PhantomArgs) -> int:
     s = make_phantom(args.out_dir, n=args.n, seed=args.seed, lateral=not args.no_lateral,
                      prior_fraction=args.prior_fraction, hallucinated_prior_rate=args.hallucinated_prior_rate,
-                     image_size=args.image_size)
+                     image_size=args.image_size, extra_test=args.extra_test)
     print(f"phantom: {s['studies']} studies ({s['splits']['train']} train / {s['splits']['validate']} validate / "
           f"{s['splits']['test']} test), {s['images']} images, {s['with_prior']} with a prior, "
           f"{s['hallucinated_prior']} hallucinated prior references, {s['elapsed_s']:.1f} s -> {s['out_dir']}")
@@ -37,6 +37,8 @@ class PhantomArgs(Verb):
     hallucinated_prior_rate: float = opt("share of studies without a prior whose report still mentions one",
                                          default=0.3)
     no_lateral: bool = opt("frontal views only", default=False)
+    extra_test: int = opt("test studies added after the n from their own random streams (the n stay the same)",
+                          default=0)
 
 
 def register(subparsers) -> None:

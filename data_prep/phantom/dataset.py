@@ -37,9 +37,12 @@ from data_prep.schema import SPLITS, ImageRef, Prior, StudyRecord, write_records
 
 
 def _check_args(n: int, prior_fraction: float, hallucinated_prior_rate: float, image_size: int,
-                split_fractions: Sequence[float]) -> tuple[float, ...]:
+                split_fractions: Sequence[float], extra_test: int = 0) -> tuple[float, ...]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataPrepError("must be a positive integer (the number of studies)", field="n", value=n)
+    if isinstance(extra_test, bool) or not isinstance(extra_test, int) or extra_test < 0:
+        raise DataPrepError("must be a non-negative integer (test studies added after the n)", field="extra_test",
+                            value=extra_test)
     if not 0.0 <= prior_fraction <= 0.5:
         raise DataPrepError("must be within [0, 0.5] (each prior is itself one of the n studies)",
                             field="prior_fraction", value=prior_fraction)
@@ -59,10 +62,11 @@ def _stamp(t: _dt.datetime) -> str:
 
 
 def _plan(n: int, seed: int, prior_fraction: float, hallucinated_prior_rate: float,
-          fractions: tuple[float, ...]) -> tuple[int, np.ndarray, np.ndarray, set[tuple[int, int]]]:
+          fractions: tuple[float, ...], stream: int = 0) -> tuple[int, np.ndarray, np.ndarray, set[tuple[int, int]]]:
     """Who has two studies, which patient goes to which split, which studies hallucinate a prior:
-    (patients, two_studies per patient, split per patient, {(patient, study index)} that hallucinate)."""
-    plan = np.random.default_rng([seed, 0])
+    (patients, two_studies per patient, split per patient, {(patient, study index)} that hallucinate).
+    ``stream`` picks the random stream (0: the corpus, 2: the extra test studies)."""
+    plan = np.random.default_rng([seed, stream])
     n_followups = min(round(prior_fraction * n), n // 2)
     n_patients = n - n_followups
     two_studies = np.zeros(n_patients, dtype=bool)
@@ -144,7 +148,7 @@ def _study_record(out: Path, study_id: str, patient_id: str, split: str, st: _St
 
 def make_phantom(out_dir: str | os.PathLike, n: int = 200, seed: int = 0, *, lateral: bool = True, prior_fraction: float = 0.3,
                  hallucinated_prior_rate: float = 0.3, image_size: int = 224,
-                 split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict:
+                 split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), extra_test: int = 0) -> dict:
     """Write a phantom data set: ``out_dir/studies.jsonl`` and ``out_dir/images/*.png``.
 
     ``n`` is the number of studies (records). ``round(prior_fraction * n)`` of them are follow-ups
@@ -155,36 +159,45 @@ def make_phantom(out_dir: str | os.PathLike, n: int = 200, seed: int = 0, *, lat
     frontal view (PA or AP) and, with ``lateral``, a lateral view. Image paths in the records are
     relative to ``out_dir``.
 
+    ``extra_test`` adds that many test studies after the ``n`` (new patients, the same prior and
+    hallucination rates) from random streams of their own: the ``n`` studies, their splits and
+    images are the same as without them, so a test split can grow (for statistical power) while
+    training and validation data stay byte for byte what they were.
+
     Returns a summary: studies, patients, images, counts per split and per finding, normal studies,
     studies with a prior, hallucinated prior references, seconds elapsed and studies per second.
     """
     t0 = time.perf_counter()
-    fractions = _check_args(n, prior_fraction, hallucinated_prior_rate, image_size, split_fractions)
+    fractions = _check_args(n, prior_fraction, hallucinated_prior_rate, image_size, split_fractions, extra_test)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    n_patients, two_studies, split_of, halluc = _plan(n, seed, prior_fraction, hallucinated_prior_rate, fractions)
     bank = _bank(seed, image_size)
     records: list[StudyRecord] = []
-    next_id = 0
-    for p in tqdm(range(n_patients), desc="phantom", unit="patient", disable=None):
-        rng = np.random.default_rng([seed, 1, p])
-        anat, studies = _patient_studies(rng, bool(two_studies[p]))
-        previous: tuple[_Study, StudyRecord] | None = None
-        for k, st in enumerate(studies):
-            study_id = f"ph{next_id:05d}"
-            next_id += 1
-            rec = _study_record(out, study_id, f"php{p:05d}", str(split_of[p]), st, previous,
-                                previous is None and (p, k) in halluc, anat, rng, bank, seed=seed, lateral=lateral,
-                                image_size=image_size)
-            records.append(rec)
-            previous = (st, rec)
+    parts = [(_plan(n, seed, prior_fraction, hallucinated_prior_rate, fractions), 1, "php")]
+    if extra_test:
+        # drawn after the corpus from streams of their own, so the n studies are the same with or without them
+        parts.append((_plan(extra_test, seed, prior_fraction, hallucinated_prior_rate, (0.0, 0.0, 1.0), stream=2), 3,
+                      "phq"))
+    with tqdm(total=n + extra_test, desc="phantom", unit="study", disable=None) as bar:
+        for (n_patients, two_studies, split_of, halluc), stream, prefix in parts:
+            for p in range(n_patients):
+                rng = np.random.default_rng([seed, stream, p])
+                anat, studies = _patient_studies(rng, bool(two_studies[p]))
+                previous: tuple[_Study, StudyRecord] | None = None
+                for k, st in enumerate(studies):
+                    rec = _study_record(out, f"ph{len(records):05d}", f"{prefix}{p:05d}", str(split_of[p]), st,
+                                        previous, previous is None and (p, k) in halluc, anat, rng, bank, seed=seed,
+                                        lateral=lateral, image_size=image_size)
+                    records.append(rec)
+                    previous = (st, rec)
+                    bar.update()
 
     write_records(records, out / "studies.jsonl")
     elapsed = time.perf_counter() - t0
     return {
         "out_dir": str(out),
         "studies": len(records),
-        "patients": n_patients,
+        "patients": sum(part[0][0] for part in parts),
         "images": sum(len(r.images) for r in records),
         "splits": {s: sum(r.split == s for r in records) for s in SPLITS},
         "findings": {f: sum(f in r.meta["findings"] for r in records) for f in PHANTOM_FINDINGS},

@@ -286,6 +286,27 @@ def test_split_fractions_are_obeyed(tmp_path):
     assert s["splits"] == {"train": 15, "validate": 0, "test": 15}
 
 
+def test_extra_test_studies_leave_the_corpus_as_it_was(tmp_path):
+    """Growing the test split (the demo's power) must not change one byte of the studies it is added to."""
+    plain = make_phantom(tmp_path / "plain", n=20, seed=3, image_size=56, lateral=False)
+    grown = make_phantom(tmp_path / "grown", n=20, seed=3, image_size=56, lateral=False, extra_test=14)
+    lines = (tmp_path / "grown" / "studies.jsonl").read_text().splitlines()
+    assert lines[:20] == (tmp_path / "plain" / "studies.jsonl").read_text().splitlines()
+    d_plain, d_grown = _digest(tmp_path / "plain"), _digest(tmp_path / "grown")
+    assert all(d_grown[k] == v for k, v in d_plain.items() if k != "studies.jsonl")
+    recs = read_records(tmp_path / "grown" / "studies.jsonl")
+    extra = recs[20:]
+    assert len(extra) == 14 and {r.split for r in extra} == {"test"}
+    assert grown["splits"]["test"] == plain["splits"]["test"] + 14
+    assert grown["splits"]["train"] == plain["splits"]["train"]
+    assert len({r.study_id for r in recs}) == 34  # ids continue, never repeat
+    assert not {r.patient_id for r in extra} & {r.patient_id for r in recs[:20]}  # new patients
+    assert grown["with_prior"] - plain["with_prior"] == round(0.3 * 14)  # the same follow-up share
+    assert all(r.prior is None or r.prior.study_id in {x.study_id for x in extra} for r in extra)
+    # the added studies are drawn, not copied: different images, different reports
+    assert len({r.findings for r in extra}) > 7
+
+
 # -- the finding-level score ------------------------------------------------------------------------------
 def test_finding_scores_perfect_and_empty(phantom):
     _, _, recs = phantom
@@ -339,6 +360,7 @@ def test_finding_scores_bad_input():
     ({"n": 0}, "n"), ({"prior_fraction": 0.6}, "prior_fraction"), ({"hallucinated_prior_rate": -0.1},
                                                                    "hallucinated_prior_rate"),
     ({"image_size": 20}, "image_size"), ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions"),
+    ({"extra_test": -1}, "extra_test"), ({"extra_test": 2.5}, "extra_test"),
 ])
 def test_bad_arguments_name_the_field(tmp_path, kwargs, field):
     with pytest.raises(DataPrepError) as e:
