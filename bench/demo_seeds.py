@@ -12,7 +12,7 @@ A second table pools the seeds: each test study's per-study counts (true/false p
 sampled prior references) are summed over the seeds, and the summed systems are compared as the demo
 compares one seed (bootstrap CI over studies, two-sided paired permutation test that swaps a study's
 reports between the two systems on all seeds at once). It asks whether a stage beats SFT (or the
-control) consistently over training seeds, which one seed's 124 studies are too few to show.
+control) consistently over training seeds, beyond what one seed's run can show.
 """
 
 from __future__ import annotations

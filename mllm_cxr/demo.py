@@ -292,7 +292,7 @@ class DemoRun:
         """Greedy and sampled reports of one stage on the test split."""
         pred, sampled = self.out / "pred" / f"{name}.jsonl", self.out / "pred" / f"{name}_sampled.jsonl"
         gen = ["generate", "--studies", str(self.phantom), "--split", "test", "--model", str(model),
-               "--max-new-tokens", "96", "--batch-size", "16", "--overwrite", "--quiet", "--seed", str(self.args.seed)]
+               "--max-new-tokens", "96", "--batch-size", "64", "--overwrite", "--quiet", "--seed", str(self.args.seed)]
         gen += ["--limit", str(self.args.limit)] if self.args.limit else []
         gen += ["--adapter", str(adapter)] if adapter is not None else BASE_PROMPT if model == self.base else []
         # the untrained base writes to the token limit: one sample per study is enough to show its rate
@@ -358,7 +358,7 @@ class DemoRun:
                 _cli("pairs", "prior", "--studies", str(self.phantom), "--out", str(pairs), "--sections", "findings")
             else:
                 _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter", str(sft),
-                     "--k", "4", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "192", "--max-new-tokens",
+                     "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "548", "--max-new-tokens",
                      "96", "--batch-size", "16", "--seed", str(self.args.seed), "--out", str(pairs))
             adapter = self.train(name, "dpo.py", f"{'dpo' if name == 'dpo' else 'dpo_' + name}.yaml",
                                  [*after_sft, "--pairs", str(pairs)], LANE_THREADS, log)

@@ -41,7 +41,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_train_dir(tmp_path_factory) -> Path:
-    """The learning tests' phantom dataset: 800 studies (560 train), as `make demo` builds it."""
+    """The learning tests' phantom dataset: the 800 studies (548 train) `make demo` builds before its extra test studies."""
     from data_prep.phantom import make_phantom
 
     out = tmp_path_factory.mktemp("phantom800")

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 ALPHA = 0.05
 #: DPO's non-inferiority margin on the phantom finding F1 that the issue asks for (lower end of the 95% CI of
-#: the paired delta), and the one the demo meets today.
-NI_MARGIN, NI_MARGIN_MEASURED = 0.02, 0.05
+#: the paired delta), and the one the demo meets on its seed (-0.023).
+NI_MARGIN, NI_MARGIN_MEASURED = 0.02, 0.03
 
 
 def _m(run, stage, key):
@@ -30,6 +30,7 @@ def _vs(run, stage, against, key):
 
 
 def test_sft_sees_every_finding(demo_run):
+    assert demo_run["results"]["test_studies"] == 1000  # the split the power analysis asked for
     assert _m(demo_run, "sft", "phantom_micro_f1")["value"] >= 0.75
     for finding in ("Cardiomegaly", "Pleural Effusion", "Consolidation", "Pneumothorax", "Support Devices"):
         assert _m(demo_run, "sft", f"phantom_f1::{finding}")["value"] >= 0.50, finding
@@ -37,53 +38,58 @@ def test_sft_sees_every_finding(demo_run):
     assert _m(demo_run, "base", "phantom_micro_f1")["value"] < 0.5
 
 
-def test_sft_has_converged_so_the_control_does_not_move(demo_run):
-    """SFT runs 12 epochs, so SFT continued for GRPO's 48 steps on GRPO's studies changes nothing significant
-    (seed 0: -0.003 / -0.004). After 8 epochs it gained on other seeds (+0.025, p=0.008 on seed 1), and every
-    RL gain over SFT was then partly "more training"."""
+def test_more_sft_does_not_help(demo_run):
+    """SFT runs 12 epochs, so SFT continued for GRPO's 48 steps on GRPO's studies gains nothing (seed 0: -0.008,
+    p=0.046, on both metrics; +0.001 and +0.002 on seeds 1 and 2). After 8 epochs it gained on other seeds
+    (+0.025, p=0.008 on seed 1), and every RL gain over SFT was then partly "more training"."""
     for key in ("phantom_micro_f1", "chexpert_micro_f1_14"):
         row = _vs(demo_run, "control", "sft", key)
-        assert row["p_value"] >= ALPHA and abs(row["delta"]) < 0.02, (key, row)
+        assert row["delta"] < 0.01 and not (row["delta"] > 0 and row["p_value"] < ALPHA), (key, row)
 
 
-def test_grpo_cuts_prior_references_and_keeps_finding_accuracy(demo_run):
-    """From the converged SFT, GRPO with the clinical composite cuts the sampled prior-reference rate (0.429 ->
-    0.265) and loses no finding accuracy against SFT or the control (seed 0: +0.001 / +0.002 and +0.004 /
-    +0.006). The gain in finding F1 with p < 0.05 that issue 17 asks for is NOT shown: it is below what 124
-    test studies can detect (README, docs/benchmarks.md)."""
+def test_grpo_beats_the_control_and_cuts_prior_references(demo_run):
+    """On 1,000 test studies GRPO with the clinical composite beats the continued-SFT control on both finding
+    metrics (seed 0: +0.012 phantom F1, p=0.006; +0.011 CheXpert F1-14, p=0.008) and cuts the sampled
+    prior-reference rate (0.456 -> 0.271). Against SFT it gains +0.004 / +0.003 on this seed, which is NOT
+    significant (p=0.28 / 0.33): issue 17's bar is met on seeds 1 and 2 and pooled over the three seeds
+    (+0.008, p=0.002; docs/benchmarks.md), not on the demo's seed. This test holds what seed 0 shows."""
+    for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
+        row = _vs(demo_run, "grpo", "control", key)
+        assert row["delta"] > 0 and row["p_value"] < ALPHA, (key, row)
+        assert _vs(demo_run, "grpo", "sft", key)["delta"] > 0, key
     for against in ("sft", "control"):
         row = _vs(demo_run, "grpo", against, "prior_rate_sampled")
         assert row["delta"] < 0 and row["p_value"] < ALPHA, (against, row)
-        for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
-            row = _vs(demo_run, "grpo", against, key)
-            assert row["delta"] >= 0 and row["ci"][0] >= -NI_MARGIN_MEASURED, (against, key, row)
     sft, grpo = (_m(demo_run, s, "prior_rate_sampled")["value"] for s in ("sft", "grpo"))
     assert grpo <= 0.7 * sft, (sft, grpo)
 
 
-def test_editgrpo_gains_over_sft_and_the_control_are_positive(demo_run):
-    """EditGRPO's gains over SFT and the control point up (seed 0: +0.012 / +0.007 and +0.015 / +0.012) but are
-    not significant on 124 studies (p 0.23-0.44): this test holds the direction, the p-values are reported."""
-    for against in ("sft", "control"):
-        for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
-            assert _vs(demo_run, "editgrpo", against, key)["delta"] > 0, (against, key)
+def test_editgrpo_beats_sft_and_the_control(demo_run):
+    """EditGRPO: phantom F1 over SFT +0.009 (p=0.026) and over the control +0.017 (p=0.002); CheXpert F1-14 over
+    the control +0.014 (p=0.002), over SFT +0.007 (p=0.068, significant on seeds 1 and 2 but not here)."""
+    assert _vs(demo_run, "editgrpo", "sft", "phantom_micro_f1")["p_value"] < ALPHA
+    for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
+        assert _vs(demo_run, "editgrpo", "sft", key)["delta"] > 0, key
+        row = _vs(demo_run, "editgrpo", "control", key)
+        assert row["delta"] > 0 and row["p_value"] < ALPHA, (key, row)
     row = _vs(demo_run, "editgrpo", "sft", "prior_rate_sampled")
     assert row["delta"] < 0 and row["p_value"] < ALPHA, row
 
 
-def test_prior_suppression_dpo_cuts_prior_references_at_little_cost(demo_run):
-    """Measured: the sampled prior-reference rate falls by 42% (0.429 -> 0.250, p<0.01); the paired 95% CI of the
-    phantom F1 delta is [-0.034, 0.016]. The issue's bars (>= 50% and a CI above -0.02) are not met (README)."""
+def test_prior_suppression_dpo_cuts_prior_references_by_half(demo_run):
+    """The sampled prior-reference rate falls by 61% (0.456 -> 0.179, p<0.01; 61% and 56% on seeds 1 and 2). The
+    paired 95% CI of the phantom F1 delta is [-0.023, -0.003]: the issue's 0.02 margin holds pooled over the
+    seeds (-0.017) and on seed 2, not on this seed (README)."""
     sft, dpo = (_m(demo_run, s, "prior_rate_sampled")["value"] for s in ("sft", "dpo"))
     row = _vs(demo_run, "dpo", "sft", "prior_rate_sampled")
-    assert dpo <= 0.6 * sft and row["p_value"] < ALPHA, (sft, dpo, row)
+    assert dpo <= 0.5 * sft and row["p_value"] < ALPHA, (sft, dpo, row)
     assert _vs(demo_run, "dpo", "sft", "phantom_micro_f1")["ci"][0] >= -NI_MARGIN_MEASURED
 
 
 def test_reward_ranked_dpo_keeps_chexpert_f1(demo_run):
     """From the converged SFT, DPO on reward-ranked pairs sampled from it does not raise CheXpert F1-14 (seed 0:
-    -0.011, 95% CI [-0.033, 0.008]; from the 8-epoch SFT it gained +0.019): the issue's bar is not met. What
-    holds is that it costs little."""
+    -0.007, 95% CI [-0.015, 0.001]; -0.001 pooled over seeds 0-2): the issue's bar is not met. What holds is
+    that it costs little."""
     row = _vs(demo_run, "chexalign", "sft", "chexpert_micro_f1_14")
     assert row["ci"][0] >= -NI_MARGIN_MEASURED and abs(row["delta"]) < 0.02, row
 

@@ -2,8 +2,8 @@
 
 SFT on a report + phrase-grounding mixture (recipes/configs/demo/sft_tasks.yaml), then GRPO on the same
 mixture with IoU as the grounding reward (recipes/configs/demo/grpo_tasks.yaml). Every number comes from the
-phantom *test* split (195 grounding examples of 124 studies), which neither stage trains on; comparisons are
-`mllm-cxr eval --compare` (paired two-sided permutation test, bootstrap CI of the delta).
+phantom *test* split (195 grounding examples of its first 124 studies), which neither stage trains on;
+comparisons are `mllm-cxr eval --compare` (paired two-sided permutation test, bootstrap CI of the delta).
 
 The bars were calibrated once on this model (seed 0, see the GRPO config's header) and are fixed:
 * after SFT, box-format validity >= 0.95 and mean IoU >= untrained + 0.20, the delta's CI excluding 0;
