@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 ALPHA = 0.05
 #: DPO's non-inferiority margin on the phantom finding F1 that the issue asks for (lower end of the 95% CI of
-#: the paired delta), and the one the demo meets on its seed (-0.023).
-NI_MARGIN, NI_MARGIN_MEASURED = 0.02, 0.03
+#: the paired delta).
+NI_MARGIN = 0.02
 
 
 def _m(run, stage, key):
@@ -50,7 +50,7 @@ def test_more_sft_does_not_help(demo_run):
 def test_grpo_beats_the_control_and_cuts_prior_references(demo_run):
     """On 1,000 test studies GRPO with the clinical composite beats the continued-SFT control on both finding
     metrics (seed 0: +0.012 phantom F1, p=0.006; +0.011 CheXpert F1-14, p=0.008) and cuts the sampled
-    prior-reference rate (0.456 -> 0.271). Against SFT it gains +0.004 / +0.003 on this seed, which is NOT
+    prior-reference rate (0.488 -> 0.255). Against SFT it gains +0.004 / +0.003 on this seed, which is NOT
     significant (p=0.28 / 0.33): issue 17's bar is met on seeds 1 and 2 and pooled over the three seeds
     (+0.008, p=0.002; docs/benchmarks.md), not on the demo's seed. This test holds what seed 0 shows."""
     for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
@@ -76,22 +76,24 @@ def test_editgrpo_beats_sft_and_the_control(demo_run):
     assert row["delta"] < 0 and row["p_value"] < ALPHA, row
 
 
-def test_prior_suppression_dpo_cuts_prior_references_by_half(demo_run):
-    """The sampled prior-reference rate falls by 61% (0.456 -> 0.179, p<0.01; 61% and 56% on seeds 1 and 2). The
-    paired 95% CI of the phantom F1 delta is [-0.023, -0.003]: the issue's 0.02 margin holds pooled over the
-    seeds (-0.017) and on seed 2, not on this seed (README)."""
+def test_prior_suppression_dpo_halves_prior_references_and_is_non_inferior(demo_run):
+    """The sampled prior-reference rate falls by 53% (0.488 -> 0.230, p<0.01), and the paired 95% CI of the phantom
+    F1 delta, [-0.017, +0.003], stays above the issue's -0.02 margin (5x NLL of the chosen report, 5 epochs).
+    Seeds 1 and 2: 66% and 59%, CI lower ends -0.015 and -0.020 (docs/benchmarks.md)."""
     sft, dpo = (_m(demo_run, s, "prior_rate_sampled")["value"] for s in ("sft", "dpo"))
     row = _vs(demo_run, "dpo", "sft", "prior_rate_sampled")
     assert dpo <= 0.5 * sft and row["p_value"] < ALPHA, (sft, dpo, row)
-    assert _vs(demo_run, "dpo", "sft", "phantom_micro_f1")["ci"][0] >= -NI_MARGIN_MEASURED
+    assert _vs(demo_run, "dpo", "sft", "phantom_micro_f1")["ci"][0] >= -NI_MARGIN
 
 
-def test_reward_ranked_dpo_keeps_chexpert_f1(demo_run):
-    """From the converged SFT, DPO on reward-ranked pairs sampled from it does not raise CheXpert F1-14 (seed 0:
-    -0.007, 95% CI [-0.015, 0.001]; -0.001 pooled over seeds 0-2): the issue's bar is not met. What holds is
-    that it costs little."""
-    row = _vs(demo_run, "chexalign", "sft", "chexpert_micro_f1_14")
-    assert row["ci"][0] >= -NI_MARGIN_MEASURED and abs(row["delta"]) < 0.02, row
+def test_reward_ranked_dpo_points_up(demo_run):
+    """DPO on reward-ranked pairs (8 samples per train study from the SFT model) moves both finding metrics up
+    (seed 0: CheXpert F1-14 +0.002, p=0.56; phantom F1 +0.005, p=0.21), but not significantly on this seed: the
+    issue's bar, a raise with p < 0.05, is met on seeds 1 and 2 (+0.009, +0.011) and pooled (+0.007, p=0.002),
+    not here. The test holds the direction and that it costs nothing."""
+    for key in ("chexpert_micro_f1_14", "phantom_micro_f1"):
+        row = _vs(demo_run, "chexalign", "sft", key)
+        assert row["delta"] > 0 and row["ci"][0] >= -NI_MARGIN, (key, row)
 
 
 def test_export_reproduces_grpo(demo_run):
