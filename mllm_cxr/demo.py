@@ -358,7 +358,7 @@ class DemoRun:
                 _cli("pairs", "prior", "--studies", str(self.phantom), "--out", str(pairs), "--sections", "findings")
             else:
                 _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter", str(sft),
-                     "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--limit", "548", "--max-new-tokens",
+                     "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens",
                      "96", "--batch-size", "16", "--seed", str(self.args.seed), "--out", str(pairs))
             adapter = self.train(name, "dpo.py", f"{'dpo' if name == 'dpo' else 'dpo_' + name}.yaml",
                                  [*after_sft, "--pairs", str(pairs)], LANE_THREADS, log)
