@@ -35,6 +35,10 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "e.g. validate; None = no evaluation"})
     max_train_studies: int | None = None
     max_eval_studies: int | None = None
+    train_studies_from: str | None = field(default=None, metadata={
+        "help": "train only on the train-split studies this file names, in the split's order (max_train_studies "
+                "then applies): a JSONL whose lines carry a study_id (such as the pairs of `mllm-cxr pairs sample`, "
+                "which names the studies whose sampled reports differ in reward) or a text file of one id per line"})
     tasks: str | None = field(default=None, metadata={
         "help": "task mixture (mllm_cxr/tasks.py): a YAML file with `tasks: [{name, weight}]`, or "
                 "'report:0.6,phrase_grounding:0.3,vqa:0.1'; default: the report task only"})

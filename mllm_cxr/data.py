@@ -460,6 +460,44 @@ def load_split(path: str | Path, split: str | None, limit: int | None = None) ->
     return recs[:limit] if limit else recs
 
 
+def read_study_ids(path: str | Path) -> list[str]:
+    """The study ids a file names, in file order, each once: a JSONL whose objects carry ``study_id`` (a pairs
+    file, predictions, study records) or plain text with one id per line (``#`` comments and blank lines ignored)."""
+    from cxr_io.readers import read_jsonl, read_text
+
+    p = Path(path)
+    text = read_text(p, role="study id list", error=DataPrepError)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    ids: list[str] = []
+    if first.startswith("{"):
+        for line, row in read_jsonl(p, role="study id list", error=DataPrepError):
+            sid = row.get("study_id")
+            if not isinstance(sid, str) or not sid.strip():
+                raise DataPrepError("each line needs a non-empty study_id", file=str(p), line=line, field="study_id",
+                                    value=sid)
+            ids.append(sid.strip())
+    else:
+        ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not ids:
+        raise DataPrepError("names no study", file=str(p))
+    return list(dict.fromkeys(ids))
+
+
+def select_studies(records: list[StudyRecord], path: str | Path, split: str | None) -> list[StudyRecord]:
+    """The records ``path`` names (:func:`read_study_ids`), in the records' order; an id the split does not hold
+    is an error naming it (a list made for another split or dataset would otherwise train on a silent subset)."""
+    ids = read_study_ids(path)
+    have = {r.study_id for r in records}
+    missing = [s for s in ids if s not in have]
+    if missing:
+        raise DataPrepError(f"{len(missing)} of its {len(ids)} study ids are not in split {split!r} of the studies "
+                            f"(first: {', '.join(missing[:3])})", file=str(path), field="study_id", value=missing[0])
+    keep = set(ids)
+    out = [r for r in records if r.study_id in keep]
+    log.info("train_studies_from %s: %d of the %d studies of split %r", path, len(out), len(records), split)
+    return out
+
+
 def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, Any]:
     """A recipe's ``{"train", "eval"}`` datasets: ``build(records, data_root, prompt_cfg)`` on the train split
     and, when ``eval_split`` is set, on the eval split (else ``eval`` is None); ``max_*_studies`` apply."""
@@ -474,10 +512,14 @@ def recipe_datasets(data_args: Any, build: Any, prompt_cfg: Any) -> dict[str, An
     kw = {"skip_bad_images": bool(getattr(data_args, "skip_bad_images", False)), "bad_images": bad,
           "source": str(data_args.studies)}
 
-    def split(name: str | None, limit: int | None) -> Any:
-        return build(load_split(data_args.studies, name, limit), root, prompt_cfg, **kw)
+    def split(name: str | None, limit: int | None, only: str | None = None) -> Any:
+        recs = load_split(data_args.studies, name)
+        if only:
+            recs = select_studies(recs, only, name)
+        return build(recs[:limit] if limit else recs, root, prompt_cfg, **kw)
 
-    out = {"train": split(data_args.train_split, data_args.max_train_studies),
+    out = {"train": split(data_args.train_split, data_args.max_train_studies,
+                          getattr(data_args, "train_studies_from", None)),
            "eval": split(data_args.eval_split, data_args.max_eval_studies) if data_args.eval_split else None}
     if bad:
         out[SKIPPED_IMAGES] = bad

@@ -123,6 +123,9 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_
         raise ConfigError("pairs: no pairs file given (build one with `mllm-cxr pairs prior|sample`)")
     if not data_args.studies:
         raise ConfigError("studies: the study records the pairs refer to are needed (prompts and images)")
+    if getattr(data_args, "train_studies_from", None):
+        raise ConfigError(f"train_studies_from: {data_args.train_studies_from!r}: DPO trains on the studies its pairs "
+                          "file names; filter the pairs file instead, or remove the key")
     pairs = read_pairs(pairs_args.pairs)
     n_all = len(pairs)
     if pairs_args.min_margin is not None:
