@@ -153,12 +153,19 @@ dpo: $(RUNS)/demo-sft/adapter_config.json $(RUNS)/pairs/prior.jsonl
 		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --pairs $(RUNS)/pairs/prior.jsonl --output_dir $(RUNS)/demo-dpo \
 		$(TRAIN_ARGS)
 
+# Eight SFT samples per train study ranked by CheXpert F1 (`make demo` writes the same file): the reward-ranked
+# DPO's pairs, and the studies GRPO trains on (train_studies_from: those whose samples differ in reward).
+$(RUNS)/pairs/chexalign.jsonl: $(RUNS)/demo-sft/adapter_config.json
+	$(BIN)/mllm-cxr pairs sample --studies $(RUNS)/phantom/studies.jsonl --model $(RUNS)/demo-base \
+		--adapter $(RUNS)/demo-sft --k 8 --reward chexpert_f1 --margin 0.2 --max-new-tokens 96 --batch-size 16 \
+		--seed 0 --out $@
+
 # With vLLM rollouts (CPU or GPU): make grpo VENV=.venv-vllm GRPO_ARGS="--use_vllm true --vllm_mode colocate"
 GRPO_ARGS ?=
-grpo: $(RUNS)/demo-sft/adapter_config.json
+grpo: $(RUNS)/demo-sft/adapter_config.json $(RUNS)/pairs/chexalign.jsonl
 	$(LAUNCH) --config_file $(ACCEL) recipes/grpo.py --config $(GRPO_CFG) \
-		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --output_dir $(RUNS)/demo-$(basename $(notdir $(GRPO_CFG))) \
-		$(TRAIN_ARGS) $(GRPO_ARGS)
+		$(DEMO_RUN_ARGS) --adapter_path $(RUNS)/demo-sft --train_studies_from $(RUNS)/pairs/chexalign.jsonl \
+		--output_dir $(RUNS)/demo-$(basename $(notdir $(GRPO_CFG))) $(TRAIN_ARGS) $(GRPO_ARGS)
 
 # Multi-node training on this machine: two "nodes" on 127.0.0.1, each the launch a cluster node runs
 # (scripts/multinode_launch.sh, NNODES=2 NODE_RANK=0|1), one CPU process each, DeepSpeed ZeRO-2 over gloo, the

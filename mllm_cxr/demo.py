@@ -9,11 +9,13 @@ on every held-out *test* study of the phantom data (``generate`` greedy, plus sa
 prior-reference rate):
 
 - ``sft``: LoRA SFT (recipes/configs/demo/sft.yaml);
+- then eight SFT samples of every train study, scored by CheXpert F1 (``runs/pairs/chexalign.jsonl``): the
+  reward-ranked DPO's pairs, and the studies GRPO trains on (those whose samples differ in reward);
 - ``control``: the SFT adapter trained further with the SFT loss for GRPO's number of optimizer steps on
   GRPO's studies (demo/sft_continue.yaml): the control that separates "RL helps" from "more training helps";
 - ``grpo`` / ``editgrpo``: GRPO and EditGRPO with the clinical composite reward (demo/grpo.yaml, editgrpo.yaml);
-- ``dpo``: prior-exam suppression DPO (demo/dpo.yaml); ``chexalign``: DPO on reward-ranked pairs sampled
-  from the SFT model (demo/dpo_chexalign.yaml);
+- ``dpo``: prior-exam suppression DPO (demo/dpo.yaml); ``chexalign``: DPO on the reward-ranked pairs
+  (demo/dpo_chexalign.yaml);
 - ``export``: the GRPO adapter merged, saved and reloaded.
 
 Metrics: the phantom finding F1 (micro F1 over the five findings drawn into the images, read from the
@@ -48,7 +50,7 @@ ALL_STAGES = ("sft", "control", "grpo", "editgrpo", "dpo", "chexalign", "export"
 LABELS = {"base": "base (untrained)", "sft": "SFT", "control": "SFT continued (control)",
           "grpo": "+GRPO (clinical reward)", "editgrpo": "+EditGRPO (clinical reward)",
           "dpo": "+DPO (prior suppression)", "chexalign": "+DPO (reward-ranked pairs)",
-          "export": "GRPO exported (merged, reloaded)"}
+          "export": "GRPO exported (merged, reloaded)", "pairs": "SFT samples of the train studies (8 each)"}
 #: Bootstrap resamples and permutation swaps for every CI and p-value of the demo.
 N_BOOT = 1000
 #: The prompt of the demo's adapters (for the untrained base, which has no adapter to read it from).
@@ -246,7 +248,7 @@ def write_stage_report(runs_out: Path, stage: str, against: str = "sft",
 
 def runtime_table(times: dict[str, dict[str, float]]) -> str:
     lines = ["| stage | train (s) | generate + score (s) |", "|---|---|---|"]
-    order = ("base", *ALL_STAGES)
+    order = ("base", "sft", "pairs", *ALL_STAGES[1:])
     for name, t in sorted(times.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         lines.append(f"| {LABELS.get(name, name)} | {t.get('train', 0):.0f} | {t.get('eval', 0):.0f} |")
     return "\n".join(lines) + "\n"
@@ -284,6 +286,7 @@ class DemoRun:
         if args.max_steps:
             self.common += ["--max_steps", str(args.max_steps)]
         self.adapters = {"sft": runs / f"demo-sft{self.tag}"}
+        self.pairs = runs / "pairs" / f"chexalign{self.tag}.jsonl"  # where dpo_chexalign.yaml and grpo.yaml look
         self.results: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[str, float]] = {}
         self.stages: list[str] = []
@@ -348,20 +351,18 @@ class DemoRun:
         sft = self.adapters["sft"]
         after_sft = ["--adapter_path", str(sft)]
         t0 = time.perf_counter()
+        hard = ["--train_studies_from", str(self.pairs)]  # the studies whose SFT samples differ (sample_pairs)
         if name == "control":
-            adapter = self.train(name, "sft.py", "sft_continue.yaml", after_sft, LANE_THREADS, log)
+            adapter = self.train(name, "sft.py", "sft_continue.yaml", [*after_sft, *hard], LANE_THREADS, log)
         elif name in ("grpo", "editgrpo"):
-            adapter = self.train(name, "grpo.py", f"{name}.yaml", after_sft, LANE_THREADS, log)
-        else:  # DPO: its pairs first (their time counted in training)
-            pairs = self.out / f"pairs_{'prior' if name == 'dpo' else name}.jsonl"
-            if name == "dpo":
-                _cli("pairs", "prior", "--studies", str(self.phantom), "--out", str(pairs), "--sections", "findings")
-            else:
-                _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter", str(sft),
-                     "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens",
-                     "96", "--batch-size", "16", "--seed", str(self.args.seed), "--out", str(pairs))
-            adapter = self.train(name, "dpo.py", f"{'dpo' if name == 'dpo' else 'dpo_' + name}.yaml",
-                                 [*after_sft, "--pairs", str(pairs)], LANE_THREADS, log)
+            adapter = self.train(name, "grpo.py", f"{name}.yaml", [*after_sft, *hard], LANE_THREADS, log)
+        elif name == "chexalign":
+            adapter = self.train(name, "dpo.py", "dpo_chexalign.yaml", [*after_sft, "--pairs", str(self.pairs)],
+                                 LANE_THREADS, log)
+        else:  # prior DPO: its pairs first (their time counted in training)
+            pairs = self.out / "pairs_prior.jsonl"
+            _cli("pairs", "prior", "--studies", str(self.phantom), "--out", str(pairs), "--sections", "findings")
+            adapter = self.train(name, "dpo.py", "dpo.yaml", [*after_sft, "--pairs", str(pairs)], LANE_THREADS, log)
         self.times[name]["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.generate(name, self.base, adapter)
@@ -432,9 +433,24 @@ class DemoRun:
             return 2
         # longest first, so the two lanes end close together (GRPO carries the export)
         later = [s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in stages]
+        if any(s in later for s in ("grpo", "editgrpo", "chexalign", "control")):
+            self.sample_pairs()
         if later:
             self.run_lanes(later)
         return 0
+
+    def sample_pairs(self) -> None:
+        """Eight SFT samples of every train study, scored by CheXpert F1: the reward-ranked DPO's pairs (best vs
+        worst, margin 0.2), and, through the same file, the studies GRPO, EditGRPO and the control train on
+        (``train_studies_from``: those whose samples differ; in a group where all score alike GRPO has no
+        signal). Here on ``SFT_THREADS`` before the lanes, which all need it. A quick run (``--max-steps``)
+        samples the first 32 train studies."""
+        t0 = time.perf_counter()
+        _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter",
+             str(self.adapters["sft"]), "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens",
+             "96", "--batch-size", "16", "--seed", str(self.args.seed), "--out", str(self.pairs),
+             *(["--limit", "32"] if self.args.max_steps else []))
+        self.times["pairs"] = {"train": time.perf_counter() - t0}
 
     def finish(self, total: float) -> None:
         """The table, the numbers, the curves and the HTML report of the last RL stage."""

@@ -419,7 +419,8 @@ def test_real_use_sequence_runs_as_written(workspace, demo_run):
     """prepare -> SFT -> pairs -> DPO -> GRPO -> generate -> eval -> score -> export, README order, no
     --data-root anywhere: each stage reads what the one before wrote."""
     ws = workspace["ws"]
-    for name in ("demo-base", "demo-sft", "phantom"):  # `make dpo && make grpo` after `make demo`, as the README has it
+    for name in ("demo-base", "demo-sft", "phantom", "pairs/chexalign.jsonl"):  # `make dpo && make grpo` after
+        (workspace["runs"] / name).parent.mkdir(exist_ok=True)                # `make demo`, as the README has it
         (workspace["runs"] / name).symlink_to(demo_run["runs"] / name)
     order = [c.id for c in CASES]
     for case in sorted(REAL_USE, key=lambda c: order.index(c.id)):

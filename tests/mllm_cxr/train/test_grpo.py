@@ -93,6 +93,8 @@ def test_reward_specs_become_trl_reward_funcs(phantom_dir):
         assert {e["name"] for e in load_reward_spec(p)} <= known, p
     funcs, weights = reward_funcs_and_weights(str(REPO / "recipes" / "rewards" / "clinical.yaml"))
     assert [f.__name__ for f in funcs] == ["chexpert_f1", "prior_penalty", "rouge_l"] and weights == [1.0, 0.5, 0.2]
+    balanced, w = reward_funcs_and_weights(str(REPO / "recipes" / "rewards" / "clinical_balanced.yaml"))  # demo GRPO
+    assert [f.__name__ for f in balanced] == [f.__name__ for f in funcs] and w == [1.0, 0.25, 0.2]
     (single,), w = reward_funcs_and_weights("chexpert_f1")
     assert single.__name__ == "chexpert_f1" and w == [1.0]
     s = next(r for r in read_records(phantom_dir / "studies.jsonl") if r.meta.get("hallucinated_prior"))
