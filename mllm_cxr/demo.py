@@ -51,6 +51,10 @@ LABELS = {"base": "base (untrained)", "sft": "SFT", "control": "SFT continued (c
           "grpo": "+GRPO (clinical reward)", "editgrpo": "+EditGRPO (clinical reward)",
           "dpo": "+DPO (prior suppression)", "chexalign": "+DPO (reward-ranked pairs)",
           "export": "GRPO exported (merged, reloaded)", "pairs": "SFT samples of the train studies (8 each)"}
+#: How the demo samples SFT reports of the train studies (``pairs sample``, :meth:`DemoRun.sample_pairs`); the
+#: Makefile's ``$(RUNS)/pairs/chexalign.jsonl`` rule (what ``make grpo`` needs) uses the same options (tested).
+PAIR_SAMPLING = ["--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens", "96",
+                 "--batch-size", "16"]
 #: Bootstrap resamples and permutation swaps for every CI and p-value of the demo.
 N_BOOT = 1000
 #: The prompt of the demo's adapters (for the untrained base, which has no adapter to read it from).
@@ -447,8 +451,7 @@ class DemoRun:
         samples the first 32 train studies."""
         t0 = time.perf_counter()
         _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter",
-             str(self.adapters["sft"]), "--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens",
-             "96", "--batch-size", "16", "--seed", str(self.args.seed), "--out", str(self.pairs),
+             str(self.adapters["sft"]), *PAIR_SAMPLING, "--seed", str(self.args.seed), "--out", str(self.pairs),
              *(["--limit", "32"] if self.args.max_steps else []))
         self.times["pairs"] = {"train": time.perf_counter() - t0}
 

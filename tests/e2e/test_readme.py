@@ -279,6 +279,13 @@ def test_documented_make_targets_do_what_the_readme_says():
     assert demo.startswith(f"{venv}/bin/python -m mllm_cxr.demo") and demo.endswith("--sentinel-demo"), demo
     dpo = _make_n("dpo", VENV=venv, TRAIN_ARGS="--sentinel-train")[-1]
     assert "recipes/dpo.py" in dpo and f"{venv}/bin/mllm-cxr launch" in dpo and dpo.endswith("--sentinel-train"), dpo
+    # `make grpo` first builds the studies file the demo writes, with the demo's sampling options and seed
+    from mllm_cxr.demo import PAIR_SAMPLING
+
+    grpo = _make_n("grpo", VENV=venv, RUNS="/nonexistent/runs")
+    sample = next(c for c in grpo if " pairs sample " in c)
+    assert f" {' '.join(PAIR_SAMPLING)} --seed 0 --out /nonexistent/runs/pairs/chexalign.jsonl" in sample, sample
+    assert "--train_studies_from /nonexistent/runs/pairs/chexalign.jsonl" in grpo[-1], grpo[-1]
     smoke = _make_n("bench-gpu-smoke", VENV=venv)[-1]
     assert "GPU_BENCH_SMOKE=1" in smoke and smoke.endswith("bash bench/gpu_run.sh"), smoke
     assert any("bench/gpu-wheels.txt" in c and "pip download" in c for c in _make_n("gpu-wheels"))
