@@ -10,12 +10,13 @@ prior-reference rate):
 
 - ``sft``: LoRA SFT (recipes/configs/demo/sft.yaml);
 - then eight SFT samples of every train study, scored by CheXpert F1 (``runs/pairs/chexalign.jsonl``): the
-  reward-ranked DPO's pairs, and the studies GRPO trains on (those whose samples differ in reward);
+  studies GRPO trains on (those whose samples differ in reward), and the reward-ranked DPO's first pairs;
 - ``control``: the SFT adapter trained further with the SFT loss for GRPO's number of optimizer steps on
   GRPO's studies (demo/sft_continue.yaml): the control that separates "RL helps" from "more training helps";
 - ``grpo`` / ``editgrpo``: GRPO and EditGRPO with the clinical composite reward (demo/grpo.yaml, editgrpo.yaml);
 - ``dpo``: prior-exam suppression DPO (demo/dpo.yaml); ``chexalign``: DPO on the reward-ranked pairs
-  (demo/dpo_chexalign.yaml);
+  (demo/dpo_chexalign.yaml), those above and a second set sampled at temperature 0.7
+  (``runs/pairs/chexalign_t07.jsonl``);
 - ``export``: the GRPO adapter merged, saved and reloaded.
 
 Metrics: the phantom finding F1 (micro F1 over the five findings drawn into the images, read from the
@@ -55,6 +56,8 @@ LABELS = {"base": "base (untrained)", "sft": "SFT", "control": "SFT continued (c
 #: Makefile's ``$(RUNS)/pairs/chexalign.jsonl`` rule (what ``make grpo`` needs) uses the same options (tested).
 PAIR_SAMPLING = ["--k", "8", "--reward", "chexpert_f1", "--margin", "0.2", "--max-new-tokens", "96",
                  "--batch-size", "16"]
+#: The temperature of the reward-ranked DPO's second pairs file (its first is sampled at 1.0).
+PAIR_T07 = "0.7"
 #: Bootstrap resamples and permutation swaps for every CI and p-value of the demo.
 N_BOOT = 1000
 #: The prompt of the demo's adapters (for the untrained base, which has no adapter to read it from).
@@ -274,6 +277,9 @@ class DemoArgs:
     max_steps: int | None = opt("stop every training stage after this many optimizer steps (a quick check, not the "
                                 "demo)", default=None)
     tag: str = opt("suffix of every output folder (several seeds side by side)", default="")
+    reuse: bool = opt("also score the stages left out of --stages from the test reports an earlier run with the same "
+                      "--runs and --tag wrote, and keep its samples of the train studies (runs/pairs/chexalign.jsonl): "
+                      "rerun one stage, keep the rest of the table", default=False)
 
 
 class DemoRun:
@@ -291,6 +297,7 @@ class DemoRun:
             self.common += ["--max_steps", str(args.max_steps)]
         self.adapters = {"sft": runs / f"demo-sft{self.tag}"}
         self.pairs = runs / "pairs" / f"chexalign{self.tag}.jsonl"  # where dpo_chexalign.yaml and grpo.yaml look
+        self.pairs_t07 = runs / "pairs" / f"chexalign_t07{self.tag}.jsonl"  # dpo_chexalign.yaml's second file
         self.results: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[str, float]] = {}
         self.stages: list[str] = []
@@ -360,9 +367,10 @@ class DemoRun:
             adapter = self.train(name, "sft.py", "sft_continue.yaml", [*after_sft, *hard], LANE_THREADS, log)
         elif name in ("grpo", "editgrpo"):
             adapter = self.train(name, "grpo.py", f"{name}.yaml", [*after_sft, *hard], LANE_THREADS, log)
-        elif name == "chexalign":
-            adapter = self.train(name, "dpo.py", "dpo_chexalign.yaml", [*after_sft, "--pairs", str(self.pairs)],
-                                 LANE_THREADS, log)
+        elif name == "chexalign":  # a second pairs file first, sampled at temperature 0.7 (its time counted in training)
+            self.sample_pairs(self.pairs_t07, "--temperature", PAIR_T07)
+            adapter = self.train(name, "dpo.py", "dpo_chexalign.yaml",
+                                 [*after_sft, "--pairs", str(self.pairs), str(self.pairs_t07)], LANE_THREADS, log)
         else:  # prior DPO: its pairs first (their time counted in training)
             pairs = self.out / "pairs_prior.jsonl"
             _cli("pairs", "prior", "--studies", str(self.phantom), "--out", str(pairs), "--sections", "findings")
@@ -383,8 +391,7 @@ class DemoRun:
 
     def run_lanes(self, names: list[str]) -> None:
         """The stages after SFT in ``LANES`` processes (longest first; a stage is handed to a lane only when the lane
-        is free, so an interrupt starts nothing new); scored here once all have finished, in the demo's stage
-        order, so the table is the same whichever finished first."""
+        is free, so an interrupt starts nothing new); :meth:`run_stages` scores them once all have finished."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -420,10 +427,11 @@ class DemoRun:
             raise
         finally:
             pool.shutdown(wait=finished, cancel_futures=True)
-        for name in ALL_STAGES:
-            if name in names or (name == "export" and "grpo" in names and "export" in self.stages):
-                self.score(name)
-        print(results_table(self.results), flush=True)
+
+    def reused(self, name: str) -> bool:
+        """With ``--reuse``: whether an earlier run left this stage's greedy and sampled test reports."""
+        pred = self.out / "pred"
+        return self.args.reuse and all((pred / f"{name}{s}.jsonl").is_file() for s in ("", "_sampled"))
 
     def run_stages(self, stages: list[str]) -> int:
         self.stages = stages
@@ -431,29 +439,45 @@ class DemoRun:
         if "sft" in stages:
             self.train("sft", "sft.py", "sft.yaml", [])
             self.evaluate("sft", self.base, self.adapters["sft"])
+        elif self.reused("sft"):
+            self.score("sft")
         sft = self.adapters["sft"]
         if not (sft / "adapter_config.json").exists():
             print(f"missing {sft}: the stages after SFT need it (add sft to --stages)", file=sys.stderr)
             return 2
-        # longest first, so the two lanes end close together (GRPO carries the export)
-        later = [s for s in ("grpo", "editgrpo", "chexalign", "dpo", "control") if s in stages]
+        # longest first, so the two lanes end close together (the reward-ranked DPO samples its second pairs file,
+        # GRPO carries the export)
+        later = [s for s in ("chexalign", "grpo", "editgrpo", "dpo", "control") if s in stages]
         if any(s in later for s in ("grpo", "editgrpo", "chexalign", "control")):
-            self.sample_pairs()
+            if self.args.reuse and self.pairs.is_file():
+                print(f"reusing the SFT samples of the train studies in {self.pairs}", flush=True)
+            else:
+                t0 = time.perf_counter()
+                self.sample_pairs(self.pairs)
+                self.times["pairs"] = {"train": time.perf_counter() - t0}
         if later:
             self.run_lanes(later)
+        ran = [*later, *(["export"] if "grpo" in later and "export" in stages else [])]
+        reused = [s for s in ALL_STAGES if s not in stages and s not in ran and self.reused(s)]
+        for name in ALL_STAGES[1:]:  # in the demo's order, so the table is the same whichever lane finished first
+            if name in ran or name in reused:
+                self.score(name)
+        if reused:
+            print(f"scored from an earlier run's reports in {self.out / 'pred'}: {', '.join(reused)}", flush=True)
+        if ran or reused:
+            print(results_table(self.results), flush=True)
         return 0
 
-    def sample_pairs(self) -> None:
-        """Eight SFT samples of every train study, scored by CheXpert F1: the reward-ranked DPO's pairs (best vs
-        worst, margin 0.2), and, through the same file, the studies GRPO, EditGRPO and the control train on
-        (``train_studies_from``: those whose samples differ; in a group where all score alike GRPO has no
-        signal). Here on ``SFT_THREADS`` before the lanes, which all need it. A quick run (``--max-steps``)
-        samples the first 32 train studies."""
-        t0 = time.perf_counter()
+    def sample_pairs(self, out: Path, *extra: str) -> None:
+        """Eight SFT samples of every train study, scored by CheXpert F1, best vs worst kept when 0.2 apart.
+        At the default temperature (1.0, before the lanes, which all need it): the studies GRPO, EditGRPO and the
+        control train on (``train_studies_from``: those whose samples differ; in a group where all score alike
+        GRPO has no signal) and the reward-ranked DPO's first pairs file. At 0.7 (``extra``, in the DPO's lane):
+        its second, whose rejected reports are fluent but wrong where many at 1.0 are garbled. A quick run
+        (``--max-steps``) samples the first 32 train studies."""
         _cli("pairs", "sample", "--studies", str(self.phantom), "--model", str(self.base), "--adapter",
-             str(self.adapters["sft"]), *PAIR_SAMPLING, "--seed", str(self.args.seed), "--out", str(self.pairs),
+             str(self.adapters["sft"]), *PAIR_SAMPLING, *extra, "--seed", str(self.args.seed), "--out", str(out),
              *(["--limit", "32"] if self.args.max_steps else []))
-        self.times["pairs"] = {"train": time.perf_counter() - t0}
 
     def finish(self, total: float) -> None:
         """The table, the numbers, the curves and the HTML report of the last RL stage."""

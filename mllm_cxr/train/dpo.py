@@ -100,9 +100,15 @@ class ClinicalDPOTrainer(DPOTrainer):
 class PairsArguments:
     """Which preference pairs to train on (``mllm-cxr pairs prior|sample`` output)."""
 
-    pairs: str = field(default="", metadata={"help": "pairs JSONL ({study_id, chosen, rejected, ...})"})
+    pairs: list[str] = field(default_factory=list, metadata={
+        "help": "pairs JSONL ({study_id, chosen, rejected, ...}); several files (a YAML list, or comma-separated) "
+                "are read in order and trained on together"})
     min_margin: float | None = field(default=None, metadata={"help": "drop pairs whose margin is not above this"})
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs"})
+
+    def __post_init__(self) -> None:
+        items = self.pairs.split(",") if isinstance(self.pairs, str) else list(self.pairs or [])
+        self.pairs = [f.strip() for it in items for f in str(it).split(",") if f.strip()]
 
 
 def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_pixels: int | None = None,
@@ -114,6 +120,7 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_
     be one of the mixture's (the pairs file itself is the mixture: its weights are not used)."""
     import logging
 
+    from data_prep.errors import DataPrepError
     from data_prep.schema import read_records
     from mllm_cxr.config import ConfigError
     from mllm_cxr.data import dpo_dataset
@@ -126,16 +133,23 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_
     if getattr(data_args, "train_studies_from", None):
         raise ConfigError(f"train_studies_from: {data_args.train_studies_from!r}: DPO trains on the studies its pairs "
                           "file names; filter the pairs file instead, or remove the key")
-    pairs = read_pairs(pairs_args.pairs)
+    files = [pairs_args.pairs] if isinstance(pairs_args.pairs, str) else list(pairs_args.pairs)
+    records = {r.study_id: r for r in read_records(data_args.studies)}
+    pairs = []
+    for f in files:
+        for i, p in enumerate(read_pairs(f), 1):
+            if p["study_id"] not in records:
+                raise DataPrepError(f"pair refers to a study that {data_args.studies} lacks", file=f, line=i,
+                                    field="study_id", value=p["study_id"])
+            pairs.append(p)
     n_all = len(pairs)
     if pairs_args.min_margin is not None:
         pairs = [p for p in pairs if (p.get("margin") or 0.0) > pairs_args.min_margin]
     if pairs_args.max_pairs:
         pairs = pairs[:pairs_args.max_pairs]
     if not pairs:
-        raise ConfigError(f"{pairs_args.pairs}: no pair left after min_margin={pairs_args.min_margin}")
-    logging.getLogger(__name__).info("DPO data: %d of %d pairs from %s", len(pairs), n_all, pairs_args.pairs)
-    records = {r.study_id: r for r in read_records(data_args.studies)}
+        raise ConfigError(f"{', '.join(files)}: no pair left after min_margin={pairs_args.min_margin}")
+    logging.getLogger(__name__).info("DPO data: %d of %d pairs from %s", len(pairs), n_all, ", ".join(files))
     tasks = sorted({p.get("task") or "report" for p in pairs})
     task_cfg = None
     if getattr(data_args, "tasks", None):
@@ -143,7 +157,7 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_
 
         allowed = {e.name for e in parse_mixture_arg(data_args.tasks)}
         if set(tasks) - allowed:
-            raise ConfigError(f"{pairs_args.pairs}: pairs of task(s) {sorted(set(tasks) - allowed)} are not in "
+            raise ConfigError(f"{', '.join(files)}: pairs of task(s) {sorted(set(tasks) - allowed)} are not in "
                               f"tasks: {data_args.tasks!r}")
     if tasks != ["report"]:
         from mllm_cxr.data import _task_config

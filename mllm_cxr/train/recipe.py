@@ -213,7 +213,8 @@ def check_run_inputs(configs: Sequence[Any]) -> None:
     from mllm_cxr.vllm_support import require_vllm_for_rollouts
 
     args = configs[-1]
-    inputs = [getattr(c, k) for c in configs for k in INPUT_KEYS if isinstance(getattr(c, k, None), str)]
+    values = [getattr(c, k, None) for c in configs for k in INPUT_KEYS]
+    inputs = [v for val in values for v in (val if isinstance(val, list) else [val]) if isinstance(v, str)]
     check_disjoint(args.output_dir, inputs, flag="output_dir")
     for c in configs:
         if getattr(c, "adapter_path", None):

@@ -79,3 +79,31 @@ def test_dpo_refuses_it(tmp_path):
     pairs = SimpleNamespace(pairs=str(tmp_path / "p.jsonl"), min_margin=None, max_pairs=None)
     with pytest.raises(ConfigError, match="train_studies_from: .*filter the pairs file"):
         load_pair_dataset(pairs, _args(tmp_path / "s.jsonl", train_studies_from="ids.txt"), None)
+
+
+def _pairs_file(path, ids, tag):
+    path.write_text("".join(json.dumps({"study_id": s, "chosen": f"{tag} good {i}", "rejected": f"{tag} bad {i}"})
+                            + "\n" for i, s in enumerate(ids)))
+    return path
+
+
+def test_dpo_trains_on_several_pairs_files_in_order(phantom_dir, tmp_path):
+    """``pairs`` takes several files (a YAML list or comma-separated); their pairs are read in order, and a pair
+    naming a study the studies file lacks is an error naming its own file and line."""
+    from mllm_cxr.prompts import PromptConfig
+    from mllm_cxr.train.dpo import PairsArguments, load_pair_dataset
+
+    studies = phantom_dir / "studies.jsonl"
+    train = [r.study_id for r in read_records(studies, "train")]
+    a, b = _pairs_file(tmp_path / "a.jsonl", train[:3], "a"), _pairs_file(tmp_path / "b.jsonl", train[1:3], "b")
+    assert PairsArguments(pairs=f"{a}, {b}").pairs == [str(a), str(b)]
+    assert PairsArguments(pairs=[str(a), f"{b},"]).pairs == [str(a), str(b)]
+    ds = load_pair_dataset(PairsArguments(pairs=[str(a), str(b)]), _args(studies), PromptConfig(sections=["findings"]))
+    assert len(ds) == 5
+    chosen = [str(r["chosen"]) for r in ds]
+    assert [c for c in chosen if "a good" in c] == chosen[:3]  # a's three pairs, then b's two
+    assert "a good 0" in chosen[0] and "b good 0" in chosen[3] and "b good 1" in chosen[4]
+    bad = _pairs_file(tmp_path / "c.jsonl", [train[0], "no-such-study"], "c")
+    with pytest.raises(DataPrepError, match=r"c\.jsonl:2, field 'study_id'.*lacks") as e:
+        load_pair_dataset(PairsArguments(pairs=[str(a), str(bad)]), _args(studies), PromptConfig())
+    assert "no-such-study" in str(e.value)
