@@ -515,6 +515,9 @@ def main(argv=None) -> int:
         ap.error(f"--stages: unknown {bad}; choose from {','.join(ALL_STAGES)}")
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be >= 1")
+    if args.reuse and "sft" in stages:
+        ap.error("--reuse with sft in --stages: the earlier reports of the other stages come from the earlier SFT "
+                 "adapter; rerun them too (leave out --reuse), or leave sft out")
     runs = Path(args.runs).resolve()
     for p, how in ((runs / "demo-base" / "config.json", "make demo-base"),
                    (runs / "phantom" / "studies.jsonl", "make phantom")):
