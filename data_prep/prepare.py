@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -221,7 +222,10 @@ def _cache_pool(cache: ImageCache, workers: int):
     if workers <= 1:
         yield None
         return
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_cache_worker,
+    # spawned, not forked: a fork copies whatever locks this process's other threads (torch, tqdm, a thread
+    # pool) hold at that moment, and a worker that needs one waits forever (a hang met in the test suite)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_cache_worker,
                                initargs=(str(cache.root), cache.min_pixels, cache.max_pixels))
     try:
         yield pool
