@@ -57,6 +57,13 @@ def opt(help: str | None = None, *, default: Any = MISSING, default_factory: Any
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+def split_list(value: str | typing.Iterable[Any] | None) -> list[str]:
+    """A list-valued option or config key: a YAML list, a comma-separated string, or a list whose items are
+    themselves comma-separated (``--x a,b`` through ``nargs``) -> its stripped, non-empty items, in order."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    return [x.strip() for it in items for x in str(it).split(",") if x.strip()]
+
+
 def part(group: str | None = None, *, flat: bool = False) -> Any:
     """A field holding a part (a dataclass of options): its options go in the help group ``group`` (default:
     the part's ``_argument_group_name``), or with the verb's own options when ``flat``."""

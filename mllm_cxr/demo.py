@@ -428,18 +428,22 @@ class DemoRun:
         finally:
             pool.shutdown(wait=finished, cancel_futures=True)
 
-    def reused(self, name: str) -> bool:
-        """With ``--reuse``: whether an earlier run left this stage's greedy and sampled test reports."""
+    def reused(self, stages: list[str]) -> list[str]:
+        """With ``--reuse``: the stages left out of ``stages`` whose greedy and sampled test reports an earlier run
+        left, except the export of a GRPO trained again now (those reports came from the earlier GRPO adapter)."""
         pred = self.out / "pred"
-        return self.args.reuse and all((pred / f"{name}{s}.jsonl").is_file() for s in ("", "_sampled"))
+        return [s for s in ALL_STAGES if self.args.reuse and s not in stages
+                and all((pred / f"{s}{x}.jsonl").is_file() for x in ("", "_sampled"))
+                and not (s == "export" and "grpo" in stages)]
 
     def run_stages(self, stages: list[str]) -> int:
         self.stages = stages
+        reused = self.reused(stages)
         self.evaluate("base", self.base, None)
         if "sft" in stages:
             self.train("sft", "sft.py", "sft.yaml", [])
             self.evaluate("sft", self.base, self.adapters["sft"])
-        elif self.reused("sft"):
+        elif "sft" in reused:
             self.score("sft")
         sft = self.adapters["sft"]
         if not (sft / "adapter_config.json").exists():
@@ -458,7 +462,6 @@ class DemoRun:
         if later:
             self.run_lanes(later)
         ran = [*later, *(["export"] if "grpo" in later and "export" in stages else [])]
-        reused = [s for s in ALL_STAGES if s not in stages and s not in ran and self.reused(s)]
         for name in ALL_STAGES[1:]:  # in the demo's order, so the table is the same whichever lane finished first
             if name in ran or name in reused:
                 self.score(name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_io.cli_args import split_list
 from data_prep.schema import FRONTAL_VIEWS, ImageRef, StudyRecord, comparison_is_empty
 
 SECTIONS = ("findings", "impression")
@@ -53,8 +54,7 @@ class PromptConfig:
 
 def _names(value) -> list[str]:
     """A YAML list or a comma-separated flag -> names; "" and "none" mean no entry."""
-    items = value.split(",") if isinstance(value, str) else list(value or [])
-    return [n.strip().lower() for it in items for n in str(it).split(",") if n.strip() and n.strip().lower() != "none"]
+    return [n.lower() for n in split_list(value) if n.lower() != "none"]
 
 
 def select_images(study: StudyRecord, cfg: PromptConfig) -> list[ImageRef]:

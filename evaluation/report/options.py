@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cxr_io import InputError
-from cxr_io.cli_args import opt
+from cxr_io.cli_args import opt, split_list
 from data_prep.errors import DataPrepError
 from reward.metric_table import METRICS, PerStudy
 
@@ -101,7 +101,7 @@ def _and(items: Sequence[str], conj: str = "and") -> str:
 
 def parse_include(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """``--include images,ids``: the items checked against :data:`SHARE_ITEMS`."""
-    items = [x.strip() for x in (value.split(",") if isinstance(value, str) else value or []) if x.strip()]
+    items = split_list(value)
     bad = [x for x in items if x not in SHARE_ITEMS]
     if bad:
         raise ReportOptionError(f"--include {bad[0]!r}: not an item of the shareable report; choose from "

@@ -107,8 +107,9 @@ class PairsArguments:
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs"})
 
     def __post_init__(self) -> None:
-        items = self.pairs.split(",") if isinstance(self.pairs, str) else list(self.pairs or [])
-        self.pairs = [f.strip() for it in items for f in str(it).split(",") if f.strip()]
+        from cxr_io.cli_args import split_list
+
+        self.pairs = split_list(self.pairs)
 
 
 def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_pixels: int | None = None,
@@ -133,7 +134,7 @@ def load_pair_dataset(pairs_args: PairsArguments, data_args, prompt_cfg, *, min_
     if getattr(data_args, "train_studies_from", None):
         raise ConfigError(f"train_studies_from: {data_args.train_studies_from!r}: DPO trains on the studies its pairs "
                           "file names; filter the pairs file instead, or remove the key")
-    files = [pairs_args.pairs] if isinstance(pairs_args.pairs, str) else list(pairs_args.pairs)
+    files = pairs_args.pairs
     records = {r.study_id: r for r in read_records(data_args.studies)}
     pairs = []
     for f in files:

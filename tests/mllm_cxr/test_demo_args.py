@@ -22,3 +22,24 @@ def test_reuse_without_sft_gets_past_the_options(tmp_path, capsys):
     """The same flags without sft are accepted (here the run then stops on the missing demo base, naming it)."""
     assert main(["--runs", str(tmp_path), "--stages", "dpo", "--reuse"]) == 2
     assert f"missing {tmp_path / 'demo-base' / 'config.json'}" in capsys.readouterr().err
+
+
+def test_reuse_leaves_out_the_export_of_a_retrained_grpo(tmp_path):
+    """The stages ``--reuse`` scores from an earlier run: those left out of ``--stages`` with both report files,
+    but not the export when GRPO trains again (the earlier export came from the earlier GRPO adapter)."""
+    from types import SimpleNamespace
+
+    from mllm_cxr.demo import ALL_STAGES, DemoRun
+
+    run = DemoRun.__new__(DemoRun)
+    run.args, run.out = SimpleNamespace(reuse=True), tmp_path / "demo"
+    (run.out / "pred").mkdir(parents=True)
+    for name in ALL_STAGES:
+        for suffix in ("", "_sampled"):
+            (run.out / "pred" / f"{name}{suffix}.jsonl").write_text("{}\n")
+    assert run.reused(["grpo"]) == ["sft", "control", "editgrpo", "dpo", "chexalign"]
+    assert run.reused(["dpo"]) == ["sft", "control", "grpo", "editgrpo", "chexalign", "export"]
+    (run.out / "pred" / "control_sampled.jsonl").unlink()  # one of its two files missing: not reused
+    assert "control" not in run.reused(["dpo"])
+    run.args.reuse = False
+    assert run.reused(["dpo"]) == []

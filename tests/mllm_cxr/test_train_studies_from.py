@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -74,9 +73,9 @@ def test_missing_file_and_foreign_ids_are_errors(phantom_dir, tmp_path):
 
 
 def test_dpo_refuses_it(tmp_path):
-    from mllm_cxr.train.dpo import load_pair_dataset
+    from mllm_cxr.train.dpo import PairsArguments, load_pair_dataset
 
-    pairs = SimpleNamespace(pairs=str(tmp_path / "p.jsonl"), min_margin=None, max_pairs=None)
+    pairs = PairsArguments(pairs=str(tmp_path / "p.jsonl"))
     with pytest.raises(ConfigError, match="train_studies_from: .*filter the pairs file"):
         load_pair_dataset(pairs, _args(tmp_path / "s.jsonl", train_studies_from="ids.txt"), None)
 
